@@ -1,0 +1,10 @@
+/* train/cli.c — the subcommand table. */
+#include "train/cli.h"
+
+#include <stddef.h>
+
+const qt_cli_command qt_cli_commands[] = {
+    {NULL, NULL, NULL},
+};
+
+const qt_cli_fn qt_cli_train = NULL;

@@ -1,0 +1,22 @@
+/* train/cli.h — subcommand table of the qlora-train program.
+ * Each subcommand lives in its own train/cmd_<name>.c and is listed in
+ * train/cli.c. argv excludes the program and subcommand names. */
+#ifndef QT_TRAIN_CLI_H
+#define QT_TRAIN_CLI_H
+
+#include "common/status.h"
+
+typedef qt_status (*qt_cli_fn)(int argc, char **argv);
+
+typedef struct {
+  const char *name;
+  const char *usage;
+  qt_cli_fn run;
+} qt_cli_command;
+
+/* Terminated by {NULL, NULL, NULL}. */
+extern const qt_cli_command qt_cli_commands[];
+/* `qlora-train CONFIG.yaml ...`; NULL until the training loop lands. */
+extern const qt_cli_fn qt_cli_train;
+
+#endif

@@ -1,0 +1,69 @@
+/* train/main.c — the qlora-train command line (contract: DESIGN.md section 5).
+ * Only main() prints errors and exits: every command returns a qt_status. */
+#include <stdio.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "train/cli.h"
+
+#ifndef QLORA_VERSION
+#define QLORA_VERSION "0.0.0"
+#endif
+
+static void print_usage(FILE *f) {
+  fputs(
+      "usage:\n"
+      "  qlora-train CONFIG.yaml [--set KEY=VALUE]...           train\n"
+      "  qlora-train eval CONFIG.yaml [--checkpoint DIR] [--data FILE] [--set ...]\n"
+      "  qlora-train export CONFIG.yaml [--checkpoint DIR] [--format peft|merged] [--out DIR]\n"
+      "  qlora-train generate CONFIG.yaml [--checkpoint DIR] --prompt TEXT [--max-new-tokens N] [--temperature T]\n"
+      "  qlora-train tokenize DIR [--bos] [--eos] [--decode]\n"
+      "  qlora-train inspect PATH     tensors of a safetensors file / model dir / checkpoint\n"
+      "  qlora-train --help | --version\n"
+      "\n"
+      "Exit status: 0 success, 1 user error (the message names the file, key or line), 2 usage error.\n",
+      f);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    print_usage(stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+    print_usage(stdout);
+    return 0;
+  }
+  if (strcmp(cmd, "--version") == 0) {
+    printf("qlora-train %s\n", QLORA_VERSION);
+    return 0;
+  }
+  for (const qt_cli_command *c = qt_cli_commands; c->name; c++) {
+    if (strcmp(cmd, c->name) == 0) {
+      qt_status s = c->run(argc - 2, argv + 2);
+      if (s != QT_OK) {
+        if (s == QT_ERR_USAGE) {
+          fprintf(stderr, "qlora-train %s: %s\n", c->name, qt_error_message());
+          fprintf(stderr, "usage: qlora-train %s\n", c->usage);
+        } else {
+          fprintf(stderr, "qlora-train: %s: %s\n", qt_status_name(s), qt_error_message());
+        }
+      }
+      return qt_status_exit_code(s);
+    }
+  }
+  if (cmd[0] == '-') {
+    fprintf(stderr, "qlora-train: unknown option '%s'\n", cmd);
+    print_usage(stderr);
+    return 2;
+  }
+  if (qt_cli_train == NULL) {
+    fprintf(stderr, "qlora-train: training is not built into this version yet\n");
+    return 1;
+  }
+  qt_status s = qt_cli_train(argc - 1, argv + 1);
+  if (s != QT_OK) fprintf(stderr, "qlora-train: %s: %s\n", qt_status_name(s), qt_error_message());
+  return qt_status_exit_code(s);
+}
