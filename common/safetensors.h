@@ -18,6 +18,13 @@
 #include "common/tensor.h"
 
 enum { QT_ST_MAX_HEADER = 100000000 }; /* reference MAX_HEADER_SIZE (decimal bytes) */
+/* Deepest JSON nesting accepted in a header. A valid header nests 3 levels
+ * (object, tensor object, shape array); unknown fields of a tensor entry may
+ * hold arbitrary JSON, which the reference ignores, so allow some room. */
+enum { QT_ST_MAX_DEPTH = 16 };
+/* Largest data_offsets value accepted: 2^53 (the reference accepts any u64, but
+ * no real file reaches 8 PiB; anything larger is a corrupt or hostile header). */
+#define QT_ST_MAX_OFFSET ((uint64_t)1 << 53)
 
 typedef struct {
   char *name;
@@ -43,7 +50,14 @@ typedef struct {
 } qt_st_file;
 
 /* Opens and validates a file; on error *out is left empty and the message
- * names the file and the violated rule (and the tensor, where there is one). */
+ * names the file and the violated rule (and the tensor, where there is one).
+ * Malformed contents give QT_ERR_FORMAT; valid files that qlora-train cannot
+ * represent (rank > QT_MAX_DIMS, a dimension > INT64_MAX, a name containing
+ * U+0000) give QT_ERR_UNSUPPORTED; open/mmap failures give QT_ERR_IO.
+ * Differences from the reference reader (reliability-anchors.md 1.2): duplicate
+ * tensor or __metadata__ keys are rejected explicitly (even byte-identical
+ * ones); duplicate fields inside a tensor entry are rejected; offsets above
+ * QT_ST_MAX_OFFSET and nesting deeper than QT_ST_MAX_DEPTH are rejected. */
 qt_status qt_st_open(const char *path, qt_st_file *out);
 /* Validates a whole file image held in memory (used by tests and the fuzzer).
  * The entries point into buf, which must outlive *out. */
@@ -85,7 +99,16 @@ typedef struct {
   const void *data;           /* numel * dtype bytes, C order */
 } qt_st_write_tensor;
 
+/* Names must be valid UTF-8, unique, and not "__metadata__"; sub-byte dtypes
+ * need numel * bits to be a multiple of 8; data may be NULL only when the
+ * tensor has no bytes. Metadata keys must be unique; n_meta == 0 omits
+ * __metadata__. Bad arguments give QT_ERR_INVALID, I/O errors QT_ERR_IO. */
 qt_status qt_st_write(const char *path, const qt_st_write_tensor *tensors, size_t n_tensors,
                       const char *const *meta_keys, const char *const *meta_vals, size_t n_meta);
+/* The same bytes as qt_st_write, into a malloc'd buffer (*out owned by the
+ * caller, free()). */
+qt_status qt_st_serialize(const qt_st_write_tensor *tensors, size_t n_tensors,
+                          const char *const *meta_keys, const char *const *meta_vals, size_t n_meta,
+                          uint8_t **out, size_t *out_len);
 
 #endif
