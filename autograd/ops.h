@@ -1,0 +1,211 @@
+/* autograd/ops.h — the op set of the Llama + LoRA training graph, CPU backend.
+ *
+ * Plain functions, forward and backward, no tape: autograd/tape.h records them.
+ * Every op exists twice with the same code (autograd/kernels/<family>_cpu.inc,
+ * compiled by ops_f32_cpu.c and ops_f64_cpu.c):
+ *   qt_op_<name>_<forward|backward>_cpu      fp32 storage (the training path)
+ *   qt_op_<name>_<forward|backward>_cpu_f64  fp64 storage (the finite-difference oracle)
+ * The two differ only in `real` (float/double) and the BLAS call (sgemm/dgemm),
+ * so a double-precision gradient check of the _f64 twin checks the algebra the
+ * fp32 path runs.
+ *
+ * Shape letters: N = tokens (B*T rows, packed), B = rows, T = row length,
+ * C = hidden, In = in features, O = out features, R = LoRA rank, F = MLP width,
+ * H = query heads, K = key/value heads, D = head dim, V = vocab.
+ * All tensors are dense row-major; the rightmost dimension is contiguous.
+ *
+ * Gradients: every backward writes `d<in> (+)= ...` under one flag `acc`:
+ * acc = 0 overwrites (the destination may hold garbage), acc = 1 adds into it.
+ * This is the set-or-accumulate rule the tape applies (tape.c, grad_target).
+ * Frozen weights (norm weights, base linear W, embeddings, lm_head) get no
+ * gradient here at all; only LoRA A/B and activations do.
+ *
+ * Numerics (../shared/docs/STYLE.md habit 5): reductions accumulate in double
+ * (norm statistics, softmax denominators, attention dot products, loss sums);
+ * GEMMs are OpenBLAS. Loops are OpenMP-parallel over rows/heads only; no
+ * reduction order depends on the thread count.
+ * Work buffers are passed in by the caller (the tape carves them from its
+ * arena); the ops never allocate. */
+#ifndef QT_AUTOGRAD_OPS_H
+#define QT_AUTOGRAD_OPS_H
+
+#include <stdint.h>
+
+/* Label value that cross-entropy ignores (torch.nn.functional.cross_entropy
+ * ignore_index default, used by transformers ForCausalLMLoss). */
+#define QT_IGNORE_INDEX (-100)
+
+/* ---- embedding (forward only: the table is frozen) ------------------------ */
+/* out (N, C) = wte[ids[n]] ; ids (N) in [0, V) (asserted) ; wte (V, C) */
+void qt_op_embedding_forward_cpu(float *out, const int32_t *ids, const float *wte,
+                                 int64_t N, int64_t C, int64_t V);
+
+/* ---- RMSNorm (transformers LlamaRMSNorm) ----------------------------------- */
+/* out (N, C) = w * x * rstd ; rstd (N) = 1/sqrt(mean(x^2) + eps), saved for backward ;
+ * x (N, C) ; w (C) frozen */
+void qt_op_rmsnorm_forward_cpu(float *out, float *rstd, const float *x, const float *w,
+                               double eps, int64_t N, int64_t C);
+/* dx (N, C) (+)= d out/d x . dout ; w frozen, so no dw */
+void qt_op_rmsnorm_backward_cpu(float *dx, int acc, const float *dout, const float *x,
+                                const float *w, const float *rstd, int64_t N, int64_t C);
+
+/* ---- residual add ---------------------------------------------------------- */
+/* out (n) = a + b (out may alias a or b) */
+void qt_op_add_forward_cpu(float *out, const float *a, const float *b, int64_t n);
+/* dx (n) (+)= dout  (the backward of add, for each input that needs it) */
+void qt_op_add_backward_cpu(float *dx, int acc, const float *dout, int64_t n);
+
+/* ---- dense linear over a frozen weight ------------------------------------ */
+/* y (N, O) = x (N, In) . W^T (W (O, In), frozen) + bias (O, or NULL) */
+void qt_op_linear_forward_cpu(float *y, const float *x, const float *W, const float *bias,
+                              int64_t N, int64_t In, int64_t O);
+/* dx (N, In) (+)= dy (N, O) . W (O, In) */
+void qt_op_linear_backward_cpu(float *dx, int acc, const float *dy, const float *W,
+                               int64_t N, int64_t In, int64_t O);
+
+/* ---- LoRA branch (PEFT tuners/lora/layer.py Linear.forward) --------------- */
+/* y (N, O) += scale * (xd A^T) B^T, with xd = dropout(x):
+ *   mask == NULL: xd = x (no dropout; xd_out is not written and may be NULL)
+ *   else          xd (N, In) = x * mask * keep_scale, written to xd_out, where
+ *                 mask (N, In) holds 0/1 and keep_scale = 1/(1-p) (inverted dropout).
+ * u (N, R) = xd A^T is written (saved for backward).
+ * x (N, In) ; A (R, In) ; B (O, R) */
+void qt_op_lora_forward_cpu(float *y, float *u, float *xd_out, const float *x,
+                            const uint8_t *mask, double keep_scale, const float *A,
+                            const float *B, double scale, int64_t N, int64_t In, int64_t O,
+                            int64_t R);
+/* Given dy (N, O), xd (N, In) (x itself when no dropout), u (N, R):
+ *   dB (O, R) += scale * dy^T u         (when dB != NULL; always accumulates)
+ *   du (N, R)  = scale * dy B           (work buffer, always written)
+ *   dA (R, In) += du^T xd                (when dA != NULL; always accumulates)
+ *   dx (N, In) (+)= (du A) * mask * keep_scale   (when dx != NULL)
+ * work (N, In) is needed only when mask != NULL and dx != NULL. */
+void qt_op_lora_backward_cpu(float *dx, int acc, float *dA, float *dB, float *du, float *work,
+                             const float *dy, const float *xd, const float *u,
+                             const uint8_t *mask, double keep_scale, const float *A,
+                             const float *B, double scale, int64_t N, int64_t In, int64_t O,
+                             int64_t R);
+
+/* ---- RoPE, HF rotate_half (half-split) layout ------------------------------ */
+/* out (N, H, D) = x*cos + rotate_half(x)*sin, rotate_half(x) = cat(-x[D/2:], x[:D/2]);
+ * angle for pair j at token n = pos[n] * inv_freq[j], and cos/sin, are computed
+ * in fp32 in both twins, as transformers LlamaRotaryEmbedding.forward does
+ * (inv_freq.float() @ position_ids.float(), autocast off, then .to(x.dtype)).
+ * x (N, H, D), D even, pos (N), inv_freq (D/2) from qt_rope_inv_freq.
+ * out may alias x. */
+void qt_op_rope_forward_cpu(float *out, const float *x, const int32_t *pos,
+                            const float *inv_freq, int64_t N, int64_t H, int64_t D);
+/* dx (N, H, D) (+)= R^T dout (the rotation transposed). dx may alias dout only if acc == 0. */
+void qt_op_rope_backward_cpu(float *dx, int acc, const float *dout, const int32_t *pos,
+                             const float *inv_freq, int64_t N, int64_t H, int64_t D);
+
+/* RoPE scaling of inv_freq, as transformers modeling_rope_utils computes it. */
+typedef enum {
+  QT_ROPE_DEFAULT = 0, /* inv_freq = 1 / theta^(2j/D) */
+  QT_ROPE_LINEAR,      /* default / factor (_compute_linear_scaling_rope_parameters) */
+  QT_ROPE_LLAMA3       /* _compute_llama3_parameters: wavelength-banded scaling */
+} qt_rope_type;
+typedef struct {
+  qt_rope_type type;
+  double theta;           /* rope_theta */
+  double factor;          /* linear, llama3 */
+  double low_freq_factor; /* llama3 */
+  double high_freq_factor;/* llama3 */
+  double original_max_position_embeddings; /* llama3 */
+} qt_rope_config;
+/* inv_freq (D/2), in fp32 arithmetic like transformers (torch float32 tensors). */
+void qt_rope_inv_freq(float *inv_freq, const qt_rope_config *cfg, int64_t D);
+
+/* ---- causal grouped-query attention over packed rows ---------------------- */
+/* For row b, query head h (kv head h / (H/K), transformers repeat_kv), token i:
+ *   s_j = scale * q_i . k_j for j <= i with doc[b,j] == doc[b,i], scale = D^-1/2
+ *   P = softmax(s) (fp32 storage, double accumulation), out_i = sum_j P_j v_j
+ * A token never attends across documents or rows.
+ * q (B*T, H, D) ; k, v (B*T, K, D) ; doc (B*T) document ids, equal within a
+ * document ; P (B, H, T, T) saved for backward (entries outside the mask are 0) ;
+ * out (B*T, H, D). H % K == 0. */
+void qt_op_attention_forward_cpu(float *out, float *P, const float *q, const float *k,
+                                 const float *v, const int32_t *doc, int64_t B, int64_t T,
+                                 int64_t H, int64_t K, int64_t D);
+/* dq (B*T, H, D), dk, dv (B*T, K, D) (+)= ... (each may be NULL when not needed) ;
+ * work (B*K, T) scratch. */
+void qt_op_attention_backward_cpu(float *dq, float *dk, float *dv, int acc, float *work,
+                                  const float *dout, const float *P, const float *q,
+                                  const float *k, const float *v, const int32_t *doc,
+                                  int64_t B, int64_t T, int64_t H, int64_t K, int64_t D);
+
+/* ---- SwiGLU ----------------------------------------------------------------- */
+/* out (N, F) = silu(gate) * up, silu(g) = g / (1 + exp(-g)) */
+void qt_op_swiglu_forward_cpu(float *out, const float *gate, const float *up, int64_t n);
+/* dgate, dup (N, F) (+)= ... (each may be NULL) */
+void qt_op_swiglu_backward_cpu(float *dgate, float *dup, int acc, const float *dout,
+                               const float *gate, const float *up, int64_t n);
+
+/* ---- fused lm_head + cross-entropy, chunked over rows ---------------------- */
+/* For rows n with targets[n] != QT_IGNORE_INDEX: loss_n = logsumexp(z_n) - z_n[targets[n]],
+ * z_n = x_n W^T (V). targets are already shifted (targets[n] is the token that
+ * row n predicts; transformers ForCausalLMLoss pads labels with -100 and takes
+ * labels[..., 1:]). Logits are formed chunk_rows rows at a time in
+ * logits (chunk_rows, V) scratch, so (N, V) is never stored.
+ * lse (N) saved for backward (0 for ignored rows). *count = number of targets.
+ * Returns the summed loss (double accumulation, in row order).
+ * x (N, C) ; W (V, C) frozen ; targets (N) in [0, V) or QT_IGNORE_INDEX (asserted). */
+double qt_op_cross_entropy_forward_cpu(float *lse, int64_t *count, float *logits,
+                                       int64_t chunk_rows, const float *x, const float *W,
+                                       const int32_t *targets, int64_t N, int64_t C,
+                                       int64_t V);
+/* dx (N, C) (+)= dloss * d(sum loss)/dx: per chunk the logits are recomputed,
+ * turned into (softmax - onehot) * dloss (0 for ignored rows) and multiplied by W. */
+void qt_op_cross_entropy_backward_cpu(float *dx, int acc, float *logits, int64_t chunk_rows,
+                                      double dloss, const float *lse, const float *x,
+                                      const float *W, const int32_t *targets, int64_t N,
+                                      int64_t C, int64_t V);
+
+/* ---- the same ops in double (the finite-difference oracle) ---------------- */
+void qt_op_embedding_forward_cpu_f64(double *out, const int32_t *ids, const double *wte,
+                                     int64_t N, int64_t C, int64_t V);
+void qt_op_rmsnorm_forward_cpu_f64(double *out, double *rstd, const double *x, const double *w,
+                                   double eps, int64_t N, int64_t C);
+void qt_op_rmsnorm_backward_cpu_f64(double *dx, int acc, const double *dout, const double *x,
+                                    const double *w, const double *rstd, int64_t N, int64_t C);
+void qt_op_add_forward_cpu_f64(double *out, const double *a, const double *b, int64_t n);
+void qt_op_add_backward_cpu_f64(double *dx, int acc, const double *dout, int64_t n);
+void qt_op_linear_forward_cpu_f64(double *y, const double *x, const double *W,
+                                  const double *bias, int64_t N, int64_t In, int64_t O);
+void qt_op_linear_backward_cpu_f64(double *dx, int acc, const double *dy, const double *W,
+                                   int64_t N, int64_t In, int64_t O);
+void qt_op_lora_forward_cpu_f64(double *y, double *u, double *xd_out, const double *x,
+                                const uint8_t *mask, double keep_scale, const double *A,
+                                const double *B, double scale, int64_t N, int64_t In,
+                                int64_t O, int64_t R);
+void qt_op_lora_backward_cpu_f64(double *dx, int acc, double *dA, double *dB, double *du,
+                                 double *work, const double *dy, const double *xd,
+                                 const double *u, const uint8_t *mask, double keep_scale,
+                                 const double *A, const double *B, double scale, int64_t N,
+                                 int64_t In, int64_t O, int64_t R);
+void qt_op_rope_forward_cpu_f64(double *out, const double *x, const int32_t *pos,
+                                const float *inv_freq, int64_t N, int64_t H, int64_t D);
+void qt_op_rope_backward_cpu_f64(double *dx, int acc, const double *dout, const int32_t *pos,
+                                 const float *inv_freq, int64_t N, int64_t H, int64_t D);
+void qt_op_attention_forward_cpu_f64(double *out, double *P, const double *q, const double *k,
+                                     const double *v, const int32_t *doc, int64_t B,
+                                     int64_t T, int64_t H, int64_t K, int64_t D);
+void qt_op_attention_backward_cpu_f64(double *dq, double *dk, double *dv, int acc,
+                                      double *work, const double *dout, const double *P,
+                                      const double *q, const double *k, const double *v,
+                                      const int32_t *doc, int64_t B, int64_t T, int64_t H,
+                                      int64_t K, int64_t D);
+void qt_op_swiglu_forward_cpu_f64(double *out, const double *gate, const double *up, int64_t n);
+void qt_op_swiglu_backward_cpu_f64(double *dgate, double *dup, int acc, const double *dout,
+                                   const double *gate, const double *up, int64_t n);
+double qt_op_cross_entropy_forward_cpu_f64(double *lse, int64_t *count, double *logits,
+                                           int64_t chunk_rows, const double *x,
+                                           const double *W, const int32_t *targets,
+                                           int64_t N, int64_t C, int64_t V);
+void qt_op_cross_entropy_backward_cpu_f64(double *dx, int acc, double *logits,
+                                          int64_t chunk_rows, double dloss, const double *lse,
+                                          const double *x, const double *W,
+                                          const int32_t *targets, int64_t N, int64_t C,
+                                          int64_t V);
+
+#endif

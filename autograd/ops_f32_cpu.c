@@ -1,0 +1,25 @@
+/* autograd/ops_f32_cpu.c — the CPU op set in fp32 (the training path).
+ * The kernels are written once, over `real`, in autograd/kernels/<family>_cpu.inc;
+ * ops_f64_cpu.c compiles the same text in double for the gradient checks. */
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "autograd/ops.h"
+#include "common/status.h"
+
+typedef float real;
+#define QT_OP(name) qt_op_##name##_cpu
+#define QT_GEMM cblas_sgemm
+
+#include "autograd/kernels/common_cpu.inc"
+#include "autograd/kernels/embedding_cpu.inc"
+#include "autograd/kernels/rmsnorm_cpu.inc"
+#include "autograd/kernels/add_cpu.inc"
+#include "autograd/kernels/linear_cpu.inc"
+#include "autograd/kernels/lora_cpu.inc"
+#include "autograd/kernels/rope_cpu.inc"
+#include "autograd/kernels/attention_cpu.inc"
+#include "autograd/kernels/swiglu_cpu.inc"
+#include "autograd/kernels/cross_entropy_cpu.inc"

@@ -1,0 +1,687 @@
+/* autograd/tape.c — the Wengert list: records ops of ops.h, replays them in
+ * reverse (tape.h documents the contract). Pattern after ggml's
+ * ggml_build_backward_expand / ggml_compute_backward (src/ggml.c): mark which
+ * nodes need gradients in forward order, walk in reverse, one add-or-set rule. */
+#include "autograd/tape.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/ops.h"
+
+enum { ARENA_ALIGN = 64 };
+
+typedef enum {
+  KIND_ACTIVATION = 0,
+  KIND_FROZEN,
+  KIND_TRAINABLE,
+  KIND_CONSTANT
+} tensor_kind;
+
+typedef struct {
+  void *data;          /* (rows, cols) */
+  void *grad;          /* (rows, cols) or NULL */
+  int64_t rows, cols;
+  tensor_kind kind;
+  bool requires_grad;
+  bool grad_set;       /* the gradient holds a first contribution (activations) */
+  const char *name;
+} tape_tensor;
+
+typedef enum {
+  OP_EMBEDDING, OP_RMSNORM, OP_ADD, OP_LINEAR, OP_ROPE, OP_ATTENTION, OP_SWIGLU,
+  OP_CROSS_ENTROPY, OP_LAYER
+} op_kind;
+
+typedef struct {
+  op_kind op;
+  int32_t in[3];          /* input tensor ids (-1 unused) */
+  int32_t out;
+  void *saved0, *saved1;  /* rstd (N) | u (N, R), xd (N, In) | P (B, H, T, T) | lse (N) */
+  qt_tape_lora lora;      /* OP_LINEAR with lora.A >= 0 */
+  const int32_t *ints;    /* pos | doc | targets */
+  const float *inv_freq;
+  double eps;
+  int64_t B, T, H, K, D;
+  qt_tape_layer_fn fn;    /* OP_LAYER */
+  void *ctx;
+} tape_node;
+
+typedef struct {
+  unsigned char *base;
+  size_t cap, used, peak;
+} arena;
+
+struct qt_tape {
+  bool f64;
+  size_t es; /* element size */
+  qt_tape_config cfg;
+  arena act, grad;
+  tape_tensor *tensors;
+  int32_t n_tensors, n_persistent;
+  tape_node *nodes;
+  int32_t n_nodes;
+  int in_checkpoint; /* recording inside a checkpointed layer (nesting unsupported) */
+  size_t grad_tensor_bytes;
+  int32_t grad_tensors;
+};
+
+/* Calls the fp32 or fp64 twin of an op; pointer arguments are void *. */
+#define KCALL(t, fn, ...) ((t)->f64 ? fn##_f64(__VA_ARGS__) : fn(__VA_ARGS__))
+
+/* ---- arenas ---------------------------------------------------------------- */
+
+static qt_status arena_init(arena *a, size_t cap) {
+  a->cap = (cap + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+  a->used = a->peak = 0;
+  a->base = NULL;
+  if (a->cap == 0) return QT_OK;
+  a->base = aligned_alloc(ARENA_ALIGN, a->cap);
+  if (!a->base)
+    return qt_fail(QT_ERR_NOMEM, "autograd: cannot allocate a %zu-byte arena; lower the "
+                                 "batch or sequence length", a->cap);
+  return QT_OK;
+}
+
+static qt_status arena_alloc(arena *a, const char *what, size_t bytes, void **out) {
+  size_t need = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+  if (need > a->cap - a->used)
+    return qt_fail(QT_ERR_NOMEM,
+                   "autograd: the %s arena (%zu bytes) is full: %zu used, %zu more needed; "
+                   "size it larger in qt_tape_config", what, a->cap, a->used, need);
+  *out = a->base + a->used;
+  a->used += need;
+  if (a->used > a->peak) a->peak = a->used;
+  return QT_OK;
+}
+
+/* ---- tensors --------------------------------------------------------------- */
+
+static tape_tensor *T_(qt_tape *t, int32_t id) {
+  QT_ASSERTF(id >= 0 && id < t->n_tensors, "autograd: tensor id %d is not on the tape", (int)id);
+  return &t->tensors[id];
+}
+static const tape_tensor *CT_(const qt_tape *t, int32_t id) {
+  QT_ASSERTF(id >= 0 && id < t->n_tensors, "autograd: tensor id %d is not on the tape", (int)id);
+  return &t->tensors[id];
+}
+
+static qt_status new_tensor(qt_tape *t, tensor_kind kind, void *data, int64_t rows, int64_t cols,
+                            bool rg, const char *name, int32_t *id) {
+  QT_ASSERT(rows >= 0 && cols >= 0);
+  if (t->n_tensors >= t->cfg.max_tensors)
+    return qt_fail(QT_ERR_NOMEM, "autograd: more than %d tensors on the tape; raise "
+                                 "qt_tape_config.max_tensors", (int)t->cfg.max_tensors);
+  if (kind == KIND_ACTIVATION && !data)
+    QT_TRY(arena_alloc(&t->act, "activation", (size_t)(rows * cols) * t->es, &data));
+  tape_tensor *x = &t->tensors[t->n_tensors];
+  *x = (tape_tensor){.data = data, .rows = rows, .cols = cols, .kind = kind,
+                     .requires_grad = rg, .name = name ? name : "activation"};
+  *id = t->n_tensors++;
+  return QT_OK;
+}
+
+static qt_status new_node(qt_tape *t, op_kind op, tape_node **out) {
+  if (t->n_nodes >= t->cfg.max_nodes)
+    return qt_fail(QT_ERR_NOMEM, "autograd: more than %d ops on the tape; raise "
+                                 "qt_tape_config.max_nodes", (int)t->cfg.max_nodes);
+  tape_node *n = &t->nodes[t->n_nodes++];
+  memset(n, 0, sizeof *n);
+  n->op = op;
+  n->in[0] = n->in[1] = n->in[2] = -1;
+  n->out = -1;
+  n->lora.A = n->lora.B = -1;
+  *out = n;
+  return QT_OK;
+}
+
+/* The one set-or-accumulate rule: returns where the next gradient contribution
+ * to tensor id goes and whether it must be added (acc = 1) or may overwrite
+ * (acc = 0, first contribution into a fresh buffer). Trainable params always
+ * accumulate into the caller's buffer. */
+static qt_status grad_target(qt_tape *t, int32_t id, void **g, int *acc) {
+  tape_tensor *x = T_(t, id);
+  QT_ASSERTF(x->kind != KIND_FROZEN && x->kind != KIND_CONSTANT,
+             "autograd: %s is frozen/constant and must not receive a gradient", x->name);
+  QT_ASSERTF(x->requires_grad, "autograd: gradient for %s, which does not require one", x->name);
+  if (x->kind == KIND_TRAINABLE) {
+    *g = x->grad;
+    *acc = 1;
+    return QT_OK;
+  }
+  if (!x->grad) {
+    size_t bytes = (size_t)(x->rows * x->cols) * t->es;
+    QT_TRY(arena_alloc(&t->grad, "gradient", bytes, &x->grad));
+    t->grad_tensor_bytes += bytes;
+    t->grad_tensors++;
+  }
+  *acc = x->grad_set ? 1 : 0;
+  x->grad_set = true;
+  *g = x->grad;
+  return QT_OK;
+}
+
+static bool needs(const qt_tape *t, int32_t id) { return id >= 0 && CT_(t, id)->requires_grad; }
+
+/* ---- init / params / reset ------------------------------------------------- */
+
+qt_status qt_tape_init(qt_tape **out, qt_dtype dtype, const qt_tape_config *cfg) {
+  QT_ASSERT(out && cfg);
+  QT_ASSERTF(dtype == QT_F32 || dtype == QT_F64, "autograd: tape dtype must be F32 or F64");
+  QT_ASSERT(cfg->max_tensors > 0 && cfg->max_nodes > 0 && cfg->ce_chunk_rows > 0);
+  *out = NULL;
+  qt_tape *t = calloc(1, sizeof *t);
+  if (!t) return qt_fail(QT_ERR_NOMEM, "autograd: cannot allocate the tape");
+  t->f64 = dtype == QT_F64;
+  t->es = t->f64 ? sizeof(double) : sizeof(float);
+  t->cfg = *cfg;
+  t->tensors = calloc((size_t)cfg->max_tensors, sizeof *t->tensors);
+  t->nodes = calloc((size_t)cfg->max_nodes, sizeof *t->nodes);
+  qt_status s = QT_OK;
+  if (!t->tensors || !t->nodes)
+    s = qt_fail(QT_ERR_NOMEM, "autograd: cannot allocate %d tensors / %d nodes",
+                (int)cfg->max_tensors, (int)cfg->max_nodes);
+  if (s == QT_OK) s = arena_init(&t->act, cfg->act_bytes);
+  if (s == QT_OK) s = arena_init(&t->grad, cfg->grad_bytes);
+  if (s != QT_OK) {
+    qt_tape_free(&t);
+    return s;
+  }
+  *out = t;
+  return QT_OK;
+}
+
+void qt_tape_free(qt_tape **tp) {
+  if (!tp || !*tp) return;
+  qt_tape *t = *tp;
+  free(t->act.base);
+  free(t->grad.base);
+  free(t->tensors);
+  free(t->nodes);
+  free(t);
+  *tp = NULL;
+}
+
+static qt_status add_param(qt_tape *t, tensor_kind kind, const char *name, const void *data,
+                           void *grad, int64_t rows, int64_t cols, int32_t *id) {
+  QT_ASSERTF(t->n_tensors == t->n_persistent && t->n_nodes == 0,
+             "autograd: register parameter %s before recording ops", name);
+  QT_ASSERT(data != NULL);
+  QT_TRY(new_tensor(t, kind, (void *)data, rows, cols, kind == KIND_TRAINABLE, name, id));
+  t->tensors[*id].grad = grad;
+  t->n_persistent = t->n_tensors;
+  return QT_OK;
+}
+
+qt_status qt_tape_frozen(qt_tape *t, const char *name, const void *data, int64_t rows,
+                         int64_t cols, int32_t *id) {
+  return add_param(t, KIND_FROZEN, name, data, NULL, rows, cols, id);
+}
+
+qt_status qt_tape_trainable(qt_tape *t, const char *name, void *data, void *grad, int64_t rows,
+                            int64_t cols, int32_t *id) {
+  QT_ASSERT(grad != NULL);
+  return add_param(t, KIND_TRAINABLE, name, data, grad, rows, cols, id);
+}
+
+qt_status qt_tape_constant(qt_tape *t, const void *data, int64_t rows, int64_t cols, int32_t *id) {
+  QT_ASSERT(data != NULL);
+  return new_tensor(t, KIND_CONSTANT, (void *)data, rows, cols, false, "constant", id);
+}
+
+void qt_tape_reset(qt_tape *t) {
+  QT_ASSERT(!t->in_checkpoint);
+  t->n_tensors = t->n_persistent;
+  t->n_nodes = 0;
+  t->act.used = 0;
+  t->grad.used = 0;
+  t->grad_tensor_bytes = 0;
+  t->grad_tensors = 0;
+}
+
+/* ---- forward: one recorder per op ------------------------------------------ */
+
+qt_status qt_tape_embedding(qt_tape *t, int32_t wte, const int32_t *ids, int64_t N, int32_t *out) {
+  const tape_tensor *w = T_(t, wte);
+  QT_ASSERTF(w->kind == KIND_FROZEN, "autograd: the embedding table %s must be frozen", w->name);
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, w->cols, false, "embedding", &y));
+  KCALL(t, qt_op_embedding_forward_cpu, T_(t, y)->data, ids, w->data, N, w->cols, w->rows);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_EMBEDDING, &n));
+  n->in[0] = wte;
+  n->out = y;
+  *out = y;
+  return QT_OK;
+}
+
+qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t *out) {
+  const tape_tensor *X = T_(t, x), *W = T_(t, w);
+  QT_ASSERTF(W->kind == KIND_FROZEN, "autograd: norm weight %s must be frozen", W->name);
+  QT_ASSERT(W->rows * W->cols == X->cols);
+  int64_t N = X->rows, C = X->cols;
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, C, X->requires_grad, "rmsnorm", &y));
+  void *rstd;
+  QT_TRY(arena_alloc(&t->act, "activation", (size_t)N * t->es, &rstd));
+  X = T_(t, x);
+  KCALL(t, qt_op_rmsnorm_forward_cpu, T_(t, y)->data, rstd, X->data, T_(t, w)->data, eps, N, C);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_RMSNORM, &n));
+  n->in[0] = x;
+  n->in[1] = w;
+  n->out = y;
+  n->saved0 = rstd;
+  n->eps = eps;
+  *out = y;
+  return QT_OK;
+}
+
+qt_status qt_tape_add(qt_tape *t, int32_t a, int32_t b, int32_t *out) {
+  const tape_tensor *A = T_(t, a), *B = T_(t, b);
+  QT_ASSERT(A->rows == B->rows && A->cols == B->cols);
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, A->rows, A->cols,
+                    A->requires_grad || B->requires_grad, "add", &y));
+  KCALL(t, qt_op_add_forward_cpu, T_(t, y)->data, T_(t, a)->data, T_(t, b)->data,
+        A->rows * A->cols);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_ADD, &n));
+  n->in[0] = a;
+  n->in[1] = b;
+  n->out = y;
+  *out = y;
+  return QT_OK;
+}
+
+qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const qt_tape_lora *lora,
+                         int32_t *out) {
+  const tape_tensor *X = T_(t, x), *Wt = T_(t, W);
+  QT_ASSERTF(Wt->kind == KIND_FROZEN, "autograd: base weight %s must be frozen", Wt->name);
+  QT_ASSERTF(Wt->cols == X->cols, "autograd: %s has %lld input features, x has %lld", Wt->name,
+             (long long)Wt->cols, (long long)X->cols);
+  int64_t N = X->rows, In = X->cols, O = Wt->rows, R = 0;
+  bool rg = X->requires_grad;
+  if (bias >= 0) {
+    QT_ASSERTF(T_(t, bias)->kind == KIND_FROZEN, "autograd: bias must be frozen");
+    QT_ASSERT(T_(t, bias)->rows * T_(t, bias)->cols == O);
+  }
+  if (lora) {
+    const tape_tensor *A = T_(t, lora->A), *Bt = T_(t, lora->B);
+    QT_ASSERT(A->kind == KIND_FROZEN || A->kind == KIND_TRAINABLE);
+    QT_ASSERT(Bt->kind == KIND_FROZEN || Bt->kind == KIND_TRAINABLE);
+    R = A->rows;
+    QT_ASSERTF(A->cols == In && Bt->rows == O && Bt->cols == R,
+               "autograd: LoRA shapes A (%lld, %lld), B (%lld, %lld) do not fit (%lld -> %lld)",
+               (long long)A->rows, (long long)A->cols, (long long)Bt->rows, (long long)Bt->cols,
+               (long long)In, (long long)O);
+    rg = rg || A->requires_grad || Bt->requires_grad;
+  }
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, O, rg, "linear", &y));
+  void *u = NULL, *xd = NULL;
+  if (lora) {
+    QT_TRY(arena_alloc(&t->act, "activation", (size_t)(N * R) * t->es, &u));
+    if (lora->mask) QT_TRY(arena_alloc(&t->act, "activation", (size_t)(N * In) * t->es, &xd));
+  }
+  void *yd = T_(t, y)->data;
+  KCALL(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, T_(t, W)->data,
+        bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
+  if (lora)
+    KCALL(t, qt_op_lora_forward_cpu, yd, u, xd, T_(t, x)->data, lora->mask, lora->keep_scale,
+          T_(t, lora->A)->data, T_(t, lora->B)->data, lora->scale, N, In, O, R);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_LINEAR, &n));
+  n->in[0] = x;
+  n->in[1] = W;
+  n->in[2] = bias;
+  n->out = y;
+  if (lora) {
+    n->lora = *lora;
+    n->saved0 = u;
+    n->saved1 = lora->mask ? xd : T_(t, x)->data;
+    n->D = R;
+  }
+  *out = y;
+  return QT_OK;
+}
+
+qt_status qt_tape_rope(qt_tape *t, int32_t x, int64_t H, int64_t D, const int32_t *pos,
+                       const float *inv_freq, int32_t *out) {
+  const tape_tensor *X = T_(t, x);
+  QT_ASSERTF(X->cols == H * D, "autograd: rope over %lld x %lld, tensor has %lld columns",
+             (long long)H, (long long)D, (long long)X->cols);
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, X->rows, X->cols, X->requires_grad, "rope", &y));
+  KCALL(t, qt_op_rope_forward_cpu, T_(t, y)->data, T_(t, x)->data, pos, inv_freq, T_(t, x)->rows,
+        H, D);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_ROPE, &n));
+  n->in[0] = x;
+  n->out = y;
+  n->ints = pos;
+  n->inv_freq = inv_freq;
+  n->H = H;
+  n->D = D;
+  *out = y;
+  return QT_OK;
+}
+
+qt_status qt_tape_attention(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t B, int64_t T,
+                            int64_t H, int64_t K, int64_t D, const int32_t *doc, int32_t *out) {
+  const tape_tensor *Q = T_(t, q), *Kt = T_(t, k), *Vt = T_(t, v);
+  QT_ASSERT(Q->rows == B * T && Kt->rows == B * T && Vt->rows == B * T);
+  QT_ASSERT(Q->cols == H * D && Kt->cols == K * D && Vt->cols == K * D && K > 0 && H % K == 0);
+  bool rg = Q->requires_grad || Kt->requires_grad || Vt->requires_grad;
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, B * T, H * D, rg, "attention", &y));
+  void *P;
+  QT_TRY(arena_alloc(&t->act, "activation", (size_t)(B * H * T * T) * t->es, &P));
+  KCALL(t, qt_op_attention_forward_cpu, T_(t, y)->data, P, T_(t, q)->data, T_(t, k)->data,
+        T_(t, v)->data, doc, B, T, H, K, D);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_ATTENTION, &n));
+  n->in[0] = q;
+  n->in[1] = k;
+  n->in[2] = v;
+  n->out = y;
+  n->saved0 = P;
+  n->ints = doc;
+  n->B = B;
+  n->T = T;
+  n->H = H;
+  n->K = K;
+  n->D = D;
+  *out = y;
+  return QT_OK;
+}
+
+qt_status qt_tape_swiglu(qt_tape *t, int32_t gate, int32_t up, int32_t *out) {
+  const tape_tensor *G = T_(t, gate), *U = T_(t, up);
+  QT_ASSERT(G->rows == U->rows && G->cols == U->cols);
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, G->rows, G->cols,
+                    G->requires_grad || U->requires_grad, "swiglu", &y));
+  KCALL(t, qt_op_swiglu_forward_cpu, T_(t, y)->data, T_(t, gate)->data, T_(t, up)->data,
+        G->rows * G->cols);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_SWIGLU, &n));
+  n->in[0] = gate;
+  n->in[1] = up;
+  n->out = y;
+  *out = y;
+  return QT_OK;
+}
+
+qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t *targets,
+                                int32_t *loss, double *loss_sum, int64_t *count) {
+  const tape_tensor *X = T_(t, x), *Wt = T_(t, W);
+  QT_ASSERTF(Wt->kind == KIND_FROZEN, "autograd: lm_head %s must be frozen", Wt->name);
+  QT_ASSERT(Wt->cols == X->cols);
+  int64_t N = X->rows, C = X->cols, V = Wt->rows;
+  int64_t chunk = t->cfg.ce_chunk_rows < N ? t->cfg.ce_chunk_rows : (N > 0 ? N : 1);
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, 1, 1, X->requires_grad, "loss", &y));
+  void *lse, *logits;
+  QT_TRY(arena_alloc(&t->act, "activation", (size_t)N * t->es, &lse));
+  size_t mark = t->act.used;
+  QT_TRY(arena_alloc(&t->act, "activation", (size_t)(chunk * V) * t->es, &logits));
+  int64_t cnt = 0;
+  double sum = KCALL(t, qt_op_cross_entropy_forward_cpu, lse, &cnt, logits, chunk,
+                     T_(t, x)->data, T_(t, W)->data, targets, N, C, V);
+  t->act.used = mark; /* the logits chunk is work, not kept */
+  if (t->f64)
+    *(double *)T_(t, y)->data = sum;
+  else
+    *(float *)T_(t, y)->data = (float)sum;
+  tape_node *n;
+  QT_TRY(new_node(t, OP_CROSS_ENTROPY, &n));
+  n->in[0] = x;
+  n->in[1] = W;
+  n->out = y;
+  n->saved0 = lse;
+  n->ints = targets;
+  n->T = chunk;
+  *loss = y;
+  *loss_sum = sum;
+  *count = cnt;
+  return QT_OK;
+}
+
+qt_status qt_tape_layer(qt_tape *t, qt_tape_layer_fn fn, void *ctx, int32_t in, bool checkpoint,
+                        int32_t *out) {
+  if (!checkpoint) return fn(t, ctx, in, out);
+  QT_ASSERTF(!t->in_checkpoint, "autograd: checkpointed layers cannot nest");
+  const tape_tensor *X = T_(t, in);
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, X->rows, X->cols, false, "layer", &y));
+  int32_t mark_tensors = t->n_tensors, mark_nodes = t->n_nodes;
+  size_t mark_act = t->act.used;
+  int32_t inner;
+  t->in_checkpoint = 1;
+  qt_status s = fn(t, ctx, in, &inner);
+  t->in_checkpoint = 0;
+  if (s != QT_OK) return s;
+  const tape_tensor *In = T_(t, inner);
+  QT_ASSERTF(In->rows == X->rows && In->cols == X->cols,
+             "autograd: a checkpointed layer must keep its input's shape");
+  tape_tensor *Y = T_(t, y);
+  memcpy(Y->data, In->data, (size_t)(X->rows * X->cols) * t->es);
+  Y->requires_grad = In->requires_grad;
+  /* Forget the layer's inside: backward records it again from `in`. */
+  t->n_tensors = mark_tensors;
+  t->n_nodes = mark_nodes;
+  t->act.used = mark_act;
+  tape_node *n;
+  QT_TRY(new_node(t, OP_LAYER, &n));
+  n->in[0] = in;
+  n->out = y;
+  n->fn = fn;
+  n->ctx = ctx;
+  *out = y;
+  return QT_OK;
+}
+
+/* ---- backward ------------------------------------------------------------- */
+
+static qt_status backward_range(qt_tape *t, int32_t first, int32_t end);
+
+/* Work buffers for one node's backward, released when it is done. */
+static qt_status work_alloc(qt_tape *t, size_t elems, void **p) {
+  return arena_alloc(&t->act, "activation", elems * t->es, p);
+}
+
+static qt_status backward_layer(qt_tape *t, const tape_node *nd) {
+  int32_t in = nd->in[0];
+  tape_tensor *X = T_(t, in);
+  /* The input's gradient buffer exists before the recompute, so that the
+   * recording writes into it with the same set-or-accumulate state as without
+   * checkpointing (bit-identical results). */
+  if (X->requires_grad && !X->grad) {
+    size_t bytes = (size_t)(X->rows * X->cols) * t->es;
+    QT_TRY(arena_alloc(&t->grad, "gradient", bytes, &X->grad));
+    t->grad_tensor_bytes += bytes;
+    t->grad_tensors++;
+  }
+  int32_t mark_tensors = t->n_tensors, mark_nodes = t->n_nodes;
+  size_t mark_act = t->act.used, mark_grad = t->grad.used;
+  size_t mark_gbytes = t->grad_tensor_bytes;
+  int32_t mark_gtensors = t->grad_tensors;
+  int32_t xin, yout;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, X->data, X->rows, X->cols, X->requires_grad,
+                    X->name, &xin));
+  tape_tensor *Xc = T_(t, xin);
+  X = T_(t, in);
+  Xc->grad = X->grad;
+  Xc->grad_set = X->grad_set;
+  t->in_checkpoint = 1;
+  qt_status s = nd->fn(t, nd->ctx, xin, &yout);
+  t->in_checkpoint = 0;
+  QT_TRY(s);
+  tape_tensor *Yr = T_(t, yout);
+  const tape_tensor *Y = T_(t, nd->out);
+  QT_ASSERT(Yr->rows == Y->rows && Yr->cols == Y->cols && Yr->requires_grad == Y->requires_grad);
+  Yr->grad = Y->grad;
+  Yr->grad_set = Y->grad_set;
+  QT_TRY(backward_range(t, mark_nodes, t->n_nodes));
+  T_(t, in)->grad_set = T_(t, xin)->grad_set;
+  t->n_tensors = mark_tensors;
+  t->n_nodes = mark_nodes;
+  t->act.used = mark_act;
+  t->grad.used = mark_grad;
+  t->grad_tensor_bytes = mark_gbytes;
+  t->grad_tensors = mark_gtensors;
+  return QT_OK;
+}
+
+static qt_status backward_node(qt_tape *t, const tape_node *nd) {
+  const tape_tensor *Y = T_(t, nd->out);
+  if (!Y->grad_set) return QT_OK; /* nothing downstream needs this op */
+  const void *dy = Y->grad;
+  void *g;
+  int acc;
+  size_t mark = t->act.used;
+  switch (nd->op) {
+  case OP_EMBEDDING:
+    break; /* the table is frozen; its output never requires a gradient */
+  case OP_RMSNORM: {
+    const tape_tensor *X = T_(t, nd->in[0]);
+    if (!X->requires_grad) break;
+    QT_TRY(grad_target(t, nd->in[0], &g, &acc));
+    KCALL(t, qt_op_rmsnorm_backward_cpu, g, acc, dy, X->data, T_(t, nd->in[1])->data,
+          nd->saved0, X->rows, X->cols);
+    break;
+  }
+  case OP_ADD:
+    for (int i = 0; i < 2; i++) {
+      if (!needs(t, nd->in[i])) continue;
+      QT_TRY(grad_target(t, nd->in[i], &g, &acc));
+      KCALL(t, qt_op_add_backward_cpu, g, acc, dy, Y->rows * Y->cols);
+    }
+    break;
+  case OP_LINEAR: {
+    const tape_tensor *X = T_(t, nd->in[0]), *W = T_(t, nd->in[1]);
+    int64_t N = X->rows, In = X->cols, O = W->rows, R = nd->D;
+    void *dx = NULL;
+    if (X->requires_grad) {
+      QT_TRY(grad_target(t, nd->in[0], &dx, &acc));
+      KCALL(t, qt_op_linear_backward_cpu, dx, acc, dy, W->data, N, In, O);
+    }
+    if (nd->lora.A < 0) break;
+    const tape_tensor *A = T_(t, nd->lora.A), *B = T_(t, nd->lora.B);
+    void *dA = NULL, *dB = NULL, *du, *work = NULL;
+    if (A->requires_grad) QT_TRY(grad_target(t, nd->lora.A, &dA, &acc));
+    if (B->requires_grad) QT_TRY(grad_target(t, nd->lora.B, &dB, &acc));
+    QT_TRY(work_alloc(t, (size_t)(N * R), &du));
+    if (dx && nd->lora.mask) QT_TRY(work_alloc(t, (size_t)(N * In), &work));
+    KCALL(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
+          nd->lora.mask, nd->lora.keep_scale, A->data, B->data, nd->lora.scale, N, In, O, R);
+    break;
+  }
+  case OP_ROPE: {
+    const tape_tensor *X = T_(t, nd->in[0]);
+    if (!X->requires_grad) break;
+    QT_TRY(grad_target(t, nd->in[0], &g, &acc));
+    KCALL(t, qt_op_rope_backward_cpu, g, acc, dy, nd->ints, nd->inv_freq, X->rows, nd->H, nd->D);
+    break;
+  }
+  case OP_ATTENTION: {
+    void *d[3] = {NULL, NULL, NULL};
+    int a[3] = {0, 0, 0};
+    for (int i = 0; i < 3; i++)
+      if (needs(t, nd->in[i])) QT_TRY(grad_target(t, nd->in[i], &d[i], &a[i]));
+    void *work;
+    QT_TRY(work_alloc(t, (size_t)(nd->B * nd->K * nd->T), &work));
+    /* The kernel takes one flag for all three; give it per input when they differ. */
+    int acc_all = a[0] || a[1] || a[2];
+    if (acc_all && !(a[0] == (d[0] != NULL) && a[1] == (d[1] != NULL) && a[2] == (d[2] != NULL))) {
+      for (int i = 0; i < 3; i++) {
+        if (!d[i]) continue;
+        void *dd[3] = {NULL, NULL, NULL};
+        dd[i] = d[i];
+        KCALL(t, qt_op_attention_backward_cpu, dd[0], dd[1], dd[2], a[i], work, dy, nd->saved0,
+              T_(t, nd->in[0])->data, T_(t, nd->in[1])->data, T_(t, nd->in[2])->data, nd->ints,
+              nd->B, nd->T, nd->H, nd->K, nd->D);
+      }
+    } else {
+      KCALL(t, qt_op_attention_backward_cpu, d[0], d[1], d[2], acc_all, work, dy, nd->saved0,
+            T_(t, nd->in[0])->data, T_(t, nd->in[1])->data, T_(t, nd->in[2])->data, nd->ints,
+            nd->B, nd->T, nd->H, nd->K, nd->D);
+    }
+    break;
+  }
+  case OP_SWIGLU: {
+    const tape_tensor *G = T_(t, nd->in[0]), *U = T_(t, nd->in[1]);
+    void *dg = NULL, *du = NULL;
+    int ag = 0, au = 0;
+    if (G->requires_grad) QT_TRY(grad_target(t, nd->in[0], &dg, &ag));
+    if (U->requires_grad) QT_TRY(grad_target(t, nd->in[1], &du, &au));
+    if (dg && du && ag != au) {
+      KCALL(t, qt_op_swiglu_backward_cpu, dg, NULL, ag, dy, G->data, U->data, G->rows * G->cols);
+      KCALL(t, qt_op_swiglu_backward_cpu, NULL, du, au, dy, G->data, U->data, G->rows * G->cols);
+    } else {
+      KCALL(t, qt_op_swiglu_backward_cpu, dg, du, ag || au, dy, G->data, U->data,
+            G->rows * G->cols);
+    }
+    break;
+  }
+  case OP_CROSS_ENTROPY: {
+    const tape_tensor *X = T_(t, nd->in[0]), *W = T_(t, nd->in[1]);
+    if (!X->requires_grad) break;
+    double dloss = t->f64 ? *(const double *)dy : *(const float *)dy;
+    void *logits;
+    QT_TRY(grad_target(t, nd->in[0], &g, &acc));
+    QT_TRY(work_alloc(t, (size_t)(nd->T * W->rows), &logits));
+    KCALL(t, qt_op_cross_entropy_backward_cpu, g, acc, logits, nd->T, dloss, nd->saved0, X->data,
+          W->data, nd->ints, X->rows, X->cols, W->rows);
+    break;
+  }
+  case OP_LAYER:
+    QT_TRY(backward_layer(t, nd));
+    break;
+  }
+  t->act.used = mark;
+  return QT_OK;
+}
+
+static qt_status backward_range(qt_tape *t, int32_t first, int32_t end) {
+  for (int32_t i = end - 1; i >= first; i--) QT_TRY(backward_node(t, &t->nodes[i]));
+  return QT_OK;
+}
+
+qt_status qt_tape_backward(qt_tape *t, int32_t loss, double dloss) {
+  QT_ASSERT(!t->in_checkpoint);
+  int32_t last = t->n_nodes - 1;
+  QT_ASSERTF(last >= 0 && t->nodes[last].op == OP_CROSS_ENTROPY && t->nodes[last].out == loss,
+             "autograd: backward must start from the loss, the last op recorded");
+  if (!T_(t, loss)->requires_grad) return QT_OK; /* nothing trainable reaches the loss */
+  void *g;
+  int acc;
+  QT_TRY(grad_target(t, loss, &g, &acc));
+  if (t->f64)
+    *(double *)g = dloss;
+  else
+    *(float *)g = (float)dloss;
+  return backward_range(t, 0, t->n_nodes);
+}
+
+/* ---- inspection ------------------------------------------------------------ */
+
+int64_t qt_tape_rows(const qt_tape *t, int32_t id) { return CT_(t, id)->rows; }
+int64_t qt_tape_cols(const qt_tape *t, int32_t id) { return CT_(t, id)->cols; }
+const void *qt_tape_data(const qt_tape *t, int32_t id) { return CT_(t, id)->data; }
+bool qt_tape_requires_grad(const qt_tape *t, int32_t id) { return CT_(t, id)->requires_grad; }
+
+const void *qt_tape_grad(const qt_tape *t, int32_t id) {
+  const tape_tensor *x = CT_(t, id);
+  if (x->kind == KIND_TRAINABLE) return x->grad;
+  return x->grad_set ? x->grad : NULL;
+}
+
+qt_tape_stats qt_tape_get_stats(const qt_tape *t) {
+  return (qt_tape_stats){.act_used = t->act.used, .act_peak = t->act.peak,
+                         .grad_used = t->grad.used, .grad_peak = t->grad.peak,
+                         .grad_tensor_bytes = t->grad_tensor_bytes,
+                         .grad_tensors = t->grad_tensors, .n_tensors = t->n_tensors,
+                         .n_nodes = t->n_nodes};
+}

@@ -1,0 +1,143 @@
+/* autograd/tape.h — a reverse-mode tape (Wengert list) over the ops of ops.h.
+ *
+ * Use, once per step:
+ *   qt_tape_reset(t);                     activations of the last step are gone
+ *   qt_tape_embedding / rmsnorm / linear / rope / attention / swiglu / add ...
+ *   qt_tape_cross_entropy(..., &loss, &sum, &count);
+ *   qt_tape_backward(t, loss, 1.0 / global_target_count);
+ * Parameters are registered once, after qt_tape_init and before the first op,
+ * and survive qt_tape_reset.
+ *
+ * Tensors are 2-D (rows, cols), dense row-major, all of the tape's dtype
+ * (QT_F32 for training, QT_F64 for the finite-difference oracle). A tensor id
+ * (int32_t) names a tensor until the next qt_tape_reset.
+ *
+ * Gradients:
+ * - A tensor is FROZEN (weights: embeddings, norms, base linears, lm_head),
+ *   TRAINABLE (LoRA A/B; its gradient buffer belongs to the caller and is
+ *   accumulated into with +=, so micro-batches add up; the caller zeroes it per
+ *   optimizer step), CONSTANT (caller data without gradient), or an ACTIVATION
+ *   (an op output). An activation requires a gradient iff one of its inputs
+ *   does; nothing else ever gets a gradient buffer, and an op's backward
+ *   computes only the input gradients that are required. Giving a gradient to a
+ *   frozen tensor is a programmer bug (QT_ASSERT).
+ * - One set-or-accumulate rule (tape.c grad_target): the first contribution to
+ *   an activation's gradient overwrites its (fresh) buffer, later ones add.
+ * - Activation gradient buffers come from a gradient arena, allocated on first
+ *   contribution; qt_tape_stats reports their bytes.
+ *
+ * Memory: two arenas sized at init (activations + saved tensors + per-op work;
+ * activation gradients), reset by qt_tape_reset. Nothing is allocated per step.
+ * An op that does not fit returns QT_ERR_NOMEM with the sizes to configure.
+ *
+ * Gradient checkpointing: qt_tape_layer(fn, ctx, in, checkpoint) runs a layer
+ * (a function that records ops on the tape). With checkpoint set, only the
+ * layer's input and output stay on the tape; backward re-records the layer from
+ * its saved input (calling fn again), back-propagates through that recording and
+ * discards it. fn must therefore be deterministic given (ctx, input values) —
+ * e.g. dropout masks keyed by a counter, not drawn from a running RNG — and
+ * must map its input to an output of the same shape (a decoder layer does).
+ * Gradients are bit-identical with and without checkpointing.
+ *
+ * Int arrays (ids, positions, document ids, targets), dropout masks, inv_freq
+ * and the data of params/constants are borrowed: they must stay valid and
+ * unchanged until qt_tape_backward returns. */
+#ifndef QT_AUTOGRAD_TAPE_H
+#define QT_AUTOGRAD_TAPE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "common/tensor.h"
+
+typedef struct qt_tape qt_tape;
+
+typedef struct {
+  size_t act_bytes;       /* arena for activations, saved tensors and op work buffers */
+  size_t grad_bytes;      /* arena for activation gradients */
+  int32_t max_tensors;    /* params + activations of one step (incl. recompute) */
+  int32_t max_nodes;      /* ops of one step (incl. recompute) */
+  int64_t ce_chunk_rows;  /* rows of logits formed at once by cross-entropy */
+} qt_tape_config;
+
+typedef struct {
+  size_t act_used, act_peak;   /* bytes in the activation arena (peak includes work) */
+  size_t grad_used, grad_peak; /* bytes in the gradient arena (with alignment) */
+  size_t grad_tensor_bytes;    /* exact bytes of activation gradients now allocated */
+  int32_t grad_tensors;        /* how many activations now hold a gradient buffer */
+  int32_t n_tensors, n_nodes;
+} qt_tape_stats;
+
+/* dtype: QT_F32 or QT_F64. *out is NULL on failure. */
+qt_status qt_tape_init(qt_tape **out, qt_dtype dtype, const qt_tape_config *cfg);
+void qt_tape_free(qt_tape **t);
+
+/* Parameters (persistent across qt_tape_reset; register before the first op).
+ * data (rows, cols) borrowed. trainable: grad (rows, cols), caller-owned, += into. */
+qt_status qt_tape_frozen(qt_tape *t, const char *name, const void *data, int64_t rows,
+                         int64_t cols, int32_t *id);
+qt_status qt_tape_trainable(qt_tape *t, const char *name, void *data, void *grad, int64_t rows,
+                            int64_t cols, int32_t *id);
+/* Per-step constant tensor (no gradient), data (rows, cols) borrowed. */
+qt_status qt_tape_constant(qt_tape *t, const void *data, int64_t rows, int64_t cols, int32_t *id);
+
+/* Drops every activation, node and activation gradient (params stay). */
+void qt_tape_reset(qt_tape *t);
+
+/* ---- ops (shapes as in ops.h; every output is a new activation) ---------- */
+/* out (N, C) = wte[ids]; wte (V, C) frozen; ids (N) borrowed */
+qt_status qt_tape_embedding(qt_tape *t, int32_t wte, const int32_t *ids, int64_t N, int32_t *out);
+/* out = RMSNorm(x) * w; x (N, C); w (1, C) frozen */
+qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t *out);
+/* out = a + b (same shape) */
+qt_status qt_tape_add(qt_tape *t, int32_t a, int32_t b, int32_t *out);
+
+/* LoRA branch of a linear: A (R, I), B (O, R) params (trainable or frozen);
+ * mask (N, I) of 0/1 or NULL for no dropout, keep_scale = 1/(1-p). */
+typedef struct {
+  int32_t A, B;
+  double scale;          /* lora_alpha / r (or / sqrt(r) with rsLoRA) */
+  const uint8_t *mask;   /* borrowed */
+  double keep_scale;
+} qt_tape_lora;
+/* out (N, O) = x W^T (+ bias) (+ LoRA); x (N, I); W (O, I) frozen; bias (1, O)
+ * frozen or -1; lora NULL for none. */
+qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const qt_tape_lora *lora,
+                         int32_t *out);
+/* out (N, H*D) = RoPE(x) over H heads of size D; pos (N), inv_freq (D/2) borrowed */
+qt_status qt_tape_rope(qt_tape *t, int32_t x, int64_t H, int64_t D, const int32_t *pos,
+                       const float *inv_freq, int32_t *out);
+/* out (B*T, H*D) = causal GQA with per-document mask; q (B*T, H*D); k, v (B*T, K*D);
+ * doc (B*T) document ids, borrowed */
+qt_status qt_tape_attention(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t B, int64_t T,
+                            int64_t H, int64_t K, int64_t D, const int32_t *doc, int32_t *out);
+/* out = silu(gate) * up */
+qt_status qt_tape_swiglu(qt_tape *t, int32_t gate, int32_t up, int32_t *out);
+/* loss (1, 1) = sum over targets != -100 of CE(x W^T); x (N, C); W (V, C) frozen
+ * (lm_head, or the embedding table when tied); targets (N) shifted, borrowed.
+ * *loss_sum gets the summed loss, *count the number of targets. */
+qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t *targets,
+                                int32_t *loss, double *loss_sum, int64_t *count);
+
+/* A layer: records ops on t mapping `in` to *out (same shape). */
+typedef qt_status (*qt_tape_layer_fn)(qt_tape *t, void *ctx, int32_t in, int32_t *out);
+qt_status qt_tape_layer(qt_tape *t, qt_tape_layer_fn fn, void *ctx, int32_t in, bool checkpoint,
+                        int32_t *out);
+
+/* Back-propagates from loss (the output of qt_tape_cross_entropy) with
+ * d(objective)/d(loss sum) = dloss (1 / the normalizing target count). */
+qt_status qt_tape_backward(qt_tape *t, int32_t loss, double dloss);
+
+/* ---- inspection ----------------------------------------------------------- */
+int64_t qt_tape_rows(const qt_tape *t, int32_t id);
+int64_t qt_tape_cols(const qt_tape *t, int32_t id);
+const void *qt_tape_data(const qt_tape *t, int32_t id);
+/* The gradient of id, or NULL when it has none (frozen, constant, not needed,
+ * or not reached yet). For trainable params: the caller's buffer. */
+const void *qt_tape_grad(const qt_tape *t, int32_t id);
+bool qt_tape_requires_grad(const qt_tape *t, int32_t id);
+qt_tape_stats qt_tape_get_stats(const qt_tape *t);
+
+#endif
