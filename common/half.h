@@ -41,6 +41,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* The canonical quiet NaN written for any NaN input (bf16 and fp16). */
 #define QT_HALF_CANONICAL_NAN 0x7FFFu
 
@@ -61,5 +65,9 @@ void qt_f16_from_f32_n(uint16_t *dst, const float *src, size_t n);
 void qt_f16_to_f32_n(float *dst, const uint16_t *src, size_t n);
 /* dst[i] = qt_bf16_from_f32_sr(src[i], rnd[i]). */
 void qt_bf16_from_f32_sr_n(uint16_t *dst, const float *src, const uint32_t *rnd, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
