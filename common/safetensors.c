@@ -142,7 +142,8 @@ static qt_status st_err(const st_parser *p, qt_status s, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  return qt_fail(s, "%s: invalid safetensors file: %s", p->label, msg);
+  return qt_fail(s, "%s: %s safetensors file: %s", p->label, s == QT_ERR_UNSUPPORTED ? "unsupported" : "invalid",
+                 msg);
 }
 
 /* JSON syntax error at the cursor (rule 5). */
