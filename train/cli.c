@@ -4,6 +4,7 @@
 #include <stddef.h>
 
 const qt_cli_command qt_cli_commands[] = {
+    {"inspect", "inspect PATH", qt_cmd_inspect},
     {NULL, NULL, NULL},
 };
 

@@ -19,4 +19,7 @@ extern const qt_cli_command qt_cli_commands[];
 /* `qlora-train CONFIG.yaml ...`; NULL until the training loop lands. */
 extern const qt_cli_fn qt_cli_train;
 
+/* Subcommands (train/cmd_<name>.c). */
+qt_status qt_cmd_inspect(int argc, char **argv); /* inspect PATH */
+
 #endif

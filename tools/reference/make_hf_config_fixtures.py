@@ -25,16 +25,30 @@ window per layer) from a model instantiated on the meta device, so they are
 what transformers' modeling code actually builds, not what the config says.
 The real config of /work/shared/data/stories260K gets an expected.json only
 (its config.json stays in the shared data folder).
+
+For `qlora-train inspect` (tests/train/test_inspect.sh) it also writes
+tests/golden/hf_config/models/: a tiny Llama quantized by bitsandbytes (nf4,
+double quant) and saved by transformers as a sharded checkpoint, and for it
+and stories260K an inspect_expected.txt: one line per tensor
+("name DTYPE [shape] bytes", plus "nf4 (4-bit), double quant, blocksize B,
+DTYPE [shape]" for 4-bit weights, read from their quant_state JSON by Python)
+and the totals, whose parameter count is the unquantized model's
+num_parameters() from transformers.
 """
 import json
 import os
+import platform
 import shutil
 import sys
+import tempfile
 
 import torch
 import transformers
 from transformers import (AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig,
                           LlamaConfig, MistralConfig, Qwen2Config)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (tools/reference/common.py: library versions)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "tests", "golden", "hf_config")
@@ -44,13 +58,8 @@ TINY = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, vocab_si
 
 
 def versions():
-    v = {"transformers": transformers.__version__, "torch": torch.__version__,
-         "python": sys.version.split()[0]}
-    try:
-        import bitsandbytes
-        v["bitsandbytes"] = bitsandbytes.__version__
-    except Exception:  # bitsandbytes only matters for BitsAndBytesConfig defaults
-        pass
+    v = dict(common.library_versions())
+    v["python"] = platform.python_version()
     return v
 
 
@@ -217,6 +226,73 @@ def expected_of(config_dir):
     return exp
 
 
+def inspect_lines(model_dir, n_params):
+    """Expected `inspect` lines of a model directory, from the safetensors library."""
+    from safetensors import safe_open
+    files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
+    sizes = {"F32": 4, "BF16": 2, "F16": 2, "U8": 1, "I64": 8}
+    tensors = {}
+    for fn in files:
+        with safe_open(os.path.join(model_dir, fn), "pt") as f:
+            for k in f.keys():
+                sl = f.get_slice(k)
+                tensors[k] = (sl.get_dtype(), sl.get_shape(), f.get_tensor(k))
+    lines = []
+    total = 0
+    for name in sorted(tensors):
+        dt, shape, t = tensors[name]
+        nbytes = sizes[dt] * int(torch.tensor(shape).prod().item() if shape else 1)
+        total += nbytes
+        line = "%s %s [%s] %d" % (name, dt, ", ".join(str(d) for d in shape), nbytes)
+        for kind in ("nf4", "fp4"):
+            qs = tensors.get(name + ".quant_state.bitsandbytes__" + kind)
+            if qs is not None:
+                st = json.loads(bytes(qs[2].tolist()).decode("utf-8"))
+                line += " %s (4-bit), %s, blocksize %d, %s [%s]" % (
+                    st["quant_type"], "double quant" if "nested_blocksize" in st else "no double quant",
+                    st["blocksize"], st["dtype"], ", ".join(str(d) for d in st["shape"]))
+        lines.append(line)
+    lines.append("total: %d tensors, %d bytes" % (len(tensors), total))
+    lines.append("%d parameters" % n_params)
+    return lines
+
+
+def make_models():
+    """tests/golden/hf_config/models/: checkpoints for the inspect test."""
+    out = os.path.join(OUT, "models")
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=64, dtype="bfloat16")
+    fp = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    n_params = fp.num_parameters()
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    d = os.path.join(out, "llama_nf4_sharded")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp.save_pretrained(tmp)
+        q = LlamaForCausalLM.from_pretrained(tmp, quantization_config=bnb, device_map="cpu")
+        q.save_pretrained(d, max_shard_size="16KB")
+    assert os.path.exists(os.path.join(d, "model.safetensors.index.json")), "expected a sharded save"
+    for junk in ("generation_config.json",):
+        if os.path.exists(os.path.join(d, junk)):
+            os.remove(os.path.join(d, junk))
+    with open(os.path.join(d, "inspect_expected.txt"), "w") as f:
+        f.write("\n".join(inspect_lines(d, n_params)) + "\n")
+    # stories260K: expected listing only (the model stays in the shared folder).
+    s = os.path.join(out, "stories260K")
+    os.makedirs(s)
+    n = AutoModelForCausalLM.from_pretrained(SHARED).num_parameters()
+    with open(os.path.join(s, "inspect_expected.txt"), "w") as f:
+        f.write("\n".join(inspect_lines(SHARED, n)) + "\n")
+    with open(os.path.join(out, "versions.json"), "w") as f:
+        json.dump(versions(), f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def write_expected(case_dir, exp, source):
     exp = dict(exp)
     exp["source"] = source
@@ -255,7 +331,8 @@ def main():
         json.dump({"cases": names, "shared_cases": {"stories260K": "data/stories260K"},
                    "versions": versions()}, f, indent=2)
         f.write("\n")
-    print("wrote %d cases + stories260K to %s" % (len(names), OUT))
+    make_models()
+    print("wrote %d cases + stories260K + models/ to %s" % (len(names), OUT))
 
 
 if __name__ == "__main__":
