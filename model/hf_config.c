@@ -579,7 +579,7 @@ qt_status qt_hf_config_parse(const char *json, size_t len, const char *label, qt
   }
   /* Only whitespace may follow the value. */
   for (const char *p = end; p != NULL && p < json + len; p++) {
-    if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t' && *p != '\0') {
+    if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
       cJSON_Delete(root);
       return qt_fail(QT_ERR_FORMAT, "%s: unexpected text after the JSON object at byte %zu", label,
                      (size_t)(p - json));

@@ -364,6 +364,22 @@ static void test_base_is_valid(void **state) {
   qt_hf_config_free(&c); /* idempotent on a zeroed struct */
 }
 
+/* The length is the file size: a NUL byte after the object is trailing garbage,
+ * not an end of string. */
+static void test_trailing_nul(void **state) {
+  (void)state;
+  char buf[512];
+  size_t n = strlen(BASE);
+  memcpy(buf, BASE, n);
+  buf[n] = '\0';
+  buf[n + 1] = 'x';
+  qt_hf_config c;
+  assert_int_equal(qt_hf_config_parse(buf, n + 2, "nul.json", &c), QT_ERR_FORMAT);
+  assert_non_null(strstr(qt_error_message(), "nul.json: unexpected text after the JSON object"));
+  assert_int_equal(qt_hf_config_parse(buf, n, "nul.json", &c), QT_OK);
+  qt_hf_config_free(&c);
+}
+
 static void test_load_errors(void **state) {
   (void)state;
   qt_hf_config c;
@@ -377,6 +393,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_cases), cmocka_unit_test(test_stories260k), cmocka_unit_test(test_base_is_valid),
       cmocka_unit_test(test_bad_configs),  cmocka_unit_test(test_load_errors),
+      cmocka_unit_test(test_trailing_nul),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
