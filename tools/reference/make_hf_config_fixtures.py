@@ -288,9 +288,6 @@ def make_models():
     n = AutoModelForCausalLM.from_pretrained(SHARED).num_parameters()
     with open(os.path.join(s, "inspect_expected.txt"), "w") as f:
         f.write("\n".join(inspect_lines(SHARED, n)) + "\n")
-    with open(os.path.join(out, "versions.json"), "w") as f:
-        json.dump(versions(), f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 def write_expected(case_dir, exp, source):
@@ -332,6 +329,9 @@ def main():
                    "versions": versions()}, f, indent=2)
         f.write("\n")
     make_models()
+    common.write_meta("hf_config", "hf_config", {"script": "tools/reference/make_hf_config_fixtures.py",
+                                                 "cases": names + ["stories260K", "models/llama_nf4_sharded",
+                                                                   "models/stories260K"]})
     print("wrote %d cases + stories260K + models/ to %s" % (len(names), OUT))
 
 
