@@ -5,6 +5,7 @@
 
 const qt_cli_command qt_cli_commands[] = {
     {"inspect", "inspect PATH", qt_cmd_inspect},
+    {"tokenize", "tokenize DIR [--bos] [--eos] [--decode] [--skip-special]", qt_cmd_tokenize},
     {NULL, NULL, NULL},
 };
 

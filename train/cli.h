@@ -21,5 +21,6 @@ extern const qt_cli_fn qt_cli_train;
 
 /* Subcommands (train/cmd_<name>.c). */
 qt_status qt_cmd_inspect(int argc, char **argv); /* inspect PATH */
+qt_status qt_cmd_tokenize(int argc, char **argv); /* tokenize DIR [--bos] [--eos] [--decode] */
 
 #endif
