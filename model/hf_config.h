@@ -80,6 +80,9 @@ typedef struct {
   /* Which Linear layers have a bias (llama: attention_bias for q/k/v/o and
    * mlp_bias for gate/up/down; mistral: none; qwen2: q/k/v always, o and MLP never). */
   bool q_bias, k_bias, v_bias, o_bias, mlp_bias;
+  /* Token ids as written (llama/mistral default bos 1, eos 2; qwen2 none);
+   * not checked against vocab_size (transformers only warns): callers that
+   * index embeddings with them must check. */
   bool has_bos;
   int64_t bos_token_id;
   int n_eos;                        /* 0..QT_HF_MAX_EOS; eos_token_id may be a list */
