@@ -416,11 +416,61 @@ static void test_cross_entropy_chunks(void **st) {
   free(W);
 }
 
+/* qt_rope_inv_freq against transformers' LlamaRotaryEmbedding.inv_freq
+ * (tests/golden/autograd/rope_inv_freq.txt, tools/reference/make_autograd_fixtures.py).
+ * Both compute in fp32; powf and torch's pow may differ in the last bit, so each
+ * value may be off by at most 1 ulp. */
+static void test_rope_inv_freq_golden(void **st) {
+  (void)st;
+  char path[512];
+  snprintf(path, sizeof path, "%s/golden/autograd/rope_inv_freq.txt", QLORA_TEST_DIR);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  char line[8192];
+  int cases = 0, exact = 0, total = 0;
+  qt_rope_config cfg = {0};
+  long long dim = 0;
+  while (fgets(line, sizeof line, f)) {
+    char typ[16];
+    double theta, factor, lo, hi;
+    long long orig;
+    if (sscanf(line, "case %15s %lld %lf %lf %lf %lf %lld", typ, &dim, &theta, &factor, &lo, &hi, &orig) == 7) {
+      cfg = (qt_rope_config){.type = !strcmp(typ, "default") ? QT_ROPE_DEFAULT
+                                     : !strcmp(typ, "linear") ? QT_ROPE_LINEAR : QT_ROPE_LLAMA3,
+                             .theta = theta, .factor = factor, .low_freq_factor = lo,
+                             .high_freq_factor = hi, .original_max_position_embeddings = (double)orig};
+      assert_true(!strcmp(typ, "default") || !strcmp(typ, "linear") || !strcmp(typ, "llama3"));
+    } else if (!strncmp(line, "inv_freq", 8)) {
+      float got[512];
+      assert_true(dim > 0 && dim <= 1024);
+      qt_rope_inv_freq(got, &cfg, dim);
+      char *p = line + 8;
+      for (long long j = 0; j < dim / 2; j++) {
+        char *end;
+        uint32_t want = (uint32_t)strtoul(p, &end, 16), have;
+        assert_true(end != p);
+        p = end;
+        memcpy(&have, &got[j], 4);
+        int64_t ulp = (int64_t)have - (int64_t)want;
+        if (ulp != 0)
+          fprintf(stderr, "rope case %d j=%lld: %08x vs transformers %08x\n", cases, j, have, want);
+        assert_true(ulp >= -1 && ulp <= 1);
+        exact += ulp == 0;
+        total++;
+      }
+      cases++;
+    }
+  }
+  fclose(f);
+  fprintf(stderr, "rope inv_freq: %d cases, %d of %d values bit-exact\n", cases, exact, total);
+  assert_int_equal(cases, 9);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm),        cmocka_unit_test(test_add),
       cmocka_unit_test(test_linear),         cmocka_unit_test(test_lora),
-      cmocka_unit_test(test_rope),           cmocka_unit_test(test_attention),
+      cmocka_unit_test(test_rope),           cmocka_unit_test(test_rope_inv_freq_golden),           cmocka_unit_test(test_attention),
       cmocka_unit_test(test_attention_doc_isolation),
       cmocka_unit_test(test_swiglu),         cmocka_unit_test(test_cross_entropy),
       cmocka_unit_test(test_cross_entropy_chunks),

@@ -6,7 +6,9 @@
  * - frozen weights receive no gradient, and gradient memory goes only to LoRA
  *   params and to the activations that need a gradient (bytes counted);
  * - gradient checkpointing on and off give bit-identical gradients (fp32 and fp64);
- * - the fp32 tape agrees with the fp64 tape. */
+ * - the fp32 tape agrees with the fp64 tape;
+ * - loss and LoRA gradients match transformers + PEFT (golden fixtures from
+ *   tools/reference/make_autograd_fixtures.py). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -448,6 +450,155 @@ static void test_arena_exhausted(void **st) {
   assert_null(t);
 }
 
+/* ---- transformers + PEFT golden values ---- */
+static const char *const proj_name[NPROJ] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                             "gate_proj", "up_proj", "down_proj"};
+
+typedef struct {
+  double loss_sum;
+  int64_t count;
+  double *gA[L][NPROJ], *gB[L][NPROJ];
+} golden;
+
+/* Reads tests/golden/autograd/llama_lora_<tied|untied>.txt (format in
+ * tools/reference/make_autograd_fixtures.py): draws every weight from its
+ * splitmix64 recipe, sets ids, documents, positions (restarting per document)
+ * and targets (labels shifted by one within each document, -100 at a
+ * document's last token, as transformers does per sequence). */
+static void model_init_golden(model *m, golden *g, bool tied) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/golden/autograd/llama_lora_%s.txt", QLORA_TEST_DIR,
+           tied ? "tied" : "untied");
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  memset(m, 0, sizeof *m);
+  memset(g, 0, sizeof *g);
+  m->tied = tied;
+  int32_t labels[N];
+  char key[64], name[96];
+  while (fscanf(f, "%63s", key) == 1) {
+    if (key[0] == '#') {
+      int c;
+      while ((c = fgetc(f)) != '\n' && c != EOF) {}
+    } else if (!strcmp(key, "config")) {
+      char k[16];
+      double v;
+      assert_int_equal(fscanf(f, "%15s %lf", k, &v), 2);
+      const struct { const char *k; double v; } want[] = {
+          {"B", B}, {"T", T}, {"C", C}, {"H", H}, {"K", K}, {"D", D}, {"F", F}, {"V", V},
+          {"R", R}, {"L", L}, {"tied", tied}, {"lora_alpha", LORA_SCALE * R}};
+      for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strcmp(k, want[i].k)) assert_true(v == want[i].v);
+    } else if (!strcmp(key, "tensor")) {
+      long long rows, cols;
+      unsigned long long seed;
+      double lo, hi;
+      assert_int_equal(fscanf(f, "%95s %lld %lld %llu %lf %lf", name, &rows, &cols, &seed, &lo, &hi), 6);
+      ag_rng r = {seed};
+      double *x = rnd(&r, rows * cols, lo, hi), **dst = NULL;
+      int l = -1, j;
+      char rest[96];
+      if (!strcmp(name, "embed")) dst = &m->emb;
+      else if (!strcmp(name, "lm_head")) dst = &m->lm_head;
+      else if (!strcmp(name, "norm")) dst = &m->final_norm;
+      else if (sscanf(name, "L%d.%95s", &l, rest) == 2) {
+        if (!strcmp(rest, "input_layernorm")) dst = &m->w[l][P_INNORM];
+        if (!strcmp(rest, "post_attention_layernorm")) dst = &m->w[l][P_POSTNORM];
+        for (j = 0; j < NPROJ; j++) {
+          size_t pl = strlen(proj_name[j]);
+          if (strncmp(rest, proj_name[j], pl)) continue;
+          if (!rest[pl]) dst = &m->w[l][proj_param[j]];
+          else if (!strcmp(rest + pl, ".lora_A")) { dst = &m->A[l][j]; assert_int_equal(cols, proj_in[j]); }
+          else if (!strcmp(rest + pl, ".lora_B")) { dst = &m->Bm[l][j]; assert_int_equal(rows, proj_out[j]); }
+        }
+      }
+      assert_non_null(dst);
+      assert_null(*dst);
+      *dst = x;
+    } else if (!strcmp(key, "ids") || !strcmp(key, "labels") || !strcmp(key, "doc")) {
+      int32_t *dst = key[0] == 'i' ? m->ids : key[0] == 'l' ? labels : m->doc;
+      for (int n = 0; n < N; n++) assert_int_equal(fscanf(f, "%d", &dst[n]), 1);
+    } else if (!strcmp(key, "loss_sum")) {
+      assert_int_equal(fscanf(f, "%lf", &g->loss_sum), 1);
+    } else if (!strcmp(key, "count")) {
+      long long c;
+      assert_int_equal(fscanf(f, "%lld", &c), 1);
+      g->count = c;
+    } else if (!strcmp(key, "grad")) {
+      long long n;
+      int l, j;
+      assert_int_equal(fscanf(f, "%95s %lld", name, &n), 2);
+      assert_int_equal(sscanf(name, "L%d.", &l), 1);
+      for (j = 0; j < NPROJ; j++)
+        if (strstr(name, proj_name[j]) == strchr(name, '.') + 1) break;
+      assert_true(l >= 0 && l < L && j < NPROJ);
+      bool isB = strstr(name, ".lora_B") != NULL;
+      double **dst = isB ? &g->gB[l][j] : &g->gA[l][j];
+      assert_int_equal(n, isB ? proj_out[j] * R : R * proj_in[j]);
+      *dst = malloc((size_t)n * sizeof(double));
+      for (long long i = 0; i < n; i++) assert_int_equal(fscanf(f, "%lf", &(*dst)[i]), 1);
+    } else {
+      fail_msg("%s: unknown key %s", path, key);
+    }
+  }
+  fclose(f);
+  for (int n = 0; n < N; n++) {
+    bool first = n % T == 0 || m->doc[n - 1] != m->doc[n];
+    m->pos[n] = first ? 0 : m->pos[n - 1] + 1;
+    bool last = n % T == T - 1 || m->doc[n + 1] != m->doc[n];
+    m->targets[n] = last ? QT_IGNORE_INDEX : labels[n + 1];
+  }
+  qt_rope_config rc = {.type = QT_ROPE_LLAMA3, .theta = 10000.0, .factor = 8.0,
+                       .low_freq_factor = 1.0, .high_freq_factor = 4.0,
+                       .original_max_position_embeddings = 16};
+  qt_rope_inv_freq(m->inv_freq, &rc, D);
+}
+
+/* Loss and every LoRA gradient against transformers + PEFT. The reference runs
+ * in float64 but transformers itself rounds to fp32 in RMSNorm
+ * (hidden_states.to(torch.float32)), the softmax (dtype=torch.float32) and the
+ * loss (logits.float()), so agreement is at fp32 level: the bounds are 1e-5
+ * (loss) and 1e-4 (gradients), relative. A layout or masking error (rotate_half
+ * vs interleaved, kv-head mapping, a token seeing another document) is O(1). */
+static void check_golden(bool tied) {
+  model m;
+  golden g;
+  model_init_golden(&m, &g, tied);
+  for (int f64 = 0; f64 < 2; f64++) {
+    bound bd;
+    bind(&bd, &m, f64, false);
+    int64_t cnt;
+    zero_grads(&bd);
+    double sum = forward(&bd, f64 == 1, &cnt);
+    assert_int_equal(cnt, g.count);
+    assert_int_equal(qt_tape_backward(bd.t, bd.loss, 1.0 / (double)cnt), QT_OK);
+    double lerr = fabs(sum - g.loss_sum) / fabs(g.loss_sum), worst = 0;
+    for (int l = 0; l < L; l++)
+      for (int j = 0; j < NPROJ; j++)
+        for (int which = 0; which < 2; which++) {
+          int64_t n = which ? proj_out[j] * R : R * proj_in[j];
+          const void *got = which ? bd.gB[l][j] : bd.gA[l][j];
+          double *gd = malloc((size_t)n * sizeof(double));
+          for (int64_t i = 0; i < n; i++)
+            gd[i] = f64 ? ((const double *)got)[i] : ((const float *)got)[i];
+          double e = ag_rel_err(gd, which ? g.gB[l][j] : g.gA[l][j], n);
+          if (e > worst) worst = e;
+          if (e >= 1e-4) fprintf(stderr, "layer %d %s %s: rel err %.3g\n", l, proj_name[j], which ? "B" : "A", e);
+          free(gd);
+        }
+    fprintf(stderr, "vs transformers+PEFT (%s, %s tape%s): loss rel err %.3g, worst LoRA grad rel err %.3g\n",
+            tied ? "tied" : "untied", f64 ? "fp64" : "fp32", f64 ? ", checkpointed" : "", lerr, worst);
+    assert_true(lerr < 1e-5);
+    assert_true(worst < 1e-4);
+    unbind(&bd);
+  }
+  for (int l = 0; l < L; l++)
+    for (int j = 0; j < NPROJ; j++) { free(g.gA[l][j]); free(g.gB[l][j]); }
+  model_free(&m);
+}
+static void test_golden_untied(void **st) { (void)st; check_golden(false); }
+static void test_golden_tied(void **st) { (void)st; check_golden(true); }
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fd_untied_dropout),
@@ -457,6 +608,8 @@ int main(void) {
       cmocka_unit_test(test_checkpoint_bit_identical),
       cmocka_unit_test(test_f32_vs_f64_and_reuse),
       cmocka_unit_test(test_arena_exhausted),
+      cmocka_unit_test(test_golden_untied),
+      cmocka_unit_test(test_golden_tied),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
