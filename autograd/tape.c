@@ -8,8 +8,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
-
-enum { ARENA_ALIGN = 64 };
+#include "common/arena.h"
 
 typedef enum {
   KIND_ACTIVATION = 0,
@@ -47,16 +46,11 @@ typedef struct {
   void *ctx;
 } tape_node;
 
-typedef struct {
-  unsigned char *base;
-  size_t cap, used, peak;
-} arena;
-
 struct qt_tape {
   bool f64;
   size_t es; /* element size */
   qt_tape_config cfg;
-  arena act, grad;
+  qt_arena act, grad; /* activations + saved + work; activation gradients */
   tape_tensor *tensors;
   int32_t n_tensors, n_persistent;
   tape_node *nodes;
@@ -69,30 +63,10 @@ struct qt_tape {
 /* Calls the fp32 or fp64 twin of an op; pointer arguments are void *. */
 #define KCALL(t, fn, ...) ((t)->f64 ? fn##_f64(__VA_ARGS__) : fn(__VA_ARGS__))
 
-/* ---- arenas ---------------------------------------------------------------- */
+/* ---- arenas (common/arena.h) ---------------------------------------------- */
 
-static qt_status arena_init(arena *a, size_t cap) {
-  a->cap = (cap + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
-  a->used = a->peak = 0;
-  a->base = NULL;
-  if (a->cap == 0) return QT_OK;
-  a->base = aligned_alloc(ARENA_ALIGN, a->cap);
-  if (!a->base)
-    return qt_fail(QT_ERR_NOMEM, "autograd: cannot allocate a %zu-byte arena; lower the "
-                                 "batch or sequence length", a->cap);
-  return QT_OK;
-}
-
-static qt_status arena_alloc(arena *a, const char *what, size_t bytes, void **out) {
-  size_t need = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
-  if (need > a->cap - a->used)
-    return qt_fail(QT_ERR_NOMEM,
-                   "autograd: the %s arena (%zu bytes) is full: %zu used, %zu more needed; "
-                   "size it larger in qt_tape_config", what, a->cap, a->used, need);
-  *out = a->base + a->used;
-  a->used += need;
-  if (a->used > a->peak) a->peak = a->used;
-  return QT_OK;
+static qt_status arena_alloc(qt_arena *a, const char *what, size_t bytes, void **out) {
+  return qt_arena_alloc(a, bytes, what, out);
 }
 
 /* ---- tensors --------------------------------------------------------------- */
@@ -113,7 +87,7 @@ static qt_status new_tensor(qt_tape *t, tensor_kind kind, void *data, int64_t ro
     return qt_fail(QT_ERR_NOMEM, "autograd: more than %d tensors on the tape; raise "
                                  "qt_tape_config.max_tensors", (int)t->cfg.max_tensors);
   if (kind == KIND_ACTIVATION && !data)
-    QT_TRY(arena_alloc(&t->act, "activation", (size_t)(rows * cols) * t->es, &data));
+    QT_TRY(arena_alloc(&t->act, name ? name : "activation", (size_t)(rows * cols) * t->es, &data));
   tape_tensor *x = &t->tensors[t->n_tensors];
   *x = (tape_tensor){.data = data, .rows = rows, .cols = cols, .kind = kind,
                      .requires_grad = rg, .name = name ? name : "activation"};
@@ -151,7 +125,7 @@ static qt_status grad_target(qt_tape *t, int32_t id, void **g, int *acc) {
   }
   if (!x->grad) {
     size_t bytes = (size_t)(x->rows * x->cols) * t->es;
-    QT_TRY(arena_alloc(&t->grad, "gradient", bytes, &x->grad));
+    QT_TRY(arena_alloc(&t->grad, "activation gradient", bytes, &x->grad));
     t->grad_tensor_bytes += bytes;
     t->grad_tensors++;
   }
@@ -181,8 +155,8 @@ qt_status qt_tape_init(qt_tape **out, qt_dtype dtype, const qt_tape_config *cfg)
   if (!t->tensors || !t->nodes)
     s = qt_fail(QT_ERR_NOMEM, "autograd: cannot allocate %d tensors / %d nodes",
                 (int)cfg->max_tensors, (int)cfg->max_nodes);
-  if (s == QT_OK) s = arena_init(&t->act, cfg->act_bytes);
-  if (s == QT_OK) s = arena_init(&t->grad, cfg->grad_bytes);
+  if (s == QT_OK) s = qt_arena_init(&t->act, "autograd activations", cfg->act_bytes);
+  if (s == QT_OK) s = qt_arena_init(&t->grad, "autograd gradients", cfg->grad_bytes);
   if (s != QT_OK) {
     qt_tape_free(&t);
     return s;
@@ -194,8 +168,8 @@ qt_status qt_tape_init(qt_tape **out, qt_dtype dtype, const qt_tape_config *cfg)
 void qt_tape_free(qt_tape **tp) {
   if (!tp || !*tp) return;
   qt_tape *t = *tp;
-  free(t->act.base);
-  free(t->grad.base);
+  qt_arena_free(&t->act);
+  qt_arena_free(&t->grad);
   free(t->tensors);
   free(t->nodes);
   free(t);
@@ -233,8 +207,8 @@ void qt_tape_reset(qt_tape *t) {
   QT_ASSERT(!t->in_checkpoint);
   t->n_tensors = t->n_persistent;
   t->n_nodes = 0;
-  t->act.used = 0;
-  t->grad.used = 0;
+  qt_arena_reset(&t->act);
+  qt_arena_reset(&t->grad);
   t->grad_tensor_bytes = 0;
   t->grad_tensors = 0;
 }
@@ -263,7 +237,7 @@ qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t 
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, C, X->requires_grad, "rmsnorm", &y));
   void *rstd;
-  QT_TRY(arena_alloc(&t->act, "activation", (size_t)N * t->es, &rstd));
+  QT_TRY(arena_alloc(&t->act, "rmsnorm rstd", (size_t)N * t->es, &rstd));
   X = T_(t, x);
   KCALL(t, qt_op_rmsnorm_forward_cpu, T_(t, y)->data, rstd, X->data, T_(t, w)->data, eps, N, C);
   tape_node *n;
@@ -321,8 +295,8 @@ qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const q
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, O, rg, "linear", &y));
   void *u = NULL, *xd = NULL;
   if (lora) {
-    QT_TRY(arena_alloc(&t->act, "activation", (size_t)(N * R) * t->es, &u));
-    if (lora->mask) QT_TRY(arena_alloc(&t->act, "activation", (size_t)(N * In) * t->es, &xd));
+    QT_TRY(arena_alloc(&t->act, "lora u", (size_t)(N * R) * t->es, &u));
+    if (lora->mask) QT_TRY(arena_alloc(&t->act, "lora dropout(x)", (size_t)(N * In) * t->es, &xd));
   }
   void *yd = T_(t, y)->data;
   KCALL(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, T_(t, W)->data,
@@ -376,7 +350,7 @@ qt_status qt_tape_attention(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, B * T, H * D, rg, "attention", &y));
   void *P;
-  QT_TRY(arena_alloc(&t->act, "activation", (size_t)(B * H * T * T) * t->es, &P));
+  QT_TRY(arena_alloc(&t->act, "attention probabilities", (size_t)(B * H * T * T) * t->es, &P));
   KCALL(t, qt_op_attention_forward_cpu, T_(t, y)->data, P, T_(t, q)->data, T_(t, k)->data,
         T_(t, v)->data, doc, B, T, H, K, D);
   tape_node *n;
@@ -423,13 +397,13 @@ qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t 
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, 1, 1, X->requires_grad, "loss", &y));
   void *lse, *logits;
-  QT_TRY(arena_alloc(&t->act, "activation", (size_t)N * t->es, &lse));
-  size_t mark = t->act.used;
-  QT_TRY(arena_alloc(&t->act, "activation", (size_t)(chunk * V) * t->es, &logits));
+  QT_TRY(arena_alloc(&t->act, "cross-entropy logsumexp", (size_t)N * t->es, &lse));
+  size_t mark = qt_arena_mark(&t->act);
+  QT_TRY(arena_alloc(&t->act, "cross-entropy logits chunk", (size_t)(chunk * V) * t->es, &logits));
   int64_t cnt = 0;
   double sum = KCALL(t, qt_op_cross_entropy_forward_cpu, lse, &cnt, logits, chunk,
                      T_(t, x)->data, T_(t, W)->data, targets, N, C, V);
-  t->act.used = mark; /* the logits chunk is work, not kept */
+  qt_arena_rewind(&t->act, mark); /* the logits chunk is work, not kept */
   if (t->f64)
     *(double *)T_(t, y)->data = sum;
   else
@@ -456,7 +430,7 @@ qt_status qt_tape_layer(qt_tape *t, qt_tape_layer_fn fn, void *ctx, int32_t in, 
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, X->rows, X->cols, false, "layer", &y));
   int32_t mark_tensors = t->n_tensors, mark_nodes = t->n_nodes;
-  size_t mark_act = t->act.used;
+  size_t mark_act = qt_arena_mark(&t->act);
   int32_t inner;
   t->in_checkpoint = 1;
   qt_status s = fn(t, ctx, in, &inner);
@@ -471,7 +445,7 @@ qt_status qt_tape_layer(qt_tape *t, qt_tape_layer_fn fn, void *ctx, int32_t in, 
   /* Forget the layer's inside: backward records it again from `in`. */
   t->n_tensors = mark_tensors;
   t->n_nodes = mark_nodes;
-  t->act.used = mark_act;
+  qt_arena_rewind(&t->act, mark_act);
   tape_node *n;
   QT_TRY(new_node(t, OP_LAYER, &n));
   n->in[0] = in;
@@ -488,7 +462,7 @@ static qt_status backward_range(qt_tape *t, int32_t first, int32_t end);
 
 /* Work buffers for one node's backward, released when it is done. */
 static qt_status work_alloc(qt_tape *t, size_t elems, void **p) {
-  return arena_alloc(&t->act, "activation", elems * t->es, p);
+  return arena_alloc(&t->act, "backward work buffer", elems * t->es, p);
 }
 
 static qt_status backward_layer(qt_tape *t, const tape_node *nd) {
@@ -499,12 +473,12 @@ static qt_status backward_layer(qt_tape *t, const tape_node *nd) {
    * checkpointing (bit-identical results). */
   if (X->requires_grad && !X->grad) {
     size_t bytes = (size_t)(X->rows * X->cols) * t->es;
-    QT_TRY(arena_alloc(&t->grad, "gradient", bytes, &X->grad));
+    QT_TRY(arena_alloc(&t->grad, "activation gradient", bytes, &X->grad));
     t->grad_tensor_bytes += bytes;
     t->grad_tensors++;
   }
   int32_t mark_tensors = t->n_tensors, mark_nodes = t->n_nodes;
-  size_t mark_act = t->act.used, mark_grad = t->grad.used;
+  size_t mark_act = qt_arena_mark(&t->act), mark_grad = qt_arena_mark(&t->grad);
   size_t mark_gbytes = t->grad_tensor_bytes;
   int32_t mark_gtensors = t->grad_tensors;
   int32_t xin, yout;
@@ -527,8 +501,8 @@ static qt_status backward_layer(qt_tape *t, const tape_node *nd) {
   T_(t, in)->grad_set = T_(t, xin)->grad_set;
   t->n_tensors = mark_tensors;
   t->n_nodes = mark_nodes;
-  t->act.used = mark_act;
-  t->grad.used = mark_grad;
+  qt_arena_rewind(&t->act, mark_act);
+  qt_arena_rewind(&t->grad, mark_grad);
   t->grad_tensor_bytes = mark_gbytes;
   t->grad_tensors = mark_gtensors;
   return QT_OK;
@@ -540,7 +514,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
   const void *dy = Y->grad;
   void *g;
   int acc;
-  size_t mark = t->act.used;
+  size_t mark = qt_arena_mark(&t->act);
   switch (nd->op) {
   case OP_EMBEDDING:
     break; /* the table is frozen; its output never requires a gradient */
@@ -640,7 +614,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     QT_TRY(backward_layer(t, nd));
     break;
   }
-  t->act.used = mark;
+  qt_arena_rewind(&t->act, mark);
   return QT_OK;
 }
 
@@ -679,8 +653,8 @@ const void *qt_tape_grad(const qt_tape *t, int32_t id) {
 }
 
 qt_tape_stats qt_tape_get_stats(const qt_tape *t) {
-  return (qt_tape_stats){.act_used = t->act.used, .act_peak = t->act.peak,
-                         .grad_used = t->grad.used, .grad_peak = t->grad.peak,
+  return (qt_tape_stats){.act_used = qt_arena_used(&t->act), .act_peak = qt_arena_peak(&t->act),
+                         .grad_used = qt_arena_used(&t->grad), .grad_peak = qt_arena_peak(&t->grad),
                          .grad_tensor_bytes = t->grad_tensor_bytes,
                          .grad_tensors = t->grad_tensors, .n_tensors = t->n_tensors,
                          .n_nodes = t->n_nodes};

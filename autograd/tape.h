@@ -26,7 +26,7 @@
  * - Activation gradient buffers come from a gradient arena, allocated on first
  *   contribution; qt_tape_stats reports their bytes.
  *
- * Memory: two arenas sized at init (activations + saved tensors + per-op work;
+ * Memory: two arenas (common/arena.h) sized at init (activations + saved tensors + per-op work;
  * activation gradients), reset by qt_tape_reset. Nothing is allocated per step.
  * An op that does not fit returns QT_ERR_NOMEM with the sizes to configure.
  *
