@@ -1,0 +1,414 @@
+/* optim/adamw_cpu.c — AdamW updates (32-bit and 8-bit blockwise state) on the
+ * CPU, the optimizer object and its state tensors. Formulas and their sources:
+ * optim/optim.h. */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/half.h"
+#include "common/philox.h"
+#include "optim/optim.h"
+#include "quant/quant.h"
+
+enum {
+  CHUNK32 = 4096,          /* elements per OpenMP work item of the 32-bit update */
+  PAR_MIN = 1 << 15,       /* below this many elements, no threads */
+  NAME_CAP = 48,           /* bytes per state tensor name */
+  ALIGN = 64
+};
+
+void qt_adamw_config_default(qt_adamw_config *c, int bits) {
+  QT_ASSERT(bits == 8 || bits == 32);
+  memset(c, 0, sizeof *c);
+  c->bits = bits;
+  c->beta1 = 0.9f;
+  c->beta2 = 0.999f;
+  c->eps = 1e-8f;
+  c->weight_decay = 1e-2f;
+  c->min_8bit_size = 4096;
+}
+
+void qt_adamw_scalars_make(const qt_adamw_config *c, int64_t step, float lr, float gnorm_scale,
+                           qt_adamw_scalars *k) {
+  QT_ASSERT(step >= 1);
+  memset(k, 0, sizeof *k);
+  k->beta1 = c->beta1;
+  k->beta2 = c->beta2;
+  k->eps = c->eps;
+  k->weight_decay = c->weight_decay;
+  k->lr = lr;
+  k->gnorm_scale = gnorm_scale;
+  k->step = step;
+  /* kernels.cu: correction1 = 1.0f - powf(beta1, step); correction2 =
+   * sqrtf(1.0f - powf(beta2, step)); step_size = -lr * correction2 / correction1
+   * (the 8-bit kernel uses __powf and __fdividef; see optim.h). */
+  k->correction1 = 1.0f - powf(c->beta1, (float)step);
+  k->correction2 = sqrtf(1.0f - powf(c->beta2, (float)step));
+  k->step_size = (-lr * k->correction2) / k->correction1;
+}
+
+uint32_t qt_adamw_sr_word(uint64_t seed, int64_t step, uint32_t tensor, int64_t i) {
+  uint64_t q = (uint64_t)i >> 2;
+  uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), tensor, (uint32_t)step};
+  uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+  uint32_t out[4];
+  qt_philox4x32_10(ctr, key, out);
+  return out[i & 3];
+}
+
+/* ---- 32-bit ---- */
+
+/* kOptimizer32bit2State, ADAM branch, on p[0..n) held as fp32. */
+static void adam32_span(float *p, const float *g, float *m, float *v, int64_t n,
+                        const qt_adamw_scalars *k) {
+  const float omb1 = 1.0f - k->beta1, omb2 = 1.0f - k->beta2;
+  const float eps_c2 = k->eps * k->correction2;
+  const float decay = 1.0f - k->lr * k->weight_decay;
+  for (int64_t i = 0; i < n; i++) {
+    float gv = k->gnorm_scale * g[i];
+    float s1 = m[i] * k->beta1 + omb1 * gv;
+    float s2 = v[i] * k->beta2 + omb2 * (gv * gv);
+    /* update_scale (max_unorm) is 1: 1.0f * step_size == step_size exactly. */
+    float pv = p[i] + k->step_size * (s1 / (sqrtf(s2) + eps_c2));
+    if (k->weight_decay > 0.0f) pv = pv * decay;
+    m[i] = s1;
+    v[i] = s2;
+    p[i] = pv;
+  }
+}
+
+void qt_adamw32_update_f32(float *p, const float *g, float *m, float *v, int64_t n,
+                           const qt_adamw_scalars *k) {
+  int64_t nchunks = (n + CHUNK32 - 1) / CHUNK32;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+  for (int64_t c = 0; c < nchunks; c++) {
+    int64_t b = c * CHUNK32, len = n - b < CHUNK32 ? n - b : CHUNK32;
+    adam32_span(p + b, g + b, m + b, v + b, len, k);
+  }
+}
+
+void qt_adamw32_update_bf16(uint16_t *p, const float *g, float *m, float *v, int64_t n,
+                            const qt_adamw_scalars *k, uint64_t seed, uint32_t tensor) {
+  int64_t nchunks = (n + CHUNK32 - 1) / CHUNK32;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+  for (int64_t c = 0; c < nchunks; c++) {
+    int64_t b = c * CHUNK32, len = n - b < CHUNK32 ? n - b : CHUNK32;
+    float pf[CHUNK32];
+    for (int64_t i = 0; i < len; i++) pf[i] = qt_bf16_to_f32(p[b + i]);
+    adam32_span(pf, g + b, m + b, v + b, len, k);
+    for (int64_t i = 0; i < len; i++)
+      p[b + i] = qt_bf16_from_f32_sr(pf[i], qt_adamw_sr_word(seed, k->step, tensor, b + i));
+  }
+}
+
+/* ---- 8-bit blockwise ---- */
+
+/* One 256-slot block of kOptimizerStatic8bit2StateBlockwise<T, ADAM, 256, 1>:
+ * pf[0..valid) params as fp32 (in/out), g/code1/code2 of the valid slots,
+ * absmax1[0] and absmax2[0] of this block (in/out). Slots valid..255 are the kernel's
+ * padding (g = 0, code1 = 128, code2 = 0): they take part in the new absmax. */
+static void adam8_block(float *pf, const float *g, uint8_t *code1, uint8_t *code2, int valid,
+                        float *absmax1, float *absmax2, const float *q1, const float *q2,
+                        const qt_adamw_scalars *k) {
+  float s1[QT_ADAMW_BLOCK], s2[QT_ADAMW_BLOCK];
+  unsigned char fin[QT_ADAMW_BLOCK];
+  const float a1 = *absmax1, a2 = *absmax2;
+  const float omb1 = 1.0f - k->beta1, omb2 = 1.0f - k->beta2;
+  float new1 = -FLT_MAX, new2 = -FLT_MAX;
+  for (int j = 0; j < QT_ADAMW_BLOCK; j++) {
+    float gj = j < valid ? g[j] : 0.0f;
+    uint8_t c1 = j < valid ? code1[j] : 128, c2 = j < valid ? code2[j] : 0;
+    fin[j] = isfinite(gj) ? 1 : 0;
+    if (fin[j]) {
+      float gv = gj * k->gnorm_scale;
+      float v = q2[c2] * a2;
+      v = v * k->beta2 + (omb2 * gv) * gv;
+      float m = q1[c1] * a1;
+      m = m * k->beta1 + omb1 * gv;
+      s1[j] = m;
+      s2[j] = v;
+    } else {
+      /* NaN/Inf gradient: the kernel zeroes both states of the element. */
+      s1[j] = 0.0f;
+      s2[j] = 0.0f;
+    }
+    new1 = fmaxf(new1, fabsf(s1[j]));
+    new2 = fmaxf(new2, fabsf(s2[j]));
+  }
+  *absmax1 = new1;
+  *absmax2 = new2;
+
+  const float c2_eps = k->correction2 * k->eps;
+  const float decay = 1.0f - k->lr * k->weight_decay;
+  for (int j = 0; j < valid; j++) {
+    if (!fin[j]) continue;
+    float pv = pf[j] + k->step_size * (s1[j] / (sqrtf(s2[j]) + c2_eps));
+    if (k->weight_decay > 0.0f) pv = pv * decay;
+    pf[j] = pv;
+  }
+
+  for (int j = 0; j < valid; j++) {
+    /* 0/0 (an all-zero block) is NaN, which the search maps to code 0; for m
+     * the sign fix-up then moves it to 255 (uint8 wrap), as on the GPU. */
+    uint8_t c1 = qt_quant_8bit_encode_ref(q1, s1[j] / new1);
+    if (signbit(q1[c1]) != signbit(s1[j])) c1 = (uint8_t)(c1 + (s1[j] > 0.0f ? 1 : -1));
+    code1[j] = c1;
+    code2[j] = qt_quant_8bit_encode_ref(q2, s2[j] / new2);
+  }
+}
+
+void qt_adamw8_update_f32(float *p, const float *g, uint8_t *code1, uint8_t *code2,
+                          float *absmax1, float *absmax2, const float qmap1[256],
+                          const float qmap2[256], int64_t n, const qt_adamw_scalars *k) {
+  int64_t nb = (n + QT_ADAMW_BLOCK - 1) / QT_ADAMW_BLOCK;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+  for (int64_t b = 0; b < nb; b++) {
+    int64_t o = b * QT_ADAMW_BLOCK;
+    int valid = (int)(n - o < QT_ADAMW_BLOCK ? n - o : QT_ADAMW_BLOCK);
+    adam8_block(p + o, g + o, code1 + o, code2 + o, valid, absmax1 + b, absmax2 + b, qmap1, qmap2,
+                k);
+  }
+}
+
+void qt_adamw8_update_bf16(uint16_t *p, const float *g, uint8_t *code1, uint8_t *code2,
+                           float *absmax1, float *absmax2, const float qmap1[256],
+                           const float qmap2[256], int64_t n, const qt_adamw_scalars *k,
+                           uint64_t seed, uint32_t tensor) {
+  int64_t nb = (n + QT_ADAMW_BLOCK - 1) / QT_ADAMW_BLOCK;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+  for (int64_t b = 0; b < nb; b++) {
+    int64_t o = b * QT_ADAMW_BLOCK;
+    int valid = (int)(n - o < QT_ADAMW_BLOCK ? n - o : QT_ADAMW_BLOCK);
+    float pf[QT_ADAMW_BLOCK];
+    for (int j = 0; j < valid; j++) pf[j] = qt_bf16_to_f32(p[o + j]);
+    adam8_block(pf, g + o, code1 + o, code2 + o, valid, absmax1 + b, absmax2 + b, qmap1, qmap2, k);
+    for (int j = 0; j < valid; j++)
+      p[o + j] = qt_bf16_from_f32_sr(pf[j], qt_adamw_sr_word(seed, k->step, tensor, o + j));
+  }
+}
+
+/* ---- the optimizer ---- */
+
+static size_t round_up(size_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
+
+static size_t param_bytes(const qt_adamw_param *q) {
+  if (q->state8)
+    return 2 * round_up((size_t)q->numel) + 2 * round_up((size_t)q->nblocks * sizeof(float));
+  return 2 * round_up((size_t)q->numel * sizeof(float));
+}
+
+qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_params,
+                        const int64_t *numels) {
+  memset(opt, 0, sizeof *opt);
+  if (cfg->bits != 8 && cfg->bits != 32)
+    return qt_fail(QT_ERR_CONFIG, "optimizer: %d-bit state is not supported; use 8 or 32",
+                   cfg->bits);
+  if (!(cfg->beta1 >= 0.0f && cfg->beta1 < 1.0f && cfg->beta2 >= 0.0f && cfg->beta2 < 1.0f))
+    return qt_fail(QT_ERR_CONFIG, "optimizer: betas (%g, %g) must lie in [0, 1)",
+                   (double)cfg->beta1, (double)cfg->beta2);
+  if (!(cfg->eps >= 0.0f) || !(cfg->weight_decay >= 0.0f))
+    return qt_fail(QT_ERR_CONFIG, "optimizer: eps %g and weight_decay %g must be >= 0",
+                   (double)cfg->eps, (double)cfg->weight_decay);
+  opt->cfg = *cfg;
+  opt->n_params = n_params;
+  opt->params = calloc(n_params ? n_params : 1, sizeof *opt->params);
+  opt->names = calloc((4 * n_params + 3) * NAME_CAP, 1);
+  if (!opt->params || !opt->names) {
+    qt_adamw_free(opt);
+    return qt_fail(QT_ERR_NOMEM, "optimizer: out of memory for %zu parameter records", n_params);
+  }
+  size_t total = 0;
+  for (size_t i = 0; i < n_params; i++) {
+    qt_adamw_param *q = &opt->params[i];
+    QT_ASSERT(numels[i] >= 0);
+    q->numel = numels[i];
+    q->state8 = cfg->bits == 8 && numels[i] >= cfg->min_8bit_size;
+    q->nblocks = q->state8 ? (numels[i] + QT_ADAMW_BLOCK - 1) / QT_ADAMW_BLOCK : 0;
+    total += param_bytes(q);
+  }
+  opt->mem_bytes = total;
+  opt->mem = aligned_alloc(ALIGN, total ? total : ALIGN);
+  if (!opt->mem) {
+    qt_adamw_free(opt);
+    return qt_fail(QT_ERR_NOMEM, "optimizer: cannot allocate %.1f MiB of state",
+                   (double)total / 1048576.0);
+  }
+  memset(opt->mem, 0, total);
+  char *at = opt->mem;
+  for (size_t i = 0; i < n_params; i++) {
+    qt_adamw_param *q = &opt->params[i];
+    if (q->state8) {
+      q->code1 = (uint8_t *)at;
+      at += round_up((size_t)q->numel);
+      q->code2 = (uint8_t *)at;
+      at += round_up((size_t)q->numel);
+      q->absmax1 = (float *)at;
+      at += round_up((size_t)q->nblocks * sizeof(float));
+      q->absmax2 = (float *)at;
+      at += round_up((size_t)q->nblocks * sizeof(float));
+    } else {
+      q->state1 = (float *)at;
+      at += round_up((size_t)q->numel * sizeof(float));
+      q->state2 = (float *)at;
+      at += round_up((size_t)q->numel * sizeof(float));
+    }
+  }
+  qt_quant_dynamic_map(true, opt->qmap1);
+  qt_quant_dynamic_map(false, opt->qmap2);
+  return QT_OK;
+}
+
+void qt_adamw_free(qt_adamw *opt) {
+  free(opt->mem);
+  free(opt->params);
+  free(opt->names);
+  memset(opt, 0, sizeof *opt);
+}
+
+size_t qt_adamw_state_bytes(const qt_adamw *opt) {
+  size_t b = 0;
+  for (size_t i = 0; i < opt->n_params; i++) {
+    const qt_adamw_param *q = &opt->params[i];
+    b += q->state8 ? 2 * (size_t)q->numel + 2 * (size_t)q->nblocks * sizeof(float)
+                   : 2 * (size_t)q->numel * sizeof(float);
+  }
+  return b;
+}
+
+qt_status qt_adamw_step(qt_adamw *opt, qt_tensor *params, const qt_tensor *grads, float lr,
+                        float gnorm_scale, uint64_t seed) {
+  for (size_t i = 0; i < opt->n_params; i++) {
+    const qt_adamw_param *q = &opt->params[i];
+    QT_ASSERTF(qt_tensor_numel(&params[i]) == q->numel && qt_tensor_numel(&grads[i]) == q->numel,
+               "parameter %zu: %lld elements, optimizer state has %lld", i,
+               (long long)qt_tensor_numel(&params[i]), (long long)q->numel);
+    if (params[i].device != QT_DEV_CPU || grads[i].device != QT_DEV_CPU)
+      return qt_fail(QT_ERR_UNSUPPORTED, "optimizer: parameter %zu is not in CPU memory", i);
+    if (grads[i].dtype != QT_F32)
+      return qt_fail(QT_ERR_UNSUPPORTED, "optimizer: gradient %zu has dtype %s; F32 expected", i,
+                     qt_dtype_name(grads[i].dtype));
+    if (params[i].dtype != QT_F32 && params[i].dtype != QT_BF16)
+      return qt_fail(QT_ERR_UNSUPPORTED, "optimizer: parameter %zu has dtype %s; F32 or BF16 expected",
+                     i, qt_dtype_name(params[i].dtype));
+  }
+  opt->step++;
+  qt_adamw_scalars k;
+  qt_adamw_scalars_make(&opt->cfg, opt->step, lr, gnorm_scale, &k);
+  for (size_t i = 0; i < opt->n_params; i++) {
+    const qt_adamw_param *q = &opt->params[i];
+    const float *g = grads[i].data;
+    if (params[i].dtype == QT_F32) {
+      float *p = params[i].data;
+      if (q->state8)
+        qt_adamw8_update_f32(p, g, q->code1, q->code2, q->absmax1, q->absmax2, opt->qmap1,
+                             opt->qmap2, q->numel, &k);
+      else
+        qt_adamw32_update_f32(p, g, q->state1, q->state2, q->numel, &k);
+    } else {
+      uint16_t *p = params[i].data;
+      if (q->state8)
+        qt_adamw8_update_bf16(p, g, q->code1, q->code2, q->absmax1, q->absmax2, opt->qmap1,
+                              opt->qmap2, q->numel, &k, seed, (uint32_t)i);
+      else
+        qt_adamw32_update_bf16(p, g, q->state1, q->state2, q->numel, &k, seed, (uint32_t)i);
+    }
+  }
+  return QT_OK;
+}
+
+/* ---- state tensors ---- */
+
+size_t qt_adamw_state_count(const qt_adamw *opt) {
+  size_t c = 3;
+  for (size_t i = 0; i < opt->n_params; i++) c += opt->params[i].state8 ? 4 : 2;
+  return c;
+}
+
+static qt_st_write_tensor view(char *name, qt_dtype dt, int64_t len, const void *data) {
+  qt_st_write_tensor t;
+  memset(&t, 0, sizeof t);
+  t.name = name;
+  t.dtype = dt;
+  t.ndim = 1;
+  t.shape[0] = len;
+  t.data = data;
+  return t;
+}
+
+void qt_adamw_state_tensors(const qt_adamw *opt, qt_st_write_tensor *out) {
+  char *nm = opt->names;
+  size_t o = 0;
+#define QT_NAME(...) (snprintf(nm, NAME_CAP, __VA_ARGS__), nm += NAME_CAP, nm - NAME_CAP)
+  for (size_t i = 0; i < opt->n_params; i++) {
+    const qt_adamw_param *q = &opt->params[i];
+    if (q->state8) {
+      out[o++] = view(QT_NAME("state.%zu.state1", i), QT_U8, q->numel, q->code1);
+      out[o++] = view(QT_NAME("state.%zu.state2", i), QT_U8, q->numel, q->code2);
+      out[o++] = view(QT_NAME("state.%zu.absmax1", i), QT_F32, q->nblocks, q->absmax1);
+      out[o++] = view(QT_NAME("state.%zu.absmax2", i), QT_F32, q->nblocks, q->absmax2);
+    } else {
+      out[o++] = view(QT_NAME("state.%zu.state1", i), QT_F32, q->numel, q->state1);
+      out[o++] = view(QT_NAME("state.%zu.state2", i), QT_F32, q->numel, q->state2);
+    }
+  }
+  out[o++] = view(QT_NAME("qmap1"), QT_F32, 256, opt->qmap1);
+  out[o++] = view(QT_NAME("qmap2"), QT_F32, 256, opt->qmap2);
+  out[o++] = view(QT_NAME("step"), QT_I64, 1, &opt->step);
+#undef QT_NAME
+}
+
+static const qt_st_write_tensor *find(const qt_st_write_tensor *in, size_t n, const char *name) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(in[i].name, name) == 0) return &in[i];
+  return NULL;
+}
+
+qt_status qt_adamw_state_load(qt_adamw *opt, const qt_st_write_tensor *in, size_t n,
+                              const char *label) {
+  size_t count = qt_adamw_state_count(opt);
+  if (n != count)
+    return qt_fail(QT_ERR_FORMAT,
+                   "%s: %zu optimizer tensors, this run's optimizer has %zu (different LoRA "
+                   "targets, rank or optimizer?); resume from a matching checkpoint",
+                   label, n, count);
+  qt_st_write_tensor *want = malloc(count * sizeof *want);
+  if (!want) return qt_fail(QT_ERR_NOMEM, "%s: out of memory", label);
+  qt_adamw_state_tensors(opt, want);
+  /* Validate everything before copying anything, so a bad file leaves the
+   * optimizer as it was. */
+  qt_status st = QT_OK;
+  for (size_t i = 0; i < count && st == QT_OK; i++) {
+    const qt_st_write_tensor *t = find(in, n, want[i].name);
+    if (!t) {
+      st = qt_fail(QT_ERR_FORMAT, "%s: optimizer tensor %s is missing", label, want[i].name);
+    } else if (t->dtype != want[i].dtype || t->ndim != 1 || t->shape[0] != want[i].shape[0]) {
+      st = qt_fail(QT_ERR_FORMAT, "%s: optimizer tensor %s is %s [%lld], expected %s [%lld]",
+                   label, want[i].name, qt_dtype_name(t->dtype),
+                   (long long)(t->ndim == 1 ? t->shape[0] : -1), qt_dtype_name(want[i].dtype),
+                   (long long)want[i].shape[0]);
+    } else if (strncmp(want[i].name, "qmap", 4) == 0) {
+      float m[256];
+      memcpy(m, t->data, sizeof m);
+      bool ok = m[255] == 1.0f;
+      for (int j = 0; j < 256 && ok; j++) ok = isfinite(m[j]) && (j == 0 || m[j] > m[j - 1]);
+      if (!ok)
+        st = qt_fail(QT_ERR_FORMAT,
+                     "%s: %s is not 256 increasing finite values ending in 1.0; the checkpoint "
+                     "is damaged", label, want[i].name);
+    } else if (strcmp(want[i].name, "step") == 0) {
+      int64_t s;
+      memcpy(&s, t->data, sizeof s);
+      if (s < 0) st = qt_fail(QT_ERR_FORMAT, "%s: optimizer step %lld < 0", label, (long long)s);
+    }
+  }
+  if (st == QT_OK) {
+    for (size_t i = 0; i < count; i++) {
+      const qt_st_write_tensor *t = find(in, n, want[i].name);
+      memcpy((void *)want[i].data, t->data, (size_t)want[i].shape[0] * qt_dtype_size(want[i].dtype));
+    }
+  }
+  free(want);
+  return st;
+}

@@ -1,0 +1,207 @@
+/* optim/optim.h — AdamW with bitsandbytes semantics (8-bit blockwise and 32-bit
+ * state), learning-rate schedules, global-norm clipping, non-finite policy.
+ *
+ * Facts: ../shared/docs/reference/formats.md section 3 (bitsandbytes >= 0.44,
+ * HEAD 95f9af30: csrc/kernels.cu kOptimizer32bit2State and
+ * kOptimizerStatic8bit2StateBlockwise, csrc/ops.cu, optim/optimizer.py).
+ *
+ * 32-bit update (kOptimizer32bit2State, ADAM), per element, fp32, in this order:
+ *   c1 = 1 - powf(beta1, t);  c2 = sqrtf(1 - powf(beta2, t));  step_size = (-lr*c2) / c1
+ *   g  = gnorm_scale * g
+ *   m  = m*beta1 + (1-beta1)*g
+ *   v  = v*beta2 + (1-beta2)*(g*g)
+ *   p  = p + step_size * (m / (sqrtf(v) + eps*c2))
+ *   if wd > 0: p = p * (1 - lr*wd)          decoupled decay AFTER the step
+ * which equals lr*m̂/(sqrt(v̂)+eps) with the bias corrections folded in; the
+ * decay order differs from torch.optim.AdamW (decay before) by O(lr²·wd·u).
+ *
+ * 8-bit update (kOptimizerStatic8bit2StateBlockwise, 256-value blocks): the
+ * same formulas on states decoded as qmap[code] * absmax[block] (qmap1 = signed
+ * dynamic map for m, qmap2 = unsigned for v; v uses ((1-beta2)*g)*g); a
+ * non-finite g zeroes m and v of that element and leaves p unchanged; the new
+ * absmax of a block is max |state| over the block AFTER the update (the slots
+ * of a partial last block take part as g = 0, code1 = 128, code2 = 0, as the
+ * kernel's BlockLoad defaults do); codes are re-encoded with bitsandbytes'
+ * binary search (quant/quant.h qt_quant_8bit_encode_ref, equal to the kernel's
+ * quantize_2D for these maps) of state/absmax, and the m code gets the sign
+ * fix-up: if signbit(qmap1[c]) != signbit(m), c += (m > 0) ? 1 : -1 (uint8).
+ * Differences from the CUDA kernel, on purpose: IEEE powf and division instead
+ * of the approximate intrinsics __powf/__fdividef (no bit-exact CPU
+ * equivalent); the reference port tools/reference/bnb_8bit_ref.py makes the
+ * same choice, and the CPU code matches it bit for bit.
+ *
+ * min_8bit_size: a tensor with fewer than min_8bit_size (4096) elements keeps
+ * 32-bit state even in an 8-bit optimizer (Optimizer2State.init_state).
+ *
+ * Parameters: F32, or BF16 updated through fp32 and written back with
+ * stochastic rounding (common/half.h qt_bf16_from_f32_sr; the random word of
+ * element i of tensor k at step t is word i%4 of Philox4x32-10 with key =
+ * seed and counter {i/4 (64 bit), k, t}, i.e. curand_init(seed, (t<<32)|k, i)),
+ * once, after the decay (bitsandbytes rounds to nearest twice instead). For
+ * fp32 master weights, pass the F32 master tensors and refresh the bf16 copies
+ * with qt_bf16_from_f32_n. Gradients: F32.
+ *
+ * Threads: OpenMP over 256-value blocks (8-bit) or 4096-value chunks (32-bit);
+ * results do not depend on the number of threads. */
+#ifndef QT_OPTIM_OPTIM_H
+#define QT_OPTIM_OPTIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/safetensors.h"
+#include "common/status.h"
+#include "common/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { QT_ADAMW_BLOCK = 256 };   /* 8-bit state block (bnb >= 0.44 BLOCKSIZE_2STATE) */
+
+typedef struct {
+  int bits;                /* 8 (adamw_8bit, paged_adamw_8bit) or 32 */
+  bool paged;              /* CUDA: state in managed memory; CPU: no effect */
+  float beta1, beta2, eps, weight_decay;
+  int64_t min_8bit_size;   /* tensors with fewer elements keep 32-bit state */
+} qt_adamw_config;
+
+/* bitsandbytes' AdamW defaults: betas (0.9, 0.999), eps 1e-8, weight_decay
+ * 1e-2, min_8bit_size 4096, paged false. */
+void qt_adamw_config_default(qt_adamw_config *c, int bits);
+
+/* The per-step scalars every kernel uses (computed once, on the host, so that
+ * the CPU and CUDA kernels see identical values). */
+typedef struct {
+  float beta1, beta2, eps, weight_decay, lr, gnorm_scale;
+  float correction1, correction2, step_size;
+  int64_t step;            /* 1-based: bnb increments state["step"] first */
+} qt_adamw_scalars;
+
+void qt_adamw_scalars_make(const qt_adamw_config *c, int64_t step, float lr, float gnorm_scale,
+                           qt_adamw_scalars *out);
+
+/* ---- kernels (CPU reference; n elements, all arrays of length n unless noted) ---- */
+
+/* 32-bit update in place: p, m (state1), v (state2). */
+void qt_adamw32_update_f32(float *p, const float *g, float *m, float *v, int64_t n,
+                           const qt_adamw_scalars *k);
+/* 8-bit update in place: code1/code2 (n), absmax1/absmax2 (ceil(n/256)). */
+void qt_adamw8_update_f32(float *p, const float *g, uint8_t *code1, uint8_t *code2,
+                          float *absmax1, float *absmax2, const float qmap1[256],
+                          const float qmap2[256], int64_t n, const qt_adamw_scalars *k);
+/* bf16 parameter variants (stochastic rounding keyed by seed, k->step, tensor). */
+void qt_adamw32_update_bf16(uint16_t *p, const float *g, float *m, float *v, int64_t n,
+                            const qt_adamw_scalars *k, uint64_t seed, uint32_t tensor);
+void qt_adamw8_update_bf16(uint16_t *p, const float *g, uint8_t *code1, uint8_t *code2,
+                           float *absmax1, float *absmax2, const float qmap1[256],
+                           const float qmap2[256], int64_t n, const qt_adamw_scalars *k,
+                           uint64_t seed, uint32_t tensor);
+/* The stochastic-rounding random word of element i (see the header comment). */
+uint32_t qt_adamw_sr_word(uint64_t seed, int64_t step, uint32_t tensor, int64_t i);
+
+/* ---- the optimizer: state for a fixed list of parameter tensors ---- */
+
+typedef struct {
+  int64_t numel;
+  bool state8;             /* 8-bit state (else fp32 state1/state2) */
+  int64_t nblocks;         /* ceil(numel/256) when state8, else 0 */
+  float *state1, *state2;  /* (numel) fp32 m, v; NULL when state8 */
+  uint8_t *code1, *code2;  /* (numel) 8-bit codes; NULL unless state8 */
+  float *absmax1, *absmax2;/* (nblocks) */
+} qt_adamw_param;
+
+typedef struct {
+  qt_adamw_config cfg;
+  size_t n_params;
+  qt_adamw_param *params;  /* owned */
+  int64_t step;            /* completed updates (0 before the first) */
+  float qmap1[256];        /* signed dynamic map (m codes) */
+  float qmap2[256];        /* unsigned dynamic map (v codes) */
+  void *mem;               /* one allocation for all state, owned */
+  size_t mem_bytes;
+  char *names;             /* state tensor names, owned */
+} qt_adamw;
+
+/* Allocates zeroed state (codes 0, absmax 0, as bitsandbytes) for n_params
+ * tensors of numels[i] elements. *opt is empty on error. */
+qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_params,
+                        const int64_t *numels);
+void qt_adamw_free(qt_adamw *opt);
+/* Bytes of optimizer state (states, codes, absmax; not the qmaps). */
+size_t qt_adamw_state_bytes(const qt_adamw *opt);
+
+/* One update of every parameter: params[i] F32 or BF16 with numels[i]
+ * elements, grads[i] F32 of the same size; lr for this step, gnorm_scale the
+ * clipping coefficient (1 for none), seed for bf16 stochastic rounding.
+ * Increments opt->step first (the update uses step = opt->step). */
+qt_status qt_adamw_step(qt_adamw *opt, qt_tensor *params, const qt_tensor *grads, float lr,
+                        float gnorm_scale, uint64_t seed);
+
+/* State as named tensors, bitsandbytes' state-dict names: "state.<i>.state1",
+ * "state.<i>.state2" (F32 [n] or U8 [n]), "state.<i>.absmax1",
+ * "state.<i>.absmax2" (F32 [nblocks], 8-bit only), "qmap1", "qmap2"
+ * (F32 [256]), "step" (I64 [1]). Views: names and data point into *opt and stay
+ * valid until the next step or qt_adamw_free. out must hold
+ * qt_adamw_state_count() entries. */
+size_t qt_adamw_state_count(const qt_adamw *opt);
+void qt_adamw_state_tensors(const qt_adamw *opt, qt_st_write_tensor *out);
+/* Copies state from named tensors (e.g. entries read back from a checkpoint;
+ * data may be unaligned). Every tensor of this optimizer's layout must be
+ * present with its dtype and shape, and nothing else; qmaps must be 256
+ * increasing finite values ending in 1.0. label names the source in errors. */
+qt_status qt_adamw_state_load(qt_adamw *opt, const qt_st_write_tensor *in, size_t n,
+                              const char *label);
+
+/* ---- clipping and the non-finite policy ---- */
+
+/* Global L2 norm of all elements of tensors (F32 or BF16), sum of squares in
+ * double in a fixed order (independent of the thread count). Non-finite if any
+ * element is non-finite. */
+double qt_optim_global_norm(const qt_tensor *tensors, size_t n);
+/* transformers / torch clip_grad_norm_: max_norm / (norm + 1e-6), clamped to
+ * at most 1 (computed in double, returned as float). 1 when max_norm <= 0. */
+float qt_optim_clip_coef(double norm, double max_norm);
+
+typedef struct {
+  int max_consecutive;     /* stop after this many skipped steps in a row */
+  int consecutive;
+  int64_t skipped_total;
+} qt_optim_nonfinite;
+
+/* Called once per optimizer step with the global gradient norm: a non-finite
+ * norm means the step must be skipped (*skip = true; optimizer state and
+ * parameters are left untouched by the caller, the schedule does not advance);
+ * a finite one resets the run. Returns QT_ERR_NUMERIC when more than
+ * max_consecutive steps in a row were non-finite. */
+qt_status qt_optim_nonfinite_observe(qt_optim_nonfinite *s, double norm, bool *skip);
+
+/* ---- learning-rate schedules ---- */
+
+typedef enum { QT_LR_CONSTANT = 0, QT_LR_LINEAR, QT_LR_COSINE } qt_lr_kind;
+
+typedef struct {
+  qt_lr_kind kind;
+  int64_t warmup_steps;
+  int64_t total_steps;
+  double min_ratio;        /* cosine only: floor as a fraction of the peak */
+} qt_lr_schedule;
+
+/* lr multiplier before optimizer step `step` (0-based: the number of steps
+ * already taken), as transformers' LambdaLR lambdas (optimization.py):
+ *   warmup (step < warmup): step / max(1, warmup)       (all kinds)
+ *   constant: 1  (get_constant_schedule_with_warmup)
+ *   linear:   max(0, (total - step) / max(1, total - warmup))
+ *   cosine:   progress = (step - warmup) / max(1, total - warmup);
+ *             f = 0.5 (1 + cos(pi * 0.5 * 2 * progress)); max(0, f (1 - min) + min)
+ *             (get_cosine_with_min_lr_schedule_with_warmup; min 0 = plain cosine) */
+double qt_lr_schedule_factor(const qt_lr_schedule *s, int64_t step);
+const char *qt_lr_kind_name(qt_lr_kind k);
+bool qt_lr_kind_from_name(const char *name, qt_lr_kind *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
