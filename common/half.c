@@ -75,9 +75,9 @@ float qt_f16_to_f32(uint16_t h) {
   uint32_t exp = ((uint32_t)h >> 10) & 0x1Fu;
   uint32_t man = (uint32_t)h & 0x3FFu;
   if (exp == 0x1Fu) {
-    /* inf, or NaN: payload moved to the top of the fp32 mantissa, quiet bit set */
+    /* inf keeps its sign; any NaN becomes CUDA's canonical NaN (half.h) */
     if (man == 0) return f32_from_bits(sign | 0x7F800000u);
-    return f32_from_bits(sign | 0x7FC00000u | (man << 13));
+    return f32_from_bits(QT_F32_CANONICAL_NAN);
   }
   if (exp == 0) {
     if (man == 0) return f32_from_bits(sign);

@@ -22,8 +22,12 @@
  *     agree bit for bit. (torch writes 0x7FC0 or 0xFFFF for bf16 depending on
  *     its code path; both are NaN, which is all the tests require of it.)
  *   - 16 -> 32 bit is exact. bf16 -> fp32 is a shift (NaN payloads kept as
- *     they are); fp16 -> fp32 keeps the sign and payload of a NaN and sets the
- *     quiet bit, as x86 F16C vcvtph2ps does.
+ *     they are, like CUDA's __bfloat162float); fp16 -> fp32 turns every NaN into
+ *     the canonical fp32 NaN 0x7FFFFFFF, like CUDA's __half2float
+ *     (cuda_fp16.hpp __internal_half2float).
+ *   All four conversions are compared bit for bit with CUDA's own host
+ *   conversion functions in tests/common/test_half_cuda_host.cu and with the
+ *   GPU in tests/common/test_half_cuda.cu.
  *
  * Stochastic rounding (qt_bf16_from_f32_sr): rounds |x| up to the next bf16
  * with probability (low 16 bits of x's fp32 pattern) / 2^16, else down (towards
@@ -47,6 +51,8 @@ extern "C" {
 
 /* The canonical quiet NaN written for any NaN input (bf16 and fp16). */
 #define QT_HALF_CANONICAL_NAN 0x7FFFu
+/* The fp32 pattern qt_f16_to_f32 returns for any fp16 NaN. */
+#define QT_F32_CANONICAL_NAN 0x7FFFFFFFu
 
 uint16_t qt_bf16_from_f32(float x);
 float qt_bf16_to_f32(uint16_t h);
