@@ -32,11 +32,16 @@
  * Stochastic rounding (qt_bf16_from_f32_sr): rounds |x| up to the next bf16
  * with probability (low 16 bits of x's fp32 pattern) / 2^16, else down (towards
  * zero), so E[result] = x exactly for finite x (Gupta et al. 2015, "Deep
- * Learning with Limited Numerical Precision", arXiv:1502.02551, eq. 2). It is
- * done the usual way: add the LOW 16 BITS of the random word (rnd & 0xFFFF) to
- * the fp32 bit pattern, then drop its low 16 bits. Bits 16..31 of rnd are
- * ignored. A CUDA kernel that wants the same result must use the same formula
- * and the same random word.
+ * Learning with Limited Numerical Precision", arXiv:1502.02551, eq. 2; used
+ * for bf16 weights in Zamirai et al. 2020, "Revisiting BFloat16 Training",
+ * arXiv:2010.06192). It is done the usual way: add the LOW 16 BITS of the
+ * random word (rnd & 0xFFFF) to the fp32 bit pattern, then drop its low 16 bits
+ * — the `(x_f32_bits + rand_16bit) & 0xFFFF0000` form noted in torchao's
+ * torchao/optim/quant_utils.py _fp32_to_bf16_sr. Bits 16..31 of rnd are
+ * ignored. The equally unbiased compare form (`rand16 < low16` rounds away,
+ * torchao's main line) gives other bits for the same random word, so a CUDA
+ * kernel that must match this function bit for bit uses this add form and the
+ * same random word.
  *
  * Bulk variants (_n) convert n elements; src and dst must not overlap. */
 #ifndef QT_COMMON_HALF_H
