@@ -29,7 +29,7 @@ typedef struct {
 
 typedef enum {
   OP_EMBEDDING, OP_RMSNORM, OP_ADD, OP_LINEAR, OP_ROPE, OP_ATTENTION, OP_SWIGLU,
-  OP_CROSS_ENTROPY, OP_LAYER
+  OP_CROSS_ENTROPY, OP_LAYER, OP_LINEAR_SRC
 } op_kind;
 
 typedef struct {
@@ -44,6 +44,7 @@ typedef struct {
   int64_t B, T, H, K, D;
   qt_tape_layer_fn fn;    /* OP_LAYER */
   void *ctx;
+  qt_tape_weight_src wsrc; /* OP_LINEAR_SRC: the base weight, materialized on demand */
 } tape_node;
 
 struct qt_tape {
@@ -320,6 +321,70 @@ qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const q
   return QT_OK;
 }
 
+/* qt_tape_linear over a weight materialized by W->fill into a scratch buffer
+ * carved from the activation arena after the op's kept buffers (y, u, xd), so
+ * rewinding to the mark releases only the scratch. */
+qt_status qt_tape_linear_src(qt_tape *t, int32_t x, const qt_tape_weight_src *W, int32_t bias,
+                             const qt_tape_lora *lora, int32_t *out) {
+  QT_ASSERT(W && W->fill && W->rows > 0 && W->cols > 0);
+  const tape_tensor *X = T_(t, x);
+  const char *wname = W->name ? W->name : "weight";
+  QT_ASSERTF(W->cols == X->cols, "autograd: %s has %lld input features, x has %lld", wname,
+             (long long)W->cols, (long long)X->cols);
+  int64_t N = X->rows, In = X->cols, O = W->rows, R = 0;
+  bool rg = X->requires_grad;
+  if (bias >= 0) {
+    QT_ASSERTF(T_(t, bias)->kind == KIND_FROZEN, "autograd: bias must be frozen");
+    QT_ASSERT(T_(t, bias)->rows * T_(t, bias)->cols == O);
+  }
+  if (lora) {
+    const tape_tensor *A = T_(t, lora->A), *Bt = T_(t, lora->B);
+    QT_ASSERT(A->kind == KIND_FROZEN || A->kind == KIND_TRAINABLE);
+    QT_ASSERT(Bt->kind == KIND_FROZEN || Bt->kind == KIND_TRAINABLE);
+    R = A->rows;
+    QT_ASSERTF(A->cols == In && Bt->rows == O && Bt->cols == R,
+               "autograd: LoRA shapes A (%lld, %lld), B (%lld, %lld) do not fit (%lld -> %lld)",
+               (long long)A->rows, (long long)A->cols, (long long)Bt->rows, (long long)Bt->cols,
+               (long long)In, (long long)O);
+    rg = rg || A->requires_grad || Bt->requires_grad;
+  }
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, O, rg, "linear", &y));
+  void *u = NULL, *xd = NULL, *w;
+  if (lora) {
+    QT_TRY(arena_alloc(&t->act, "lora u", (size_t)(N * R) * t->es, &u));
+    if (lora->mask) QT_TRY(arena_alloc(&t->act, "lora dropout(x)", (size_t)(N * In) * t->es, &xd));
+  }
+  size_t mark = qt_arena_mark(&t->act);
+  QT_TRY(arena_alloc(&t->act, "materialized weight", (size_t)(O * In) * t->es, &w));
+  qt_status s = W->fill(W->ctx, w);
+  if (s != QT_OK) {
+    qt_arena_rewind(&t->act, mark);
+    return s;
+  }
+  void *yd = T_(t, y)->data;
+  KCALL(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, w,
+        bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
+  qt_arena_rewind(&t->act, mark);
+  if (lora)
+    KCALL(t, qt_op_lora_forward_cpu, yd, u, xd, T_(t, x)->data, lora->mask, lora->keep_scale,
+          T_(t, lora->A)->data, T_(t, lora->B)->data, lora->scale, N, In, O, R);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_LINEAR_SRC, &n));
+  n->in[0] = x;
+  n->in[2] = bias;
+  n->out = y;
+  n->wsrc = *W;
+  if (lora) {
+    n->lora = *lora;
+    n->saved0 = u;
+    n->saved1 = lora->mask ? xd : T_(t, x)->data;
+    n->D = R;
+  }
+  *out = y;
+  return QT_OK;
+}
+
 qt_status qt_tape_rope(qt_tape *t, int32_t x, int64_t H, int64_t D, const int32_t *pos,
                        const float *inv_freq, int32_t *out) {
   const tape_tensor *X = T_(t, x);
@@ -565,7 +630,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     for (int i = 0; i < 3; i++)
       if (needs(t, nd->in[i])) QT_TRY(grad_target(t, nd->in[i], &d[i], &a[i]));
     void *work;
-    QT_TRY(work_alloc(t, (size_t)(nd->B * nd->K * nd->T), &work));
+    QT_TRY(work_alloc(t, (size_t)(nd->T * nd->T), &work));
     /* The kernel takes one flag for all three; give it per input when they differ. */
     int acc_all = a[0] || a[1] || a[2];
     if (acc_all && !(a[0] == (d[0] != NULL) && a[1] == (d[1] != NULL) && a[2] == (d[2] != NULL))) {
@@ -613,6 +678,28 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
   case OP_LAYER:
     QT_TRY(backward_layer(t, nd));
     break;
+  case OP_LINEAR_SRC: {
+    const tape_tensor *X = T_(t, nd->in[0]);
+    int64_t N = X->rows, In = X->cols, O = nd->wsrc.rows, R = nd->D;
+    void *dx = NULL;
+    if (X->requires_grad) {
+      void *w;
+      QT_TRY(grad_target(t, nd->in[0], &dx, &acc));
+      QT_TRY(work_alloc(t, (size_t)(O * In), &w));
+      QT_TRY(nd->wsrc.fill(nd->wsrc.ctx, w));
+      KCALL(t, qt_op_linear_backward_cpu, dx, acc, dy, w, N, In, O);
+    }
+    if (nd->lora.A < 0) break;
+    const tape_tensor *A = T_(t, nd->lora.A), *B = T_(t, nd->lora.B);
+    void *dA = NULL, *dB = NULL, *du, *work = NULL;
+    if (A->requires_grad) QT_TRY(grad_target(t, nd->lora.A, &dA, &acc));
+    if (B->requires_grad) QT_TRY(grad_target(t, nd->lora.B, &dB, &acc));
+    QT_TRY(work_alloc(t, (size_t)(N * R), &du));
+    if (dx && nd->lora.mask) QT_TRY(work_alloc(t, (size_t)(N * In), &work));
+    KCALL(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
+          nd->lora.mask, nd->lora.keep_scale, A->data, B->data, nd->lora.scale, N, In, O, R);
+    break;
+  }
   }
   qt_arena_rewind(&t->act, mark);
   return QT_OK;

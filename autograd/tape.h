@@ -106,6 +106,24 @@ typedef struct {
  * frozen or -1; lora NULL for none. */
 qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const qt_tape_lora *lora,
                          int32_t *out);
+/* A frozen weight that is not stored on the tape but materialized on demand:
+ * fill(ctx, dst) writes its (rows, cols) values, in the tape's dtype, into dst
+ * (e.g. dequantizes a 4-bit weight). The tape calls it into a scratch buffer of
+ * its activation arena in forward, and again in backward when dx is needed
+ * (re-dequantize rather than keep the weight), then releases the scratch. So
+ * fill must give the same values every time; ctx is borrowed until
+ * qt_tape_backward returns. */
+typedef qt_status (*qt_tape_weight_fill)(void *ctx, void *dst);
+typedef struct {
+  int64_t rows, cols;       /* (O, In) */
+  qt_tape_weight_fill fill;
+  void *ctx;
+  const char *name;         /* for messages; borrowed */
+} qt_tape_weight_src;
+/* qt_tape_linear with the base weight given by W (see above) instead of a
+ * registered frozen tensor; bias and lora as for qt_tape_linear. */
+qt_status qt_tape_linear_src(qt_tape *t, int32_t x, const qt_tape_weight_src *W, int32_t bias,
+                             const qt_tape_lora *lora, int32_t *out);
 /* out (N, H*D) = RoPE(x) over H heads of size D; pos (N), inv_freq (D/2) borrowed */
 qt_status qt_tape_rope(qt_tape *t, int32_t x, int64_t H, int64_t D, const int32_t *pos,
                        const float *inv_freq, int32_t *out);
