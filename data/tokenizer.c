@@ -10,6 +10,8 @@
  * fixtures in tests/golden/tokenizer/. */
 #include "data/tokenizer.h"
 
+#include "common/log.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -413,7 +415,7 @@ static qt_status regex_compile(qt_regex *r, const char *pat, size_t n, int liter
   }
   int err = 0;
   PCRE2_SIZE off = 0;
-  uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+  uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP); /* LITERAL excludes UCP */
   r->code = pcre2_compile((PCRE2_SPTR)p.s, p.n, opts, &err, &off, NULL);
   qt_text_buf_free(&p);
   if (!r->code) {
@@ -491,6 +493,8 @@ typedef struct {
 typedef struct {
   char *content; /* NUL-terminated */
   size_t len;
+  char *norm; /* normalized content (normalized tokens only): decoded as this */
+  size_t norm_len;
   int32_t id;
   unsigned char special, lstrip, rstrip, normalized, single_word;
 } added_token;
@@ -540,7 +544,8 @@ struct qt_tokenizer {
   /* added tokens */
   added_token *added;
   size_t n_added;
-  strmap added_map; /* content -> id */
+  int32_t max_added_id; /* -1 before the first */
+  strmap added_map; /* content -> index into added */
   trie raw_trie, norm_trie;
   /* id -> string, for decode */
   int32_t vocab_size;
@@ -1004,8 +1009,9 @@ static qt_status pt_apply(qt_tokenizer *t, const pt_step *s, const qt_text_buf *
     size_t n = in[i].len, start = ob->n;
     if (s->kind == PT_METASPACE) {
       /* pre_tokenizers/metaspace.rs: ' ' -> replacement; prepend per scheme
-       * unless the piece already starts with it; split MergedWithNext. */
-      int starts = n >= s->repl_n && memcmp(src, s->repl, s->repl_n) == 0;
+       * unless the replaced piece already starts with the replacement;
+       * split MergedWithNext. */
+      int starts = (n > 0 && src[0] == ' ') || (n >= s->repl_n && memcmp(src, s->repl, s->repl_n) == 0);
       if (!starts && (s->prepend_scheme == PREPEND_ALWAYS ||
                       (s->prepend_scheme == PREPEND_FIRST && in[i].at_start)))
         QT_TRY(text_append(ob, s->repl, s->repl_n));
@@ -1811,16 +1817,38 @@ static qt_status load_added(qt_tokenizer *t, const cJSON *list) {
     QT_TRY(jget_bool(c, "rstrip", f, where, 0, &rs));
     QT_TRY(jget_bool(c, "normalized", f, where, !sp, &no));
     QT_TRY(jget_bool(c, "single_word", f, where, 0, &sw));
-    added_token *a = &t->added[t->n_added++];
-    a->len = strlen(content);
-    QT_TRY(dup_str(content, a->len, &a->content));
-    a->id = (int32_t)id;
+    size_t len = strlen(content);
+    if (len == 0) continue;
+    /* The "id" field is not trusted: tokenizers (added_vocabulary.rs
+     * add_tokens) gives a token the id it already has (added before, or in
+     * the model vocabulary), else the next id after max(vocab entries,
+     * largest added id). Same content again only updates the flags. */
+    int32_t k = strmap_get(&t->added_map, content, len);
+    added_token *a;
+    if (k >= 0) {
+      a = &t->added[k];
+    } else {
+      int32_t nid = strmap_get(&t->vocab, content, len);
+      if (nid < 0) {
+        nid = (int32_t)t->vocab.n;
+        if (t->max_added_id >= 0 && t->max_added_id >= (int32_t)t->vocab.n) nid = t->max_added_id + 1;
+      }
+      a = &t->added[t->n_added];
+      QT_TRY(dup_str(content, len, &a->content));
+      a->len = len;
+      a->id = nid;
+      QT_TRY(strmap_put(&t->added_map, content, len, (int32_t)t->n_added));
+      t->n_added++;
+      if (nid > t->max_added_id) t->max_added_id = nid;
+    }
+    if ((size_t)a->id != id)
+      QT_LOGW("%s: %s: \"%s\" has id %zu in the file but id %d by tokenizers' rules (used)", f, where,
+              content, id, (int)a->id);
     a->special = (unsigned char)sp;
     a->lstrip = (unsigned char)ls;
     a->rstrip = (unsigned char)rs;
     a->normalized = (unsigned char)no;
     a->single_word = (unsigned char)sw;
-    QT_TRY(strmap_put(&t->added_map, content, a->len, a->id));
   }
   return QT_OK;
 }
@@ -1838,6 +1866,10 @@ static qt_status build_tries(qt_tokenizer *t) {
       size_t nn;
       QT_TRY(normalize(t, a->content, a->len, &ns, &nn));
       QT_TRY(trie_add(&t->norm_trie, ns, nn, (int32_t)i));
+      /* tokenizers decodes such a token from its normalized form
+       * (added_vocabulary.rs simple_id_to_token, normalized_cache) */
+      QT_TRY(dup_str(ns, nn, &a->norm));
+      a->norm_len = nn;
     }
   }
   return QT_OK;
@@ -1855,7 +1887,7 @@ static qt_status build_id_table(qt_tokenizer *t) {
   t->id_len = calloc(vs, sizeof *t->id_len);
   t->id_special = calloc(vs, 1);
   size_t pool = t->vocab.pool_n;
-  for (size_t i = 0; i < t->n_added; i++) pool += t->added[i].len + 1;
+  for (size_t i = 0; i < t->n_added; i++) pool += (t->added[i].norm ? t->added[i].norm_len : t->added[i].len) + 1;
   t->id_pool = malloc(pool + 1);
   if (!t->id_off || !t->id_len || !t->id_special || !t->id_pool)
     return qt_fail(QT_ERR_NOMEM, "tokenizer: out of memory (id table)");
@@ -1871,11 +1903,13 @@ static qt_status build_id_table(qt_tokenizer *t) {
   size_t p = t->vocab.pool_n;
   for (size_t i = 0; i < t->n_added; i++) { /* added tokens take precedence */
     added_token *a = &t->added[i];
-    memcpy(t->id_pool + p, a->content, a->len + 1);
+    const char *c = a->norm ? a->norm : a->content;
+    size_t cl = a->norm ? a->norm_len : a->len;
+    memcpy(t->id_pool + p, c, cl + 1);
     t->id_off[a->id] = p;
-    t->id_len[a->id] = (uint32_t)a->len;
+    t->id_len[a->id] = (uint32_t)cl;
     t->id_special[a->id] = a->special;
-    p += a->len + 1;
+    p += cl + 1;
   }
   return QT_OK;
 }
@@ -1902,6 +1936,7 @@ qt_status qt_tokenizer_load_json(const char *json, size_t len, const char *name,
   if (!t) return qt_fail(QT_ERR_NOMEM, "tokenizer: out of memory");
   t->bos_id = t->eos_id = -1;
   t->unk_id = -1;
+  t->max_added_id = -1;
   build_byte_level(t);
   qt_status st = dup_str(name, strlen(name), &t->name);
   cJSON *root = NULL;
@@ -2102,7 +2137,10 @@ void qt_tokenizer_free(qt_tokenizer *t) {
     free(t->decs[i].b);
   }
   free(t->decs);
-  for (size_t i = 0; i < t->n_added; i++) free(t->added[i].content);
+  for (size_t i = 0; i < t->n_added; i++) {
+    free(t->added[i].content);
+    free(t->added[i].norm);
+  }
   free(t->added);
   strmap_free(&t->added_map);
   free(t->raw_trie.n);
@@ -2144,8 +2182,8 @@ void qt_tokenizer_set_bos_eos(qt_tokenizer *t, int32_t bos, int32_t eos) {
 
 int32_t qt_tokenizer_token_id(const qt_tokenizer *t, const char *token) {
   size_t n = strlen(token);
-  int32_t id = strmap_get(&t->added_map, token, n);
-  return id >= 0 ? id : strmap_get(&t->vocab, token, n);
+  int32_t k = strmap_get(&t->added_map, token, n);
+  return k >= 0 ? t->added[k].id : strmap_get(&t->vocab, token, n);
 }
 
 const char *qt_tokenizer_id_token(const qt_tokenizer *t, int32_t id) {

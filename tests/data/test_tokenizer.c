@@ -51,18 +51,64 @@ static int hexval(char c) {
   return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* Runs one fixture file; returns the number of failing cases (after printing
- * the first few with context). */
-static void run_golden(const char *name, const char *dir) {
-  char path[512];
-  snprintf(path, sizeof path, "%s", dir);
-  double t0 = now_s();
-  qt_tokenizer *t = NULL;
-  qt_status st = qt_tokenizer_load(path, &t);
-  if (st != QT_OK) fprintf(stderr, "load %s: %s\n", path, qt_error_message());
-  assert_int_equal(st, QT_OK);
-  double t1 = now_s();
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  assert_int_equal(fseek(f, 0, SEEK_END), 0);
+  long n = ftell(f);
+  assert_true(n >= 0);
+  rewind(f);
+  char *b = malloc((size_t)n + 1);
+  assert_non_null(b);
+  assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
+  b[n] = '\0';
+  fclose(f);
+  *len = (size_t)n;
+  return b;
+}
 
+/* The tokenizer a fixture was made with: meta.source (under ../shared/data),
+ * with meta.patch's top-level keys replaced when present. */
+static qt_tokenizer *load_fixture_tokenizer(const cJSON *meta, const char *name) {
+  const cJSON *src = cJSON_GetObjectItemCaseSensitive(meta, "source");
+  const cJSON *patch = cJSON_GetObjectItemCaseSensitive(meta, "patch");
+  assert_true(cJSON_IsString(src));
+  const char *prefix = "../shared/data/";
+  assert_int_equal(strncmp(src->valuestring, prefix, strlen(prefix)), 0);
+  char path[512];
+  snprintf(path, sizeof path, SHARED "%s", src->valuestring + strlen(prefix));
+  qt_tokenizer *t = NULL;
+  qt_status st;
+  if (!patch) {
+    st = qt_tokenizer_load(path, &t);
+  } else {
+    size_t len;
+    char *text = slurp(path, &len);
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    assert_non_null(root);
+    for (const cJSON *c = patch->child; c; c = c->next) {
+      cJSON *dup = cJSON_Duplicate(c, 1);
+      assert_non_null(dup);
+      if (cJSON_GetObjectItemCaseSensitive(root, c->string))
+        assert_true(cJSON_ReplaceItemInObjectCaseSensitive(root, c->string, dup));
+      else
+        assert_true(cJSON_AddItemToObject(root, c->string, dup));
+    }
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    assert_non_null(json);
+    st = qt_tokenizer_load_json(json, strlen(json), name, &t);
+    free(json);
+  }
+  if (st != QT_OK) fprintf(stderr, "load %s (%s): %s\n", path, name, qt_error_message());
+  assert_int_equal(st, QT_OK);
+  return t;
+}
+
+/* Runs one fixture file, printing the first few failing cases with context. */
+static void run_golden(const char *name, size_t min_cases) {
+  char path[512];
   snprintf(path, sizeof path, GOLDEN "%s.jsonl", name);
   FILE *f = fopen(path, "rb");
   assert_non_null(f);
@@ -70,6 +116,9 @@ static void run_golden(const char *name, const char *dir) {
   size_t cap = 0;
   ssize_t len;
   size_t lineno = 0, cases = 0, bad_enc = 0, bad_dec = 0, roundtrip = 0;
+  qt_tokenizer *t = NULL;
+  qt_status st;
+  double t0 = now_s(), t1 = t0;
   qt_token_ids got = {0};
   qt_text_buf dec = {0};
   char *raw = NULL;
@@ -83,6 +132,8 @@ static void run_golden(const char *name, const char *dir) {
       assert_non_null(meta);
       const cJSON *v = cJSON_GetObjectItemCaseSensitive(meta, "tokenizers_version");
       assert_true(cJSON_IsString(v));
+      t = load_fixture_tokenizer(meta, name);
+      t1 = now_s();
       cJSON_Delete(j);
       continue;
     }
@@ -172,15 +223,21 @@ static void run_golden(const char *name, const char *dir) {
   qt_token_ids_free(&got);
   qt_text_buf_free(&dec);
   qt_tokenizer_free(t);
-  assert_true(cases >= 5000);
+  assert_true(cases >= min_cases);
   assert_int_equal(bad_enc, 0);
   assert_int_equal(bad_dec, 0);
 }
 
-static void test_golden_stories260k(void **s) { (void)s; run_golden("stories260K", SHARED "stories260K"); }
-static void test_golden_llama2(void **s) { (void)s; run_golden("llama2", SHARED "tokenizers/llama2"); }
-static void test_golden_llama3(void **s) { (void)s; run_golden("llama3", SHARED "tokenizers/llama3/tokenizer.json"); }
-static void test_golden_qwen3(void **s) { (void)s; run_golden("qwen3", SHARED "tokenizers/qwen3"); }
+static void test_golden_stories260k(void **s) { (void)s; run_golden("stories260K", 5000); }
+static void test_golden_llama2(void **s) { (void)s; run_golden("llama2", 5000); }
+static void test_golden_llama3(void **s) { (void)s; run_golden("llama3", 5000); }
+static void test_golden_qwen3(void **s) { (void)s; run_golden("qwen3", 5000); }
+static void test_golden_variants(void **s) {
+  (void)s;
+  const char *names[] = {"llama2_metaspace_first", "stories_metaspace_always_split", "stories_split_behaviors",
+                         "stories_bytelevel_nfkc", "stories_nfd_added"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) run_golden(names[i], 600);
+}
 
 /* BOS/EOS come from config.json (stories260K) or tokenizer_config.json, and
  * the flags add them around the plain encoding. */
@@ -337,6 +394,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_stories260k), cmocka_unit_test(test_golden_llama2),
       cmocka_unit_test(test_golden_llama3),      cmocka_unit_test(test_golden_qwen3),
+      cmocka_unit_test(test_golden_variants),
       cmocka_unit_test(test_bos_eos),            cmocka_unit_test(test_errors),
       cmocka_unit_test(test_mini_model),         cmocka_unit_test(test_random_bytes),
   };

@@ -17,7 +17,8 @@ writes tests/golden/tokenizer/<name>.jsonl:
     "d": decode(ids, skip_special_tokens=False)  only when it differs from the text
                                                  (for "hex": from the replaced text)
     "ds": decode(ids, skip_special_tokens=True)  only when it differs from "d"
-Cases: a fixed edge-case list, then --random seeded random strings (ASCII,
+Variants (see VARIANTS) patch top-level keys of a base file; meta.patch
+records the patch. Cases: a fixed edge-case list, then --random seeded random strings (ASCII,
 whitespace runs, digits, punctuation, several Unicode blocks, emoji, combining
 marks, special-token text, vocabulary pieces glued together).
 """
@@ -37,6 +38,57 @@ TOKENIZERS = [
     ("llama2", "tokenizers/llama2/tokenizer.json"),
     ("llama3", "tokenizers/llama3/tokenizer.json"),
     ("qwen3", "tokenizers/qwen3/tokenizer.json"),
+]
+
+# Variants: a base tokenizer.json with top-level keys replaced by "patch"
+# (recorded in the fixture's meta, so the C test builds the same file). They
+# cover the other pipeline pieces the loader supports: the Metaspace
+# pre-tokenizer/decoder of newer Llama/Mistral files, Split behaviors,
+# ByteLevel with its own regex and prefix space, NFD/NFKC/NFKD and Regex
+# Replace normalizers, and added tokens with lstrip/rstrip/single_word/normalized
+# ("[M]" says id 500, but tokenizers assigns the next free id, 514).
+SP = "\u2581"
+SP_DECODER = {"type": "Sequence", "decoders": [
+    {"type": "Replace", "pattern": {"String": SP}, "content": " "}, {"type": "ByteFallback"},
+    {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+STORIES_ADDED = [
+    {"id": 0, "content": "<unk>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True},
+    {"id": 1, "content": "<s>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True},
+    {"id": 2, "content": "</s>", "single_word": False, "lstrip": True, "rstrip": True, "normalized": False, "special": True},
+    {"id": 512, "content": "time", "single_word": True, "lstrip": False, "rstrip": False, "normalized": True, "special": False},
+    {"id": 513, "content": "x y", "single_word": False, "lstrip": False, "rstrip": True, "normalized": True, "special": False},
+    {"id": 500, "content": "[M]", "single_word": False, "lstrip": True, "rstrip": False, "normalized": False, "special": True},
+]
+VARIANTS = [
+    ("llama2_metaspace_first", "tokenizers/llama2/tokenizer.json", {
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": SP, "prepend_scheme": "first", "split": False},
+        "decoder": SP_DECODER}),
+    ("stories_metaspace_always_split", "stories260K/tokenizer.json", {
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": SP, "prepend_scheme": "always", "split": True},
+        "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"},
+                    {"type": "Metaspace", "replacement": SP, "prepend_scheme": "always", "split": True}]}}),
+    ("stories_split_behaviors", "stories260K/tokenizer.json", {
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFKD"}, {"type": "Replace", "pattern": {"Regex": "[0-9]+"}, "content": "#"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": SP}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"String": SP}, "behavior": "MergedWithNext", "invert": False},
+            {"type": "Split", "pattern": {"Regex": "[.,!?]+"}, "behavior": "MergedWithPrevious", "invert": False},
+            {"type": "Split", "pattern": {"Regex": "\\p{Lu}"}, "behavior": "Contiguous", "invert": False},
+            {"type": "Split", "pattern": {"Regex": "\\s"}, "behavior": "Removed", "invert": False},
+            {"type": "Split", "pattern": {"Regex": "[a-z]{1,3}"}, "behavior": "Isolated", "invert": True}]},
+        "decoder": SP_DECODER}),
+    ("stories_bytelevel_nfkc", "stories260K/tokenizer.json", {
+        "normalizer": {"type": "NFKC"},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}}),
+    ("stories_nfd_added", "stories260K/tokenizer.json", {
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFD"}, {"type": "Prepend", "prepend": SP},
+            {"type": "Replace", "pattern": {"String": " "}, "content": SP}]},
+        "added_tokens": STORIES_ADDED}),
 ]
 
 EDGE_TEXT = [
@@ -127,15 +179,24 @@ def main():
     ap.add_argument("--shared", default=os.path.join(os.path.dirname(root), "shared", "data"))
     ap.add_argument("--out", default=os.path.join(root, "tests", "golden", "tokenizer"))
     ap.add_argument("--random", type=int, default=5000)
+    ap.add_argument("--variant-random", type=int, default=600)
     ap.add_argument("--seed", type=int, default=20261125)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    for idx, (name, rel) in enumerate(TOKENIZERS):
+    jobs = [(name, rel, None, args.random) for name, rel in TOKENIZERS]
+    jobs += [(name, rel, patch, args.variant_random) for name, rel, patch in VARIANTS]
+    for idx, (name, rel, patch, n_random) in enumerate(jobs):
         path = os.path.join(args.shared, rel)
         with open(path, "rb") as f:
-            sha = hashlib.sha256(f.read()).hexdigest()
-        tok = Tokenizer.from_file(path)
+            raw_json = f.read()
+        sha = hashlib.sha256(raw_json).hexdigest()
+        if patch is None:
+            tok = Tokenizer.from_file(path)
+        else:
+            j = json.loads(raw_json)
+            j.update(patch)
+            tok = Tokenizer.from_str(json.dumps(j))
         rng = random.Random(args.seed + idx)
         vocab_size = tok.get_vocab_size(with_added_tokens=False)
         special = {a.content for a in tok.get_added_tokens_decoder().values()}
@@ -169,7 +230,7 @@ def main():
             add(raw=b)
         n_edge = len(recs)
         seen = set()
-        while len(recs) < n_edge + args.random:
+        while len(recs) < n_edge + n_random:
             t = rand_text(rng, pieces, specials)
             if t in seen:
                 continue
@@ -180,9 +241,11 @@ def main():
             "tokenizer": name, "source": "../shared/data/" + rel, "source_sha256": sha,
             "tokenizers_version": tokenizers.__version__, "python": platform.python_version(),
             "generator": "tools/reference/make_tokenizer_fixtures.py", "seed": args.seed + idx,
-            "edge_cases": n_edge, "random_cases": args.random,
+            "edge_cases": n_edge, "random_cases": n_random,
             "encode": "add_special_tokens=False", "decode": "d: skip_special_tokens=False, ds: True",
         }
+        if patch is not None:
+            meta["patch"] = patch
         out = os.path.join(args.out, name + ".jsonl")
         with open(out, "w", encoding="utf-8", newline="\n") as f:
             f.write(json.dumps({"meta": meta}, ensure_ascii=False) + "\n")
