@@ -1,0 +1,301 @@
+// quant/quant_cuda.cu — CUDA kernels of quant/, bit-exact with quant_ref.c
+// (tests/quant/test_quant_cuda.c checks every one against the CPU reference).
+// Semantics: quant/quant.h (bitsandbytes csrc/kernels.cu kQuantizeBlockwise,
+// kDequantizeBlockwise, dQuantizeNF4/FP4, dQuantize<0>). Built with
+// --fmad=false and explicit _rn intrinsics so that no multiply-add is fused.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "quant/quant.h"
+}
+
+namespace {
+
+__constant__ float c_nf4[16];
+__constant__ float c_fp4[16];
+
+qt_status check_launch(const char *what) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return qt_fail(QT_ERR_CUDA, "quant: %s: %s; check the GPU state (nvidia-smi)", what,
+                   cudaGetErrorString(e));
+  return QT_OK;
+}
+
+// Uploads the 4-bit tables once per call site; cheap (128 bytes) and keeps the
+// module free of global "initialized" state.
+qt_status upload_tables(cudaStream_t s) {
+  cudaError_t e = cudaMemcpyToSymbolAsync(c_nf4, qt_quant_4bit_table(QT_QUANT_NF4), 64, 0,
+                                          cudaMemcpyHostToDevice, s);
+  if (e == cudaSuccess)
+    e = cudaMemcpyToSymbolAsync(c_fp4, qt_quant_4bit_table(QT_QUANT_FP4), 64, 0,
+                                cudaMemcpyHostToDevice, s);
+  if (e != cudaSuccess)
+    return qt_fail(QT_ERR_CUDA, "quant: uploading 4-bit tables: %s", cudaGetErrorString(e));
+  return QT_OK;
+}
+
+// kernels.cu dQuantizeNF4 (same tree as quant_ref.c encode_nf4).
+__device__ __forceinline__ uint8_t enc_nf4(float x) {
+  if (x > 0.03979014977812767f) {
+    if (x > 0.3893125355243683f) {
+      if (x > 0.6427869200706482f) return x > 0.8614784181118011f ? 15 : 14;
+      return x > 0.5016634166240692f ? 13 : 12;
+    }
+    if (x > 0.2035212516784668f) return x > 0.2920137718319893f ? 11 : 10;
+    return x > 0.1202552504837513f ? 9 : 8;
+  }
+  if (x > -0.33967943489551544f) {
+    if (x > -0.13791173323988914f) return x > -0.045525018125772476f ? 7 : 6;
+    return x > -0.23460740596055984f ? 5 : 4;
+  }
+  if (x > -0.6106329262256622f) return x > -0.4599952697753906f ? 3 : 2;
+  return x > -0.8480964004993439f ? 1 : 0;
+}
+
+// kernels.cu dQuantizeFP4.
+__device__ __forceinline__ uint8_t enc_fp4(float x) {
+  uint8_t sign = x < 0 ? 8 : 0;
+  x = fabsf(x);
+  if (x > 0.29166667f) {
+    if (x > 0.583333f) return (uint8_t)((x > 0.8333333f ? 3 : 2) + sign);
+    return (uint8_t)((x > 0.4166667f ? 5 : 4) + sign);
+  }
+  if (x > 0.0859375f) return (uint8_t)((x > 0.20833333f ? 7 : 6) + sign);
+  return (uint8_t)((x > 0.00260417f ? 1 : 0) + sign);
+}
+
+// kernels.cu dQuantize<0> over a 256-entry sorted code in shared memory.
+__device__ __forceinline__ uint8_t enc_8bit(const float *code, float x) {
+  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+  float lower = -1.0f, upper = 1.0f;
+  float val = code[pivot];
+  for (int i = 64; i > 0; i >>= 1) {
+    if (x > val) {
+      lower_pivot = pivot;
+      lower = val;
+      pivot += i;
+    } else {
+      upper_pivot = pivot;
+      upper = val;
+      pivot -= i;
+    }
+    val = code[pivot];
+  }
+  if (upper_pivot == 255) upper = code[upper_pivot];
+  if (lower_pivot == 0) lower = code[lower_pivot];
+  if (x > val) {
+    float midpoint = __fmul_rn(__fadd_rn(upper, val), 0.5f);
+    return (uint8_t)(x > midpoint ? upper_pivot : pivot);
+  }
+  float midpoint = __fmul_rn(__fadd_rn(lower, val), 0.5f);
+  return (uint8_t)(x < midpoint ? lower_pivot : pivot);
+}
+
+__device__ __forceinline__ float load_f(const float *p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float load_f(const uint16_t *p, int64_t i) {
+  return __uint_as_float((uint32_t)p[i] << 16);
+}
+
+constexpr int kThreads = 256;
+
+// Block max of |x| ignoring NaN (fmaxf), over a thread block.
+__device__ float block_absmax(float m, float *red) {
+  red[threadIdx.x] = m;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if ((int)threadIdx.x < s) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + s]);
+    __syncthreads();
+  }
+  float r = red[0];
+  __syncthreads();
+  return r;
+}
+
+// One thread block per 4-bit quantization block (grid-stride over blocks);
+// each thread writes whole bytes (two elements).
+template <typename T>
+__global__ void k_quant4(int type, const T *x, int64_t n, int bs, uint8_t *packed, float *absmax,
+                         int64_t nb) {
+  __shared__ float red[kThreads];
+  for (int64_t b = blockIdx.x; b < nb; b += gridDim.x) {
+    int64_t start = b * bs;
+    int64_t len = n - start < bs ? n - start : bs;
+    float m = 0.0f;
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) m = fmaxf(m, fabsf(load_f(x, start + i)));
+    float am = block_absmax(m, red);
+    if (threadIdx.x == 0) absmax[b] = am;
+    float inv = __frcp_rn(am);  // 1.0f / absmax, IEEE
+    for (int64_t j = threadIdx.x; 2 * j < len; j += blockDim.x) {
+      float a = load_f(x, start + 2 * j);
+      float c = 2 * j + 1 < len ? load_f(x, start + 2 * j + 1) : 0.0f;
+      a = __fmul_rn(a, inv);
+      c = __fmul_rn(c, inv);
+      uint8_t hi = type == QT_QUANT_NF4 ? enc_nf4(a) : enc_fp4(a);
+      uint8_t lo = type == QT_QUANT_NF4 ? enc_nf4(c) : enc_fp4(c);
+      packed[start / 2 + j] = (uint8_t)(hi << 4 | lo);
+    }
+  }
+}
+
+// One thread per byte (two outputs).
+template <typename T>
+__global__ void k_dequant4(int type, const uint8_t *packed, const float *absmax, int64_t n,
+                           int log2bs, T *out) {
+  const float *table = type == QT_QUANT_NF4 ? c_nf4 : c_fp4;
+  int64_t nbytes = (n + 1) / 2;
+  for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < nbytes;
+       j += (int64_t)gridDim.x * blockDim.x) {
+    uint8_t byte = packed[j];
+    int64_t i = 2 * j;
+    float v0 = __fmul_rn(table[byte >> 4], absmax[i >> log2bs]);
+    if constexpr (sizeof(T) == 4) out[i] = v0;
+    else out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v0));
+    if (i + 1 < n) {
+      float v1 = __fmul_rn(table[byte & 15], absmax[(i + 1) >> log2bs]);
+      if constexpr (sizeof(T) == 4) out[i + 1] = v1;
+      else out[i + 1] = __bfloat16_as_ushort(__float2bfloat16_rn(v1));
+    }
+  }
+}
+
+// 8-bit blockwise quantization of x - offset (offset 0 for plain use; x - 0
+// is x bit for bit), one thread block per quantization block.
+__global__ void k_quant8(const float *code, const float *x, int64_t n, int64_t bs, float offset,
+                         uint8_t *q, float *absmax, int64_t nb) {
+  __shared__ float red[kThreads];
+  __shared__ float smem_code[256];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) smem_code[i] = code[i];
+  __syncthreads();
+  for (int64_t b = blockIdx.x; b < nb; b += gridDim.x) {
+    int64_t start = b * bs;
+    int64_t len = n - start < bs ? n - start : bs;
+    float m = 0.0f;
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
+      m = fmaxf(m, fabsf(__fsub_rn(x[start + i], offset)));
+    float am = block_absmax(m, red);
+    if (threadIdx.x == 0) absmax[b] = am;
+    float inv = __frcp_rn(am);
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
+      q[start + i] = enc_8bit(smem_code, __fmul_rn(__fsub_rn(x[start + i], offset), inv));
+  }
+}
+
+// out[i] = f32(code[q[i]] * absmax[i / bs]) (+ offset, a second rounding).
+__global__ void k_dequant8(const float *code, const uint8_t *q, const float *absmax, int64_t n,
+                           int64_t bs, float offset, int add_offset, float *out) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    float v = __fmul_rn(code[q[i]], absmax[i / bs]);
+    out[i] = add_offset ? __fadd_rn(v, offset) : v;
+  }
+}
+
+unsigned grid_for(int64_t work, int per_block) {
+  int64_t g = (work + per_block - 1) / per_block;
+  if (g < 1) g = 1;
+  if (g > (1 << 30)) g = 1 << 30;
+  return (unsigned)g;
+}
+
+int log2i(int v) {
+  int l = 0;
+  while ((1 << l) < v) l++;
+  return l;
+}
+
+template <typename T>
+qt_status quant4(qt_quant_type t, const T *x, int64_t n, int blocksize, uint8_t *packed,
+                 float *absmax, void *stream) {
+  QT_ASSERT(qt_quant_blocksize_valid(blocksize) && n >= 0);
+  if (n == 0) return QT_OK;
+  int64_t nb = qt_quant_nblocks(n, blocksize);
+  int threads = blocksize / 2 < kThreads ? blocksize / 2 : kThreads;
+  k_quant4<T><<<grid_for(nb, 1), threads, 0, (cudaStream_t)stream>>>((int)t, x, n, blocksize,
+                                                                     packed, absmax, nb);
+  return check_launch("4-bit quantize");
+}
+
+template <typename T>
+qt_status dequant4(qt_quant_type t, const uint8_t *packed, const float *absmax, int64_t n,
+                   int blocksize, T *out, void *stream) {
+  QT_ASSERT(qt_quant_blocksize_valid(blocksize) && n >= 0);
+  if (n == 0) return QT_OK;
+  QT_TRY(upload_tables((cudaStream_t)stream));
+  k_dequant4<T><<<grid_for((n + 1) / 2, kThreads), kThreads, 0, (cudaStream_t)stream>>>(
+      (int)t, packed, absmax, n, log2i(blocksize), out);
+  return check_launch("4-bit dequantize");
+}
+
+}  // namespace
+
+extern "C" {
+
+qt_status qt_quant_4bit_quantize_cuda(qt_quant_type t, const float *x, int64_t n, int blocksize,
+                                      uint8_t *packed, float *absmax, void *stream) {
+  return quant4<float>(t, x, n, blocksize, packed, absmax, stream);
+}
+
+qt_status qt_quant_4bit_quantize_bf16_cuda(qt_quant_type t, const uint16_t *x, int64_t n,
+                                           int blocksize, uint8_t *packed, float *absmax,
+                                           void *stream) {
+  return quant4<uint16_t>(t, x, n, blocksize, packed, absmax, stream);
+}
+
+qt_status qt_quant_4bit_dequantize_cuda(qt_quant_type t, const uint8_t *packed,
+                                        const float *absmax, int64_t n, int blocksize,
+                                        float *out, void *stream) {
+  return dequant4<float>(t, packed, absmax, n, blocksize, out, stream);
+}
+
+qt_status qt_quant_4bit_dequantize_bf16_cuda(qt_quant_type t, const uint8_t *packed,
+                                             const float *absmax, int64_t n, int blocksize,
+                                             uint16_t *out, void *stream) {
+  return dequant4<uint16_t>(t, packed, absmax, n, blocksize, out, stream);
+}
+
+qt_status qt_quant_8bit_quantize_cuda(const float *code, const float *x, int64_t n,
+                                      int64_t blocksize, uint8_t *q, float *absmax,
+                                      void *stream) {
+  QT_ASSERT(blocksize > 0 && n >= 0);
+  if (n == 0) return QT_OK;
+  int64_t nb = (n + blocksize - 1) / blocksize;
+  int threads = blocksize < kThreads ? 32 : kThreads;
+  k_quant8<<<grid_for(nb, 1), threads, 0, (cudaStream_t)stream>>>(code, x, n, blocksize, 0.0f, q,
+                                                                   absmax, nb);
+  return check_launch("8-bit quantize");
+}
+
+qt_status qt_quant_8bit_dequantize_cuda(const float *code, const uint8_t *q, const float *absmax,
+                                        int64_t n, int64_t blocksize, float *out, void *stream) {
+  QT_ASSERT(blocksize > 0 && n >= 0);
+  if (n == 0) return QT_OK;
+  k_dequant8<<<grid_for(n, kThreads), kThreads, 0, (cudaStream_t)stream>>>(code, q, absmax, n,
+                                                                            blocksize, 0.0f, 0, out);
+  return check_launch("8-bit dequantize");
+}
+
+qt_status qt_quant_dq_compress_cuda(const float *code, const float *absmax, int64_t nb,
+                                    float offset, uint8_t *qabsmax, float *nested_absmax,
+                                    void *stream) {
+  QT_ASSERT(nb >= 0);
+  if (nb == 0) return QT_OK;
+  int64_t nnb = (nb + QT_QUANT_NESTED_BLOCKSIZE - 1) / QT_QUANT_NESTED_BLOCKSIZE;
+  k_quant8<<<grid_for(nnb, 1), kThreads, 0, (cudaStream_t)stream>>>(
+      code, absmax, nb, QT_QUANT_NESTED_BLOCKSIZE, offset, qabsmax, nested_absmax, nnb);
+  return check_launch("double-quant compress");
+}
+
+qt_status qt_quant_dq_decompress_cuda(const float *code, const uint8_t *qabsmax,
+                                      const float *nested_absmax, float offset, int64_t nb,
+                                      float *absmax, void *stream) {
+  QT_ASSERT(nb >= 0);
+  if (nb == 0) return QT_OK;
+  k_dequant8<<<grid_for(nb, kThreads), kThreads, 0, (cudaStream_t)stream>>>(
+      code, qabsmax, nested_absmax, nb, QT_QUANT_NESTED_BLOCKSIZE, offset, 1, absmax);
+  return check_launch("double-quant decompress");
+}
+
+}  // extern "C"
