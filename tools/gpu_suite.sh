@@ -64,7 +64,12 @@ fi
 section "GPU"
 log "$gpus"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv >>"$LOG" 2>&1 || true
-log "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (with local changes)')"
+if commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
+  git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with local changes)"
+else
+  commit="unknown (not a git checkout)"
+fi
+log "commit: $commit"
 log "host: $(uname -n), $(nproc) cores; build dir: $BUILD_DIR"
 
 if ! command -v nvcc >/dev/null 2>&1; then
