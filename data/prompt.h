@@ -1,0 +1,166 @@
+/* data/prompt.h — dataset records to training examples: prompt formats,
+ * chat templates, BOS/EOS and prompt masking.
+ *
+ * An example is a token sequence with aligned labels, as Hugging Face builds
+ * them: labels[i] = ids[i] where position i is a target, -100 where it is
+ * not (the loss shifts: the logits at i are scored against labels[i + 1]).
+ *
+ * Formats (the record fields; see data/dataset.h for how they are read):
+ *   text        {"text"}:          [BOS] text EOS; every token a target.
+ *   completion  {"prompt","completion"}: [BOS] prompt+completion EOS.
+ *   alpaca      {"instruction","input","output"}: the Alpaca prompt of
+ *               axolotl's prompters.py (../shared/docs/reference/formats.md
+ *               section 7.1; the variant without input when "input" is
+ *               missing, null or ""), then output as the completion.
+ *   chat        {"messages":[{"role","content"}...]} rendered with a chat
+ *               template (below); roles: system, user, assistant.
+ *
+ * Tokenization and the prompt boundary (completion, alpaca): the joined
+ * string prompt+completion is tokenized once, and the first
+ * len(encode([BOS] prompt)) tokens are the prompt — what TRL's SFTTrainer
+ * (prompt-completion datasets), axolotl's instruct strategies and Stanford
+ * Alpaca's train.py do, so ids equal HF tokenizer(prompt + completion).
+ * With train_on_prompt false the prompt tokens get label -100; the EOS is
+ * always a target.
+ *
+ * BOS: prepended when the tokenizer adds one: tokenizer_config.json
+ * "add_bos_token" when present, otherwise when tokenizer.json's
+ * post_processor is a TemplateProcessing whose single-sequence template
+ * starts with the BOS token (what tokenizer(text) does in transformers; the
+ * Llama-3 and Qwen3 files in ../shared/data add none). EOS (the tokenizer's,
+ * see qt_tokenizer_load) ends every example.
+ *
+ * Chat templates. `auto` reads tokenizer_config.json "chat_template" (a
+ * string, or a list of {name, template} whose "default" is used) and
+ * recognizes its family: "<|im_start|>" = ChatML (Qwen3's variant when it
+ * also handles "</think>" and reasoning_content), "<|start_header_id|>" =
+ * Llama-3; anything else is QT_ERR_UNSUPPORTED (set the template in the
+ * config). Each renders what transformers' apply_chat_template renders with
+ * that template (tools/reference/make_dataset_fixtures.py checks it):
+ *   chatml  per message "<|im_start|>{role}\n{content}<|im_end|>\n".
+ *   qwen3   the Qwen3 template without tools: a leading system message
+ *           first; assistant turns after the last user query get
+ *           "<think>\n{reasoning}\n</think>\n\n" before the content when
+ *           they are the last message or have reasoning (from a
+ *           "reasoning_content" field or a "<think>...</think>" prefix of
+ *           the content, which is split off as the template does).
+ *   llama3  "{bos}" once, then per message
+ *           "<|start_header_id|>{role}<|end_header_id|>\n\n{content|trim}<|eot_id|>"
+ *           (trim = Python str.strip()).
+ * The text ends right after the end-of-turn token of the last message:
+ * whatever the template renders after it (Qwen's "\n" separator, the
+ * generation prompt that this Llama-3 template appends unconditionally) is
+ * dropped. The text is tokenized as one string (add_special_tokens=False, as
+ * apply_chat_template(tokenize=True)); BOS is prepended only if the
+ * tokenizer adds one and the text does not already start with it; EOS is
+ * appended unless the last token already is EOS (Qwen3: <|im_end|> is EOS).
+ *
+ * Chat masking (train_on_prompt false), as TRL's assistant-only loss and
+ * axolotl's chat_template strategy (roles_to_train assistant, train_on_eos
+ * turn): the targets are, for every assistant message, what the model
+ * produces after the generation prompt ("<|im_start|>assistant\n" /
+ * "<|start_header_id|>assistant<|end_header_id|>\n\n"): the content (with
+ * Qwen3's think block) and the turn's end-of-turn token (<|im_end|> /
+ * <|eot_id|>); plus the appended EOS when the last message is the
+ * assistant's. Everything else (system and user turns, role headers, the
+ * separators) is -100. Span boundaries in tokens are len(encode(text[:b]))
+ * for each boundary byte b (the fixture script checks that this equals the
+ * boundaries TRL gets from the offset mapping). A conversation without an
+ * assistant message is a bad record (nothing to train on).
+ *
+ * Fields may hold any bytes: data/dataset.c replaces invalid UTF-8 with
+ * U+FFFD before parsing (Python's decode("utf-8", "replace")), the string
+ * helpers here never read past a field, and the tokenizer sanitizes what it
+ * encodes. */
+#ifndef QT_DATA_PROMPT_H
+#define QT_DATA_PROMPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "data/tokenizer.h"
+
+typedef enum {
+  QT_DATA_FMT_TEXT = 0,
+  QT_DATA_FMT_COMPLETION,
+  QT_DATA_FMT_ALPACA,
+  QT_DATA_FMT_CHAT
+} qt_data_format;
+
+/* What the config asks for (data.chat_template). */
+typedef enum { QT_CHAT_AUTO = 0, QT_CHAT_CHATML, QT_CHAT_LLAMA3 } qt_chat_choice;
+/* What is rendered. */
+typedef enum { QT_CHAT_KIND_NONE = 0, QT_CHAT_KIND_CHATML, QT_CHAT_KIND_QWEN3, QT_CHAT_KIND_LLAMA3 } qt_chat_kind;
+
+enum { QT_LABEL_IGNORE = -100 };
+
+/* A string field of a record: s[0..n) (not necessarily NUL-terminated);
+ * s == NULL means absent / null. */
+typedef struct {
+  const char *s;
+  size_t n;
+} qt_str;
+
+typedef struct {
+  qt_str role, content, reasoning; /* reasoning: "reasoning_content" (optional) */
+} qt_chat_msg;
+
+/* One record's fields, borrowed from the parsed JSON (data/dataset.c). */
+typedef struct {
+  qt_str text;                        /* text */
+  qt_str prompt, completion;          /* completion */
+  qt_str instruction, input, output;  /* alpaca (input may be absent) */
+  const qt_chat_msg *msgs;            /* chat */
+  size_t n_msgs;
+} qt_record;
+
+/* An example under construction (caller-owned, zero-initialize, reuse). */
+typedef struct {
+  int32_t *ids, *labels; /* (n) */
+  size_t n, cap;
+} qt_example;
+void qt_example_free(qt_example *e);
+
+typedef struct {
+  qt_tokenizer *tok;      /* borrowed */
+  qt_data_format format;
+  qt_chat_kind chat;      /* QT_CHAT_KIND_NONE unless format is chat */
+  int train_on_prompt;
+  int add_bos;            /* the tokenizer adds BOS (see above) */
+  int32_t bos_id, eos_id; /* eos_id >= 0 always; bos_id -1 when none */
+  char *bos_text;         /* the BOS token string rendered by llama3 ("" if none; owned) */
+  /* scratch (owned) */
+  qt_text_buf render;
+  qt_token_ids enc;
+  size_t *spans;          /* byte spans [a, b) of targets in render, 2 per span */
+  size_t n_spans, cap_spans;
+} qt_prompt;
+
+/* Sets up p for records of `format` tokenized by tok, which was loaded from
+ * tokenizer_path (the directory or tokenizer.json path given to
+ * qt_tokenizer_load; its tokenizer_config.json and tokenizer.json are read
+ * for add_bos_token, the post_processor and chat_template). choice is used
+ * for the chat format only. Errors: no EOS token (QT_ERR_FORMAT), chat
+ * without a recognizable template (QT_ERR_UNSUPPORTED), unreadable files.
+ * p borrows tok; free with qt_prompt_free. */
+qt_status qt_prompt_init(qt_prompt *p, qt_tokenizer *tok, const char *tokenizer_path,
+                         qt_data_format format, qt_chat_choice choice, int train_on_prompt);
+void qt_prompt_free(qt_prompt *p);
+
+/* Builds the example of one record into *out (overwritten). Errors
+ * (QT_ERR_FORMAT: a missing field, an unknown role, no assistant message)
+ * carry no file name; the caller adds file:line. */
+qt_status qt_prompt_build(qt_prompt *p, const qt_record *r, qt_example *out);
+
+/* Renders a chat record as text (the part that is tokenized) into out, for
+ * inspection and tests; spans receives the target byte spans if non-NULL
+ * (2 entries per span, valid until the next call). */
+qt_status qt_prompt_render_chat(qt_prompt *p, const qt_record *r, const qt_text_buf **text,
+                                const size_t **spans, size_t *n_spans);
+
+/* Stable lower-case names ("text", "chatml", ...). */
+const char *qt_data_format_name(qt_data_format f);
+const char *qt_chat_kind_name(qt_chat_kind k);
+
+#endif
