@@ -21,7 +21,7 @@
  * gradient here at all; only LoRA A/B and activations do.
  *
  * Numerics (../shared/docs/STYLE.md habit 5): reductions accumulate in double
- * (norm statistics, softmax denominators, attention dot products, loss sums);
+ * (norm statistics, softmax denominators, loss sums);
  * GEMMs are OpenBLAS. Loops are OpenMP-parallel over rows/heads only; no
  * reduction order depends on the thread count.
  * Work buffers are passed in by the caller (the tape carves them from its
@@ -128,11 +128,21 @@ void qt_op_attention_forward_cpu(float *out, float *P, const float *q, const flo
                                  const float *v, const int32_t *doc, int64_t B, int64_t T,
                                  int64_t H, int64_t K, int64_t D);
 /* dq (B*T, H, D), dk, dv (B*T, K, D) (+)= ... (each may be NULL when not needed) ;
- * work (B*K, T) scratch. */
+ * work (T, T) scratch. */
 void qt_op_attention_backward_cpu(float *dq, float *dk, float *dv, int acc, float *work,
                                   const float *dout, const float *P, const float *q,
                                   const float *k, const float *v, const int32_t *doc,
                                   int64_t B, int64_t T, int64_t H, int64_t K, int64_t D);
+/* The same in plain loops (double dot products, one OpenMP task per row and
+ * head): the reference the GEMM version above is tested against. D <= 1024.
+ * Backward work is (B*K, T). */
+void qt_op_attention_forward_ref_cpu(float *out, float *P, const float *q, const float *k,
+                                     const float *v, const int32_t *doc, int64_t B, int64_t T,
+                                     int64_t H, int64_t K, int64_t D);
+void qt_op_attention_backward_ref_cpu(float *dq, float *dk, float *dv, int acc, float *work,
+                                      const float *dout, const float *P, const float *q,
+                                      const float *k, const float *v, const int32_t *doc,
+                                      int64_t B, int64_t T, int64_t H, int64_t K, int64_t D);
 
 /* ---- SwiGLU ----------------------------------------------------------------- */
 /* out (N, F) = silu(gate) * up, silu(g) = g / (1 + exp(-g)) */
@@ -195,6 +205,14 @@ void qt_op_attention_backward_cpu_f64(double *dq, double *dk, double *dv, int ac
                                       const double *q, const double *k, const double *v,
                                       const int32_t *doc, int64_t B, int64_t T, int64_t H,
                                       int64_t K, int64_t D);
+void qt_op_attention_forward_ref_cpu_f64(double *out, double *P, const double *q,
+                                         const double *k, const double *v, const int32_t *doc,
+                                         int64_t B, int64_t T, int64_t H, int64_t K, int64_t D);
+void qt_op_attention_backward_ref_cpu_f64(double *dq, double *dk, double *dv, int acc,
+                                          double *work, const double *dout, const double *P,
+                                          const double *q, const double *k, const double *v,
+                                          const int32_t *doc, int64_t B, int64_t T, int64_t H,
+                                          int64_t K, int64_t D);
 void qt_op_swiglu_forward_cpu_f64(double *out, const double *gate, const double *up, int64_t n);
 void qt_op_swiglu_backward_cpu_f64(double *dgate, double *dup, int acc, const double *dout,
                                    const double *gate, const double *up, int64_t n);

@@ -630,7 +630,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     for (int i = 0; i < 3; i++)
       if (needs(t, nd->in[i])) QT_TRY(grad_target(t, nd->in[i], &d[i], &a[i]));
     void *work;
-    QT_TRY(work_alloc(t, (size_t)(nd->B * nd->K * nd->T), &work));
+    QT_TRY(work_alloc(t, (size_t)(nd->T * nd->T), &work));
     /* The kernel takes one flag for all three; give it per input when they differ. */
     int acc_all = a[0] || a[1] || a[2];
     if (acc_all && !(a[0] == (d[0] != NULL) && a[1] == (d[1] != NULL) && a[2] == (d[2] != NULL))) {

@@ -264,7 +264,7 @@ static void att_fwd(op_case *c) {
                                   c->d[1], c->d[2], c->d[3], c->d[4]);
 }
 static void att_bwd(op_case *c, double **g, int acc) {
-  double *work = malloc((size_t)(c->d[0] * c->d[3] * c->d[1]) * 8);
+  double *work = malloc((size_t)(c->d[1] * c->d[1]) * 8); /* (T, T) */
   qt_op_attention_backward_cpu_f64(g[0], g[1], g[2], acc, work, c->r, c->aux2, c->in[0], c->in[1],
                                    c->in[2], c->aux, c->d[0], c->d[1], c->d[2], c->d[3], c->d[4]);
   free(work);
@@ -466,12 +466,69 @@ static void test_rope_inv_freq_golden(void **st) {
   assert_int_equal(cases, 9);
 }
 
+/* The GEMM attention (training) against the plain-loop reference, forward and
+ * backward, in both twins, with and without accumulation. */
+static void test_attention_gemm_vs_ref(void **st) {
+  (void)st;
+  const int64_t shapes[][5] = {{1, 1, 1, 1, 1}, {2, 9, 4, 2, 3}, {1, 65, 4, 2, 8}, {3, 7, 6, 3, 5}};
+  for (size_t s = 0; s < 4; s++) {
+    ag_rng r = {s + 500};
+    int64_t B = shapes[s][0], T = shapes[s][1], H = shapes[s][2], K = shapes[s][3], D = shapes[s][4];
+    int64_t nq = B * T * H * D, nk = B * T * K * D, nP = B * H * T * T;
+    int32_t *doc = malloc((size_t)(B * T) * 4);
+    for (int64_t n = 0; n < B * T; n++) doc[n] = (int32_t)((n % T) * 3 / (T + 1) + 10 * (n / T));
+    double *q = rnd(&r, nq, -2, 2), *k = rnd(&r, nk, -2, 2), *v = rnd(&r, nk, -1, 1);
+    double *dout = rnd(&r, nq, -1, 1);
+    double *o[2], *P[2], *dq[2], *dk[2], *dv[2];
+    double *work = malloc((size_t)(T * T + B * K * T) * 8);
+    for (int m = 0; m < 2; m++) {
+      o[m] = malloc(nq * 8); P[m] = malloc(nP * 8);
+      dq[m] = rnd(&r, nq, 0, 0); dk[m] = rnd(&r, nk, 0, 0); dv[m] = rnd(&r, nk, 0, 0);
+      for (int acc = 0; acc < 2; acc++) { /* acc pass adds the same again: 2x */
+        if (m == 0) {
+          qt_op_attention_forward_ref_cpu_f64(o[m], P[m], q, k, v, doc, B, T, H, K, D);
+          qt_op_attention_backward_ref_cpu_f64(dq[m], dk[m], dv[m], acc, work, dout, P[m], q, k, v, doc, B, T, H, K, D);
+        } else {
+          qt_op_attention_forward_cpu_f64(o[m], P[m], q, k, v, doc, B, T, H, K, D);
+          qt_op_attention_backward_cpu_f64(dq[m], dk[m], dv[m], acc, work, dout, P[m], q, k, v, doc, B, T, H, K, D);
+        }
+      }
+    }
+    assert_true(ag_rel_err(o[0], o[1], nq) < 1e-13);
+    assert_true(ag_rel_err(P[0], P[1], nP) < 1e-13);
+    assert_true(ag_rel_err(dq[0], dq[1], nq) < 1e-12);
+    assert_true(ag_rel_err(dk[0], dk[1], nk) < 1e-12);
+    assert_true(ag_rel_err(dv[0], dv[1], nk) < 1e-12);
+    /* fp32 GEMM version against the fp64 reference */
+    float *qf = malloc(nq * 4), *kf = malloc(nk * 4), *vf = malloc(nk * 4), *dof = malloc(nq * 4);
+    float *of = malloc(nq * 4), *Pf = malloc(nP * 4), *dqf = malloc(nq * 4), *dkf = malloc(nk * 4);
+    float *dvf = malloc(nk * 4), *wf = malloc((size_t)(T * T) * 4);
+    for (int64_t i = 0; i < nq; i++) { qf[i] = (float)q[i]; dof[i] = (float)dout[i]; }
+    for (int64_t i = 0; i < nk; i++) { kf[i] = (float)k[i]; vf[i] = (float)v[i]; }
+    qt_op_attention_forward_cpu(of, Pf, qf, kf, vf, doc, B, T, H, K, D);
+    qt_op_attention_backward_cpu(dqf, dkf, dvf, 0, wf, dof, Pf, qf, kf, vf, doc, B, T, H, K, D);
+    double *tmp = malloc((size_t)(nq > nk ? nq : nk) * 8);
+    for (int64_t i = 0; i < nq; i++) tmp[i] = of[i];
+    assert_true(ag_rel_err(tmp, o[0], nq) < 1e-5);
+    for (int64_t i = 0; i < nq; i++) tmp[i] = 2.0 * dqf[i];
+    assert_true(ag_rel_err(tmp, dq[0], nq) < 1e-5);
+    for (int64_t i = 0; i < nk; i++) tmp[i] = 2.0 * dkf[i];
+    assert_true(ag_rel_err(tmp, dk[0], nk) < 1e-5);
+    for (int64_t i = 0; i < nk; i++) tmp[i] = 2.0 * dvf[i];
+    assert_true(ag_rel_err(tmp, dv[0], nk) < 1e-5);
+    free(tmp); free(qf); free(kf); free(vf); free(dof); free(of); free(Pf); free(dqf); free(dkf); free(dvf); free(wf);
+    for (int m = 0; m < 2; m++) { free(o[m]); free(P[m]); free(dq[m]); free(dk[m]); free(dv[m]); }
+    free(work); free(q); free(k); free(v); free(dout); free(doc);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm),        cmocka_unit_test(test_add),
       cmocka_unit_test(test_linear),         cmocka_unit_test(test_lora),
       cmocka_unit_test(test_rope),           cmocka_unit_test(test_rope_inv_freq_golden),           cmocka_unit_test(test_attention),
       cmocka_unit_test(test_attention_doc_isolation),
+      cmocka_unit_test(test_attention_gemm_vs_ref),
       cmocka_unit_test(test_swiglu),         cmocka_unit_test(test_cross_entropy),
       cmocka_unit_test(test_cross_entropy_chunks),
   };
