@@ -17,6 +17,10 @@
 #include "common/status.h"
 #include "common/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum { QT_ST_MAX_HEADER = 100000000 }; /* reference MAX_HEADER_SIZE (decimal bytes) */
 /* Deepest JSON nesting accepted in a header. A valid header nests 3 levels
  * (object, tensor object, shape array); unknown fields of a tensor entry may
@@ -110,5 +114,9 @@ qt_status qt_st_write(const char *path, const qt_st_write_tensor *tensors, size_
 qt_status qt_st_serialize(const qt_st_write_tensor *tensors, size_t n_tensors,
                           const char *const *meta_keys, const char *const *meta_vals, size_t n_meta,
                           uint8_t **out, size_t *out_len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

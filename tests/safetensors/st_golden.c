@@ -78,3 +78,13 @@ char *stg_tmpdir(const char *tag) {
   if (qt_fs_mkdir_p(p) != QT_OK) fail_msg("%s", qt_error_message());
   return p;
 }
+
+void stg_rmtree(char *dir) {
+  /* only ever a directory made by stg_tmpdir */
+  const char *root = QLORA_BINARY_DIR "/test-tmp/";
+  assert_int_equal(strncmp(dir, root, strlen(root)), 0);
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+  free(dir);
+}

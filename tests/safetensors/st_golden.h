@@ -23,5 +23,7 @@ uint8_t *stg_read(const char *path, size_t *len);
 void stg_check_entry(const qt_st_entry *e, const cJSON *rec);
 /* A fresh empty directory under the build tree for this test (caller frees). */
 char *stg_tmpdir(const char *tag);
+/* Removes a directory made by stg_tmpdir and frees its path. */
+void stg_rmtree(char *dir);
 
 #endif

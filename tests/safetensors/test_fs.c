@@ -59,7 +59,7 @@ static void test_write_atomic(void **state) {
   expect_contents(p, "");
   assert_int_equal(count_entries(dir), 1);
   qt_fs_atomic_abort(&a); /* no-op on a released handle */
-  free(dir);
+  stg_rmtree(dir);
 }
 
 static void test_errors_name_path(void **state) {
@@ -82,7 +82,7 @@ static void test_errors_name_path(void **state) {
   assert_int_equal(qt_fs_read_file(dir, 100, &b, &len), QT_ERR_IO); /* a directory */
   assert_int_equal(qt_fs_fsync_dir(p), QT_ERR_IO);                   /* a file, not a directory */
   assert_non_null(strstr(qt_error_message(), p));
-  free(dir);
+  stg_rmtree(dir);
 }
 
 /* A write that fails half-way (file size limit -> EFBIG, standing in for a full
@@ -113,7 +113,7 @@ static void test_failed_write_keeps_old(void **state) {
   assert_int_equal(WEXITSTATUS(st), 0);
   expect_contents(p, "old contents");
   assert_int_equal(count_entries(dir), 1);
-  free(dir);
+  stg_rmtree(dir);
 }
 
 static void test_mkdir_p(void **state) {
@@ -135,7 +135,7 @@ static void test_mkdir_p(void **state) {
   assert_int_equal(qt_fs_mkdir_p(p), QT_ERR_IO); /* a component is a file */
   assert_non_null(strstr(qt_error_message(), "/a/b/c/file"));
   assert_int_equal(qt_fs_mkdir_p(""), QT_ERR_INVALID);
-  free(dir);
+  stg_rmtree(dir);
 }
 
 int main(void) {

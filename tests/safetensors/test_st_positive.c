@@ -211,7 +211,7 @@ static void test_index_validation(void **state) {
   copy_golden(dir, "bad/21_gap.safetensors", "shard1.safetensors");
   expect_index_error(dir, "{\"a\": \"shard1.safetensors\", \"b\": \"shard1.safetensors\"}", QT_ERR_FORMAT,
                      "shard1.safetensors: invalid safetensors file: tensor 'b'");
-  free(dir);
+  stg_rmtree(dir);
 }
 
 static void test_model_dir_single_and_file(void **state) {
@@ -239,7 +239,7 @@ static void test_model_dir_single_and_file(void **state) {
   assert_non_null(strstr(qt_error_message(), "/nonexistent/model"));
   free(one);
   cJSON_Delete(meta);
-  free(dir);
+  stg_rmtree(dir);
 }
 
 /* A file whose data buffer is larger than 4 GiB: offsets beyond 2^32 and
@@ -268,7 +268,7 @@ static void test_large_offsets(void **state) {
   if (ftruncate(fd, (off_t)total) != 0 || pwrite(fd, tail, 4, (off_t)(total - 4)) != 4) {
     close(fd);
     unlink(path);
-    free(dir);
+    stg_rmtree(dir);
     skip();
   }
   close(fd);
@@ -283,7 +283,7 @@ static void test_large_offsets(void **state) {
   assert_memory_equal(e->data + big - 4, tail, 4); /* last bytes of the tensor, beyond 4 GiB */
   qt_st_close(&f);
   unlink(path);
-  free(dir);
+  stg_rmtree(dir);
 }
 
 int main(void) {

@@ -219,7 +219,7 @@ static void test_property_roundtrip(void **state) {
   for (int d = 0; d < QT_DTYPE_COUNT; d++) assert_true(seen_dtype[d] > 0);
   assert_true(n_sub > 0 && n_zero > 0 && n_rank0 > 0);
   print_message("%d random cases: %d sub-byte, %d zero-sized, %d rank-0 tensors\n", n_cases, n_sub, n_zero, n_rank0);
-  free(dir);
+  stg_rmtree(dir);
 }
 
 /* Re-serializes a file read by the C reader and compares it byte for byte. */
@@ -334,7 +334,7 @@ static void expect_invalid(const qt_st_write_tensor *t, size_t n, const char *co
   assert_non_null(strstr(qt_error_message(), p)); /* names the file */
   struct stat st;
   assert_int_not_equal(stat(p, &st), 0); /* nothing written */
-  free(dir);
+  stg_rmtree(dir);
 }
 
 static void test_writer_errors(void **state) {
@@ -390,7 +390,7 @@ static void test_replace_while_mapped(void **state) {
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.tmp.%ld", p, (long)getpid());
   assert_int_not_equal(access(tmp, F_OK), 0); /* no temporary left behind */
-  free(dir);
+  stg_rmtree(dir);
 }
 
 int main(void) {
