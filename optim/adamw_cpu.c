@@ -58,6 +58,66 @@ uint32_t qt_adamw_sr_word(uint64_t seed, int64_t step, uint32_t tensor, int64_t 
   return out[i & 3];
 }
 
+/* ---- the encoder (see qt_adamw_qmap in optim.h) ---- */
+
+/* float <-> uint32 key that orders non-NaN floats as their values, -0 < +0 */
+static uint32_t order_key(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static float from_key(uint32_t k) {
+  uint32_t u = (k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k;
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+}
+
+void qt_adamw_qmap_make(qt_adamw_qmap *m, const float code[256]) {
+  memcpy(m->code, code, sizeof m->code);
+  m->thr[0] = -INFINITY;
+  const uint32_t lo0 = order_key(-INFINITY), hi0 = order_key(INFINITY);
+  for (int k = 1; k < 256; k++) {
+    if (qt_quant_8bit_encode_ref(code, INFINITY) < k) {
+      m->thr[k] = NAN; /* never produced: x >= NaN is false */
+      continue;
+    }
+    uint32_t lo = lo0, hi = hi0; /* invariant: encode(from_key(hi)) >= k */
+    while (lo < hi) {
+      uint32_t mid = lo + (hi - lo) / 2;
+      if (qt_quant_8bit_encode_ref(code, from_key(mid)) >= k)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    m->thr[k] = from_key(lo);
+  }
+}
+
+static inline uint8_t qmap_encode(const qt_adamw_qmap *m, float x) {
+  unsigned idx = 0;
+  for (unsigned step = 128; step > 0; step >>= 1) idx += (x >= m->thr[idx + step]) ? step : 0;
+  return (uint8_t)idx;
+}
+
+uint8_t qt_adamw_qmap_encode(const qt_adamw_qmap *m, float x) { return qmap_encode(m, x); }
+
+/* p[0..len) = SR(pf[0..len)) for elements first.. of the tensor (first is a
+ * multiple of 4): one Philox block gives the words of four elements. */
+static void sr_store(uint16_t *p, const float *pf, int64_t len, uint64_t seed, int64_t step,
+                     uint32_t tensor, int64_t first) {
+  QT_ASSERT(first % 4 == 0);
+  const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+  for (int64_t i = 0; i < len; i += 4) {
+    uint64_t q = (uint64_t)(first + i) >> 2;
+    uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), tensor, (uint32_t)step};
+    uint32_t w[4];
+    qt_philox4x32_10(ctr, key, w);
+    for (int64_t j = 0; j < 4 && i + j < len; j++) p[i + j] = qt_bf16_from_f32_sr(pf[i + j], w[j]);
+  }
+}
+
 /* ---- 32-bit ---- */
 
 /* kOptimizer32bit2State, ADAM branch, on p[0..n) held as fp32. */
@@ -98,8 +158,7 @@ void qt_adamw32_update_bf16(uint16_t *p, const float *g, float *m, float *v, int
     float pf[CHUNK32];
     for (int64_t i = 0; i < len; i++) pf[i] = qt_bf16_to_f32(p[b + i]);
     adam32_span(pf, g + b, m + b, v + b, len, k);
-    for (int64_t i = 0; i < len; i++)
-      p[b + i] = qt_bf16_from_f32_sr(pf[i], qt_adamw_sr_word(seed, k->step, tensor, b + i));
+    sr_store(p + b, pf, len, seed, k->step, tensor, b);
   }
 }
 
@@ -110,8 +169,9 @@ void qt_adamw32_update_bf16(uint16_t *p, const float *g, float *m, float *v, int
  * absmax1[0] and absmax2[0] of this block (in/out). Slots valid..255 are the kernel's
  * padding (g = 0, code1 = 128, code2 = 0): they take part in the new absmax. */
 static void adam8_block(float *pf, const float *g, uint8_t *code1, uint8_t *code2, int valid,
-                        float *absmax1, float *absmax2, const float *q1, const float *q2,
-                        const qt_adamw_scalars *k) {
+                        float *absmax1, float *absmax2, const qt_adamw_qmap *m1,
+                        const qt_adamw_qmap *m2, const qt_adamw_scalars *k) {
+  const float *q1 = m1->code, *q2 = m2->code;
   float s1[QT_ADAMW_BLOCK], s2[QT_ADAMW_BLOCK];
   unsigned char fin[QT_ADAMW_BLOCK];
   const float a1 = *absmax1, a2 = *absmax2;
@@ -152,16 +212,16 @@ static void adam8_block(float *pf, const float *g, uint8_t *code1, uint8_t *code
   for (int j = 0; j < valid; j++) {
     /* 0/0 (an all-zero block) is NaN, which the search maps to code 0; for m
      * the sign fix-up then moves it to 255 (uint8 wrap), as on the GPU. */
-    uint8_t c1 = qt_quant_8bit_encode_ref(q1, s1[j] / new1);
+    uint8_t c1 = qmap_encode(m1, s1[j] / new1);
     if (signbit(q1[c1]) != signbit(s1[j])) c1 = (uint8_t)(c1 + (s1[j] > 0.0f ? 1 : -1));
     code1[j] = c1;
-    code2[j] = qt_quant_8bit_encode_ref(q2, s2[j] / new2);
+    code2[j] = qmap_encode(m2, s2[j] / new2);
   }
 }
 
 void qt_adamw8_update_f32(float *p, const float *g, uint8_t *code1, uint8_t *code2,
-                          float *absmax1, float *absmax2, const float qmap1[256],
-                          const float qmap2[256], int64_t n, const qt_adamw_scalars *k) {
+                          float *absmax1, float *absmax2, const qt_adamw_qmap *qmap1,
+                          const qt_adamw_qmap *qmap2, int64_t n, const qt_adamw_scalars *k) {
   int64_t nb = (n + QT_ADAMW_BLOCK - 1) / QT_ADAMW_BLOCK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
   for (int64_t b = 0; b < nb; b++) {
@@ -173,8 +233,8 @@ void qt_adamw8_update_f32(float *p, const float *g, uint8_t *code1, uint8_t *cod
 }
 
 void qt_adamw8_update_bf16(uint16_t *p, const float *g, uint8_t *code1, uint8_t *code2,
-                           float *absmax1, float *absmax2, const float qmap1[256],
-                           const float qmap2[256], int64_t n, const qt_adamw_scalars *k,
+                           float *absmax1, float *absmax2, const qt_adamw_qmap *qmap1,
+                           const qt_adamw_qmap *qmap2, int64_t n, const qt_adamw_scalars *k,
                            uint64_t seed, uint32_t tensor) {
   int64_t nb = (n + QT_ADAMW_BLOCK - 1) / QT_ADAMW_BLOCK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
@@ -184,8 +244,7 @@ void qt_adamw8_update_bf16(uint16_t *p, const float *g, uint8_t *code1, uint8_t 
     float pf[QT_ADAMW_BLOCK];
     for (int j = 0; j < valid; j++) pf[j] = qt_bf16_to_f32(p[o + j]);
     adam8_block(pf, g + o, code1 + o, code2 + o, valid, absmax1 + b, absmax2 + b, qmap1, qmap2, k);
-    for (int j = 0; j < valid; j++)
-      p[o + j] = qt_bf16_from_f32_sr(pf[j], qt_adamw_sr_word(seed, k->step, tensor, o + j));
+    sr_store(p + o, pf, valid, seed, k->step, tensor, o);
   }
 }
 
@@ -255,8 +314,11 @@ qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_para
       at += round_up((size_t)q->numel * sizeof(float));
     }
   }
-  qt_quant_dynamic_map(true, opt->qmap1);
-  qt_quant_dynamic_map(false, opt->qmap2);
+  float code[256];
+  qt_quant_dynamic_map(true, code);
+  qt_adamw_qmap_make(&opt->qmap1, code);
+  qt_quant_dynamic_map(false, code);
+  qt_adamw_qmap_make(&opt->qmap2, code);
   return QT_OK;
 }
 
@@ -302,15 +364,15 @@ qt_status qt_adamw_step(qt_adamw *opt, qt_tensor *params, const qt_tensor *grads
     if (params[i].dtype == QT_F32) {
       float *p = params[i].data;
       if (q->state8)
-        qt_adamw8_update_f32(p, g, q->code1, q->code2, q->absmax1, q->absmax2, opt->qmap1,
-                             opt->qmap2, q->numel, &k);
+        qt_adamw8_update_f32(p, g, q->code1, q->code2, q->absmax1, q->absmax2, &opt->qmap1,
+                             &opt->qmap2, q->numel, &k);
       else
         qt_adamw32_update_f32(p, g, q->state1, q->state2, q->numel, &k);
     } else {
       uint16_t *p = params[i].data;
       if (q->state8)
-        qt_adamw8_update_bf16(p, g, q->code1, q->code2, q->absmax1, q->absmax2, opt->qmap1,
-                              opt->qmap2, q->numel, &k, seed, (uint32_t)i);
+        qt_adamw8_update_bf16(p, g, q->code1, q->code2, q->absmax1, q->absmax2, &opt->qmap1,
+                              &opt->qmap2, q->numel, &k, seed, (uint32_t)i);
       else
         qt_adamw32_update_bf16(p, g, q->state1, q->state2, q->numel, &k, seed, (uint32_t)i);
     }
@@ -353,8 +415,8 @@ void qt_adamw_state_tensors(const qt_adamw *opt, qt_st_write_tensor *out) {
       out[o++] = view(QT_NAME("state.%zu.state2", i), QT_F32, q->numel, q->state2);
     }
   }
-  out[o++] = view(QT_NAME("qmap1"), QT_F32, 256, opt->qmap1);
-  out[o++] = view(QT_NAME("qmap2"), QT_F32, 256, opt->qmap2);
+  out[o++] = view(QT_NAME("qmap1"), QT_F32, 256, opt->qmap1.code);
+  out[o++] = view(QT_NAME("qmap2"), QT_F32, 256, opt->qmap2.code);
   out[o++] = view(QT_NAME("step"), QT_I64, 1, &opt->step);
 #undef QT_NAME
 }
@@ -408,6 +470,11 @@ qt_status qt_adamw_state_load(qt_adamw *opt, const qt_st_write_tensor *in, size_
       const qt_st_write_tensor *t = find(in, n, want[i].name);
       memcpy((void *)want[i].data, t->data, (size_t)want[i].shape[0] * qt_dtype_size(want[i].dtype));
     }
+    float code[256];
+    memcpy(code, opt->qmap1.code, sizeof code);
+    qt_adamw_qmap_make(&opt->qmap1, code);
+    memcpy(code, opt->qmap2.code, sizeof code);
+    qt_adamw_qmap_make(&opt->qmap2, code);
   }
   free(want);
   return st;

@@ -82,6 +82,23 @@ typedef struct {
 void qt_adamw_scalars_make(const qt_adamw_config *c, int64_t step, float lr, float gnorm_scale,
                            qt_adamw_scalars *out);
 
+/* A dynamic map and the thresholds of its encoder. bitsandbytes' search
+ * (quant/quant.h qt_quant_8bit_encode_ref; kernels.cu dQuantize/quantize_2D)
+ * is a monotone step function of x: for the 255-node search tree over
+ * code[0..254] the final pivot's bracketing pivots are its neighbours, so the
+ * result is the nearest of three adjacent codes by float midpoints. thr[k]
+ * (k = 1..255) is the smallest float x (in IEEE total order) with
+ * encode_ref(x) >= k, found by bisection over float bit patterns with
+ * encode_ref itself, so encode(x) = #{k : x >= thr[k]} (branch-free, NaN -> 0)
+ * equals encode_ref(x) for every float; tests/optim check it. */
+typedef struct {
+  float code[256];
+  float thr[256];          /* thr[0] unused */
+} qt_adamw_qmap;
+
+void qt_adamw_qmap_make(qt_adamw_qmap *m, const float code[256]);
+uint8_t qt_adamw_qmap_encode(const qt_adamw_qmap *m, float x);
+
 /* ---- kernels (CPU reference; n elements, all arrays of length n unless noted) ---- */
 
 /* 32-bit update in place: p, m (state1), v (state2). */
@@ -89,14 +106,14 @@ void qt_adamw32_update_f32(float *p, const float *g, float *m, float *v, int64_t
                            const qt_adamw_scalars *k);
 /* 8-bit update in place: code1/code2 (n), absmax1/absmax2 (ceil(n/256)). */
 void qt_adamw8_update_f32(float *p, const float *g, uint8_t *code1, uint8_t *code2,
-                          float *absmax1, float *absmax2, const float qmap1[256],
-                          const float qmap2[256], int64_t n, const qt_adamw_scalars *k);
+                          float *absmax1, float *absmax2, const qt_adamw_qmap *qmap1,
+                          const qt_adamw_qmap *qmap2, int64_t n, const qt_adamw_scalars *k);
 /* bf16 parameter variants (stochastic rounding keyed by seed, k->step, tensor). */
 void qt_adamw32_update_bf16(uint16_t *p, const float *g, float *m, float *v, int64_t n,
                             const qt_adamw_scalars *k, uint64_t seed, uint32_t tensor);
 void qt_adamw8_update_bf16(uint16_t *p, const float *g, uint8_t *code1, uint8_t *code2,
-                           float *absmax1, float *absmax2, const float qmap1[256],
-                           const float qmap2[256], int64_t n, const qt_adamw_scalars *k,
+                           float *absmax1, float *absmax2, const qt_adamw_qmap *qmap1,
+                           const qt_adamw_qmap *qmap2, int64_t n, const qt_adamw_scalars *k,
                            uint64_t seed, uint32_t tensor);
 /* The stochastic-rounding random word of element i (see the header comment). */
 uint32_t qt_adamw_sr_word(uint64_t seed, int64_t step, uint32_t tensor, int64_t i);
@@ -117,8 +134,8 @@ typedef struct {
   size_t n_params;
   qt_adamw_param *params;  /* owned */
   int64_t step;            /* completed updates (0 before the first) */
-  float qmap1[256];        /* signed dynamic map (m codes) */
-  float qmap2[256];        /* unsigned dynamic map (v codes) */
+  qt_adamw_qmap qmap1;     /* signed dynamic map (m codes) */
+  qt_adamw_qmap qmap2;     /* unsigned dynamic map (v codes) */
   void *mem;               /* one allocation for all state, owned */
   size_t mem_bytes;
   char *names;             /* state tensor names, owned */

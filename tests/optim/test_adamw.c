@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <float.h>
 #include <omp.h>
 
 #include "common/half.h"
@@ -235,8 +236,8 @@ static void test_8bit_vs_32bit_first_step(void **st) {
   }
   for (int64_t i = 0; i < n; i++) {
     assert_true(close32(p8[i], p32[i]));
-    float d1 = o8.qmap1[q->code1[i]] * q->absmax1[i / 256];
-    float d2 = o8.qmap2[q->code2[i]] * q->absmax2[i / 256];
+    float d1 = o8.qmap1.code[q->code1[i]] * q->absmax1[i / 256];
+    float d2 = o8.qmap2.code[q->code2[i]] * q->absmax2[i / 256];
     if (m[i] != 0.0f) assert_int_equal(signbit(d1) != 0, signbit(m[i]) != 0);
     /* the dynamic map's largest gap is 1/64 of absmax (linspace(0.1, 1, 65) / 2 step) */
     assert_true(fabsf(d1 - m[i]) <= q->absmax1[i / 256] / 64.0f);
@@ -270,12 +271,48 @@ static void test_8bit_nonfinite_element(void **st) {
   assert_int_equal(qt_adamw_step(&opt, &tp, &tg, 1e-2f, 1.0f, 0), QT_OK);
   const qt_adamw_param *q = &opt.params[0];
   assert_true(p[5] == 1.0f && p[600] == 1.0f && p[6] < 1.0f && p[601] < 1.0f);
-  assert_true(opt.qmap1[q->code1[5]] == 0.0f && opt.qmap2[q->code2[5]] == 0.0f);
-  assert_true(opt.qmap1[q->code1[600]] == 0.0f && opt.qmap2[q->code2[600]] == 0.0f);
+  assert_true(opt.qmap1.code[q->code1[5]] == 0.0f && opt.qmap2.code[q->code2[5]] == 0.0f);
+  assert_true(opt.qmap1.code[q->code1[600]] == 0.0f && opt.qmap2.code[q->code2[600]] == 0.0f);
   qt_adamw_free(&opt);
   free(p);
   free(g);
   free(p0);
+}
+
+/* The threshold encoder equals bitsandbytes' search (quant's _ref) for
+ * random bit patterns, random values in [-1, 1], every code value, every
+ * threshold and its predecessor, and the special values. */
+static void test_qmap_encode_equals_ref(void **st) {
+  (void)st;
+  for (int sgn = 0; sgn < 2; sgn++) {
+    float code[256];
+    qt_quant_dynamic_map(sgn == 1, code);
+    qt_adamw_qmap m;
+    qt_adamw_qmap_make(&m, code);
+    float special[] = {0.0f, -0.0f, 1.0f, -1.0f, INFINITY, -INFINITY, NAN, -NAN, 1e-45f, -1e-45f,
+                       FLT_MIN, -FLT_MIN, FLT_MAX, -FLT_MAX, 1.0000001f, -0.9999999f};
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++)
+      assert_int_equal(qt_adamw_qmap_encode(&m, special[i]), qt_quant_8bit_encode_ref(code, special[i]));
+    for (int k = 0; k < 256; k++) {
+      float xs[3] = {code[k], nextafterf(code[k], -INFINITY), nextafterf(code[k], INFINITY)};
+      for (int j = 0; j < 3; j++)
+        assert_int_equal(qt_adamw_qmap_encode(&m, xs[j]), qt_quant_8bit_encode_ref(code, xs[j]));
+      if (k == 0 || isnan(m.thr[k])) continue;
+      assert_true(qt_quant_8bit_encode_ref(code, m.thr[k]) >= k);
+      assert_true(qt_quant_8bit_encode_ref(code, nextafterf(m.thr[k], -INFINITY)) < k);
+      assert_true(m.thr[k] >= m.thr[k - 1]);
+    }
+    uint64_t s = 99;
+    for (int i = 0; i < 400000; i++) {
+      uint64_t z = splitmix64(s++);
+      uint32_t u = (uint32_t)z;
+      float x;
+      memcpy(&x, &u, 4);
+      float y = (float)((double)(z >> 40) * 0x1p-23 - 1.0);
+      assert_int_equal(qt_adamw_qmap_encode(&m, x), qt_quant_8bit_encode_ref(code, x));
+      assert_int_equal(qt_adamw_qmap_encode(&m, y), qt_quant_8bit_encode_ref(code, y));
+    }
+  }
 }
 
 /* ---- golden trajectories ---- */
@@ -402,8 +439,8 @@ static void test_golden_8bit(void **st) {
   assert_int_equal(qt_adamw_init(&opt, &c, 1, &n), QT_OK);
   /* quant's dynamic maps are bitsandbytes' create_dynamic_map, bit for bit */
   for (int j = 0; j < 256; j++) {
-    if (f2u(opt.qmap1[j]) != f2u(qm1[j])) fail_msg("signed map [%d]: %a vs bnb %a", j, opt.qmap1[j], qm1[j]);
-    if (f2u(opt.qmap2[j]) != f2u(qm2[j])) fail_msg("unsigned map [%d]: %a vs bnb %a", j, opt.qmap2[j], qm2[j]);
+    if (f2u(opt.qmap1.code[j]) != f2u(qm1[j])) fail_msg("signed map [%d]: %a vs bnb %a", j, opt.qmap1.code[j], qm1[j]);
+    if (f2u(opt.qmap2.code[j]) != f2u(qm2[j])) fail_msg("unsigned map [%d]: %a vs bnb %a", j, opt.qmap2.code[j], qm2[j]);
   }
   const qt_adamw_param *q = &opt.params[0];
   assert_true(q->state8 && q->nblocks == nb);
@@ -640,6 +677,7 @@ int main(void) {
       cmocka_unit_test(test_analytic_decay_only),
       cmocka_unit_test(test_8bit_vs_32bit_first_step),
       cmocka_unit_test(test_8bit_nonfinite_element),
+      cmocka_unit_test(test_qmap_encode_equals_ref),
       cmocka_unit_test(test_golden_32bit),
       cmocka_unit_test(test_golden_8bit),
       cmocka_unit_test(test_min_8bit_size),

@@ -118,8 +118,8 @@ static void test_checkpoint_roundtrip(void **st) {
   unlink(path);
   assert_int_equal(b.step, 7);
   assert_memory_equal(a.mem, b.mem, a.mem_bytes);
-  assert_memory_equal(a.qmap1, b.qmap1, sizeof a.qmap1);
-  assert_memory_equal(a.qmap2, b.qmap2, sizeof a.qmap2);
+  assert_memory_equal(&a.qmap1, &b.qmap1, sizeof a.qmap1);
+  assert_memory_equal(&a.qmap2, &b.qmap2, sizeof a.qmap2);
 
   /* pb := pa (the parameters are the trainer's part of a checkpoint) */
   for (int k = 0; k < NP; k++) memcpy(pb.t[k].data, pa.t[k].data, qt_tensor_nbytes(&pa.t[k]));
