@@ -10,6 +10,15 @@ reference Python reader and writer (a manual check, not run in CI).
         checks every random case the property test wrote, against the
         per-tensor SHA-256 manifest the C test wrote beside it
 
+    /work/venv-ref/bin/python tools/reference/check_c_writer.py \
+        --reader-diff build/tests/safetensors/st_verdict [--mutants 20000]
+        differential test of the READER: mutates the golden safetensors files
+        (byte changes, inserted JSON tokens, deletions, length-field edits) and
+        asks both the C reader (st_verdict) and safetensors.deserialize for a
+        verdict; every disagreement must be one of qlora-train's deliberate,
+        documented differences (common/safetensors.h: duplicate names or
+        metadata keys, rank > 8, a dimension > 2^63-1, U+0000 in a name)
+
 For each file: safetensors.deserialize (the reference reader, which applies
 all its validation rules) must accept it and return the expected names,
 dtypes, shapes and bytes; and, where the reference writer can express the
@@ -116,10 +125,82 @@ def expected_golden(path):
     return exp
 
 
+# Substrings of the C reader's messages for its deliberate differences from the reference.
+KNOWN_DIFFERENCES = ("duplicate tensor name", "duplicate \"__metadata__\" key", "contains U+0000",
+                     "beyond 2^63-1", "more than 8 dimensions")
+
+
+def reader_diff(verdict_bin, n_mutants, seed=7):
+    import random
+    import struct
+    import subprocess
+    import tempfile
+    rng = random.Random(seed)
+    g = os.path.join(ROOT, "tests", "golden", "safetensors")
+    seeds = [open(p, "rb").read() for p in sorted(glob.glob(os.path.join(g, "*.safetensors")) +
+                                                    glob.glob(os.path.join(g, "good", "*.safetensors")) +
+                                                    glob.glob(os.path.join(g, "bad", "*.safetensors")))]
+    toks = [b'"dtype"', b'"shape"', b'"data_offsets"', b'"__metadata__"', b'"F4"', b'"F6_E2M3"', b'"U8"', b"0",
+            b"1", b"-", b".", b"e", b"[", b"]", b"{", b"}", b",", b":", b'"', b"\\", b"\\u0000", b" ", b"\t",
+            b"null", b"18446744073709551615", b"9007199254740993", b"\x00", b"\xff", b"\xc3\xa9"]
+    agree = known = unexpected = 0
+    with tempfile.TemporaryDirectory() as d:
+        paths = []
+        for i in range(n_mutants):
+            b = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 4)):
+                if len(b) <= 8:
+                    break
+                op, p = rng.randrange(5), rng.randrange(8, len(b))
+                if op == 0:
+                    b[p] = rng.randrange(256)
+                elif op == 1:
+                    b[p:p] = rng.choice(toks)
+                elif op == 2:
+                    del b[p:p + rng.randint(1, 8)]
+                elif op == 3:
+                    n = int.from_bytes(b[:8], "little")
+                    b[:8] = struct.pack("<Q", max(0, n + rng.randint(-3, 3)))
+                else:  # re-sync N with the last '}' so that edits reach the later rules
+                    j = b.rfind(b"}", 8, 8 + int.from_bytes(b[:8], "little") + 16)
+                    if j > 0:
+                        b[:8] = struct.pack("<Q", j - 8 + 1)
+            p = os.path.join(d, "m%06d" % i)
+            with open(p, "wb") as f:
+                f.write(b)
+            paths.append(p)
+        lines = []
+        for k in range(0, len(paths), 2000):
+            out = subprocess.run([verdict_bin] + paths[k:k + 2000], capture_output=True, check=True).stdout
+            lines += out.decode("utf-8", "replace").splitlines()
+        assert len(lines) == len(paths), (len(lines), len(paths))
+        for p, line in zip(paths, lines):
+            c_ok = line.startswith("OK ")
+            try:
+                safetensors.deserialize(open(p, "rb").read())
+                r_ok, r = True, "accepts"
+            except Exception as e:
+                r_ok, r = False, str(e)
+            if c_ok == r_ok:
+                agree += 1
+            elif not c_ok and any(s in line for s in KNOWN_DIFFERENCES):
+                known += 1
+            else:
+                unexpected += 1
+                print("DIFFER %s: C: %s | reference: %s" % (os.path.basename(p), line[:200], r[:200]))
+    print("reader-diff: %d mutants, %d same verdict, %d known differences, %d unexpected"
+          % (n_mutants, agree, known, unexpected))
+    return 1 if unexpected else 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dump", help="directory of case_NNN.safetensors + case_NNN.json from QT_ST_DUMP_DIR")
+    ap.add_argument("--reader-diff", metavar="ST_VERDICT", help="path of the st_verdict helper binary")
+    ap.add_argument("--mutants", type=int, default=20000)
     args = ap.parse_args()
+    if args.reader_diff:
+        return reader_diff(args.reader_diff, args.mutants)
     failures, checked = 0, 0
     if args.dump:
         for js in sorted(glob.glob(os.path.join(args.dump, "case_*.json"))):
