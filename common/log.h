@@ -4,6 +4,10 @@
 #ifndef QT_COMMON_LOG_H
 #define QT_COMMON_LOG_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { QT_LOG_ERROR = 0, QT_LOG_WARN, QT_LOG_INFO, QT_LOG_DEBUG } qt_log_level;
 
 void qt_log_set_level(qt_log_level level);
@@ -14,5 +18,9 @@ void qt_log(qt_log_level level, const char *fmt, ...) __attribute__((format(prin
 #define QT_LOGW(...) qt_log(QT_LOG_WARN, __VA_ARGS__)
 #define QT_LOGI(...) qt_log(QT_LOG_INFO, __VA_ARGS__)
 #define QT_LOGD(...) qt_log(QT_LOG_DEBUG, __VA_ARGS__)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -13,6 +13,10 @@
 
 #include <stdarg.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
   QT_OK = 0,
   QT_ERR_IO,          /* open/read/write/fsync/rename failed, disk full */
@@ -60,5 +64,9 @@ void qt_assert_fail(const char *cond, const char *file, int line, const char *fm
   do { if (!(cond)) qt_assert_fail(#cond, __FILE__, __LINE__, NULL); } while (0)
 #define QT_ASSERTF(cond, ...) \
   do { if (!(cond)) qt_assert_fail(#cond, __FILE__, __LINE__, __VA_ARGS__); } while (0)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -10,6 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Every dtype the safetensors format defines (reference: safetensors
  * src/tensor.rs `Dtype`), so that the reader can validate any file; compute
  * code uses F32, F16, BF16, U8, I32, I64. */
@@ -50,5 +54,9 @@ int64_t qt_tensor_numel(const qt_tensor *t);
 size_t qt_tensor_nbytes(const qt_tensor *t);
 /* Writes "[2, 3, 4]" into buf. */
 void qt_tensor_shape_str(const qt_tensor *t, char *buf, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
