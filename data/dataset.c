@@ -37,7 +37,7 @@ void qt_dataset_free(qt_dataset *ds) {
 
 qt_status qt_dataset_add(qt_dataset *ds, const int32_t *ids, const int32_t *labels, int64_t n,
                          int64_t line, int64_t seq_len) {
-  QT_ASSERT(n >= 0);
+  if (n < 1) return qt_fail(QT_ERR_INVALID, "dataset: an example needs at least one token");
   if (seq_len > 0 && n > seq_len) {
     n = seq_len;
     ds->n_truncated++;

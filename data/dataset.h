@@ -63,7 +63,8 @@ qt_status qt_dataset_load(const char *path, qt_prompt *p, const qt_dataset_opts 
 qt_status qt_dataset_load_mem(const char *name, const char *data, size_t len, qt_prompt *p,
                               const qt_dataset_opts *o, qt_dataset *ds);
 
-/* Appends one example (copied; truncated to seq_len > 0 and counted).
+/* Appends one example of n >= 1 tokens (copied; truncated to seq_len > 0
+ * and counted).
  * For building datasets in code (tests, synthetic data). *ds must be
  * zero-initialized before the first call. */
 qt_status qt_dataset_add(qt_dataset *ds, const int32_t *ids, const int32_t *labels, int64_t n,
