@@ -527,6 +527,10 @@ struct qt_tokenizer {
   /* model (BPE) */
   strmap vocab;
   mergemap merges;
+  /* Adjacent code-point pairs occurring inside any vocabulary token; built
+   * only when there is no pre-tokenizer (see bpe_chunked). */
+  uint64_t *pairs;
+  size_t pairs_slots;
   int byte_fallback, fuse_unk, ignore_merges;
   int32_t unk_id;
   char *cont_prefix, *eow_suffix;
@@ -1271,6 +1275,76 @@ store:
   return QT_OK;
 }
 
+/* Without a pre-tokenizer (SentencePiece-style files) the whole text is one
+ * BPE word. A boundary between characters a and b can never be crossed by a
+ * merge when both are vocabulary tokens by themselves and no vocabulary
+ * token contains "ab": every merge result is a vocabulary token, so no symbol
+ * ever spans the boundary, and merges on either side neither see nor change
+ * the other side (their relative order is unchanged by interleaving). The
+ * word is therefore cut there and each chunk encoded alone (and cached) with
+ * the same result; this is an exact speed-up, not an approximation. */
+static size_t pair_slot(uint64_t key, size_t mask) { return merge_hash(key, mask); }
+
+static int pair_present(const qt_tokenizer *t, int32_t a, int32_t b) {
+  uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+  size_t mask = t->pairs_slots - 1, i = pair_slot(key, mask);
+  for (;;) {
+    if (t->pairs[i] == key) return 1;
+    if (t->pairs[i] == MERGE_EMPTY) return 0;
+    i = (i + 1) & mask;
+  }
+}
+
+static qt_status build_pairs(qt_tokenizer *t) {
+  if (t->n_pts != 0 || t->cont_prefix_n || t->eow_suffix_n) return QT_OK;
+  size_t total = 0;
+  for (size_t i = 0; i < t->vocab.n; i++) {
+    const char *s = t->vocab.pool + t->vocab.e[i].off;
+    if (!utf8_is_valid(s, t->vocab.e[i].len)) return QT_OK; /* keep the plain path */
+    total += t->vocab.e[i].len;
+  }
+  size_t slots = 1024;
+  while (slots < total * 2 + 2) slots *= 2;
+  t->pairs = malloc(slots * sizeof *t->pairs);
+  if (!t->pairs) return qt_fail(QT_ERR_NOMEM, "tokenizer: out of memory (pair table)");
+  for (size_t i = 0; i < slots; i++) t->pairs[i] = MERGE_EMPTY;
+  t->pairs_slots = slots;
+  for (size_t i = 0; i < t->vocab.n; i++) {
+    const unsigned char *s = (const unsigned char *)t->vocab.pool + t->vocab.e[i].off;
+    size_t n = t->vocab.e[i].len, k = 0;
+    int32_t prev = -1, cp;
+    while (k < n) {
+      k += utf8_decode(s + k, &cp);
+      if (prev >= 0) {
+        uint64_t key = ((uint64_t)(uint32_t)prev << 32) | (uint32_t)cp;
+        size_t j = pair_slot(key, slots - 1);
+        while (t->pairs[j] != MERGE_EMPTY && t->pairs[j] != key) j = (j + 1) & (slots - 1);
+        t->pairs[j] = key;
+      }
+      prev = cp;
+    }
+  }
+  return QT_OK;
+}
+
+static qt_status bpe_chunked(qt_tokenizer *t, const char *s, size_t n, qt_token_ids *out) {
+  size_t start = 0, i = 0;
+  int32_t prev_cp = -1, prev_in_vocab = 0;
+  while (i < n) {
+    int32_t cp;
+    size_t cl = utf8_decode((const unsigned char *)s + i, &cp);
+    int in_vocab = cp < 128 ? t->ascii_ids[cp] >= 0 : strmap_get(&t->vocab, s + i, cl) >= 0;
+    if (i > start && prev_in_vocab && in_vocab && !pair_present(t, prev_cp, cp)) {
+      QT_TRY(bpe_word(t, s + start, i - start, out));
+      start = i;
+    }
+    prev_cp = cp;
+    prev_in_vocab = in_vocab;
+    i += cl;
+  }
+  return bpe_word(t, s + start, n - start, out);
+}
+
 /* ----------------------------------------------------------- added tokens */
 
 static qt_status trie_add(trie *tr, const char *s, size_t n, int32_t token) {
@@ -1371,7 +1445,7 @@ static int32_t added_next(const qt_tokenizer *t, const trie *tr, const char *s, 
 static qt_status encode_pretok(qt_tokenizer *t, const char *s, size_t n, int at_start,
                                qt_token_ids *out) {
   if (n == 0) return QT_OK;
-  if (t->n_pts == 0) return bpe_word(t, s, n, out);
+  if (t->n_pts == 0) return t->pairs ? bpe_chunked(t, s, n, out) : bpe_word(t, s, n, out);
   qt_text_buf *cur = &t->pt_buf[0];
   cur->n = 0;
   QT_TRY(text_append(cur, s, n));
@@ -1732,6 +1806,10 @@ static qt_status load_model(qt_tokenizer *t, const cJSON *model) {
     t->eow_suffix_n = strlen(suf);
     QT_TRY(dup_str(suf, t->eow_suffix_n, &t->eow_suffix));
   }
+  size_t nv = 0, slots = 1024;
+  for (const cJSON *c = vocab->child; c; c = c->next) nv++;
+  while (slots < nv * 2 + 2) slots *= 2;
+  QT_TRY(strmap_rehash(&t->vocab, slots)); /* sized once: no rehash while filling */
   for (const cJSON *c = vocab->child; c; c = c->next) {
     if (!cJSON_IsNumber(c) || c->valuedouble < 0 || c->valuedouble >= (double)(1 << 26) ||
         c->valuedouble != (double)(int32_t)c->valuedouble)
@@ -1967,6 +2045,7 @@ qt_status qt_tokenizer_load_json(const char *json, size_t len, const char *name,
   if (st == QT_OK) st = load_added(t, v);
   if (st == QT_OK) st = build_tries(t);
   if (st == QT_OK) st = build_id_table(t);
+  if (st == QT_OK) st = build_pairs(t);
   cJSON_Delete(root);
   if (st != QT_OK) {
     qt_tokenizer_free(t);
@@ -2122,6 +2201,7 @@ void qt_tokenizer_free(qt_tokenizer *t) {
   free(t->name);
   strmap_free(&t->vocab);
   free(t->merges.s);
+  free(t->pairs);
   free(t->cont_prefix);
   free(t->eow_suffix);
   for (size_t i = 0; i < t->n_norms; i++) {

@@ -18,7 +18,8 @@ writes tests/golden/tokenizer/<name>.jsonl:
                                                  (for "hex": from the replaced text)
     "ds": decode(ids, skip_special_tokens=True)  only when it differs from "d"
 Variants (see VARIANTS) patch top-level keys of a base file; meta.patch
-records the patch. Cases: a fixed edge-case list, then --random seeded random strings (ASCII,
+records the patch. Cases: a fixed edge-case list, the 50 stories of tinystories/valid.jsonl
+(base tokenizers only), then --random seeded random strings (ASCII,
 whitespace runs, digits, punctuation, several Unicode blocks, emoji, combining
 marks, special-token text, vocabulary pieces glued together).
 """
@@ -228,6 +229,13 @@ def main():
             add(text=t)
         for b in EDGE_BYTES:
             add(raw=b)
+        n_stories = 0
+        if patch is None:  # real text: every story of tinystories/valid.jsonl
+            with open(os.path.join(args.shared, "tinystories", "valid.jsonl"), encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        add(text=json.loads(line)["text"])
+                        n_stories += 1
         n_edge = len(recs)
         seen = set()
         while len(recs) < n_edge + n_random:
@@ -241,7 +249,7 @@ def main():
             "tokenizer": name, "source": "../shared/data/" + rel, "source_sha256": sha,
             "tokenizers_version": tokenizers.__version__, "python": platform.python_version(),
             "generator": "tools/reference/make_tokenizer_fixtures.py", "seed": args.seed + idx,
-            "edge_cases": n_edge, "random_cases": n_random,
+            "edge_cases": n_edge - n_stories, "tinystories_valid_cases": n_stories, "random_cases": n_random,
             "encode": "add_special_tokens=False", "decode": "d: skip_special_tokens=False, ds: True",
         }
         if patch is not None:
