@@ -218,6 +218,7 @@ static qt_status load_lines(loader_state *st, const char *buf, size_t len) {
       s = bad_record(st, line, qt_fail(QT_ERR_FORMAT, "malformed JSON at column %zu", col));
     } else {
       size_t used = (size_t)(end - (buf + a));
+      while (used < b - a && is_ws(buf[a + used])) used++;
       if (used < b - a) {
         st->ds->n_records++;
         s = bad_record(st, line,
