@@ -183,7 +183,9 @@ static void test_chat_text(void **vs) {
       const cJSON *m;
       cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(rec, "messages")) {
         const char *role = jstr(m, "role"), *content = jstr(m, "content");
-        msgs[r.n_msgs++] = (qt_chat_msg){{role, strlen(role)}, {content, strlen(content)}, {NULL, 0}};
+        const char *reasoning = jstr(m, "reasoning_content");
+        msgs[r.n_msgs++] = (qt_chat_msg){{role, strlen(role)}, {content, strlen(content)},
+                                         {reasoning, reasoning ? strlen(reasoning) : 0}};
       }
       r.msgs = msgs;
       const qt_text_buf *text;
