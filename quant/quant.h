@@ -119,6 +119,8 @@ float qt_quant_absmax_mean(const float *absmax, int64_t nb);
  * code: the signed dynamic map. */
 void qt_quant_dq_compress_ref(const float code[256], const float *absmax, int64_t nb,
                               float offset, uint8_t *qabsmax, float *nested_absmax);
+void qt_quant_dq_compress(const float code[256], const float *absmax, int64_t nb, float offset,
+                          uint8_t *qabsmax, float *nested_absmax, int threads);
 /* absmax[b] = f32(f32(code[qabsmax[b]] * nested_absmax[b / 256]) + offset). */
 void qt_quant_dq_decompress_ref(const float code[256], const uint8_t *qabsmax,
                                 const float *nested_absmax, float offset, int64_t nb,

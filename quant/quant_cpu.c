@@ -22,21 +22,6 @@ static const float nf4_thr[15] = {
  * are codes 0, 1, 6, 7, 4, 5, 2, 3). */
 static const float fp4_thr[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
                                  0.4166667f,  0.583333f,  0.8333333f};
-static const uint8_t fp4_rank_code[8] = {0, 1, 6, 7, 4, 5, 2, 3};
-
-static inline uint8_t fast_nf4(float v) {
-  int c = 0;
-  for (int k = 0; k < 15; k++) c += v > nf4_thr[k];
-  return (uint8_t)c;
-}
-
-static inline uint8_t fast_fp4(float v) {
-  int sign = v < 0 ? 8 : 0;
-  float a = fabsf(v);
-  int r = 0;
-  for (int k = 0; k < 7; k++) r += a > fp4_thr[k];
-  return (uint8_t)(fp4_rank_code[r] | sign);
-}
 
 static inline float bf16_to_f32(uint16_t h) {
   uint32_t u = (uint32_t)h << 16;
@@ -45,26 +30,84 @@ static inline float bf16_to_f32(uint16_t h) {
   return f;
 }
 
+/* Same rounding as qt_quant_f32_to_bf16, inlined into the hot loops. */
+static inline uint16_t f32_to_bf16(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)0x7fff : (uint16_t)r;
+}
+
+/* The loops below are written so that GCC vectorizes them (straight-line
+ * compares and selects, no reductions across lanes); target_clones adds an
+ * AVX2 version picked at load time. */
+#define QT_CLONES __attribute__((target_clones("avx2", "default")))
+
+/* max |x| with NaN ignored: 8 independent running maxima (max is exact and
+ * order-free, so this equals the reference's sequential fmaxf). */
+QT_CLONES static float absmax_of(const float *x, int64_t len) {
+  float m8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8)
+    for (int k = 0; k < 8; k++) {
+      float a = fabsf(x[i + k]);
+      m8[k] = a > m8[k] ? a : m8[k];
+    }
+  float m = 0.0f;
+  for (; i < len; i++) {
+    float a = fabsf(x[i]);
+    m = a > m ? a : m;
+  }
+  for (int k = 0; k < 8; k++) m = m8[k] > m ? m8[k] : m;
+  return m;
+}
+
+QT_CLONES static void encode_nf4_n(const float *x, int64_t len, float inv, uint8_t *codes) {
+  for (int64_t i = 0; i < len; i++) {
+    float v = x[i] * inv;
+    int c = (v > nf4_thr[0]) + (v > nf4_thr[1]) + (v > nf4_thr[2]) + (v > nf4_thr[3]) +
+            (v > nf4_thr[4]) + (v > nf4_thr[5]) + (v > nf4_thr[6]) + (v > nf4_thr[7]) +
+            (v > nf4_thr[8]) + (v > nf4_thr[9]) + (v > nf4_thr[10]) + (v > nf4_thr[11]) +
+            (v > nf4_thr[12]) + (v > nf4_thr[13]) + (v > nf4_thr[14]);
+    codes[i] = (uint8_t)c;
+  }
+}
+
+QT_CLONES static void encode_fp4_n(const float *x, int64_t len, float inv, uint8_t *codes) {
+  for (int64_t i = 0; i < len; i++) {
+    float v = x[i] * inv;
+    float a = fabsf(v);
+    int r = (a > fp4_thr[0]) + (a > fp4_thr[1]) + (a > fp4_thr[2]) + (a > fp4_thr[3]) +
+            (a > fp4_thr[4]) + (a > fp4_thr[5]) + (a > fp4_thr[6]);
+    /* magnitude rank 0..7 -> code bits 0, 1, 6, 7, 4, 5, 2, 3 (dQuantizeFP4's leaves) */
+    int code = r + 4 * (r >= 2) - 4 * (r >= 4) - 4 * (r >= 6);
+    codes[i] = (uint8_t)(code | (v < 0 ? 8 : 0));
+  }
+}
+
+QT_CLONES static void pack_nibbles(const uint8_t *codes, int64_t pairs, uint8_t *packed) {
+  for (int64_t j = 0; j < pairs; j++) packed[j] = (uint8_t)(codes[2 * j] << 4 | codes[2 * j + 1]);
+}
+
+QT_CLONES static void widen_bf16(const uint16_t *x, int64_t len, float *out) {
+  for (int64_t i = 0; i < len; i++) out[i] = bf16_to_f32(x[i]);
+}
+
 /* One 4-bit block of len <= blocksize values already widened to fp32. */
 static void quantize_block4(qt_quant_type t, const float *x, int64_t len, uint8_t *packed,
                             float *absmax_out) {
-  float m = 0.0f;
-  for (int64_t i = 0; i < len; i++) {
-    float a = fabsf(x[i]);
-    m = a > m ? a : m; /* NaN never wins, like fmaxf */
-  }
+  float m = absmax_of(x, len);
   *absmax_out = m;
   float inv = 1.0f / m;
   uint8_t codes[QT_QUANT_MAX_BLOCKSIZE];
-  if (t == QT_QUANT_NF4) {
-    for (int64_t i = 0; i < len; i++) codes[i] = fast_nf4(x[i] * inv);
-    if (len & 1) codes[len] = fast_nf4(0.0f * inv);
-  } else {
-    for (int64_t i = 0; i < len; i++) codes[i] = fast_fp4(x[i] * inv);
-    if (len & 1) codes[len] = fast_fp4(0.0f * inv);
+  if (t == QT_QUANT_NF4) encode_nf4_n(x, len, inv, codes);
+  else encode_fp4_n(x, len, inv, codes);
+  if (len & 1) { /* the CUDA block load pads with 0.0, normalized like the rest */
+    float zero = 0.0f;
+    if (t == QT_QUANT_NF4) encode_nf4_n(&zero, 1, inv, codes + len);
+    else encode_fp4_n(&zero, 1, inv, codes + len);
   }
-  for (int64_t j = 0; j < (len + 1) / 2; j++)
-    packed[j] = (uint8_t)(codes[2 * j] << 4 | codes[2 * j + 1]);
+  pack_nibbles(codes, (len + 1) / 2, packed);
 }
 
 void qt_quant_4bit_quantize(qt_quant_type t, const float *x, int64_t n, int blocksize,
@@ -88,7 +131,7 @@ void qt_quant_4bit_quantize_bf16(qt_quant_type t, const uint16_t *x_bf16, int64_
     int64_t start = b * blocksize;
     int64_t len = n - start < blocksize ? n - start : blocksize;
     float buf[QT_QUANT_MAX_BLOCKSIZE];
-    for (int64_t i = 0; i < len; i++) buf[i] = bf16_to_f32(x_bf16[start + i]);
+    widen_bf16(x_bf16 + start, len, buf);
     quantize_block4(t, buf, len, packed + start / 2, absmax + b);
   }
 }
@@ -128,11 +171,46 @@ void qt_quant_4bit_dequantize_bf16(qt_quant_type t, const uint8_t *packed, const
     uint16_t *o = out + start;
     int64_t pairs = len / 2;
     for (int64_t j = 0; j < pairs; j++) {
-      o[2 * j] = qt_quant_f32_to_bf16(table[p[j] >> 4] * am);
-      o[2 * j + 1] = qt_quant_f32_to_bf16(table[p[j] & 0x0f] * am);
+      o[2 * j] = f32_to_bf16(table[p[j] >> 4] * am);
+      o[2 * j + 1] = f32_to_bf16(table[p[j] & 0x0f] * am);
     }
-    if (len & 1) o[len - 1] = qt_quant_f32_to_bf16(table[p[pairs] >> 4] * am);
+    if (len & 1) o[len - 1] = f32_to_bf16(table[p[pairs] >> 4] * am);
   }
+}
+
+/* dQuantize<0> (quant_ref.c qt_quant_8bit_encode_ref) with the branches of
+ * the binary search turned into selects: same comparisons, same result. */
+static inline uint8_t encode_8bit(const float *code, float x) {
+  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+  float lower = -1.0f, upper = 1.0f;
+  float val = code[pivot];
+  for (int i = 64; i > 0; i >>= 1) {
+    int gt = x > val;
+    lower_pivot = gt ? pivot : lower_pivot;
+    lower = gt ? val : lower;
+    upper_pivot = gt ? upper_pivot : pivot;
+    upper = gt ? upper : val;
+    pivot += gt ? i : -i;
+    val = code[pivot];
+  }
+  if (upper_pivot == 255) upper = code[upper_pivot];
+  if (lower_pivot == 0) lower = code[lower_pivot];
+  if (x > val) return (uint8_t)(x > (upper + val) * 0.5f ? upper_pivot : pivot);
+  return (uint8_t)(x < (lower + val) * 0.5f ? lower_pivot : pivot);
+}
+
+static void quantize_block8(const float code[256], const float *x, int64_t len, float offset,
+                            uint8_t *q, float *absmax_out) {
+  float buf[QT_QUANT_NESTED_BLOCKSIZE] = {0};
+  if (offset != 0.0f) { /* double quant: absmax - offset, an fp32 subtraction */
+    QT_ASSERT(len <= QT_QUANT_NESTED_BLOCKSIZE);
+    for (int64_t i = 0; i < len; i++) buf[i] = x[i] - offset;
+    x = buf;
+  }
+  float m = absmax_of(x, len);
+  *absmax_out = m;
+  float inv = 1.0f / m;
+  for (int64_t i = 0; i < len; i++) q[i] = encode_8bit(code, x[i] * inv);
 }
 
 void qt_quant_8bit_quantize(const float code[256], const float *x, int64_t n, int64_t blocksize,
@@ -143,8 +221,19 @@ void qt_quant_8bit_quantize(const float code[256], const float *x, int64_t n, in
   for (int64_t b = 0; b < nb; b++) {
     int64_t start = b * blocksize;
     int64_t len = n - start < blocksize ? n - start : blocksize;
-    /* The per-block work is the reference's: one block at a time. */
-    qt_quant_8bit_quantize_ref(code, x + start, len, blocksize, q + start, absmax + b);
+    quantize_block8(code, x + start, len, 0.0f, q + start, absmax + b);
+  }
+}
+
+void qt_quant_dq_compress(const float code[256], const float *absmax, int64_t nb, float offset,
+                          uint8_t *qabsmax, float *nested_absmax, int threads) {
+  int64_t nnb = (nb + QT_QUANT_NESTED_BLOCKSIZE - 1) / QT_QUANT_NESTED_BLOCKSIZE;
+#pragma omp parallel for schedule(static) num_threads(nthreads(threads))
+  for (int64_t b = 0; b < nnb; b++) {
+    int64_t start = b * QT_QUANT_NESTED_BLOCKSIZE;
+    int64_t len = nb - start < QT_QUANT_NESTED_BLOCKSIZE ? nb - start : QT_QUANT_NESTED_BLOCKSIZE;
+    /* (x - 0.0f == x bit for bit, so offset 0 may skip the subtraction) */
+    quantize_block8(code, absmax + start, len, offset, qabsmax + start, nested_absmax + b);
   }
 }
 

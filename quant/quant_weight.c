@@ -75,8 +75,8 @@ qt_status qt_quant_weight_quantize(qt_quant_type t, int blocksize, bool double_q
   qt_quant_4bit_quantize(t, x, n, blocksize, out->packed, absmax, threads);
   qt_quant_dynamic_map(true, out->nested_code);
   out->offset = qt_quant_absmax_mean(absmax, out->nblocks);
-  qt_quant_dq_compress_ref(out->nested_code, absmax, out->nblocks, out->offset, out->qabsmax,
-                           out->nested_absmax);
+  qt_quant_dq_compress(out->nested_code, absmax, out->nblocks, out->offset, out->qabsmax,
+                       out->nested_absmax, threads);
   free(absmax);
   return QT_OK;
 }

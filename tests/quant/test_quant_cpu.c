@@ -262,6 +262,19 @@ static void test_double_quant_properties(void **state) {
   assert_int_equal(qt_quant_weight_quantize(QT_QUANT_NF4, 64, true, QT_BF16, 2, shape, x, 2, &dq), QT_OK);
   assert_memory_equal(plain.packed, dq.packed, (size_t)((n + 1) / 2));
   assert_int_equal(dq.nblocks, 1205);
+  /* fast compress == reference compress (threads 2, a partial nested block) */
+  uint8_t *q2 = malloc((size_t)dq.nblocks);
+  float *n2 = malloc(4 * 5);
+  qt_quant_dq_compress_ref(dq.nested_code, plain.absmax, dq.nblocks, dq.offset, q2, n2);
+  assert_memory_equal(q2, dq.qabsmax, (size_t)dq.nblocks);
+  assert_memory_equal(n2, dq.nested_absmax, 4 * 5);
+  qt_quant_dq_compress(dq.nested_code, plain.absmax, dq.nblocks, 0.0f, q2, n2, 2);
+  uint8_t *q3 = malloc((size_t)dq.nblocks);
+  float *n3 = malloc(4 * 5);
+  qt_quant_dq_compress_ref(dq.nested_code, plain.absmax, dq.nblocks, 0.0f, q3, n3);
+  assert_memory_equal(q2, q3, (size_t)dq.nblocks);
+  assert_memory_equal(n2, n3, 4 * 5);
+  free(q2); free(n2); free(q3); free(n3);
   float *am = malloc(4 * (size_t)dq.nblocks);
   qt_quant_weight_absmax(&dq, am);
   /* The offset is the mean; DQ absmax within half a code step of the truth. */
