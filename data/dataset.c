@@ -8,6 +8,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/sha256.h"
 
 enum { MAX_FILE_BYTES_SHIFT = 40, MAX_LOGGED_SKIPS = 10 };
 
@@ -74,6 +75,34 @@ qt_status qt_dataset_add(qt_dataset *ds, const int32_t *ids, const int32_t *labe
   ds->offset[ds->n + 1] = base + n;
   ds->n++;
   return QT_OK;
+}
+
+static void hash_i64(qt_sha256 *c, int64_t v) {
+  uint8_t b[8];
+  for (int k = 0; k < 8; k++) b[k] = (uint8_t)((uint64_t)v >> (8 * k));
+  qt_sha256_update(c, b, 8);
+}
+
+static void hash_i32s(qt_sha256 *c, const int32_t *v, int64_t n) {
+  uint8_t b[4096];
+  int64_t i = 0;
+  while (i < n) {
+    size_t m = 0;
+    for (; i < n && m + 4 <= sizeof b; i++, m += 4)
+      for (int k = 0; k < 4; k++) b[m + (size_t)k] = (uint8_t)((uint32_t)v[i] >> (8 * k));
+    qt_sha256_update(c, b, m);
+  }
+}
+
+void qt_dataset_hash(const qt_dataset *ds, uint8_t digest[32]) {
+  qt_sha256 c;
+  qt_sha256_init(&c);
+  hash_i64(&c, ds->n);
+  for (int64_t i = 0; i <= ds->n && ds->offset; i++) hash_i64(&c, ds->offset[i]);
+  int64_t nt = ds->n ? ds->offset[ds->n] : 0;
+  hash_i32s(&c, ds->ids, nt);
+  hash_i32s(&c, ds->labels, nt);
+  qt_sha256_final(&c, digest);
 }
 
 /* ---- record fields -------------------------------------------------------------- */

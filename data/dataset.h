@@ -73,6 +73,12 @@ qt_status qt_dataset_add(qt_dataset *ds, const int32_t *ids, const int32_t *labe
 /* Number of tokens of example i. */
 int64_t qt_dataset_example_len(const qt_dataset *ds, int64_t i);
 
+/* SHA-256 of the tokenized dataset (n, offsets, ids, labels, each value
+ * as little-endian int64 / int32), for a checkpoint to refuse resuming on
+ * different data: it changes with the file, the tokenizer, the format, the
+ * template, train_on_prompt and seq_len, i.e. everything the loader sees. */
+void qt_dataset_hash(const qt_dataset *ds, uint8_t digest[32]);
+
 void qt_dataset_free(qt_dataset *ds);
 
 #endif

@@ -334,6 +334,35 @@ static void test_eval_and_truncation(void **unused) {
   qt_dataset_free(&ds);
 }
 
+/* The dataset hash sees every id, label and boundary. */
+static void test_dataset_hash(void **unused) {
+  qt_dataset a, b = {0};
+  make_dataset(&a, 20, 30);
+  for (int64_t i = 0; i < a.n; i++)
+    assert_int_equal(qt_dataset_add(&b, a.ids + a.offset[i], a.labels + a.offset[i],
+                                    qt_dataset_example_len(&a, i), i + 1, 0), QT_OK);
+  uint8_t ha[32], hb[32];
+  qt_dataset_hash(&a, ha);
+  qt_dataset_hash(&b, hb);
+  assert_memory_equal(ha, hb, 32);
+  b.labels[17] = b.labels[17] == QT_LABEL_IGNORE ? b.ids[17] : QT_LABEL_IGNORE;
+  qt_dataset_hash(&b, hb);
+  assert_memory_not_equal(ha, hb, 32);
+  b.labels[17] = a.labels[17];
+  b.ids[3] ^= 1;
+  qt_dataset_hash(&b, hb);
+  assert_memory_not_equal(ha, hb, 32);
+  b.ids[3] ^= 1;
+  b.offset[1]++; /* the same tokens split differently */
+  qt_dataset_hash(&b, hb);
+  assert_memory_not_equal(ha, hb, 32);
+  b.offset[1]--;
+  qt_dataset_hash(&b, hb);
+  assert_memory_equal(ha, hb, 32);
+  qt_dataset_free(&a);
+  qt_dataset_free(&b);
+}
+
 static void test_bad_options(void **unused) {
   qt_dataset ds;
   make_dataset(&ds, 3, 5);
@@ -358,6 +387,7 @@ int main(void) {
       cmocka_unit_test(test_order_properties),   cmocka_unit_test(test_coverage_and_order),
       cmocka_unit_test(test_resume_every_point), cmocka_unit_test(test_cursor_any_position),
       cmocka_unit_test(test_eval_and_truncation), cmocka_unit_test(test_bad_options),
+      cmocka_unit_test(test_dataset_hash),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
