@@ -258,6 +258,14 @@ static size_t param_bytes(const qt_adamw_param *q) {
   return 2 * round_up((size_t)q->numel * sizeof(float));
 }
 
+/* The device copies of the maps live in managed memory, written by the host
+ * while no kernel runs. */
+static void sync_dev_qmaps(qt_adamw *opt) {
+  if (!opt->dev_qmaps) return;
+  opt->dev_qmaps[0] = opt->qmap1;
+  opt->dev_qmaps[1] = opt->qmap2;
+}
+
 qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_params,
                         const int64_t *numels) {
   memset(opt, 0, sizeof *opt);
@@ -287,14 +295,32 @@ qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_para
     q->nblocks = q->state8 ? (numels[i] + QT_ADAMW_BLOCK - 1) / QT_ADAMW_BLOCK : 0;
     total += param_bytes(q);
   }
-  opt->mem_bytes = total;
-  opt->mem = aligned_alloc(ALIGN, total ? total : ALIGN);
-  if (!opt->mem) {
+  size_t state_total = total;
+  if (cfg->device == QT_DEV_CUDA) {
+#ifdef QLORA_HAVE_CUDA
+    total += round_up(2 * sizeof(qt_adamw_qmap));
+    qt_status st = qt_adamw_cuda_state_alloc(total, cfg->paged, &opt->mem);
+    if (st != QT_OK) {
+      qt_adamw_free(opt);
+      return st;
+    }
+    opt->dev_qmaps = (qt_adamw_qmap *)((char *)opt->mem + state_total);
+#else
     qt_adamw_free(opt);
-    return qt_fail(QT_ERR_NOMEM, "optimizer: cannot allocate %.1f MiB of state",
-                   (double)total / 1048576.0);
+    return qt_fail(QT_ERR_UNSUPPORTED,
+                   "optimizer: training.device is cuda but this build has no CUDA backend; "
+                   "rebuild with -DQLORA_CUDA=ON or use device: cpu");
+#endif
+  } else {
+    opt->mem = aligned_alloc(ALIGN, total ? total : ALIGN);
+    if (!opt->mem) {
+      qt_adamw_free(opt);
+      return qt_fail(QT_ERR_NOMEM, "optimizer: cannot allocate %.1f MiB of state",
+                     (double)total / 1048576.0);
+    }
+    memset(opt->mem, 0, total);
   }
-  memset(opt->mem, 0, total);
+  opt->mem_bytes = state_total;
   char *at = opt->mem;
   for (size_t i = 0; i < n_params; i++) {
     qt_adamw_param *q = &opt->params[i];
@@ -319,11 +345,17 @@ qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_para
   qt_adamw_qmap_make(&opt->qmap1, code);
   qt_quant_dynamic_map(false, code);
   qt_adamw_qmap_make(&opt->qmap2, code);
+  sync_dev_qmaps(opt);
   return QT_OK;
 }
 
 void qt_adamw_free(qt_adamw *opt) {
-  free(opt->mem);
+#ifdef QLORA_HAVE_CUDA
+  if (opt->cfg.device == QT_DEV_CUDA)
+    qt_adamw_cuda_state_free(opt->mem);
+  else
+#endif
+    free(opt->mem);
   free(opt->params);
   free(opt->names);
   memset(opt, 0, sizeof *opt);
@@ -339,6 +371,36 @@ size_t qt_adamw_state_bytes(const qt_adamw *opt) {
   return b;
 }
 
+static qt_status step_cuda(qt_adamw *opt, qt_tensor *params, const qt_tensor *grads,
+                           const qt_adamw_scalars *k, uint64_t seed) {
+#ifdef QLORA_HAVE_CUDA
+  const qt_adamw_qmap *m1 = &opt->dev_qmaps[0], *m2 = &opt->dev_qmaps[1];
+  for (size_t i = 0; i < opt->n_params; i++) {
+    const qt_adamw_param *q = &opt->params[i];
+    const float *g = grads[i].data;
+    const void *first = q->state8 ? (const void *)q->code1 : (const void *)q->state1;
+    if (opt->cfg.paged) QT_TRY(qt_adamw_cuda_prefetch(first, param_bytes(q)));
+    bool bf = params[i].dtype == QT_BF16;
+    if (q->state8 && !bf)
+      QT_TRY(qt_adamw8_update_f32_cuda(params[i].data, g, q->code1, q->code2, q->absmax1,
+                                       q->absmax2, m1, m2, q->numel, k));
+    else if (q->state8)
+      QT_TRY(qt_adamw8_update_bf16_cuda(params[i].data, g, q->code1, q->code2, q->absmax1,
+                                        q->absmax2, m1, m2, q->numel, k, seed, (uint32_t)i));
+    else if (!bf)
+      QT_TRY(qt_adamw32_update_f32_cuda(params[i].data, g, q->state1, q->state2, q->numel, k));
+    else
+      QT_TRY(qt_adamw32_update_bf16_cuda(params[i].data, g, q->state1, q->state2, q->numel, k,
+                                         seed, (uint32_t)i));
+  }
+  return qt_adamw_cuda_sync();
+#else
+  (void)opt, (void)params, (void)grads, (void)k, (void)seed;
+  QT_ASSERTF(0, "CUDA optimizer without the CUDA backend");
+  return QT_ERR_UNSUPPORTED;
+#endif
+}
+
 qt_status qt_adamw_step(qt_adamw *opt, qt_tensor *params, const qt_tensor *grads, float lr,
                         float gnorm_scale, uint64_t seed) {
   for (size_t i = 0; i < opt->n_params; i++) {
@@ -346,8 +408,9 @@ qt_status qt_adamw_step(qt_adamw *opt, qt_tensor *params, const qt_tensor *grads
     QT_ASSERTF(qt_tensor_numel(&params[i]) == q->numel && qt_tensor_numel(&grads[i]) == q->numel,
                "parameter %zu: %lld elements, optimizer state has %lld", i,
                (long long)qt_tensor_numel(&params[i]), (long long)q->numel);
-    if (params[i].device != QT_DEV_CPU || grads[i].device != QT_DEV_CPU)
-      return qt_fail(QT_ERR_UNSUPPORTED, "optimizer: parameter %zu is not in CPU memory", i);
+    if (params[i].device != opt->cfg.device || grads[i].device != opt->cfg.device)
+      return qt_fail(QT_ERR_INVALID, "optimizer: parameter or gradient %zu is not on the %s",
+                     i, opt->cfg.device == QT_DEV_CUDA ? "GPU" : "CPU");
     if (grads[i].dtype != QT_F32)
       return qt_fail(QT_ERR_UNSUPPORTED, "optimizer: gradient %zu has dtype %s; F32 expected", i,
                      qt_dtype_name(grads[i].dtype));
@@ -358,6 +421,7 @@ qt_status qt_adamw_step(qt_adamw *opt, qt_tensor *params, const qt_tensor *grads
   opt->step++;
   qt_adamw_scalars k;
   qt_adamw_scalars_make(&opt->cfg, opt->step, lr, gnorm_scale, &k);
+  if (opt->cfg.device == QT_DEV_CUDA) return step_cuda(opt, params, grads, &k, seed);
   for (size_t i = 0; i < opt->n_params; i++) {
     const qt_adamw_param *q = &opt->params[i];
     const float *g = grads[i].data;
@@ -475,6 +539,7 @@ qt_status qt_adamw_state_load(qt_adamw *opt, const qt_st_write_tensor *in, size_
     qt_adamw_qmap_make(&opt->qmap1, code);
     memcpy(code, opt->qmap2.code, sizeof code);
     qt_adamw_qmap_make(&opt->qmap2, code);
+    sync_dev_qmaps(opt);
   }
   free(want);
   return st;

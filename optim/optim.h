@@ -62,7 +62,9 @@ enum { QT_ADAMW_BLOCK = 256 };   /* 8-bit state block (bnb >= 0.44 BLOCKSIZE_2ST
 
 typedef struct {
   int bits;                /* 8 (adamw_8bit, paged_adamw_8bit) or 32 */
-  bool paged;              /* CUDA: state in managed memory; CPU: no effect */
+  qt_device device;        /* where params, grads and state live (CPU or CUDA) */
+  bool paged;              /* CUDA: state paged (managed memory attached to the host,
+                              prefetched to the GPU before each update); CPU: no effect */
   float beta1, beta2, eps, weight_decay;
   int64_t min_8bit_size;   /* tensors with fewer elements keep 32-bit state */
 } qt_adamw_config;
@@ -118,6 +120,32 @@ void qt_adamw8_update_bf16(uint16_t *p, const float *g, uint8_t *code1, uint8_t 
 /* The stochastic-rounding random word of element i (see the header comment). */
 uint32_t qt_adamw_sr_word(uint64_t seed, int64_t step, uint32_t tensor, int64_t i);
 
+/* ---- CUDA kernels (built with the CUDA backend; device pointers, stream 0,
+ * asynchronous: errors inside a kernel surface at qt_adamw_cuda_sync). Same
+ * arguments and bit-identical results as the CPU kernels above; qmap1/qmap2
+ * must be in device-accessible memory. ---- */
+qt_status qt_adamw32_update_f32_cuda(float *p, const float *g, float *m, float *v, int64_t n,
+                                     const qt_adamw_scalars *k);
+qt_status qt_adamw32_update_bf16_cuda(uint16_t *p, const float *g, float *m, float *v, int64_t n,
+                                      const qt_adamw_scalars *k, uint64_t seed, uint32_t tensor);
+qt_status qt_adamw8_update_f32_cuda(float *p, const float *g, uint8_t *code1, uint8_t *code2,
+                                    float *absmax1, float *absmax2, const qt_adamw_qmap *qmap1,
+                                    const qt_adamw_qmap *qmap2, int64_t n,
+                                    const qt_adamw_scalars *k);
+qt_status qt_adamw8_update_bf16_cuda(uint16_t *p, const float *g, uint8_t *code1, uint8_t *code2,
+                                     float *absmax1, float *absmax2, const qt_adamw_qmap *qmap1,
+                                     const qt_adamw_qmap *qmap2, int64_t n,
+                                     const qt_adamw_scalars *k, uint64_t seed, uint32_t tensor);
+/* Optimizer state in managed memory (zeroed): paged -> cudaMemAttachHost
+ * (bitsandbytes get_paged), else cudaMemAttachGlobal. Host-readable after
+ * qt_adamw_cuda_sync, so checkpoints read it like CPU state. */
+qt_status qt_adamw_cuda_state_alloc(size_t bytes, bool paged, void **out);
+void qt_adamw_cuda_state_free(void *p);
+/* cudaMemPrefetchAsync to the current device; a no-op where the device lacks
+ * concurrent managed access (as bitsandbytes' cprefetch). */
+qt_status qt_adamw_cuda_prefetch(const void *p, size_t bytes);
+qt_status qt_adamw_cuda_sync(void);
+
 /* ---- the optimizer: state for a fixed list of parameter tensors ---- */
 
 typedef struct {
@@ -136,7 +164,9 @@ typedef struct {
   int64_t step;            /* completed updates (0 before the first) */
   qt_adamw_qmap qmap1;     /* signed dynamic map (m codes) */
   qt_adamw_qmap qmap2;     /* unsigned dynamic map (v codes) */
-  void *mem;               /* one allocation for all state, owned */
+  void *mem;               /* one allocation for all state, owned (managed memory
+                              when cfg.device is CUDA) */
+  qt_adamw_qmap *dev_qmaps;/* CUDA: copies of qmap1, qmap2 inside mem; else NULL */
   size_t mem_bytes;
   char *names;             /* state tensor names, owned */
 } qt_adamw;
@@ -150,9 +180,11 @@ void qt_adamw_free(qt_adamw *opt);
 size_t qt_adamw_state_bytes(const qt_adamw *opt);
 
 /* One update of every parameter: params[i] F32 or BF16 with numels[i]
- * elements, grads[i] F32 of the same size; lr for this step, gnorm_scale the
- * clipping coefficient (1 for none), seed for bf16 stochastic rounding.
- * Increments opt->step first (the update uses step = opt->step). */
+ * elements, grads[i] F32 of the same size, all on cfg.device; lr for this
+ * step, gnorm_scale the clipping coefficient (1 for none), seed for bf16
+ * stochastic rounding. Increments opt->step first (the update uses step =
+ * opt->step). On CUDA it returns after the GPU has finished (bitsandbytes
+ * synchronizes after every parameter). */
 qt_status qt_adamw_step(qt_adamw *opt, qt_tensor *params, const qt_tensor *grads, float lr,
                         float gnorm_scale, uint64_t seed);
 

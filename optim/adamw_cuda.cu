@@ -1,0 +1,251 @@
+// optim/adamw_cuda.cu — AdamW update kernels on CUDA, same results as the CPU
+// reference in optim/adamw_cpu.c (tests/optim/test_adamw_cuda.c compares them
+// bit for bit), and paged (managed) optimizer state.
+//
+// Semantics: optim/optim.h (bitsandbytes csrc/kernels.cu kOptimizer32bit2State,
+// kOptimizerStatic8bit2StateBlockwise<T, ADAM, 256, 1>). As on the CPU and
+// unlike bitsandbytes: IEEE division and sqrtf (nvcc defaults -prec-div=true,
+// -prec-sqrt=true), no __powf/__fdividef (the per-step scalars come from the
+// host, qt_adamw_scalars_make), no fused multiply-add (--fmad=false), so every
+// fp32 operation rounds as on the CPU. The 8-bit encoder is the threshold
+// table of qt_adamw_qmap (derived on the host from bitsandbytes' search).
+// Paged state: bitsandbytes functional.get_paged / cprefetch (formats.md 3.5):
+// cudaMallocManaged(..., cudaMemAttachHost), cudaMemPrefetchAsync to the device
+// before each update when cudaDevAttrConcurrentManagedAccess is set.
+#include <cuda_runtime.h>
+#include <curand_kernel.h>
+#include <float.h>
+#include <stdint.h>
+
+extern "C" {
+#include "optim/optim.h"
+}
+
+namespace {
+
+constexpr int kBlock = QT_ADAMW_BLOCK;  // 256 threads, one per value of an 8-bit block
+constexpr int kThreads32 = 256;
+
+qt_status check_launch(const char *what) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return qt_fail(QT_ERR_CUDA, "optim: %s: %s (%s); check the GPU state (nvidia-smi)", what,
+                   cudaGetErrorString(e), cudaGetErrorName(e));
+  return QT_OK;
+}
+
+__device__ __forceinline__ float bf16_to_f32(uint16_t h) {
+  return __uint_as_float((uint32_t)h << 16);
+}
+
+// common/half.c qt_bf16_from_f32_sr: add the low 16 bits of the random word to
+// the fp32 pattern, keep the high 16 bits; NaN -> canonical 0x7FFF.
+__device__ __forceinline__ uint16_t bf16_from_f32_sr(float x, uint32_t rnd) {
+  uint32_t u = __float_as_uint(x);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FFFu;
+  u += rnd & 0xFFFFu;
+  return (uint16_t)(u >> 16);
+}
+
+// The random word of element i (optim.h): curand_init(seed, (step<<32)|tensor, i).
+__device__ __forceinline__ uint32_t sr_word(uint64_t seed, int64_t step, uint32_t tensor,
+                                            int64_t i) {
+  curandStatePhilox4_32_10_t st;
+  curand_init(seed, ((uint64_t)(uint32_t)step << 32) | tensor, (uint64_t)i, &st);
+  return curand(&st);
+}
+
+template <typename P>
+__device__ __forceinline__ float load_p(const P *p, int64_t i);
+template <>
+__device__ __forceinline__ float load_p<float>(const float *p, int64_t i) { return p[i]; }
+template <>
+__device__ __forceinline__ float load_p<uint16_t>(const uint16_t *p, int64_t i) {
+  return bf16_to_f32(p[i]);
+}
+
+__device__ __forceinline__ void store_p(float *p, int64_t i, float v, uint64_t, int64_t, uint32_t) {
+  p[i] = v;
+}
+__device__ __forceinline__ void store_p(uint16_t *p, int64_t i, float v, uint64_t seed,
+                                        int64_t step, uint32_t tensor) {
+  p[i] = bf16_from_f32_sr(v, sr_word(seed, step, tensor, i));
+}
+
+// kOptimizer32bit2State, ADAM (see adam32_span in adamw_cpu.c for the order).
+template <typename P>
+__global__ void k_adam32(P *p, const float *g, float *m, float *v, int64_t n, qt_adamw_scalars k,
+                         uint64_t seed, uint32_t tensor) {
+  const float omb1 = 1.0f - k.beta1, omb2 = 1.0f - k.beta2;
+  const float eps_c2 = k.eps * k.correction2;
+  const float decay = 1.0f - k.lr * k.weight_decay;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    float gv = k.gnorm_scale * g[i];
+    float s1 = m[i] * k.beta1 + omb1 * gv;
+    float s2 = v[i] * k.beta2 + omb2 * (gv * gv);
+    float pv = load_p(p, i) + k.step_size * (s1 / (sqrtf(s2) + eps_c2));
+    if (k.weight_decay > 0.0f) pv = pv * decay;
+    m[i] = s1;
+    v[i] = s2;
+    store_p(p, i, pv, seed, k.step, tensor);
+  }
+}
+
+__device__ __forceinline__ uint8_t encode(const float *thr, float x) {
+  unsigned idx = 0;
+  for (unsigned step = 128; step > 0; step >>= 1) idx += (x >= thr[idx + step]) ? step : 0;
+  return (uint8_t)idx;
+}
+
+// kOptimizerStatic8bit2StateBlockwise<T, ADAM, 256, 1>: block b of 256 values,
+// thread t its value t; slots past n are the kernel's padding (g 0, code1 128,
+// code2 0) and take part in the absmax (adam8_block in adamw_cpu.c).
+template <typename P>
+__global__ void __launch_bounds__(kBlock)
+    k_adam8(P *p, const float *g, uint8_t *code1, uint8_t *code2, float *absmax1, float *absmax2,
+            const qt_adamw_qmap *m1, const qt_adamw_qmap *m2, int64_t n, qt_adamw_scalars k,
+            uint64_t seed, uint32_t tensor) {
+  __shared__ float q1[256], q2[256], t1[256], t2[256];
+  __shared__ float r1[kBlock], r2[kBlock];
+  const int t = threadIdx.x;
+  const int64_t b = blockIdx.x, i = b * kBlock + t;
+  q1[t] = m1->code[t];
+  q2[t] = m2->code[t];
+  t1[t] = m1->thr[t];
+  t2[t] = m2->thr[t];
+  const bool valid = i < n;
+  const float gj = valid ? g[i] : 0.0f;
+  const uint8_t c1 = valid ? code1[i] : 128, c2 = valid ? code2[i] : 0;
+  const float a1 = absmax1[b], a2 = absmax2[b];
+  __syncthreads();
+  const bool fin = isfinite(gj);
+  float s1 = 0.0f, s2 = 0.0f;
+  if (fin) {
+    float gv = gj * k.gnorm_scale;
+    s2 = q2[c2] * a2;
+    s2 = s2 * k.beta2 + ((1.0f - k.beta2) * gv) * gv;
+    s1 = q1[c1] * a1;
+    s1 = s1 * k.beta1 + (1.0f - k.beta1) * gv;
+  }
+  r1[t] = fmaxf(-FLT_MAX, fabsf(s1));
+  r2[t] = fmaxf(-FLT_MAX, fabsf(s2));
+  for (int s = kBlock / 2; s > 0; s >>= 1) {
+    __syncthreads();
+    if (t < s) {
+      r1[t] = fmaxf(r1[t], r1[t + s]);
+      r2[t] = fmaxf(r2[t], r2[t + s]);
+    }
+  }
+  __syncthreads();
+  const float new1 = r1[0], new2 = r2[0];
+  if (t == 0) {
+    absmax1[b] = new1;
+    absmax2[b] = new2;
+  }
+  if (!valid) return;
+  if (fin) {
+    float pv = load_p(p, i) + k.step_size * (s1 / (sqrtf(s2) + k.correction2 * k.eps));
+    if (k.weight_decay > 0.0f) pv = pv * (1.0f - k.lr * k.weight_decay);
+    store_p(p, i, pv, seed, k.step, tensor);
+  }
+  uint8_t e1 = encode(t1, s1 / new1);
+  if (signbit(q1[e1]) != signbit(s1)) e1 = (uint8_t)(e1 + (s1 > 0.0f ? 1 : -1));
+  code1[i] = e1;
+  code2[i] = encode(t2, s2 / new2);
+}
+
+unsigned grid32(int64_t n) {
+  int64_t blocks = (n + kThreads32 - 1) / kThreads32;
+  return (unsigned)(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
+}
+
+}  // namespace
+
+extern "C" {
+
+qt_status qt_adamw32_update_f32_cuda(float *p, const float *g, float *m, float *v, int64_t n,
+                                     const qt_adamw_scalars *k) {
+  if (n == 0) return QT_OK;
+  k_adam32<float><<<grid32(n), kThreads32>>>(p, g, m, v, n, *k, 0, 0);
+  return check_launch("adamw32 f32 update");
+}
+
+qt_status qt_adamw32_update_bf16_cuda(uint16_t *p, const float *g, float *m, float *v, int64_t n,
+                                      const qt_adamw_scalars *k, uint64_t seed, uint32_t tensor) {
+  if (n == 0) return QT_OK;
+  k_adam32<uint16_t><<<grid32(n), kThreads32>>>(p, g, m, v, n, *k, seed, tensor);
+  return check_launch("adamw32 bf16 update");
+}
+
+qt_status qt_adamw8_update_f32_cuda(float *p, const float *g, uint8_t *code1, uint8_t *code2,
+                                    float *absmax1, float *absmax2, const qt_adamw_qmap *qmap1,
+                                    const qt_adamw_qmap *qmap2, int64_t n,
+                                    const qt_adamw_scalars *k) {
+  if (n == 0) return QT_OK;
+  int64_t nb = (n + kBlock - 1) / kBlock;
+  k_adam8<float><<<(unsigned)nb, kBlock>>>(p, g, code1, code2, absmax1, absmax2, qmap1, qmap2, n,
+                                           *k, 0, 0);
+  return check_launch("adamw8 f32 update");
+}
+
+qt_status qt_adamw8_update_bf16_cuda(uint16_t *p, const float *g, uint8_t *code1, uint8_t *code2,
+                                     float *absmax1, float *absmax2, const qt_adamw_qmap *qmap1,
+                                     const qt_adamw_qmap *qmap2, int64_t n,
+                                     const qt_adamw_scalars *k, uint64_t seed, uint32_t tensor) {
+  if (n == 0) return QT_OK;
+  int64_t nb = (n + kBlock - 1) / kBlock;
+  k_adam8<uint16_t><<<(unsigned)nb, kBlock>>>(p, g, code1, code2, absmax1, absmax2, qmap1, qmap2,
+                                              n, *k, seed, tensor);
+  return check_launch("adamw8 bf16 update");
+}
+
+qt_status qt_adamw_cuda_state_alloc(size_t bytes, bool paged, void **out) {
+  *out = NULL;
+  cudaError_t e = cudaMallocManaged(out, bytes ? bytes : 64,
+                                    paged ? cudaMemAttachHost : cudaMemAttachGlobal);
+  if (e != cudaSuccess) {
+    *out = NULL;
+    return qt_fail(QT_ERR_CUDA, "optim: cannot allocate %.1f MiB of %s optimizer state: %s",
+                   (double)bytes / 1048576.0, paged ? "paged" : "managed", cudaGetErrorString(e));
+  }
+  e = cudaMemset(*out, 0, bytes ? bytes : 64);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) {
+    cudaFree(*out);
+    *out = NULL;
+    return qt_fail(QT_ERR_CUDA, "optim: cannot clear optimizer state: %s", cudaGetErrorString(e));
+  }
+  return QT_OK;
+}
+
+void qt_adamw_cuda_state_free(void *p) {
+  if (p) cudaFree(p);
+}
+
+qt_status qt_adamw_cuda_prefetch(const void *p, size_t bytes) {
+  int dev = 0, concurrent = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, dev);
+  if (e != cudaSuccess)
+    return qt_fail(QT_ERR_CUDA, "optim: cannot query the device: %s", cudaGetErrorString(e));
+  if (!concurrent || bytes == 0) return QT_OK;  // bitsandbytes skips the prefetch too
+  cudaMemLocation loc;
+  loc.type = cudaMemLocationTypeDevice;
+  loc.id = dev;
+  e = cudaMemPrefetchAsync(p, bytes, loc, 0, 0);
+  if (e != cudaSuccess)
+    return qt_fail(QT_ERR_CUDA, "optim: prefetch of %.1f MiB of paged state failed: %s",
+                   (double)bytes / 1048576.0, cudaGetErrorString(e));
+  return QT_OK;
+}
+
+qt_status qt_adamw_cuda_sync(void) {
+  cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess)
+    return qt_fail(QT_ERR_CUDA, "optim: optimizer update failed on the GPU: %s (%s)",
+                   cudaGetErrorString(e), cudaGetErrorName(e));
+  return QT_OK;
+}
+
+}  // extern "C"
