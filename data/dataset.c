@@ -70,7 +70,10 @@ qt_status qt_dataset_add(qt_dataset *ds, const int32_t *ids, const int32_t *labe
     memcpy(ds->ids + base, ids, (size_t)n * sizeof *ids);
     memcpy(ds->labels + base, labels, (size_t)n * sizeof *labels);
   }
-  for (int64_t i = 0; i < n; i++) ds->n_targets += labels[i] != QT_LABEL_IGNORE;
+  int64_t targets = 0;
+  for (int64_t i = 0; i < n; i++) targets += labels[i] != QT_LABEL_IGNORE;
+  ds->n_targets += targets;
+  ds->n_no_target += targets == 0;
   ds->line[ds->n] = line;
   ds->offset[ds->n + 1] = base + n;
   ds->n++;
@@ -392,6 +395,9 @@ qt_status qt_dataset_load_mem(const char *name, const char *data, size_t len, qt
   if (ds->n_truncated)
     QT_LOGW("%s: %lld of %lld examples were longer than seq_len %lld and truncated", name,
             (long long)ds->n_truncated, (long long)ds->n, (long long)o->seq_len);
+  if (ds->n_no_target)
+    QT_LOGW("%s: %lld of %lld examples have no target token (all labels -100) and add no loss",
+            name, (long long)ds->n_no_target, (long long)ds->n);
   return QT_OK;
 }
 

@@ -50,6 +50,8 @@ typedef struct {
   int64_t n_records;      /* records read (good + bad) */
   int64_t n_skipped;      /* bad records skipped */
   int64_t n_truncated;    /* examples cut to seq_len */
+  int64_t n_no_target;    /* examples without any target (e.g. a prompt that
+                             fills seq_len); kept, they add no loss */
   int64_t n_targets;      /* labels != -100 over all examples */
   int64_t cap_examples, cap_tokens; /* allocation (private) */
 } qt_dataset;

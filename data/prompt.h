@@ -35,7 +35,10 @@
  * recognizes its family: "<|im_start|>" = ChatML (Qwen3's variant when it
  * also handles "</think>" and reasoning_content), "<|start_header_id|>" =
  * Llama-3; anything else is QT_ERR_UNSUPPORTED (set the template in the
- * config). Each renders what transformers' apply_chat_template renders with
+ * config). Known gap: a ChatML template that inserts a default system
+ * message when there is none (Qwen2.5's "You are Qwen, created by Alibaba
+ * Cloud...", SmolLM2's) is rendered without it; give such records an
+ * explicit system message. Each renders what transformers' apply_chat_template renders with
  * that template (tools/reference/make_dataset_fixtures.py checks it):
  *   chatml  per message "<|im_start|>{role}\n{content}<|im_end|>\n".
  *   qwen3   the Qwen3 template without tools: a leading system message

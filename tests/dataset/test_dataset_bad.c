@@ -271,10 +271,31 @@ static void test_truncation_and_file(void **vs) {
   assert_int_equal(ds.n, 50);
   /* every story of valid.jsonl is longer than 32 tokens */
   assert_int_equal(ds.n_truncated, 50);
+  assert_int_equal(ds.n_no_target, 0);
   for (int64_t i = 0; i < ds.n; i++) assert_int_equal(qt_dataset_example_len(&ds, i), 32);
   qt_dataset_free(&ds);
   assert_int_equal(qt_dataset_load("/nonexistent/d.jsonl", &p, &o, &ds), QT_ERR_IO);
   assert_non_null(strstr(qt_error_message(), "/nonexistent/d.jsonl"));
+  qt_prompt_free(&p);
+
+  /* an Alpaca prompt longer than seq_len leaves no target: kept and counted */
+  prompt_for(s, QT_DATA_FMT_ALPACA, &p);
+  const char *rec = "{\"instruction\":\"Say hi.\",\"output\":\"hi\"}\n"
+                    "{\"instruction\":\"Say hi.\",\"input\":\"\",\"output\":\"hi\"}\n";
+  o.seq_len = 8;
+  assert_int_equal(qt_dataset_load_mem("a.jsonl", rec, strlen(rec), &p, &o, &ds), QT_OK);
+  assert_int_equal(ds.n, 2);
+  assert_int_equal(ds.n_truncated, 2);
+  assert_int_equal(ds.n_no_target, 2);
+  assert_int_equal(ds.n_targets, 0);
+  qt_dataset_free(&ds);
+  o.seq_len = 0;
+  assert_int_equal(qt_dataset_load_mem("a.jsonl", rec, strlen(rec), &p, &o, &ds), QT_OK);
+  assert_int_equal(ds.n_no_target, 0);
+  /* both records render the no-input prompt: identical examples */
+  assert_int_equal(qt_dataset_example_len(&ds, 0), qt_dataset_example_len(&ds, 1));
+  assert_memory_equal(ds.ids, ds.ids + ds.offset[1], (size_t)qt_dataset_example_len(&ds, 0) * sizeof *ds.ids);
+  qt_dataset_free(&ds);
   qt_prompt_free(&p);
 
   /* chat without a template in tokenizer_config.json */
