@@ -237,6 +237,11 @@ static void test_model_dir_single_and_file(void **state) {
   qt_st_model_close(&m);
   assert_int_equal(qt_st_model_open("/nonexistent/model", &m), QT_ERR_IO);
   assert_non_null(strstr(qt_error_message(), "/nonexistent/model"));
+  qt_st_file f;
+  assert_int_equal(qt_st_open("/nonexistent/x.safetensors", &f), QT_ERR_IO);
+  assert_non_null(strstr(qt_error_message(), "/nonexistent/x.safetensors: cannot open: No such file"));
+  assert_int_equal(qt_st_open(dir, &f), QT_ERR_IO);
+  assert_non_null(strstr(qt_error_message(), "not a regular file"));
   free(one);
   cJSON_Delete(meta);
   stg_rmtree(dir);
