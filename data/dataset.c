@@ -366,6 +366,10 @@ qt_status qt_dataset_load_mem(const char *name, const char *data, size_t len, qt
   if (s != QT_OK) return s;
   if (!valid) QT_LOGW("%s: invalid UTF-8 replaced with U+FFFD", name);
 
+  /* A leading UTF-8 byte order mark (Windows editors write one) is not JSON. */
+  size_t skip = clean.n >= 3 && memcmp(clean.s, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+  const char *text = clean.s + skip;
+  size_t text_len = clean.n - skip;
   int array;
   if (ends_with(name, ".jsonl")) {
     array = 0;
@@ -373,11 +377,11 @@ qt_status qt_dataset_load_mem(const char *name, const char *data, size_t len, qt
     array = 1;
   } else {
     size_t i = 0;
-    while (i < clean.n && is_ws(clean.s[i])) i++;
-    array = i < clean.n && clean.s[i] == '[';
+    while (i < text_len && is_ws(text[i])) i++;
+    array = i < text_len && text[i] == '[';
   }
   loader_state st = {.name = name, .p = p, .o = o, .ds = ds};
-  s = array ? load_array(&st, clean.s, clean.n) : load_lines(&st, clean.s, clean.n);
+  s = array ? load_array(&st, text, text_len) : load_lines(&st, text, text_len);
   qt_example_free(&st.ex);
   free(st.msgs);
   qt_text_buf_free(&clean);

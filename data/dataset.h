@@ -10,7 +10,7 @@
  * chat {"messages":[{"role","content"[,"reasoning_content"]}...]}. Fields are
  * strings (null counts as missing).
  *
- * Invalid UTF-8 anywhere in the file is replaced with U+FFFD before parsing
+ * A leading UTF-8 byte order mark is skipped. Invalid UTF-8 anywhere in the file is replaced with U+FFFD before parsing
  * (qt_utf8_sanitize, Python's decode("utf-8", "replace")); line numbers do
  * not change.
  *

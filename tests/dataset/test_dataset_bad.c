@@ -217,6 +217,21 @@ static void test_invalid_utf8(void **vs) {
   assert_memory_equal(ds.ids, want.ids, want.n * sizeof *want.ids);
   qt_token_ids_free(&want);
   qt_dataset_free(&ds);
+
+  /* a byte order mark before the first record is skipped, in both layouts */
+  const char bom_lines[] = "\xEF\xBB\xBF{\"text\":\"hi\"}\n";
+  const char bom_array[] = "\xEF\xBB\xBF[{\"text\":\"hi\"}]";
+  qt_dataset b1, b2;
+  assert_int_equal(qt_dataset_load_mem("b.jsonl", bom_lines, sizeof bom_lines - 1, &p, &o, &b1), QT_OK);
+  assert_int_equal(qt_dataset_load_mem("b.json", bom_array, sizeof bom_array - 1, &p, &o, &b2), QT_OK);
+  assert_int_equal(qt_dataset_example_len(&b1, 0), qt_dataset_example_len(&b2, 0));
+  assert_memory_equal(b1.ids, b2.ids, (size_t)qt_dataset_example_len(&b1, 0) * sizeof *b1.ids);
+  assert_int_equal(qt_tokenizer_encode(s->tok, "hi", 2, QT_TOK_ADD_BOS | QT_TOK_ADD_EOS, &want), QT_OK);
+  assert_int_equal(qt_dataset_example_len(&b1, 0), (int64_t)want.n);
+  assert_memory_equal(b1.ids, want.ids, want.n * sizeof *want.ids);
+  qt_token_ids_free(&want);
+  qt_dataset_free(&b1);
+  qt_dataset_free(&b2);
   qt_prompt_free(&p);
 }
 
