@@ -50,7 +50,7 @@ static void test_schedules_vs_transformers(void **st) {
   assert_false(qt_lr_kind_from_name("cosine_with_restarts", &k));
 }
 
-/* splitmix64 (Steele, Lea, Flood 2014) */
+/* splitmix64 (Steele, Lea, Flood 2014): *s += golden, then the finalizer */
 static uint64_t splitmix64(uint64_t *s) {
   uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -101,6 +101,47 @@ static void test_clip_coef(void **st) {
   assert_true(qt_optim_clip_coef(1e9, 0.0) == 1.0f); /* max_grad_norm 0: off */
 }
 
+/* torch.nn.utils.clip_grad_norm_ on the fixture's tensors (sym_uniform of
+ * tools/reference/bnb_8bit_ref.py, seeds 21 + 16k, step 1, times 10^k): our
+ * double-accumulated norm within 1e-6 of torch's float32 one, and so our
+ * factor within 1e-6 of the one torch multiplied the gradients by (read back
+ * as scaled/original, itself a rounded quotient). */
+static float sym_uniform(uint64_t seed, uint64_t t, uint64_t i) {
+  uint64_t x = (seed << 48) | (t << 32) | i;
+  uint64_t z = splitmix64(&x);
+  return 2.0f * ((float)(z >> 40) * 0x1p-24f) - 1.0f;
+}
+
+static void test_clip_vs_torch(void **st) {
+  (void)st;
+  int64_t numels[3] = {5, 1000, 70001};
+  float *g[3];
+  qt_tensor t[3];
+  for (int k = 0; k < 3; k++) {
+    g[k] = malloc((size_t)numels[k] * 4);
+    for (int64_t i = 0; i < numels[k]; i++)
+      g[k][i] = sym_uniform(21 + 16 * (uint64_t)k, 1, (uint64_t)i) * (k == 0 ? 1.0f : k == 1 ? 10.0f : 100.0f);
+    t[k] = qt_tensor_make(QT_F32, QT_DEV_CPU, 1, &numels[k], g[k]);
+  }
+  double norm = qt_optim_global_norm(t, 3);
+  FILE *f = fopen(GOLDEN "clip.txt", "r");
+  if (!f) fail_msg("cannot open %sclip.txt", GOLDEN);
+  char a[64], b[64], c[64];
+  int cases = 0, clamped = 0;
+  while (fscanf(f, "%63s %63s %63s", a, b, c) == 3) {
+    double max_norm = strtod(a, NULL), tnorm = strtod(b, NULL), tcoef = strtod(c, NULL);
+    assert_true(fabs(norm - tnorm) <= 1e-6 * tnorm);
+    float coef = qt_optim_clip_coef(norm, max_norm);
+    if (fabs((double)coef - tcoef) > 1e-6 * tcoef)
+      fail_msg("max_norm %g: coef %.9g vs torch %.9g", max_norm, (double)coef, tcoef);
+    clamped += coef == 1.0f;
+    cases++;
+  }
+  fclose(f);
+  assert_true(cases >= 5 && clamped >= 1 && clamped < cases);
+  for (int k = 0; k < 3; k++) free(g[k]);
+}
+
 static void test_nonfinite_policy(void **st) {
   (void)st;
   qt_optim_nonfinite g = {.max_consecutive = 2};
@@ -128,6 +169,7 @@ int main(void) {
       cmocka_unit_test(test_schedules_vs_transformers),
       cmocka_unit_test(test_global_norm),
       cmocka_unit_test(test_clip_coef),
+      cmocka_unit_test(test_clip_vs_torch),
       cmocka_unit_test(test_nonfinite_policy),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

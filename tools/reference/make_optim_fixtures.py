@@ -40,6 +40,8 @@ tests/optim/test_adamw.c and test_schedule_clip.c, which read them):
   get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup)
   read from LambdaLR.get_last_lr() with base lr 1.0 after each scheduler.step():
   lines "kind warmup total min_ratio step value" (value as float.hex()).
+* clip.txt — torch.nn.utils.clip_grad_norm_ total norms and clip factors
+  (see write_clip).
 * <file>.meta.json — library versions (tools/reference/common.py) and the
   parameters above.
 """
@@ -303,12 +305,36 @@ def write_schedules():
     return {"cases": len(cases), "lines": len(lines)}
 
 
+# ---- clipping ------------------------------------------------------------------
+def write_clip():
+    """torch.nn.utils.clip_grad_norm_ (what transformers' Trainer calls with
+    max_grad_norm) on three gradient tensors from splitmix64 (seed 21 + 16k,
+    step 1, numels 5, 1000, 70001, scaled by 10^k): per case the total norm
+    it returns and the factor it multiplied the gradients by (read back as
+    scaled/original of the largest element). Lines "max_norm total_norm coef"
+    (float.hex())."""
+    numels = [5, 1000, 70001]
+    lines = []
+    for max_norm in (0.5, 1.0, 10.0, 100.0, 1e4, 1e6):
+        gs = [torch.from_numpy(ref.sym_uniform(21 + 16 * k, 1, n)[0] * F32(10.0 ** k)) for k, n in enumerate(numels)]
+        ps = [torch.nn.Parameter(torch.zeros(n)) for n in numels]
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        total = torch.nn.utils.clip_grad_norm_(ps, max_norm)
+        i = int(torch.argmax(gs[2].abs()))
+        coef = float(ps[2].grad[i] / gs[2][i])
+        lines.append(f"{float(max_norm).hex()} {float(total).hex()} {coef.hex()}")
+    with open(os.path.join(OUT, "clip.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return {"numels": numels, "cases": len(lines)}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     hyper = {"beta1": BETA1, "beta2": BETA2, "eps": EPS, "weight_decay": WD,
              "generator": "tools/reference/make_optim_fixtures.py"}
     for name, info in (("adamw32_traj.bin", write32()), ("adamw8_traj.bin", write8()),
-                       ("lr_schedules.txt", write_schedules())):
+                       ("lr_schedules.txt", write_schedules()), ("clip.txt", write_clip())):
         print(common.write_meta("optim", name, dict(hyper, **info)))
 
 
