@@ -27,6 +27,12 @@ static double now_s(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static uint64_t splitmix(uint64_t *s) {
   uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -158,18 +164,20 @@ static void llama3_8b(int threads, int layers) {
   }
   float map[256];
   qt_quant_dynamic_map(true, map);
-  double t_quant = 0.0, t_dq = 0.0, bits = 0.0;
+  double t_quant = 0.0, t_dq = 0.0, bits = 0.0, cpu = 0.0;
   int64_t total = 0;
   for (int l = 0; l < layers; l++) {
     for (int i = 0; i < 7; i++) {
       int64_t n = lin[i].rows * lin[i].cols, nb = qt_quant_nblocks(n, 64);
       fill_bf16(w, n, (uint64_t)(l * 7 + i + 1), threads); /* not timed */
+      double c0 = cpu_s();
       double t0 = now_s();
       qt_quant_4bit_quantize_bf16(QT_QUANT_NF4, w, n, 64, packed, absmax, threads);
       double t1 = now_s();
       float offset = qt_quant_absmax_mean(absmax, nb);
       qt_quant_dq_compress(map, absmax, nb, offset, qabsmax, nested, threads);
       double t2 = now_s();
+      cpu += cpu_s() - c0;
       t_quant += t1 - t0;
       t_dq += t2 - t1;
       bits += qt_quant_bits_per_param(n, 64, true) * (double)n;
@@ -182,6 +190,8 @@ static void llama3_8b(int threads, int layers) {
          (long long)layer_params, (long long)total, 2.0 * total / 1e9);
   printf("  NF4 bs64 + double quant, %d threads: %.2f s (4-bit %.2f s, DQ %.2f s), %.3f Gparam/s\n",
          threads, t_quant + t_dq, t_quant, t_dq, total / (t_quant + t_dq) / 1e9);
+  printf("  CPU time of those sections: %.2f s (%.2f s per thread; wall above includes waiting "
+         "for a shared CPU)\n", cpu, cpu / threads);
   if (layers < 32)
     printf("  extrapolated to 32 layers: %.1f s\n", (t_quant + t_dq) * 32.0 / layers);
   printf("  storage: %.4f bits/param, %.3f GB (bf16: %.3f GB)\n", bits / total, bits / 8 / 1e9,

@@ -166,6 +166,7 @@ static void test_four_bit_cases(void **state) {
   cpu8_lut *lut = malloc(sizeof(*lut));
   assert_non_null(lut);
   cpu8_build(smap, lut);
+  long scratch_code_diff = 0, scratch_nested_diff = 0, scratch_nested_tot = 0;
   long why_zero_block = 0, why_signed_zero = 0, why_other = 0;
   long tot_zero_sign = 0, tot_codes = 0, tot_code_diff = 0, tot_q8 = 0, tot_q8_diff = 0, n_dq = 0, offset_diff = 0;
   const cJSON *c;
@@ -231,6 +232,17 @@ static void test_four_bit_cases(void **state) {
           fail_msg("%s: nested code %lld: mine %u, bnb %u, bnb-CPU emulation %u", jstr(c, "name"),
                    (long long)b, q[b], gq[b], want);
       }
+      /* From scratch (own offset = double mean): how much of bnb's output differs. */
+      float own = qt_quant_absmax_mean(absmax, nb);
+      uint8_t *q_own = malloc((size_t)nb);
+      float *n_own = malloc(4 * (size_t)nnb), *am_own = malloc(4 * (size_t)nb);
+      qt_quant_dq_compress_ref(smap, absmax, nb, own, q_own, n_own);
+      qt_quant_dq_decompress_ref(smap, q_own, n_own, own, nb, am_own);
+      for (int64_t b = 0; b < nb; b++) scratch_code_diff += q_own[b] != gq[b];
+      for (int64_t b = 0; b < nnb; b++) scratch_nested_diff += qtu_f32_bits(n_own[b]) != qtu_f32_bits(gnested[b]);
+      scratch_nested_tot += nnb;
+      free(q_own); free(n_own); free(am_own);
+
       /* Dequantized absmax from bnb's codes: bit-exact. */
       gabsmax = malloc(4 * (size_t)nb);
       qt_quant_dq_decompress_ref(smap, gq, gnested, offset, nb, gabsmax);
@@ -310,6 +322,8 @@ static void test_four_bit_cases(void **state) {
   printf("double quant: %ld/%ld nested codes differ (bnb-CPU 65536-bin lookup), all explained; "
          "own offset (double mean) != bnb offset in %ld/%ld cases\n",
          tot_q8_diff, tot_q8, offset_diff, n_dq);
+  printf("from scratch (own offset): %ld/%ld nested codes and %ld/%ld nested absmax values differ "
+         "from bnb\n", scratch_code_diff, tot_q8, scratch_nested_diff, scratch_nested_tot);
   free(lut);
 }
 
