@@ -1472,11 +1472,7 @@ static qt_status encode_span(qt_tokenizer *t, const char *s, size_t n, int at_st
   if (n == 0) return QT_OK;
   const char *ns = s;
   size_t nn = n;
-  if (t->n_norms) {
-    QT_TRY(normalize(t, s, n, &ns, &nn));
-    /* the pre-tokenizer buffers are separate; copy out of the scratch that
-     * the next normalize call would reuse */
-  }
+  if (t->n_norms) QT_TRY(normalize(t, s, n, &ns, &nn)); /* into norm_tmp, untouched below */
   if (t->norm_trie.count == 0) return encode_pretok(t, ns, nn, at_start, out);
   size_t pos = 0, ms, me;
   int32_t k;
@@ -1493,6 +1489,8 @@ qt_status qt_tokenizer_encode(qt_tokenizer *t, const char *text, size_t len, uns
                               qt_token_ids *out) {
   QT_ASSERT(t && out && (text || len == 0));
   out->n = 0;
+  if (len > (size_t)UINT32_MAX / 4)
+    return qt_fail(QT_ERR_INVALID, "%s: text of %zu bytes is too long to encode at once (limit 1 GiB)", t->name, len);
   if ((flags & QT_TOK_ADD_BOS) && t->bos_id < 0)
     return qt_fail(QT_ERR_CONFIG, "%s: no BOS token id (config.json bos_token_id or tokenizer_config.json bos_token)", t->name);
   if ((flags & QT_TOK_ADD_EOS) && t->eos_id < 0)
