@@ -86,6 +86,14 @@ void qt_op_lora_backward_cpu(float *dx, int acc, float *dA, float *dB, float *du
                              const float *B, double scale, int64_t N, int64_t In, int64_t O,
                              int64_t R);
 
+/* Dropout keep mask for the LoRA input: mask (n) = 1 where the i-th uniform of
+ * the Philox stream (seed, subsequence) — curand_init(seed, subsequence, 0),
+ * curand_uniform — exceeds p, else 0; keep_scale is then 1/(1-p). The caller
+ * picks a subsequence per (step, micro-batch, layer, projection) so masks never
+ * repeat and a recomputation draws the same one. Deterministic in the thread count. */
+void qt_op_dropout_mask_cpu(uint8_t *mask, int64_t n, double p, uint64_t seed,
+                            uint64_t subsequence);
+
 /* ---- RoPE, HF rotate_half (half-split) layout ------------------------------ */
 /* out (N, H, D) = x*cos + rotate_half(x)*sin, rotate_half(x) = cat(-x[D/2:], x[:D/2]);
  * angle for pair j at token n = pos[n] * inv_freq[j], and cos/sin, are computed

@@ -22,6 +22,7 @@
 
 #include "ag_test_util.h"
 #include "autograd/ops.h"
+#include "common/philox.h"
 
 enum { MAXIN = 4 };
 #define FD_H 1e-6
@@ -522,6 +523,32 @@ static void test_attention_gemm_vs_ref(void **st) {
   }
 }
 
+/* Dropout masks: word i of the Philox stream (seed, subsequence) decides
+ * element i, so the parallel chunked generation equals one sequential stream;
+ * the kept fraction is near 1 - p; another subsequence gives another mask. */
+static void test_dropout_mask(void **st) {
+  (void)st;
+  const int64_t n = 100003;
+  const double p = 0.1;
+  uint8_t *m = malloc((size_t)n), *m2 = malloc((size_t)n);
+  qt_op_dropout_mask_cpu(m, n, p, 1234, 77);
+  qt_philox s;
+  qt_philox_init(&s, 1234, 77, 0);
+  int64_t kept = 0;
+  for (int64_t i = 0; i < n; i++) {
+    assert_int_equal(m[i], qt_philox_next_uniform(&s) > (float)p);
+    kept += m[i];
+  }
+  /* binomial: sd = sqrt(n p (1-p)) ~ 95; allow 6 sd */
+  assert_true(fabs((double)kept - (double)n * (1 - p)) < 6 * sqrt((double)n * p * (1 - p)));
+  qt_op_dropout_mask_cpu(m2, n, p, 1234, 78);
+  assert_memory_not_equal(m, m2, (size_t)n);
+  qt_op_dropout_mask_cpu(m2, n, p, 1234, 77);
+  assert_memory_equal(m, m2, (size_t)n);
+  free(m);
+  free(m2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm),        cmocka_unit_test(test_add),
@@ -531,6 +558,7 @@ int main(void) {
       cmocka_unit_test(test_attention_gemm_vs_ref),
       cmocka_unit_test(test_swiglu),         cmocka_unit_test(test_cross_entropy),
       cmocka_unit_test(test_cross_entropy_chunks),
+      cmocka_unit_test(test_dropout_mask),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -81,9 +81,9 @@ static void model_init(model *m, bool tied, bool dropout, uint64_t seed) {
       int64_t in = proj_in[j], out = proj_out[j];
       m->A[l][j] = rnd(&r, R * in, -1.0 / sqrt((double)in), 1.0 / sqrt((double)in));
       m->Bm[l][j] = rnd(&r, out * R, -0.5, 0.5); /* nonzero, unlike PEFT's init, so dA != 0 */
-      if (dropout) {
+      if (dropout) { /* p = 0.1, keyed by (seed, layer, projection) */
         m->mask[l][j] = malloc((size_t)(N * in));
-        for (int64_t i = 0; i < N * in; i++) m->mask[l][j][i] = ag_unif(&r, 0, 1) < 0.9;
+        qt_op_dropout_mask_cpu(m->mask[l][j], N * in, 0.1, seed, (uint64_t)(l * NPROJ + j));
       }
     }
   }
