@@ -1,5 +1,6 @@
-/* bench_optim: AdamW step time per million parameters on the CPU, 8-bit
- * blockwise and 32-bit state, F32 and BF16 parameters.
+/* bench_optim: AdamW step time per million parameters on the CPU (and, in a
+ * CUDA build with a GPU present, of the CUDA kernels), 8-bit blockwise and
+ * 32-bit state, F32 and BF16 parameters.
  *   bench_optim [MILLIONS_OF_PARAMS (default 8)] [REPEATS (default 5)]
  * Prints one markdown table row per configuration: the best of REPEATS steps
  * (after one warm-up step), in ms per 1M parameters, with the OpenMP thread
@@ -13,6 +14,9 @@
 
 #include "common/half.h"
 #include "optim/optim.h"
+#ifdef QLORA_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 static double now_s(void) {
   struct timespec ts;
@@ -26,6 +30,78 @@ static uint64_t splitmix64(uint64_t *s) {
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
+
+#ifdef QLORA_HAVE_CUDA
+/* The CUDA kernels on device buffers (state in plain device memory), timed
+ * with events; the first call is a warm-up. */
+static int bench_gpu(int64_t n, int repeats, const float *g, const float *p) {
+  struct cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+  int64_t nb = (n + 255) / 256;
+  float *dp = NULL, *dg = NULL, *dm = NULL, *dv = NULL, *da = NULL;
+  uint16_t *dpb = NULL;
+  uint8_t *dc = NULL;
+  qt_adamw_qmap *dq = NULL;
+  if (cudaMalloc((void **)&dp, n * 4) || cudaMalloc((void **)&dg, n * 4) ||
+      cudaMalloc((void **)&dm, n * 4) || cudaMalloc((void **)&dv, n * 4) ||
+      cudaMalloc((void **)&da, nb * 8) || cudaMalloc((void **)&dpb, n * 2) ||
+      cudaMalloc((void **)&dc, n * 2) || cudaMalloc((void **)&dq, 2 * sizeof(qt_adamw_qmap))) {
+    fprintf(stderr, "bench_optim: cannot allocate GPU buffers\n");
+    return 1;
+  }
+  qt_adamw_config c;
+  qt_adamw_config_default(&c, 8);
+  qt_adamw o;
+  int64_t one = 1;
+  if (qt_adamw_init(&o, &c, 1, &one) != QT_OK) return 1;
+  qt_adamw_qmap maps[2] = {o.qmap1, o.qmap2};
+  qt_adamw_free(&o);
+  cudaMemcpy(dq, maps, sizeof maps, cudaMemcpyHostToDevice);
+  cudaMemcpy(dp, p, n * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(dg, g, n * 4, cudaMemcpyHostToDevice);
+  cudaMemset(dm, 0, n * 4);
+  cudaMemset(dv, 0, n * 4);
+  cudaMemset(da, 0, nb * 8);
+  cudaMemset(dc, 0, n * 2);
+  cudaMemset(dpb, 0, n * 2);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  for (int kind = 0; kind < 4; kind++) {
+    float best = 1e30f;
+    for (int r = 0; r <= repeats; r++) {
+      qt_adamw_scalars k;
+      qt_adamw_scalars_make(&c, r + 1, 1e-4f, 1.0f, &k);
+      cudaEventRecord(e0, 0);
+      qt_status st;
+      if (kind == 0)
+        st = qt_adamw8_update_f32_cuda(dp, dg, dc, dc + n, da, da + nb, dq, dq + 1, n, &k);
+      else if (kind == 1)
+        st = qt_adamw8_update_bf16_cuda(dpb, dg, dc, dc + n, da, da + nb, dq, dq + 1, n, &k, 7, 0);
+      else if (kind == 2)
+        st = qt_adamw32_update_f32_cuda(dp, dg, dm, dv, n, &k);
+      else
+        st = qt_adamw32_update_bf16_cuda(dpb, dg, dm, dv, n, &k, 7, 0);
+      cudaEventRecord(e1, 0);
+      if (st != QT_OK || qt_adamw_cuda_sync() != QT_OK) {
+        fprintf(stderr, "bench_optim: %s\n", qt_error_message());
+        return 1;
+      }
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      if (r > 0 && ms < best) best = ms;
+    }
+    printf("| %s | %s %.1fM | GPU %s | %.3f | %.4f | %.3f |\n", kind < 2 ? "8-bit" : "32-bit",
+           kind % 2 ? "BF16" : "F32", (double)n / 1e6, prop.name, best, best / ((double)n / 1e6),
+           kind < 2 ? (2.0 * n + 8.0 * nb) / n : 8.0);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(dp), cudaFree(dg), cudaFree(dm), cudaFree(dv), cudaFree(da), cudaFree(dpb), cudaFree(dc);
+  cudaFree(dq);
+  return 0;
+}
+#endif
 
 int main(int argc, char **argv) {
   double millions = argc > 1 ? atof(argv[1]) : 8.0;
@@ -83,6 +159,11 @@ int main(int argc, char **argv) {
       }
     }
   }
+#ifdef QLORA_HAVE_CUDA
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) == cudaSuccess && ndev > 0 && bench_gpu(n, repeats, g, p) != 0)
+    return 1;
+#endif
   free(g);
   free(p);
   free(pb);

@@ -30,6 +30,22 @@ void qt_adamw_config_default(qt_adamw_config *c, int bits) {
   c->min_8bit_size = 4096;
 }
 
+bool qt_adamw_config_from_name(const char *name, qt_adamw_config *c) {
+  /* transformers trainer: optim_bits = 8 if "8bit" in name else 32,
+   * is_paged = "paged" in name (formats.md 3.1) */
+  static const struct { const char *name; int bits; bool paged; } kNames[] = {
+      {"adamw_8bit", 8, false}, {"paged_adamw_8bit", 8, true},
+      {"adamw_32bit", 32, false}, {"paged_adamw_32bit", 32, true}};
+  for (size_t i = 0; i < sizeof kNames / sizeof *kNames; i++) {
+    if (strcmp(name, kNames[i].name) == 0) {
+      qt_adamw_config_default(c, kNames[i].bits);
+      c->paged = kNames[i].paged;
+      return true;
+    }
+  }
+  return false;
+}
+
 void qt_adamw_scalars_make(const qt_adamw_config *c, int64_t step, float lr, float gnorm_scale,
                            qt_adamw_scalars *k) {
   QT_ASSERT(step >= 1);

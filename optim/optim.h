@@ -73,6 +73,11 @@ typedef struct {
  * 1e-2, min_8bit_size 4096, paged false. */
 void qt_adamw_config_default(qt_adamw_config *c, int bits);
 
+/* training.optimizer names (DESIGN.md section 6, transformers' `optim`
+ * strings): adamw_8bit, paged_adamw_8bit, adamw_32bit, paged_adamw_32bit ->
+ * bits and paged on top of qt_adamw_config_default. false if unknown. */
+bool qt_adamw_config_from_name(const char *name, qt_adamw_config *c);
+
 /* The per-step scalars every kernel uses (computed once, on the host, so that
  * the CPU and CUDA kernels see identical values). */
 typedef struct {

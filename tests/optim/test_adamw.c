@@ -518,6 +518,25 @@ static void test_min_8bit_size(void **st) {
   assert_int_equal(qt_adamw_init(&opt, &c, 3, numels), QT_ERR_CONFIG);
 }
 
+static void test_config_names(void **st) {
+  (void)st;
+  qt_adamw_config c;
+  assert_true(qt_adamw_config_from_name("paged_adamw_8bit", &c));
+  assert_true(c.bits == 8 && c.paged && c.min_8bit_size == 4096 && c.weight_decay == 1e-2f);
+  assert_true(qt_adamw_config_from_name("adamw_32bit", &c));
+  assert_true(c.bits == 32 && !c.paged);
+  assert_false(qt_adamw_config_from_name("adamw_torch", &c));
+#ifndef QLORA_HAVE_CUDA
+  /* a CUDA optimizer in a build without the CUDA backend is a clear error */
+  qt_adamw_config_default(&c, 8);
+  c.device = QT_DEV_CUDA;
+  int64_t n = 10;
+  qt_adamw opt;
+  assert_int_equal(qt_adamw_init(&opt, &c, 1, &n), QT_ERR_UNSUPPORTED);
+  assert_null(opt.mem);
+#endif
+}
+
 static void test_state_memory(void **st) {
   (void)st;
   int64_t n = 1 << 20;
@@ -681,6 +700,7 @@ int main(void) {
       cmocka_unit_test(test_golden_32bit),
       cmocka_unit_test(test_golden_8bit),
       cmocka_unit_test(test_min_8bit_size),
+      cmocka_unit_test(test_config_names),
       cmocka_unit_test(test_state_memory),
       cmocka_unit_test(test_threads_identical),
       cmocka_unit_test(test_bf16_stochastic_rounding),
