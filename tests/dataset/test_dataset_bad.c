@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "data/dataset.h"
@@ -318,11 +320,46 @@ static void test_truncation_and_file(void **vs) {
   assert_non_null(strstr(qt_error_message(), "no chat_template"));
 }
 
+/* Without add_bos_token, BOS comes from tokenizer.json's post_processor
+ * (stories260K's is a TemplateProcessing "<s> $A"), as tokenizer(text) in
+ * transformers adds it. */
+static void test_bos_from_post_processor(void **vs) {
+  (void)vs;
+  const char *dir = QLORA_BINARY_DIR "/test_dataset_bad_tok";
+  char path[4096];
+  mkdir(dir, 0755);
+  snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+  unlink(path);
+  assert_int_equal(symlink(TOK_DIR "/tokenizer.json", path), 0);
+  snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}\n", f);
+  fclose(f);
+  qt_tokenizer *t;
+  assert_int_equal(qt_tokenizer_load(dir, &t), QT_OK);
+  qt_prompt p;
+  assert_int_equal(qt_prompt_init(&p, t, dir, QT_DATA_FMT_TEXT, QT_CHAT_AUTO, 0), QT_OK);
+  assert_int_equal(p.add_bos, 1);
+  assert_int_equal(p.bos_id, 1);
+  qt_prompt_free(&p);
+  /* add_bos_token false wins over the post_processor */
+  f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"add_bos_token\": false}\n", f);
+  fclose(f);
+  assert_int_equal(qt_prompt_init(&p, t, dir, QT_DATA_FMT_TEXT, QT_CHAT_AUTO, 0), QT_OK);
+  assert_int_equal(p.add_bos, 0);
+  qt_prompt_free(&p);
+  qt_tokenizer_free(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_corpus),           cmocka_unit_test(test_malformed_array),
       cmocka_unit_test(test_skip_counts_and_lines), cmocka_unit_test(test_invalid_utf8),
       cmocka_unit_test(test_random_bytes),     cmocka_unit_test(test_truncation_and_file),
+      cmocka_unit_test(test_bos_from_post_processor),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

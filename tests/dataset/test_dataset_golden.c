@@ -20,16 +20,18 @@
 
 typedef struct {
   cJSON *fixture;
-  qt_tokenizer *tok[3];
+  qt_tokenizer *tok[4];
 } state;
 
-static const char *k_tok_names[3] = {"stories260K", "qwen3", "llama3"};
-static const char *k_tok_paths[3] = {QLORA_SHARED_DIR "/data/stories260K",
-                                     QLORA_SHARED_DIR "/data/tokenizers/qwen3",
-                                     QLORA_SHARED_DIR "/data/tokenizers/llama3"};
+enum { N_TOK = 4 };
+static const char *k_tok_names[N_TOK] = {"stories260K", "qwen3", "llama3", "llama2"};
+static const char *k_tok_paths[N_TOK] = {QLORA_SHARED_DIR "/data/stories260K",
+                                         QLORA_SHARED_DIR "/data/tokenizers/qwen3",
+                                         QLORA_SHARED_DIR "/data/tokenizers/llama3",
+                                         QLORA_SHARED_DIR "/data/tokenizers/llama2"};
 
 static int tok_index(const char *name) {
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < N_TOK; i++)
     if (strcmp(name, k_tok_names[i]) == 0) return i;
   fail_msg("unknown tokenizer %s in the fixture", name);
   return -1;
@@ -46,7 +48,7 @@ static int setup(void **vs) {
   s->fixture = cJSON_ParseWithLength((const char *)buf, len);
   free(buf);
   if (!s->fixture) return -1;
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < N_TOK; i++) {
     if (qt_tokenizer_load(k_tok_paths[i], &s->tok[i]) != QT_OK) {
       fprintf(stderr, "%s\n", qt_error_message());
       return -1;
@@ -58,7 +60,7 @@ static int setup(void **vs) {
 
 static int teardown(void **vs) {
   state *s = *vs;
-  for (int i = 0; i < 3; i++) qt_tokenizer_free(s->tok[i]);
+  for (int i = 0; i < N_TOK; i++) qt_tokenizer_free(s->tok[i]);
   cJSON_Delete(s->fixture);
   free(s);
   return 0;
@@ -157,18 +159,20 @@ CASE_TEST(test_alpaca_llama3, "alpaca_llama3")
 CASE_TEST(test_chat_qwen3_auto, "chat_qwen3_auto")
 CASE_TEST(test_chat_qwen3_chatml, "chat_qwen3_chatml")
 CASE_TEST(test_chat_llama3_auto, "chat_llama3_auto")
+CASE_TEST(test_chat_llama2_chatml, "chat_llama2_chatml")
 
 /* The rendered chat text equals apply_chat_template's (cut as documented). */
 static void test_chat_text(void **vs) {
   state *s = *vs;
-  const char *names[] = {"chat_qwen3_auto", "chat_qwen3_chatml", "chat_llama3_auto"};
-  for (int ci = 0; ci < 3; ci++) {
+  const char *names[] = {"chat_qwen3_auto", "chat_qwen3_chatml", "chat_llama3_auto", "chat_llama2_chatml"};
+  const qt_chat_kind kinds[] = {QT_CHAT_KIND_QWEN3, QT_CHAT_KIND_CHATML, QT_CHAT_KIND_LLAMA3, QT_CHAT_KIND_CHATML};
+  for (int ci = 0; ci < 4; ci++) {
     const cJSON *c = find_case(s, names[ci]);
     int ti = tok_index(jstr(c, "tokenizer"));
     qt_prompt p;
     qt_chat_choice choice = strcmp(jstr(c, "template"), "chatml") == 0 ? QT_CHAT_CHATML : QT_CHAT_AUTO;
     assert_int_equal(qt_prompt_init(&p, s->tok[ti], k_tok_paths[ti], QT_DATA_FMT_CHAT, choice, 0), QT_OK);
-    assert_int_equal(p.chat, ci == 0 ? QT_CHAT_KIND_QWEN3 : ci == 1 ? QT_CHAT_KIND_CHATML : QT_CHAT_KIND_LLAMA3);
+    assert_int_equal(p.chat, kinds[ci]);
     /* Records straight from the file, rendered one by one. */
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -199,12 +203,13 @@ static void test_chat_text(void **vs) {
   }
 }
 
-/* BOS rules: stories260K adds BOS (add_bos_token), the Llama-3 and Qwen3
- * files here add none (no add_bos_token; post_processor ByteLevel). */
+/* BOS rules: stories260K and Llama-2 add BOS (add_bos_token), the Llama-3
+ * and Qwen3 files here add none (no add_bos_token / false; post_processor
+ * ByteLevel). */
 static void test_bos_rules(void **vs) {
   state *s = *vs;
-  int want[3] = {1, 0, 0};
-  for (int i = 0; i < 3; i++) {
+  int want[N_TOK] = {1, 0, 0, 1};
+  for (int i = 0; i < N_TOK; i++) {
     qt_prompt p;
     assert_int_equal(qt_prompt_init(&p, s->tok[i], k_tok_paths[i], QT_DATA_FMT_TEXT, QT_CHAT_AUTO, 0), QT_OK);
     assert_int_equal(p.add_bos, want[i]);
@@ -223,6 +228,7 @@ int main(void) {
       cmocka_unit_test(test_chat_qwen3_auto),
       cmocka_unit_test(test_chat_qwen3_chatml),
       cmocka_unit_test(test_chat_llama3_auto),
+      cmocka_unit_test(test_chat_llama2_chatml),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

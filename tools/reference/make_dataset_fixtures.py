@@ -9,7 +9,9 @@ machine /work/venv-ref, elsewhere see tools/reference/setup_venv.sh):
 
 Inputs (read, never copied into the repository): ../shared/data/alpaca/
 alpaca_en_demo.json, ../shared/data/tinystories/valid.jsonl, the tokenizers
-../shared/data/stories260K, ../shared/data/tokenizers/{qwen3,llama3}; plus the
+../shared/data/stories260K, ../shared/data/tokenizers/{qwen3,llama3,llama2}
+(llama2 has no chat template: ChatML forced, which exercises the BOS that
+the tokenizer adds in front of a template without one); plus the
 hand-written records tests/golden/dataset/{completion.jsonl,chat.jsonl}.
 Output: tests/golden/dataset/expected.json, one entry per case:
 {"name", "tokenizer", "format", "template", "data", "first", "n",
@@ -70,6 +72,7 @@ TOKENIZERS = {
     "stories260K": os.path.join(SHARED, "stories260K"),
     "qwen3": os.path.join(SHARED, "tokenizers", "qwen3"),
     "llama3": os.path.join(SHARED, "tokenizers", "llama3"),
+    "llama2": os.path.join(SHARED, "tokenizers", "llama2"),
 }
 
 
@@ -163,7 +166,7 @@ def main():
 
     convs = read_records(os.path.join(OUT, "chat.jsonl"))
     for tname, template, eot in (("qwen3", "auto", "<|im_end|>"), ("qwen3", "chatml", "<|im_end|>"),
-                                 ("llama3", "auto", "<|eot_id|>")):
+                                 ("llama3", "auto", "<|eot_id|>"), ("llama2", "chatml", "<|im_end|>")):
         t = toks[tname]
         cases.append({"name": "chat_%s_%s" % (tname, template), "tokenizer": tname, "format": "chat",
                       "template": template, "data": "golden:chat.jsonl", "first": len(convs),
