@@ -53,7 +53,7 @@ enum {
   QT_QUANT_MAX_BLOCKSIZE = 4096
 };
 
-/* "nf4" / "fp4"; false if unknown. */
+/* "nf4" / "fp4"; from_name returns false for any other name. */
 const char *qt_quant_type_name(qt_quant_type t);
 bool qt_quant_type_from_name(const char *name, qt_quant_type *out);
 
@@ -62,9 +62,11 @@ bool qt_quant_blocksize_valid(int blocksize);
 /* ceil(n / blocksize). */
 int64_t qt_quant_nblocks(int64_t n, int blocksize);
 
-/* The 16-entry fp32 value table of a 4-bit type, index = code (the
- * `quant_map` bitsandbytes stores: NF4 as in formats.md 1.1, FP4 = bit-pattern
- * table / 12). Static storage. */
+/* The 16-entry fp32 value table of a 4-bit type, index = code, as the CUDA
+ * kernels dequantize: NF4 as in formats.md 1.1; FP4 = bit-pattern table / 12
+ * with code 8 = -0 (kernel: lut[0] * -1). bitsandbytes' stored `quant_map` has
+ * +0 at FP4 index 8 (its Python literal -0 is the integer 0); the reader
+ * compares numerically. Static storage. */
 const float *qt_quant_4bit_table(qt_quant_type t);
 
 /* create_dynamic_map(signed=is_signed, max_exponent_bits=7, total_bits=8):
@@ -113,10 +115,11 @@ void qt_quant_8bit_dequantize(const float code[256], const uint8_t *q, const flo
                               int64_t n, int64_t blocksize, float *out, int threads);
 
 /* ---- double quantization of the absmax vector (nb = number of 4-bit blocks) ----
- * Mean accumulated in double, rounded once to fp32. */
+ * Mean accumulated in double, rounded once to fp32 (bitsandbytes: a torch fp32
+ * reduction; the two differ in the last bit now and then, formats.md 1.4). */
 float qt_quant_absmax_mean(const float *absmax, int64_t nb);
 /* qabsmax: (nb) codes of absmax - offset; nested_absmax: (ceil(nb/256)).
- * code: the signed dynamic map. */
+ * code: the signed dynamic map. qt_quant_dq_compress is the OpenMP twin. */
 void qt_quant_dq_compress_ref(const float code[256], const float *absmax, int64_t nb,
                               float offset, uint8_t *qabsmax, float *nested_absmax);
 void qt_quant_dq_compress(const float code[256], const float *absmax, int64_t nb, float offset,
@@ -150,14 +153,17 @@ typedef struct {
   float nested_code[256];      /* when nested: the map stored with the weight */
 } qt_quant_weight;
 
-/* Quantizes x (n = prod(shape) fp32 values) into a freshly allocated weight.
- * dtype is recorded (what dequantization returns in bitsandbytes). */
+/* Quantizes x (n = prod(shape) fp32 values) into a freshly allocated weight
+ * (free with qt_quant_weight_free). With double quant the offset is the
+ * double-accumulated mean (see above). dtype is recorded (the dtype
+ * bitsandbytes dequantizes to). */
 qt_status qt_quant_weight_quantize(qt_quant_type t, int blocksize, bool double_quant,
                                    qt_dtype dtype, int ndim, const int64_t *shape,
                                    const float *x, int threads, qt_quant_weight *out);
 /* Recovers the fp32 absmax vector (nblocks) of a weight (DQ decompressed). */
 void qt_quant_weight_absmax(const qt_quant_weight *w, float *absmax);
-/* out: (n) fp32 / bf16 bits; scratch_absmax: (nblocks) floats or NULL (allocates). */
+/* out: (n) fp32 / bf16 bits, in the weight's flattened order. A double-quant
+ * weight decompresses its absmax into a temporary (nblocks floats). */
 qt_status qt_quant_weight_dequantize_f32(const qt_quant_weight *w, float *out, int threads);
 qt_status qt_quant_weight_dequantize_bf16(const qt_quant_weight *w, uint16_t *out, int threads);
 void qt_quant_weight_free(qt_quant_weight *w);

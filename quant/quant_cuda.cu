@@ -13,27 +13,24 @@ extern "C" {
 
 namespace {
 
-__constant__ float c_nf4[16];
-__constant__ float c_fp4[16];
+// The 4-bit value tables, the same literals as quant_ref.c (NF4: formats.md
+// 1.1; FP4: bit-pattern table / 12, code 8 = -0 as the kernel's lut[0] * -1).
+__constant__ float c_nf4[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+__constant__ float c_fp4[16] = {
+    0.0f / 12.0f,  0.0625f / 12.0f,  8.0f / 12.0f,  12.0f / 12.0f,
+    4.0f / 12.0f,  6.0f / 12.0f,     2.0f / 12.0f,  3.0f / 12.0f,
+    -0.0f / 12.0f, -0.0625f / 12.0f, -8.0f / 12.0f, -12.0f / 12.0f,
+    -4.0f / 12.0f, -6.0f / 12.0f,    -2.0f / 12.0f, -3.0f / 12.0f};
 
 qt_status check_launch(const char *what) {
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
     return qt_fail(QT_ERR_CUDA, "quant: %s: %s; check the GPU state (nvidia-smi)", what,
                    cudaGetErrorString(e));
-  return QT_OK;
-}
-
-// Uploads the 4-bit tables once per call site; cheap (128 bytes) and keeps the
-// module free of global "initialized" state.
-qt_status upload_tables(cudaStream_t s) {
-  cudaError_t e = cudaMemcpyToSymbolAsync(c_nf4, qt_quant_4bit_table(QT_QUANT_NF4), 64, 0,
-                                          cudaMemcpyHostToDevice, s);
-  if (e == cudaSuccess)
-    e = cudaMemcpyToSymbolAsync(c_fp4, qt_quant_4bit_table(QT_QUANT_FP4), 64, 0,
-                                cudaMemcpyHostToDevice, s);
-  if (e != cudaSuccess)
-    return qt_fail(QT_ERR_CUDA, "quant: uploading 4-bit tables: %s", cudaGetErrorString(e));
   return QT_OK;
 }
 
@@ -223,7 +220,6 @@ qt_status dequant4(qt_quant_type t, const uint8_t *packed, const float *absmax, 
                    int blocksize, T *out, void *stream) {
   QT_ASSERT(qt_quant_blocksize_valid(blocksize) && n >= 0);
   if (n == 0) return QT_OK;
-  QT_TRY(upload_tables((cudaStream_t)stream));
   k_dequant4<T><<<grid_for((n + 1) / 2, kThreads), kThreads, 0, (cudaStream_t)stream>>>(
       (int)t, packed, absmax, n, log2i(blocksize), out);
   return check_launch("4-bit dequantize");
