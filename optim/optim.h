@@ -21,9 +21,10 @@
  * non-finite g zeroes m and v of that element and leaves p unchanged; the new
  * absmax of a block is max |state| over the block AFTER the update (the slots
  * of a partial last block take part as g = 0, code1 = 128, code2 = 0, as the
- * kernel's BlockLoad defaults do); codes are re-encoded with bitsandbytes'
- * binary search (quant/quant.h qt_quant_8bit_encode_ref, equal to the kernel's
- * quantize_2D for these maps) of state/absmax, and the m code gets the sign
+ * kernel's BlockLoad defaults do); codes are re-encoded from state/absmax
+ * with bitsandbytes' binary search (quant/quant.h qt_quant_8bit_encode_ref,
+ * equal to the kernel's quantize_2D for these maps; evaluated through the
+ * equivalent threshold table of qt_adamw_qmap below), and the m code gets the sign
  * fix-up: if signbit(qmap1[c]) != signbit(m), c += (m > 0) ? 1 : -1 (uint8).
  * Differences from the CUDA kernel, on purpose: IEEE powf and division instead
  * of the approximate intrinsics __powf/__fdividef (no bit-exact CPU
@@ -42,7 +43,14 @@
  * with qt_bf16_from_f32_n. Gradients: F32.
  *
  * Threads: OpenMP over 256-value blocks (8-bit) or 4096-value chunks (32-bit);
- * results do not depend on the number of threads. */
+ * results do not depend on the number of threads.
+ *
+ * CUDA (cfg.device = QT_DEV_CUDA): the same kernels on the GPU, bit-identical
+ * to the CPU (tests/optim/test_adamw_cuda.c). All state lives in one managed
+ * allocation: paged -> attached to the host and prefetched per tensor before
+ * its update (bitsandbytes pages only tensors >= 1e5 elements; here paged
+ * means all of them); not paged -> attached globally (bitsandbytes uses plain
+ * device memory), so checkpoints read the state from the host either way. */
 #ifndef QT_OPTIM_OPTIM_H
 #define QT_OPTIM_OPTIM_H
 
