@@ -223,7 +223,19 @@ int main(int argc, char **argv) {
          (long long)m.V, (long long)R, (long long)N, ckpt, steps);
   printf("linear params %.1fM (incl. lm_head), lora params %.2fM, model GFLOP/token %.3f\n",
          (double)lin_params / 1e6, (double)lora_params / 1e6, flops_tok / 1e9);
-  printf("loss %.4f (random weights)\n", loss);
+  /* FNV-1a over every LoRA gradient: equal across runs and thread counts iff
+   * the step is deterministic (compare with OMP_NUM_THREADS / OPENBLAS_NUM_THREADS). */
+  uint64_t hash = 1469598103934665603ull;
+  for (int l = 0; l < m.L; l++)
+    for (int j = 0; j < NPROJ; j++)
+      for (int w = 0; w < 2; w++) {
+        int32_t id = w ? m.Bm[l][j] : m.A[l][j];
+        const unsigned char *g = qt_tape_grad(m.t, id);
+        size_t bytes = (size_t)(qt_tape_rows(m.t, id) * qt_tape_cols(m.t, id)) * sizeof(float);
+        for (size_t i = 0; i < bytes; i++) hash = (hash ^ g[i]) * 1099511628211ull;
+      }
+  printf("loss %.9g (random weights), LoRA gradient hash %016llx (accumulated over %d steps)\n", loss,
+         (unsigned long long)hash, steps + 1);
   printf("fwd+bwd: %.3f s/step, %.1f tokens/s, %.1f GFLOP/s\n", t_total / steps, tok_s,
          tok_s * flops_tok / 1e9);
   printf("sgemm measured: %.1f GFLOP/s -> fraction %.3f\n", peak, tok_s * flops_tok / 1e9 / peak);
