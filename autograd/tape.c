@@ -25,6 +25,8 @@ typedef struct {
   bool requires_grad;
   bool grad_set;       /* the gradient holds a first contribution (activations) */
   const char *name;
+  qt_tape_materialize_fn materialize; /* frozen weight produced on demand (data NULL) */
+  void *materialize_ctx;
 } tape_tensor;
 
 typedef enum {
@@ -136,6 +138,22 @@ static qt_status grad_target(qt_tape *t, int32_t id, void **g, int *acc) {
   return QT_OK;
 }
 
+/* The data of a frozen weight: its pointer, or, for a materialized weight, a
+ * work buffer at the top of the activation arena filled by its callback (the
+ * caller rewinds the arena when done with it). */
+static qt_status weight_data(qt_tape *t, int32_t id, const void **out) {
+  tape_tensor *w = T_(t, id);
+  if (!w->materialize) {
+    *out = w->data;
+    return QT_OK;
+  }
+  void *buf;
+  QT_TRY(qt_arena_alloc(&t->act, (size_t)(w->rows * w->cols) * t->es, w->name, &buf));
+  QT_TRY(w->materialize(w->materialize_ctx, t->f64 ? QT_F64 : QT_F32, buf));
+  *out = buf;
+  return QT_OK;
+}
+
 static bool needs(const qt_tape *t, int32_t id) { return id >= 0 && CT_(t, id)->requires_grad; }
 
 /* ---- init / params / reset ------------------------------------------------- */
@@ -193,6 +211,19 @@ qt_status qt_tape_frozen(qt_tape *t, const char *name, const void *data, int64_t
   return add_param(t, KIND_FROZEN, name, data, NULL, rows, cols, id);
 }
 
+qt_status qt_tape_frozen_materialized(qt_tape *t, const char *name, int64_t rows, int64_t cols,
+                                      qt_tape_materialize_fn fn, void *ctx, int32_t *id) {
+  QT_ASSERT(fn != NULL);
+  QT_ASSERTF(t->n_tensors == t->n_persistent && t->n_nodes == 0,
+             "autograd: register parameter %s before recording ops", name);
+  QT_TRY(new_tensor(t, KIND_FROZEN, NULL, rows, cols, false, name, id));
+  t->tensors[*id].data = NULL;
+  t->tensors[*id].materialize = fn;
+  t->tensors[*id].materialize_ctx = ctx;
+  t->n_persistent = t->n_tensors;
+  return QT_OK;
+}
+
 qt_status qt_tape_trainable(qt_tape *t, const char *name, void *data, void *grad, int64_t rows,
                             int64_t cols, int32_t *id) {
   QT_ASSERT(grad != NULL);
@@ -218,7 +249,8 @@ void qt_tape_reset(qt_tape *t) {
 
 qt_status qt_tape_embedding(qt_tape *t, int32_t wte, const int32_t *ids, int64_t N, int32_t *out) {
   const tape_tensor *w = T_(t, wte);
-  QT_ASSERTF(w->kind == KIND_FROZEN, "autograd: the embedding table %s must be frozen", w->name);
+  QT_ASSERTF(w->kind == KIND_FROZEN && !w->materialize,
+             "autograd: the embedding table %s must be frozen and stored", w->name);
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, w->cols, false, "embedding", &y));
   KCALL(t, qt_op_embedding_forward_cpu, T_(t, y)->data, ids, w->data, N, w->cols, w->rows);
@@ -232,7 +264,8 @@ qt_status qt_tape_embedding(qt_tape *t, int32_t wte, const int32_t *ids, int64_t
 
 qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t *out) {
   const tape_tensor *X = T_(t, x), *W = T_(t, w);
-  QT_ASSERTF(W->kind == KIND_FROZEN, "autograd: norm weight %s must be frozen", W->name);
+  QT_ASSERTF(W->kind == KIND_FROZEN && !W->materialize,
+             "autograd: norm weight %s must be frozen and stored", W->name);
   QT_ASSERT(W->rows * W->cols == X->cols);
   int64_t N = X->rows, C = X->cols;
   int32_t y;
@@ -300,8 +333,12 @@ qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const q
     if (lora->mask) QT_TRY(arena_alloc(&t->act, "lora dropout(x)", (size_t)(N * In) * t->es, &xd));
   }
   void *yd = T_(t, y)->data;
-  KCALL(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, T_(t, W)->data,
+  size_t wmark = qt_arena_mark(&t->act);
+  const void *wd;
+  QT_TRY(weight_data(t, W, &wd));
+  KCALL(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, wd,
         bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
+  qt_arena_rewind(&t->act, wmark); /* a materialized weight is work, not kept */
   if (lora)
     KCALL(t, qt_op_lora_forward_cpu, yd, u, xd, T_(t, x)->data, lora->mask, lora->keep_scale,
           T_(t, lora->A)->data, T_(t, lora->B)->data, lora->scale, N, In, O, R);
@@ -455,7 +492,8 @@ qt_status qt_tape_swiglu(qt_tape *t, int32_t gate, int32_t up, int32_t *out) {
 qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t *targets,
                                 int32_t *loss, double *loss_sum, int64_t *count) {
   const tape_tensor *X = T_(t, x), *Wt = T_(t, W);
-  QT_ASSERTF(Wt->kind == KIND_FROZEN, "autograd: lm_head %s must be frozen", Wt->name);
+  QT_ASSERTF(Wt->kind == KIND_FROZEN && !Wt->materialize,
+             "autograd: lm_head %s must be frozen and stored", Wt->name);
   QT_ASSERT(Wt->cols == X->cols);
   int64_t N = X->rows, C = X->cols, V = Wt->rows;
   int64_t chunk = t->cfg.ce_chunk_rows < N ? t->cfg.ce_chunk_rows : (N > 0 ? N : 1);
@@ -604,7 +642,9 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     void *dx = NULL;
     if (X->requires_grad) {
       QT_TRY(grad_target(t, nd->in[0], &dx, &acc));
-      KCALL(t, qt_op_linear_backward_cpu, dx, acc, dy, W->data, N, In, O);
+      const void *wd;
+      QT_TRY(weight_data(t, nd->in[1], &wd));
+      KCALL(t, qt_op_linear_backward_cpu, dx, acc, dy, wd, N, In, O);
     }
     if (nd->lora.A < 0) break;
     const tape_tensor *A = T_(t, nd->lora.A), *B = T_(t, nd->lora.B);

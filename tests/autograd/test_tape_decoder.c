@@ -126,6 +126,9 @@ typedef struct {
   void *gA[L][NPROJ], *gB[L][NPROJ];  /* LoRA gradients (caller-owned, +=) */
   void *copies[64];
   int n_copies;
+  /* materialized base weights (as a dequantizer would provide them) */
+  struct mat_ctx { const double *src; int64_t n; int *calls; } mat[L][P_LAYER];
+  int mat_calls;
   const model *m;
   /* per-layer recording context */
   struct layer_ctx { void *self; int l; int32_t x_norm, h_in; } lctx[L];
@@ -140,7 +143,23 @@ static const void *as_dtype(bound *bd, const double *x, int64_t n) {
   return f;
 }
 
+/* qt_tape_materialize_fn: writes the master weight in the tape's dtype. */
+static qt_status materialize(void *vctx, qt_dtype dtype, void *dst) {
+  struct mat_ctx *c = vctx;
+  (*c->calls)++;
+  for (int64_t i = 0; i < c->n; i++) {
+    if (dtype == QT_F64) ((double *)dst)[i] = c->src[i];
+    else ((float *)dst)[i] = (float)c->src[i];
+  }
+  return QT_OK;
+}
+
+/* mat_mask: bit p set = base weight p (P_Q..P_DOWN) is materialized on demand. */
+static void bind_mat(bound *bd, const model *m, bool f64, bool freeze_layer0, unsigned mat_mask);
 static void bind(bound *bd, const model *m, bool f64, bool freeze_layer0) {
+  bind_mat(bd, m, f64, freeze_layer0, 0);
+}
+static void bind_mat(bound *bd, const model *m, bool f64, bool freeze_layer0, unsigned mat_mask) {
   memset(bd, 0, sizeof *bd);
   bd->f64 = f64;
   bd->m = m;
@@ -158,6 +177,12 @@ static void bind(bound *bd, const model *m, bool f64, bool freeze_layer0) {
   for (int l = 0; l < L; l++) {
     for (int p = 0; p < P_LAYER; p++) {
       int64_t rows = (p == P_INNORM || p == P_POSTNORM) ? 1 : wsize(p) / wfan_in(p);
+      if (mat_mask & (1u << p)) {
+        bd->mat[l][p] = (struct mat_ctx){m->w[l][p], wsize(p), &bd->mat_calls};
+        assert_int_equal(qt_tape_frozen_materialized(t, "base (materialized)", rows, wsize(p) / rows,
+                                                     materialize, &bd->mat[l][p], &bd->w[l][p]), QT_OK);
+        continue;
+      }
       assert_int_equal(qt_tape_frozen(t, "base", as_dtype(bd, m->w[l][p], wsize(p)), rows,
                                       wsize(p) / rows, &bd->w[l][p]), QT_OK);
     }
@@ -599,6 +624,34 @@ static void check_golden(bool tied) {
 static void test_golden_untied(void **st) { (void)st; check_golden(false); }
 static void test_golden_tied(void **st) { (void)st; check_golden(true); }
 
+/* Base weights produced on demand (the hook the NF4 dequantizer plugs into)
+ * give bit-identical gradients, and are produced only where needed: once per
+ * forward (and per recompute), and in backward only when the input of the
+ * linear needs a gradient (layer 0's q_proj input does not). */
+static void test_materialized_weights(void **st) {
+  (void)st;
+  model m;
+  model_init(&m, false, true, 5);
+  const unsigned mask = (1u << P_Q) | (1u << P_GATE) | (1u << P_DOWN);
+  for (int ckpt = 0; ckpt < 2; ckpt++) {
+    bound ref, mat;
+    bind(&ref, &m, false, false);
+    bind_mat(&mat, &m, false, false, mask);
+    double a = forward_backward(&ref, ckpt), b = forward_backward(&mat, ckpt);
+    assert_memory_equal(&a, &b, sizeof a);
+    for (int l = 0; l < L; l++)
+      for (int j = 0; j < NPROJ; j++) {
+        assert_memory_equal(ref.gA[l][j], mat.gA[l][j], (size_t)(R * proj_in[j]) * 4);
+        assert_memory_equal(ref.gB[l][j], mat.gB[l][j], (size_t)(proj_out[j] * R) * 4);
+      }
+    /* forward 3 per layer (+3 per layer recomputed); backward 3 per layer minus layer 0's q_proj */
+    assert_int_equal(mat.mat_calls, 3 * L + (ckpt ? 3 * L : 0) + 3 * L - 1);
+    unbind(&ref);
+    unbind(&mat);
+  }
+  model_free(&m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fd_untied_dropout),
@@ -608,6 +661,7 @@ int main(void) {
       cmocka_unit_test(test_checkpoint_bit_identical),
       cmocka_unit_test(test_f32_vs_f64_and_reuse),
       cmocka_unit_test(test_arena_exhausted),
+      cmocka_unit_test(test_materialized_weights),
       cmocka_unit_test(test_golden_untied),
       cmocka_unit_test(test_golden_tied),
   };
