@@ -25,6 +25,16 @@
  * White_Space property; PCRE2's \s also matches U+180E, so \s and \S are
  * rewritten to \p{White_Space} / \P{White_Space} before compiling.
  *
+ * Unicode versions: tokenizers 0.23.3 classifies and normalizes with Unicode
+ * 16 tables (Oniguruma, unicode-normalization); Debian 12's PCRE2 10.42
+ * knows Unicode 14 and utf8proc 2.6 Unicode 13. Characters assigned after
+ * those versions count as unassigned here, so text containing them can
+ * pre-tokenize (\p{L}, \p{N}) or NFC-normalize differently. Measured: a sweep
+ * of every code point U+0001..U+31FFF (17,043 strings) gives identical ids
+ * for stories260K and Llama-2, and differs in 12 (Llama-3) and 11 (Qwen3)
+ * strings, each containing such recent characters (e.g. Garay, Kawi, Kirat
+ * Rai, Unicode 14 Arabic marks). Newer PCRE2 / utf8proc builds close the gap.
+ *
  * Invalid UTF-8: tokenizers takes Rust strings, which cannot hold invalid
  * UTF-8, so its Python binding never sees such bytes. qlora-train replaces
  * each maximal invalid subsequence with U+FFFD before encoding — exactly what
