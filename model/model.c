@@ -1,0 +1,556 @@
+/* model/model.c — loading a Llama-family decoder and running it on the tape
+ * (model.h documents the contract; formats.md section 5 the architecture). */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/arena.h"
+#include "common/log.h"
+#include "common/philox.h"
+#include "common/safetensors.h"
+#include "model/model_internal.h"
+
+static const char *const PROJ_NAME[QT_PROJ_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                     "gate_proj", "up_proj", "down_proj"};
+
+const char *qt_proj_name(qt_proj p) {
+  QT_ASSERT(p >= 0 && p < QT_PROJ_COUNT);
+  return PROJ_NAME[p];
+}
+
+const char *qt_proj_block(qt_proj p) { return p <= QT_PROJ_O ? "self_attn" : "mlp"; }
+
+/* ---- loading ---------------------------------------------------------------- */
+
+/* An fp32 copy of tensor `name`, which must have numel n and, when rows > 0,
+ * shape (rows, cols) (1-D (cols) when rows == 0). */
+static qt_status load_dense(const qt_st_model *st, const char *dir, const char *name,
+                            int64_t rows, int64_t cols, float **out) {
+  *out = NULL;
+  const qt_st_entry *e = qt_st_model_find(st, name);
+  if (!e)
+    return qt_fail(QT_ERR_FORMAT, "%s: tensor %s is missing from the checkpoint; is this a "
+                                  "complete Hugging Face model directory?", dir, name);
+  bool ok = rows > 0 ? (e->ndim == 2 && e->shape[0] == rows && e->shape[1] == cols)
+                     : (e->ndim == 1 && e->shape[0] == cols);
+  if (!ok)
+    return qt_fail(QT_ERR_FORMAT, "%s: tensor %s has shape [%lld%s%lld], config.json implies "
+                                  "[%lld%s%lld]; the weights do not belong to this config",
+                   dir, name, (long long)e->shape[0], e->ndim > 1 ? ", " : "",
+                   e->ndim > 1 ? (long long)e->shape[1] : 0LL, (long long)(rows > 0 ? rows : cols),
+                   rows > 0 ? ", " : "", rows > 0 ? (long long)cols : 0LL);
+  if (e->dtype != QT_F32 && e->dtype != QT_F16 && e->dtype != QT_BF16)
+    return qt_fail(QT_ERR_UNSUPPORTED, "%s: tensor %s is %s; weights must be F32, F16 or BF16 "
+                                       "(or bitsandbytes 4-bit linears)",
+                   dir, name, qt_dtype_name(e->dtype));
+  int64_t n = (rows > 0 ? rows : 1) * cols;
+  float *p = malloc((size_t)n * sizeof(float));
+  if (!p) return qt_fail(QT_ERR_NOMEM, "%s: cannot allocate %lld floats for %s", dir, (long long)n, name);
+  qt_status s = qt_st_entry_to_f32(e, p);
+  if (s != QT_OK) {
+    free(p);
+    return s;
+  }
+  *out = p;
+  return QT_OK;
+}
+
+static qt_status load_linear(qt_model *m, const qt_st_model *st, const char *dir,
+                             const qt_model_load_opts *o, qt_model_linear *lin, bool has_bias) {
+  char key[160];
+  snprintf(key, sizeof key, "%s.weight", lin->name);
+  const qt_st_entry *e = qt_st_model_find(st, key);
+  if (!e)
+    return qt_fail(QT_ERR_FORMAT, "%s: tensor %s is missing from the checkpoint", dir, key);
+  bool bnb = m->cfg.quant.present && e->dtype != QT_F32 && e->dtype != QT_F16 &&
+             e->dtype != QT_BF16;
+  char qs_key[200];
+  snprintf(qs_key, sizeof qs_key, "%s.weight.quant_state.bitsandbytes__nf4", lin->name);
+  if (m->cfg.quant.present && !bnb && qt_st_model_find(st, qs_key)) bnb = true;
+  snprintf(qs_key, sizeof qs_key, "%s.weight.quant_state.bitsandbytes__fp4", lin->name);
+  if (m->cfg.quant.present && !bnb && qt_st_model_find(st, qs_key)) bnb = true;
+  if (bnb) {
+    /* Pre-quantized: keep bitsandbytes' tensors as they are. */
+    QT_TRY(qt_quant_weight_load_bnb(st, lin->name, &lin->q));
+    if (lin->q.ndim != 2 || lin->q.shape[0] != lin->out || lin->q.shape[1] != lin->in) {
+      qt_quant_weight_free(&lin->q);
+      return qt_fail(QT_ERR_FORMAT, "%s: 4-bit weight %s does not have shape [%lld, %lld] "
+                                    "(quant_state shape)", dir, lin->name,
+                     (long long)lin->out, (long long)lin->in);
+    }
+    if (o->quant == QT_MODEL_QUANT_NONE) {
+      lin->dense = malloc((size_t)(lin->out * lin->in) * sizeof(float));
+      qt_status s = lin->dense ? qt_quant_weight_dequantize_f32(&lin->q, lin->dense, m->threads)
+                               : qt_fail(QT_ERR_NOMEM, "%s: cannot allocate %s", dir, lin->name);
+      qt_quant_weight_free(&lin->q);
+      QT_TRY(s);
+    } else {
+      lin->quantized = true;
+    }
+  } else {
+    float *w;
+    QT_TRY(load_dense(st, dir, key, lin->out, lin->in, &w));
+    if (o->quant == QT_MODEL_QUANT_NONE) {
+      lin->dense = w;
+    } else {
+      /* One tensor at a time: this fp32 copy is freed before the next is read. */
+      int64_t shape[2] = {lin->out, lin->in};
+      qt_status s = qt_quant_weight_quantize(
+          o->quant == QT_MODEL_QUANT_NF4 ? QT_QUANT_NF4 : QT_QUANT_FP4, o->blocksize,
+          o->double_quant, e->dtype, 2, shape, w, m->threads, &lin->q);
+      free(w);
+      QT_TRY(s);
+      lin->quantized = true;
+    }
+  }
+  if (lin->quantized) {
+    m->bytes_quant += (size_t)((lin->q.n + 1) / 2) +
+                      (size_t)lin->q.nblocks * (lin->q.nested ? 1 : sizeof(float));
+  } else {
+    m->bytes_dense += (size_t)(lin->out * lin->in) * sizeof(float);
+  }
+  if (has_bias) {
+    snprintf(key, sizeof key, "%s.bias", lin->name);
+    QT_TRY(load_dense(st, dir, key, 0, lin->out, &lin->bias));
+    m->bytes_dense += (size_t)lin->out * sizeof(float);
+  }
+  return QT_OK;
+}
+
+qt_status qt_model_load(const char *dir, const qt_model_load_opts *opts, qt_model **out) {
+  QT_ASSERT(dir && opts && out);
+  *out = NULL;
+  if (opts->quant != QT_MODEL_QUANT_NONE && !qt_quant_blocksize_valid(opts->blocksize))
+    return qt_fail(QT_ERR_INVALID, "model.blocksize %d is not a power of two in 32..4096; use 64",
+                   opts->blocksize);
+  qt_model *m = calloc(1, sizeof *m);
+  if (!m) return qt_fail(QT_ERR_NOMEM, "%s: cannot allocate the model", dir);
+  m->threads = opts->threads;
+  qt_st_model st;
+  memset(&st, 0, sizeof st);
+  bool st_open = false;
+  qt_status s = qt_hf_config_load(dir, &m->cfg);
+  if (s != QT_OK) goto fail;
+  const qt_hf_config *c = &m->cfg;
+  m->C = c->hidden_size;
+  m->H = c->num_attention_heads;
+  m->K = c->num_key_value_heads;
+  m->D = c->head_dim;
+  m->F = c->intermediate_size;
+  m->V = c->vocab_size;
+  m->L = c->num_hidden_layers;
+  if ((s = qt_st_model_open(dir, &st)) != QT_OK) goto fail;
+  st_open = true;
+  m->layers = calloc((size_t)m->L, sizeof *m->layers);
+  m->inv_freq = malloc((size_t)(m->D / 2) * sizeof(float));
+  if (!m->layers || !m->inv_freq) {
+    s = qt_fail(QT_ERR_NOMEM, "%s: cannot allocate %lld layers", dir, (long long)m->L);
+    goto fail;
+  }
+  if ((s = load_dense(&st, dir, "model.embed_tokens.weight", m->V, m->C, &m->embed)) != QT_OK)
+    goto fail;
+  m->bytes_dense += (size_t)(m->V * m->C) * sizeof(float);
+  if (c->tie_word_embeddings) {
+    m->lm_head = m->embed;
+  } else {
+    if ((s = load_dense(&st, dir, "lm_head.weight", m->V, m->C, &m->lm_head)) != QT_OK) goto fail;
+    m->bytes_dense += (size_t)(m->V * m->C) * sizeof(float);
+  }
+  if ((s = load_dense(&st, dir, "model.norm.weight", 0, m->C, &m->final_norm)) != QT_OK) goto fail;
+  int64_t HD = m->H * m->D, KD = m->K * m->D;
+  const int64_t outs[QT_PROJ_COUNT] = {HD, KD, KD, m->C, m->F, m->F, m->C};
+  const int64_t ins[QT_PROJ_COUNT] = {m->C, m->C, m->C, HD, m->C, m->C, m->F};
+  const bool bias[QT_PROJ_COUNT] = {c->q_bias, c->k_bias, c->v_bias, c->o_bias,
+                                    c->mlp_bias, c->mlp_bias, c->mlp_bias};
+  for (int64_t l = 0; l < m->L; l++) {
+    qt_model_layer *ly = &m->layers[l];
+    char key[128];
+    snprintf(key, sizeof key, "model.layers.%lld.input_layernorm.weight", (long long)l);
+    if ((s = load_dense(&st, dir, key, 0, m->C, &ly->input_norm)) != QT_OK) goto fail;
+    snprintf(key, sizeof key, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
+    if ((s = load_dense(&st, dir, key, 0, m->C, &ly->post_norm)) != QT_OK) goto fail;
+    m->bytes_dense += 2 * (size_t)m->C * sizeof(float);
+    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      qt_model_linear *lin = &ly->proj[p];
+      lin->out = outs[p];
+      lin->in = ins[p];
+      snprintf(lin->name, sizeof lin->name, "model.layers.%lld.%s.%s", (long long)l,
+               qt_proj_block((qt_proj)p), PROJ_NAME[p]);
+      if ((s = load_linear(m, &st, dir, opts, lin, bias[p])) != QT_OK) goto fail;
+    }
+  }
+  qt_model_internal_inv_freq(m->inv_freq, (int)c->rope.type, c->rope.theta, c->rope.factor,
+                             c->rope.low_freq_factor, c->rope.high_freq_factor,
+                             (double)c->rope.original_max_position_embeddings, m->D);
+  qt_st_model_close(&st);
+  QT_LOGI("model: %s %s, %lld layers, hidden %lld, heads %lld/%lld x %lld, mlp %lld, vocab %lld, "
+          "base linears %s; weights %.2f MiB dense + %.2f MiB 4-bit",
+          dir, qt_hf_arch_name(c->arch), (long long)m->L, (long long)m->C, (long long)m->H,
+          (long long)m->K, (long long)m->D, (long long)m->F, (long long)m->V,
+          m->layers[0].proj[0].quantized ? "4-bit" : "dense fp32",
+          (double)m->bytes_dense / 1048576.0, (double)m->bytes_quant / 1048576.0);
+  *out = m;
+  return QT_OK;
+fail:
+  if (st_open) qt_st_model_close(&st);
+  qt_model_free(&m);
+  return s;
+}
+
+void qt_model_free(qt_model **mp) {
+  if (!mp || !*mp) return;
+  qt_model *m = *mp;
+  if (m->layers) {
+    for (int64_t l = 0; l < m->L; l++) {
+      qt_model_layer *ly = &m->layers[l];
+      free(ly->input_norm);
+      free(ly->post_norm);
+      for (int p = 0; p < QT_PROJ_COUNT; p++) {
+        free(ly->proj[p].dense);
+        free(ly->proj[p].bias);
+        if (ly->proj[p].quantized) qt_quant_weight_free(&ly->proj[p].q);
+      }
+    }
+  }
+  free(m->layers);
+  if (m->lm_head != m->embed) free(m->lm_head);
+  free(m->embed);
+  free(m->final_norm);
+  free(m->inv_freq);
+  qt_hf_config_free(&m->cfg);
+  free(m);
+  *mp = NULL;
+}
+
+qt_status qt_model_linear_weight(const qt_model *m, const qt_model_linear *lin, float *w) {
+  if (!lin->quantized) {
+    memcpy(w, lin->dense, (size_t)(lin->out * lin->in) * sizeof(float));
+    return QT_OK;
+  }
+  return qt_quant_weight_dequantize_f32(&lin->q, w, m->threads);
+}
+
+void qt_model_targets_from_labels(const int32_t *labels, const int32_t *doc, int64_t B,
+                                  int64_t T, int32_t *targets) {
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++) {
+      int64_t n = b * T + t;
+      targets[n] = (t + 1 < T && doc[n + 1] == doc[n]) ? labels[n + 1] : -100;
+    }
+}
+
+/* ---- the tape --------------------------------------------------------------- */
+
+typedef struct {
+  const qt_model *m;
+  const qt_model_linear *lin;
+} fill_ctx;
+
+typedef struct {
+  qt_model_tape *mt;
+  int layer;
+} layer_ctx;
+
+struct qt_model_tape {
+  const qt_model *m;
+  qt_tape *t;
+  qt_model_tape_opts opts;
+  qt_tape_config tcfg;
+  int32_t embed, lm_head, final_norm;
+  int32_t *norm_in, *norm_post;           /* (L) */
+  int32_t (*w)[QT_PROJ_COUNT];            /* (L, 7) dense weight ids or -1 */
+  int32_t (*bias)[QT_PROJ_COUNT];         /* (L, 7) bias ids or -1 */
+  fill_ctx (*fill)[QT_PROJ_COUNT];        /* (L, 7) */
+  layer_ctx *lctx;                        /* (L) */
+  /* the batch being recorded (borrowed for one call) */
+  const qt_model_adapter *adapter;
+  const qt_model_batch *batch;
+};
+
+qt_tape *qt_model_tape_get(qt_model_tape *mt) { return mt->t; }
+
+static qt_status fill_weight(void *ctx, void *dst) {
+  const fill_ctx *f = ctx;
+  return qt_quant_weight_dequantize_f32(&f->lin->q, dst, f->m->threads);
+}
+
+/* Upper bound of the activation bytes one recording needs (tape.c allocations
+ * per op, each rounded up to 64 bytes). */
+static size_t layer_elems(const qt_model *m, int64_t B, int64_t T, int64_t R) {
+  int64_t N = B * T, HD = m->H * m->D, KD = m->K * m->D;
+  const int64_t outs[QT_PROJ_COUNT] = {HD, KD, KD, m->C, m->F, m->F, m->C};
+  const int64_t ins[QT_PROJ_COUNT] = {m->C, m->C, m->C, HD, m->C, m->C, m->F};
+  int64_t e = 2 * (N * m->C + N);            /* two rmsnorms */
+  for (int p = 0; p < QT_PROJ_COUNT; p++) e += N * (outs[p] + R + ins[p]);
+  e += N * (HD + KD);                         /* rope q, k */
+  e += N * HD + B * m->H * T * T;             /* attention out + P */
+  e += 2 * N * m->C + N * m->F;               /* adds, swiglu */
+  return (size_t)e;
+}
+
+qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
+                             qt_model_tape **out) {
+  QT_ASSERT(m && opts && out && opts->max_B > 0 && opts->max_T > 0);
+  *out = NULL;
+  qt_model_tape *mt = calloc(1, sizeof *mt);
+  if (!mt) return qt_fail(QT_ERR_NOMEM, "model: cannot allocate the tape context");
+  mt->m = m;
+  mt->opts = *opts;
+  if (mt->opts.ce_chunk_rows <= 0) mt->opts.ce_chunk_rows = 256;
+  int64_t L = m->L, B = opts->max_B, T = opts->max_T, N = B * T, R = opts->max_lora_rank;
+  int64_t maxOI = 0, maxIn = m->F > m->C ? m->F : m->C;
+  if (m->H * m->D > maxIn) maxIn = m->H * m->D;
+  for (int p = 0; p < QT_PROJ_COUNT; p++) {
+    int64_t oi = m->layers[0].proj[p].out * m->layers[0].proj[p].in;
+    if (oi > maxOI) maxOI = oi;
+  }
+  size_t per_layer = layer_elems(m, B, T, R);
+  size_t chunk = (size_t)(mt->opts.ce_chunk_rows < N ? mt->opts.ce_chunk_rows : N);
+  size_t fixed = (size_t)(2 * N * m->C + 2 * N) + chunk * (size_t)m->V + 2 + (size_t)maxOI +
+                 (size_t)(N * (R + maxIn)) + (size_t)(T * T + B * m->K * T);
+  size_t acts = opts->checkpoint ? (size_t)(L * N * m->C) + 2 * per_layer : (size_t)L * per_layer;
+  size_t slack = (size_t)64 * 64 * (size_t)(2 * L + 8);
+  mt->tcfg.act_bytes = (acts + fixed) * sizeof(float) + slack;
+  mt->tcfg.grad_bytes = (acts + (size_t)(2 * N * m->C)) * sizeof(float) + slack;
+  mt->tcfg.max_nodes = (int32_t)(48 * (L + 2) + 64);
+  mt->tcfg.max_tensors = (int32_t)(3 + L * 16 + 64 * (L + 2) + 64);
+  mt->tcfg.ce_chunk_rows = mt->opts.ce_chunk_rows;
+  mt->norm_in = calloc((size_t)L, sizeof *mt->norm_in);
+  mt->norm_post = calloc((size_t)L, sizeof *mt->norm_post);
+  mt->w = calloc((size_t)L, sizeof *mt->w);
+  mt->bias = calloc((size_t)L, sizeof *mt->bias);
+  mt->fill = calloc((size_t)L, sizeof *mt->fill);
+  mt->lctx = calloc((size_t)L, sizeof *mt->lctx);
+  qt_status s = QT_OK;
+  if (!mt->norm_in || !mt->norm_post || !mt->w || !mt->bias || !mt->fill || !mt->lctx)
+    s = qt_fail(QT_ERR_NOMEM, "model: cannot allocate the tape context");
+  if (s == QT_OK) s = qt_tape_init(&mt->t, QT_F32, &mt->tcfg);
+  if (s == QT_OK) s = qt_tape_frozen(mt->t, "embed_tokens", m->embed, m->V, m->C, &mt->embed);
+  if (s == QT_OK) {
+    if (m->lm_head == m->embed)
+      mt->lm_head = mt->embed;
+    else
+      s = qt_tape_frozen(mt->t, "lm_head", m->lm_head, m->V, m->C, &mt->lm_head);
+  }
+  if (s == QT_OK) s = qt_tape_frozen(mt->t, "norm", m->final_norm, 1, m->C, &mt->final_norm);
+  for (int64_t l = 0; l < L && s == QT_OK; l++) {
+    const qt_model_layer *ly = &m->layers[l];
+    mt->lctx[l] = (layer_ctx){mt, (int)l};
+    s = qt_tape_frozen(mt->t, "input_layernorm", ly->input_norm, 1, m->C, &mt->norm_in[l]);
+    if (s == QT_OK)
+      s = qt_tape_frozen(mt->t, "post_attention_layernorm", ly->post_norm, 1, m->C,
+                         &mt->norm_post[l]);
+    for (int p = 0; p < QT_PROJ_COUNT && s == QT_OK; p++) {
+      const qt_model_linear *lin = &ly->proj[p];
+      mt->w[l][p] = mt->bias[l][p] = -1;
+      mt->fill[l][p] = (fill_ctx){m, lin};
+      if (!lin->quantized)
+        s = qt_tape_frozen(mt->t, lin->name, lin->dense, lin->out, lin->in, &mt->w[l][p]);
+      if (s == QT_OK && lin->bias)
+        s = qt_tape_frozen(mt->t, lin->name, lin->bias, 1, lin->out, &mt->bias[l][p]);
+    }
+  }
+  if (s != QT_OK) {
+    qt_model_tape_free(&mt);
+    return s;
+  }
+  *out = mt;
+  return QT_OK;
+}
+
+void qt_model_tape_free(qt_model_tape **p) {
+  if (!p || !*p) return;
+  qt_model_tape *mt = *p;
+  qt_tape_free(&mt->t);
+  free(mt->norm_in);
+  free(mt->norm_post);
+  free(mt->w);
+  free(mt->bias);
+  free(mt->fill);
+  free(mt->lctx);
+  free(mt);
+  *p = NULL;
+}
+
+qt_status qt_model_print_plan(const qt_model *m, const qt_model_tape *mt, FILE *f) {
+  qt_mem_plan plan;
+  qt_mem_plan_init(&plan);
+  qt_status s = qt_mem_plan_add(&plan, "weights (dense fp32)", "cpu", m->bytes_dense);
+  if (s == QT_OK) s = qt_mem_plan_add(&plan, "weights (4-bit)", "cpu", m->bytes_quant);
+  if (s == QT_OK && mt) s = qt_mem_plan_add(&plan, "tape activations", "cpu", mt->tcfg.act_bytes);
+  if (s == QT_OK && mt) s = qt_mem_plan_add(&plan, "tape gradients", "cpu", mt->tcfg.grad_bytes);
+  if (s == QT_OK) qt_mem_plan_print(&plan, f);
+  qt_mem_plan_free(&plan);
+  return s;
+}
+
+/* ---- recording ---------------------------------------------------------------- */
+
+static qt_status linear(qt_model_tape *mt, int layer, qt_proj p, int32_t x, int32_t *y) {
+  const qt_model_linear *lin = &mt->m->layers[layer].proj[p];
+  qt_tape_lora br;
+  bool has = false;
+  if (mt->adapter && mt->adapter->branch)
+    QT_TRY(mt->adapter->branch(mt->adapter->ctx, mt->t, layer, p, qt_tape_rows(mt->t, x), &br,
+                               &has));
+  const qt_tape_lora *lp = has ? &br : NULL;
+  if (!lin->quantized) return qt_tape_linear(mt->t, x, mt->w[layer][p], mt->bias[layer][p], lp, y);
+  qt_tape_weight_src src = {.rows = lin->out, .cols = lin->in, .fill = fill_weight,
+                            .ctx = &mt->fill[layer][p], .name = lin->name};
+  return qt_tape_linear_src(mt->t, x, &src, mt->bias[layer][p], lp, y);
+}
+
+/* One decoder layer (transformers LlamaDecoderLayer.forward). */
+static qt_status decoder_layer(qt_tape *t, void *ctx, int32_t in, int32_t *out) {
+  const layer_ctx *lc = ctx;
+  qt_model_tape *mt = lc->mt;
+  const qt_model *m = mt->m;
+  const qt_model_batch *b = mt->batch;
+  int l = lc->layer;
+  double eps = m->cfg.rms_norm_eps;
+  int32_t n1, q, k, v, qr, kr, a, o, h, n2, g, u, sw, d;
+  QT_TRY(qt_tape_rmsnorm(t, in, mt->norm_in[l], eps, &n1));
+  QT_TRY(linear(mt, l, QT_PROJ_Q, n1, &q));
+  QT_TRY(linear(mt, l, QT_PROJ_K, n1, &k));
+  QT_TRY(linear(mt, l, QT_PROJ_V, n1, &v));
+  QT_TRY(qt_tape_rope(t, q, m->H, m->D, b->pos, m->inv_freq, &qr));
+  QT_TRY(qt_tape_rope(t, k, m->K, m->D, b->pos, m->inv_freq, &kr));
+  QT_TRY(qt_tape_attention(t, qr, kr, v, b->B, b->T, m->H, m->K, m->D, b->doc, &a));
+  QT_TRY(linear(mt, l, QT_PROJ_O, a, &o));
+  QT_TRY(qt_tape_add(t, in, o, &h));
+  QT_TRY(qt_tape_rmsnorm(t, h, mt->norm_post[l], eps, &n2));
+  QT_TRY(linear(mt, l, QT_PROJ_GATE, n2, &g));
+  QT_TRY(linear(mt, l, QT_PROJ_UP, n2, &u));
+  QT_TRY(qt_tape_swiglu(t, g, u, &sw));
+  QT_TRY(linear(mt, l, QT_PROJ_DOWN, sw, &d));
+  return qt_tape_add(t, h, d, out);
+}
+
+static qt_status check_batch(const qt_model_tape *mt, const qt_model_batch *b) {
+  const qt_model *m = mt->m;
+  if (b->B < 1 || b->T < 1 || b->B * b->T > mt->opts.max_B * mt->opts.max_T ||
+      b->T > mt->opts.max_T)
+    return qt_fail(QT_ERR_INVALID, "model: batch %lld x %lld exceeds the tape's %lld x %lld",
+                   (long long)b->B, (long long)b->T, (long long)mt->opts.max_B,
+                   (long long)mt->opts.max_T);
+  int64_t N = b->B * b->T;
+  for (int64_t n = 0; n < N; n++) {
+    if (b->ids[n] < 0 || b->ids[n] >= m->V)
+      return qt_fail(QT_ERR_INVALID, "model: token id %d at %lld is outside the vocabulary "
+                                     "(%lld); tokenizer and model do not match",
+                     (int)b->ids[n], (long long)n, (long long)m->V);
+    if (b->targets && b->targets[n] != -100 && (b->targets[n] < 0 || b->targets[n] >= m->V))
+      return qt_fail(QT_ERR_INVALID, "model: target %d at %lld is outside the vocabulary",
+                     (int)b->targets[n], (long long)n);
+    if (b->pos[n] < 0 || b->pos[n] >= m->cfg.max_position_embeddings)
+      return qt_fail(QT_ERR_INVALID, "model: position %d is beyond max_position_embeddings %lld",
+                     (int)b->pos[n], (long long)m->cfg.max_position_embeddings);
+  }
+  for (int64_t l = 0; l < m->L; l++)
+    if (m->cfg.layer_window && m->cfg.layer_window[l] > 0 && b->T > m->cfg.layer_window[l])
+      return qt_fail(QT_ERR_UNSUPPORTED, "model: rows of %lld tokens exceed the sliding window "
+                                         "(%lld) of layer %lld, which is not implemented; use "
+                                         "data.seq_len <= %lld",
+                     (long long)b->T, (long long)m->cfg.layer_window[l], (long long)l,
+                     (long long)m->cfg.layer_window[l]);
+  return QT_OK;
+}
+
+/* Records embedding, layers and the final norm; *x = the normed hidden (N, C). */
+static qt_status record_trunk(qt_model_tape *mt, const qt_model_adapter *adapter,
+                              const qt_model_batch *b, int32_t *x) {
+  QT_TRY(check_batch(mt, b));
+  mt->adapter = adapter;
+  mt->batch = b;
+  qt_tape *t = mt->t;
+  qt_tape_reset(t);
+  int32_t h;
+  QT_TRY(qt_tape_embedding(t, mt->embed, b->ids, b->B * b->T, &h));
+  for (int64_t l = 0; l < mt->m->L; l++)
+    QT_TRY(qt_tape_layer(t, decoder_layer, &mt->lctx[l], h, mt->opts.checkpoint, &h));
+  return qt_tape_rmsnorm(t, h, mt->final_norm, mt->m->cfg.rms_norm_eps, x);
+}
+
+qt_status qt_model_forward_backward(qt_model_tape *mt, const qt_model_adapter *adapter,
+                                    const qt_model_batch *b, bool backward, double dloss,
+                                    double *loss_sum, int64_t *count) {
+  QT_ASSERT(b->targets != NULL);
+  int32_t x, loss;
+  QT_TRY(record_trunk(mt, adapter, b, &x));
+  QT_TRY(qt_tape_cross_entropy(mt->t, x, mt->lm_head, b->targets, &loss, loss_sum, count));
+  if (backward) QT_TRY(qt_tape_backward(mt->t, loss, dloss));
+  return QT_OK;
+}
+
+qt_status qt_model_logits(qt_model_tape *mt, const qt_model_adapter *adapter,
+                          const qt_model_batch *b, float *logits) {
+  int32_t x;
+  QT_TRY(record_trunk(mt, adapter, b, &x));
+  qt_model_internal_logits(logits, qt_tape_data(mt->t, x), mt->m->lm_head, b->B * b->T,
+                           mt->m->C, mt->m->V);
+  return QT_OK;
+}
+
+qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
+                            const int32_t *prompt, int64_t n_prompt, int64_t max_new,
+                            double temperature, uint64_t seed, int32_t *out, int64_t *n_out) {
+  const qt_model *m = mt->m;
+  *n_out = 0;
+  if (n_prompt < 1) return qt_fail(QT_ERR_INVALID, "generate: the prompt is empty (give at least BOS)");
+  int64_t cap = n_prompt + max_new;
+  if (cap > mt->opts.max_T) cap = mt->opts.max_T;
+  if (cap > m->cfg.max_position_embeddings) cap = m->cfg.max_position_embeddings;
+  if (n_prompt > cap)
+    return qt_fail(QT_ERR_INVALID, "generate: prompt of %lld tokens exceeds %lld (tape / "
+                                   "max_position_embeddings)", (long long)n_prompt, (long long)cap);
+  int32_t *seq = malloc((size_t)cap * 3 * sizeof(int32_t));
+  float *logits = malloc((size_t)(cap * m->V) * sizeof(float));
+  if (!seq || !logits) {
+    free(seq);
+    free(logits);
+    return qt_fail(QT_ERR_NOMEM, "generate: cannot allocate %lld tokens of logits", (long long)cap);
+  }
+  int32_t *pos = seq + cap, *doc = seq + 2 * cap;
+  memcpy(seq, prompt, (size_t)n_prompt * sizeof(int32_t));
+  for (int64_t i = 0; i < cap; i++) {
+    pos[i] = (int32_t)i;
+    doc[i] = 0;
+  }
+  qt_philox rng;
+  qt_philox_init(&rng, seed, 0, 0);
+  int64_t n = n_prompt;
+  qt_status s = QT_OK;
+  while (n < cap && *n_out < max_new) {
+    qt_model_batch b = {.ids = seq, .targets = NULL, .pos = pos, .doc = doc, .B = 1, .T = n};
+    if ((s = qt_model_logits(mt, adapter, &b, logits)) != QT_OK) break;
+    const float *z = logits + (n - 1) * m->V;
+    int32_t next = 0;
+    if (temperature <= 0) {
+      for (int64_t v = 1; v < m->V; v++)
+        if (z[v] > z[next]) next = (int32_t)v;
+    } else {
+      double mx = z[0], sum = 0;
+      for (int64_t v = 1; v < m->V; v++) mx = z[v] > mx ? z[v] : mx;
+      for (int64_t v = 0; v < m->V; v++) sum += exp(((double)z[v] - mx) / temperature);
+      double r = (double)qt_philox_next_uniform(&rng) * sum, acc = 0;
+      next = (int32_t)(m->V - 1);
+      for (int64_t v = 0; v < m->V; v++) {
+        acc += exp(((double)z[v] - mx) / temperature);
+        if (r < acc) {
+          next = (int32_t)v;
+          break;
+        }
+      }
+    }
+    seq[n++] = next;
+    out[(*n_out)++] = next;
+    bool eos = false;
+    for (int e = 0; e < m->cfg.n_eos; e++) eos = eos || m->cfg.eos_token_ids[e] == next;
+    if (eos) break;
+  }
+  free(seq);
+  free(logits);
+  return s;
+}

@@ -1,0 +1,164 @@
+/* model/model.h — a Llama-family decoder (llama, mistral, qwen2) built from a
+ * Hugging Face model directory, run through the autograd tape on CPU.
+ *
+ * Architecture: transformers LlamaForCausalLM / MistralForCausalLM /
+ * Qwen2ForCausalLM (../shared/docs/reference/formats.md section 5):
+ *   h = embed[ids]; per layer: h += o(attn(rope(q(n1)), rope(k(n1)), v(n1))),
+ *   n1 = rmsnorm(h); h += down(silu(gate(n2)) * up(n2)), n2 = rmsnorm(h);
+ *   logits = rmsnorm(h) lm_head^T (lm_head = embed when tied).
+ * Attention is causal and block-diagonal per document (packed rows), RoPE
+ * positions restart per document (given by the batch). Sliding windows are not
+ * applied: a mistral/qwen2 window shorter than the row is refused at forward.
+ *
+ * Weights: embeddings, norms, biases and lm_head are kept dense fp32 (frozen).
+ * The seven base linears per layer are quantized at load, one tensor at a time
+ * (the whole model is never held in fp32): QT_MODEL_QUANT_NF4/FP4 with the
+ * given blocksize and double quantization (quant/quant.h, bitsandbytes-exact),
+ * or kept dense fp32 with QT_MODEL_QUANT_NONE. A bitsandbytes pre-quantized
+ * checkpoint (config.json quantization_config) keeps its stored 4-bit tensors
+ * as they are (bit-identical weights) unless QT_MODEL_QUANT_NONE asks for a
+ * dense dequantized base. A quantized linear is dequantized into tape scratch
+ * for each use (forward, and again for dx in backward: qt_tape_linear_src).
+ *
+ * LoRA (lora/lora.h) plugs in through qt_model_adapter: the model asks it for
+ * the branch of every (layer, projection) while recording.
+ *
+ * Ownership: qt_model owns everything it points to; qt_model_free releases it.
+ * A qt_model is read-only after load (several tapes may use it, one thread each). */
+#ifndef QT_MODEL_MODEL_H
+#define QT_MODEL_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "autograd/tape.h"
+#include "common/status.h"
+#include "model/hf_config.h"
+#include "quant/quant.h"
+
+typedef enum { QT_MODEL_QUANT_NONE = 0, QT_MODEL_QUANT_NF4, QT_MODEL_QUANT_FP4 } qt_model_quant;
+
+typedef struct {
+  qt_model_quant quant;  /* config model.quant */
+  bool double_quant;     /* config model.double_quant */
+  int blocksize;         /* config model.blocksize (32..4096, power of two) */
+  int threads;           /* OpenMP threads for quantization; <= 0 default */
+} qt_model_load_opts;
+
+/* The seven projections, in PEFT target-module order. */
+typedef enum {
+  QT_PROJ_Q = 0, QT_PROJ_K, QT_PROJ_V, QT_PROJ_O, QT_PROJ_GATE, QT_PROJ_UP, QT_PROJ_DOWN,
+  QT_PROJ_COUNT
+} qt_proj;
+/* "q_proj", ..., "down_proj" */
+const char *qt_proj_name(qt_proj p);
+/* "self_attn" for q,k,v,o; "mlp" for gate, up, down */
+const char *qt_proj_block(qt_proj p);
+
+typedef struct {
+  int64_t out, in;         /* W is (out, in) */
+  bool quantized;
+  float *dense;            /* (out, in) fp32 when !quantized */
+  qt_quant_weight q;       /* when quantized */
+  float *bias;             /* (out) or NULL */
+  char name[96];           /* "model.layers.3.self_attn.q_proj" */
+} qt_model_linear;
+
+typedef struct {
+  float *input_norm, *post_norm; /* (C) */
+  qt_model_linear proj[QT_PROJ_COUNT];
+} qt_model_layer;
+
+typedef struct {
+  qt_hf_config cfg;
+  int64_t C, H, K, D, F, V, L;   /* hidden, heads, kv heads, head dim, mlp, vocab, layers */
+  float *embed;                  /* (V, C) */
+  float *lm_head;                /* (V, C); == embed when tied */
+  float *final_norm;             /* (C) */
+  qt_model_layer *layers;        /* (L) */
+  float *inv_freq;               /* (D/2) RoPE inverse frequencies (rope scaling applied) */
+  int threads;
+  size_t bytes_dense, bytes_quant; /* weight memory, for the plan */
+} qt_model;
+
+/* Loads DIR (config.json + model.safetensors or a sharded index). F32, F16,
+ * BF16 and bitsandbytes 4-bit checkpoints. */
+qt_status qt_model_load(const char *dir, const qt_model_load_opts *opts, qt_model **out);
+void qt_model_free(qt_model **m);
+
+/* ---- running on a tape ------------------------------------------------------ */
+
+/* A packed batch: B rows of T tokens, N = B*T. All arrays (N), borrowed.
+ * targets[n] = the token row position n predicts (already shifted; -100 = no
+ * target, e.g. the last token of each document and prompt tokens); pos[n] =
+ * position within its document (restarts at 0); doc[n] = document id (equal
+ * within a document, different between neighbouring documents of a row). */
+typedef struct {
+  const int32_t *ids, *targets, *pos, *doc;
+  int64_t B, T;
+} qt_model_batch;
+
+/* targets (N) from unshifted labels (N) (transformers convention: labels[n] is
+ * token n itself, -100 ignored): targets[n] = labels[n+1] when n+1 is in the
+ * same row and document, else -100. */
+void qt_model_targets_from_labels(const int32_t *labels, const int32_t *doc, int64_t B,
+                                  int64_t T, int32_t *targets);
+
+/* The LoRA hook: for (layer, proj) with N tokens, fill *br with tape ids of A
+ * (R, In) and B (Out, R), scale and dropout mask, and return has = true; or
+ * has = false for a plain linear. Called for every base linear while
+ * recording (again during checkpoint recompute: must be deterministic). */
+typedef struct {
+  void *ctx;
+  qt_status (*branch)(void *ctx, qt_tape *t, int layer, qt_proj proj, int64_t N,
+                      qt_tape_lora *br, bool *has);
+} qt_model_adapter;
+
+typedef struct {
+  int64_t max_B, max_T;     /* largest batch the tape must hold */
+  bool checkpoint;          /* gradient checkpointing per layer */
+  int64_t ce_chunk_rows;    /* rows of logits formed at once (0: 256) */
+  int64_t max_lora_rank;    /* for sizing (0 if no LoRA) */
+} qt_model_tape_opts;
+
+/* Creates a fp32 tape sized for opts and registers the model's frozen
+ * tensors on it. The caller then registers LoRA params (qt_lora_attach) and
+ * runs qt_model_forward_backward / qt_model_loss / qt_model_logits; free with
+ * qt_model_tape_free. */
+typedef struct qt_model_tape qt_model_tape;
+qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
+                             qt_model_tape **out);
+void qt_model_tape_free(qt_model_tape **mt);
+qt_tape *qt_model_tape_get(qt_model_tape *mt);
+
+/* Memory plan (weights + tape arenas) printed to f (common/arena.h table). */
+qt_status qt_model_print_plan(const qt_model *m, const qt_model_tape *mt, FILE *f);
+
+/* Records the forward (adapter may be NULL) and the loss; with backward, back
+ * propagates with d(objective)/d(loss_sum) = dloss (1 / the global target
+ * count): LoRA gradients are added (+=) into their buffers. *loss_sum = summed
+ * CE over the targets, *count = number of targets. */
+qt_status qt_model_forward_backward(qt_model_tape *mt, const qt_model_adapter *adapter,
+                                    const qt_model_batch *b, bool backward, double dloss,
+                                    double *loss_sum, int64_t *count);
+/* logits (B*T, V) of a batch (forward only; targets ignored). */
+qt_status qt_model_logits(qt_model_tape *mt, const qt_model_adapter *adapter,
+                          const qt_model_batch *b, float *logits);
+
+/* Sampling for `generate`: prompt (n_prompt ids, e.g. BOS + prompt tokens),
+ * up to max_new tokens appended to out (max_new entries); stops after an EOS
+ * of the config (which is kept) or at max_position_embeddings. temperature 0
+ * = greedy (argmax, lowest id on ties); else softmax(logits / temperature)
+ * sampled with Philox(seed) (common/philox.h, one uniform per token). Each
+ * step recomputes the whole sequence (no KV cache): the same math as
+ * training. The tape must hold max_T >= n_prompt + max_new. *n_out = tokens
+ * written. */
+qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
+                            const int32_t *prompt, int64_t n_prompt, int64_t max_new,
+                            double temperature, uint64_t seed, int32_t *out, int64_t *n_out);
+
+/* Dequantizes (or copies) a base linear into w (out, in) fp32. */
+qt_status qt_model_linear_weight(const qt_model *m, const qt_model_linear *lin, float *w);
+
+#endif

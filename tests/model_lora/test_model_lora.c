@@ -1,0 +1,750 @@
+/* model/ + lora/ against transformers + PEFT (+ bitsandbytes) golden fixtures
+ * (tools/reference/make_model_fixtures.py, tests/golden/model/README in its
+ * docstring). Error measure everywhere: rel(a, b) = max|a - b| / max|b| over a
+ * tensor, b the reference. Limits: logits 1e-5, gradients 1e-4 (fp32 CPU);
+ * the NF4 base 1e-4 for both.
+ *
+ *   golden_*        logits, loss and every LoRA gradient of a packed batch
+ *                   after loading the PEFT adapter dir PEFT wrote
+ *   stories_eval    mean next-token loss over valid.jsonl (1e-4) and greedy
+ *                   generation of 64 tokens from BOS (equal)
+ *   peft_roundtrip  our writer -> our reader is exact; the adapter we wrote
+ *                   for the committed PEFT check (ours_tiny_a/) still gives
+ *                   the logits PEFT was compared with
+ *   merge           merged weights reproduce base + adapter logits (1e-5)
+ *   linear_src      a 4-bit base via qt_tape_linear_src is bit-identical to
+ *                   the same weights dequantized and used densely
+ *   init, dropout, checkpointing, adapter_errors: see each test.
+ *
+ * `test_model_lora --write-peft-check DIR` writes DIR/adapter (qlora-train's
+ * PEFT writer, fresh init with a nonzero B) and DIR/ours.safetensors (ids and
+ * our logits) for `make_model_fixtures.py --check-ours DIR`. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+
+#include "common/fs.h"
+#include "common/half.h"
+#include "common/philox.h"
+#include "common/safetensors.h"
+#include "data/tokenizer.h"
+#include "lora/lora.h"
+#include "model/model.h"
+
+#define GOLD QLORA_TEST_DIR "/golden/model/"
+#define STORIES QLORA_SHARED_DIR "/data/stories260K"
+
+static double rel_err(const float *a, const float *b, int64_t n) {
+  double md = 0, mb = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = fabs((double)a[i] - (double)b[i]);
+    if (!(d <= md)) md = d; /* NaN propagates */
+    if (fabs((double)b[i]) > mb) mb = fabs((double)b[i]);
+  }
+  return mb > 0 ? md / mb : md;
+}
+
+static void ok(qt_status s) {
+  if (s != QT_OK) fail_msg("%s: %s", qt_status_name(s), qt_error_message());
+}
+
+/* ---- fixture access ------------------------------------------------------- */
+
+typedef struct {
+  qt_st_file f;
+  int32_t *ids, *labels, *pos, *doc, *targets;
+  float *logits;
+  double loss_sum;
+  int32_t count;
+  int64_t N, V;
+} expected;
+
+static const qt_st_entry *need(const qt_st_file *f, const char *name) {
+  const qt_st_entry *e = qt_st_find(f, name);
+  if (!e) fail_msg("fixture %s lacks %s", f->path, name);
+  return e;
+}
+
+static int32_t *i32_copy(const qt_st_entry *e) {
+  assert_int_equal(e->dtype, QT_I32);
+  int64_t n = qt_st_entry_numel(e);
+  int32_t *p = malloc((size_t)n * sizeof *p);
+  memcpy(p, e->data, (size_t)n * sizeof *p);
+  return p;
+}
+
+static float *f32_copy(const qt_st_entry *e) {
+  int64_t n = qt_st_entry_numel(e);
+  float *p = malloc((size_t)n * sizeof *p);
+  ok(qt_st_entry_to_f32(e, p));
+  return p;
+}
+
+static void expected_open(const char *cs, expected *x) {
+  char path[512];
+  snprintf(path, sizeof path, GOLD "%s/expected.safetensors", cs);
+  memset(x, 0, sizeof *x);
+  ok(qt_st_open(path, &x->f));
+  x->ids = i32_copy(need(&x->f, "ids"));
+  x->labels = i32_copy(need(&x->f, "labels"));
+  x->pos = i32_copy(need(&x->f, "pos"));
+  x->doc = i32_copy(need(&x->f, "doc"));
+  const qt_st_entry *lg = need(&x->f, "logits");
+  x->N = lg->shape[0];
+  x->V = lg->shape[1];
+  x->logits = f32_copy(lg);
+  memcpy(&x->loss_sum, need(&x->f, "loss_sum")->data, sizeof(double));
+  memcpy(&x->count, need(&x->f, "count")->data, sizeof(int32_t));
+  x->targets = malloc((size_t)x->N * sizeof(int32_t));
+}
+
+static void expected_close(expected *x) {
+  free(x->ids);
+  free(x->labels);
+  free(x->pos);
+  free(x->doc);
+  free(x->targets);
+  free(x->logits);
+  qt_st_close(&x->f);
+}
+
+enum { FIX_B = 2, FIX_T = 12 };
+
+static qt_model *load_model(const char *dir, qt_model_quant q) {
+  qt_model_load_opts o = {.quant = q, .double_quant = true, .blocksize = 64, .threads = 1};
+  qt_model *m = NULL;
+  ok(qt_model_load(dir, &o, &m));
+  return m;
+}
+
+static qt_model_tape *make_tape(const qt_model *m, int64_t B, int64_t T, bool ckpt, int r) {
+  qt_model_tape_opts to = {.max_B = B, .max_T = T, .checkpoint = ckpt, .ce_chunk_rows = 7,
+                           .max_lora_rank = r};
+  qt_model_tape *mt = NULL;
+  ok(qt_model_tape_init(m, &to, &mt));
+  return mt;
+}
+
+/* Loads case cs (model dir md), the PEFT adapter, checks logits, loss, grads. */
+static void golden_case(const char *cs, const char *md, qt_model_quant q, double tol_logits,
+                        double tol_grad) {
+  expected x;
+  expected_open(cs, &x);
+  qt_model *m = load_model(md, q);
+  char adir[512];
+  snprintf(adir, sizeof adir, GOLD "%s/adapter", cs);
+  qt_lora *l = NULL;
+  ok(qt_lora_load_peft(m, adir, false, 7, &l));
+  assert_int_equal(x.V, m->V);
+  qt_model_targets_from_labels(x.labels, x.doc, FIX_B, FIX_T, x.targets);
+  qt_model_batch b = {.ids = x.ids, .targets = x.targets, .pos = x.pos, .doc = x.doc,
+                      .B = FIX_B, .T = FIX_T};
+  for (int ck = 0; ck < 2; ck++) {
+    qt_model_tape *mt = make_tape(m, FIX_B, FIX_T, ck == 1, qt_lora_get_config(l)->r);
+    if (ck == 0) ok(qt_model_print_plan(m, mt, stderr));
+    ok(qt_lora_attach(l, qt_model_tape_get(mt)));
+    qt_lora_set_step(l, 0, true);
+    qt_model_adapter ad = qt_lora_adapter(l);
+    float *logits = malloc((size_t)(x.N * x.V) * sizeof(float));
+    ok(qt_model_logits(mt, &ad, &b, logits));
+    double e = rel_err(logits, x.logits, x.N * x.V);
+    fprintf(stderr, "%s%s: logits rel %.3g\n", cs, ck ? " (checkpointed)" : "", e);
+    assert_true(e <= tol_logits);
+    free(logits);
+    qt_lora_zero_grad(l);
+    double loss;
+    int64_t count;
+    ok(qt_model_forward_backward(mt, &ad, &b, true, 1.0 / x.count, &loss, &count));
+    assert_int_equal(count, x.count);
+    fprintf(stderr, "%s: loss_sum %.9g ref %.9g\n", cs, loss, x.loss_sum);
+    assert_true(fabs(loss - x.loss_sum) <= tol_logits * fabs(x.loss_sum));
+    size_t n;
+    qt_lora_tensor *ts = qt_lora_tensors(l, &n);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+      char key[200];
+      snprintf(key, sizeof key, "grad.%s", ts[i].name);
+      const qt_st_entry *g = need(&x.f, key);
+      assert_int_equal(qt_st_entry_numel(g), ts[i].rows * ts[i].cols);
+      float *ref = f32_copy(g);
+      double ge = rel_err(ts[i].grad, ref, ts[i].rows * ts[i].cols);
+      if (ge > worst) worst = ge;
+      if (!(ge <= tol_grad)) fail_msg("%s: gradient %s rel %.3g", cs, ts[i].name, ge);
+      free(ref);
+    }
+    fprintf(stderr, "%s: %zu LoRA gradients, worst rel %.3g\n", cs, n, worst);
+    /* every gradient of the fixture is one of ours */
+    size_t ngrad = 0;
+    for (size_t i = 0; i < x.f.n_tensors; i++) ngrad += strncmp(x.f.tensors[i].name, "grad.", 5) == 0;
+    assert_int_equal(ngrad, n);
+    qt_model_tape_free(&mt);
+  }
+  qt_lora_free(&l);
+  qt_model_free(&m);
+  expected_close(&x);
+}
+
+static void test_golden_tiny_a(void **st) {
+  (void)st;
+  golden_case("tiny_a", GOLD "tiny_a", QT_MODEL_QUANT_NONE, 1e-5, 1e-4);
+}
+static void test_golden_tiny_b(void **st) {
+  (void)st;
+  golden_case("tiny_b", GOLD "tiny_b", QT_MODEL_QUANT_NONE, 1e-5, 1e-4);
+}
+static void test_golden_stories(void **st) {
+  (void)st;
+  golden_case("stories", STORIES, QT_MODEL_QUANT_NONE, 1e-5, 1e-4);
+}
+static void test_golden_nf4(void **st) {
+  (void)st;
+  golden_case("tiny_nf4", GOLD "tiny_nf4", QT_MODEL_QUANT_NF4, 1e-4, 1e-4);
+}
+
+/* ---- stories260K eval loss and greedy generation ---------------------------- */
+
+/* Reads key "float32" of stories_eval.json: loss_sum, count, greedy[64]. */
+static void read_eval(double *loss_sum, int64_t *count, int32_t *greedy, int *n_greedy) {
+  uint8_t *buf;
+  size_t len;
+  ok(qt_fs_read_file(GOLD "stories_eval.json", 1 << 20, &buf, &len));
+  /* minimal scan of the known layout (json.dump with indent=1, sorted keys) */
+  const char *f32 = strstr((const char *)buf, "\"float32\"");
+  assert_non_null(f32);
+  const char *p = strstr(f32, "\"count\":");
+  assert_non_null(p);
+  *count = strtoll(p + 8, NULL, 10);
+  p = strstr(f32, "\"greedy\":");
+  assert_non_null(p);
+  p = strchr(p, '[') + 1;
+  *n_greedy = 0;
+  while (*p && *p != ']') {
+    char *end;
+    long v = strtol(p, &end, 10);
+    if (end == p) {
+      p++;
+      continue;
+    }
+    greedy[(*n_greedy)++] = (int32_t)v;
+    p = end;
+  }
+  p = strstr(f32, "\"loss_sum\":");
+  assert_non_null(p);
+  *loss_sum = strtod(p + 11, NULL);
+  free(buf);
+}
+
+static void test_stories_eval(void **st) {
+  (void)st;
+  double ref_sum;
+  int64_t ref_count;
+  int32_t ref_greedy[128];
+  int n_greedy;
+  read_eval(&ref_sum, &ref_count, ref_greedy, &n_greedy);
+  assert_int_equal(n_greedy, 64);
+  qt_model *m = load_model(STORIES, QT_MODEL_QUANT_NONE);
+  qt_tokenizer *tok = NULL;
+  ok(qt_tokenizer_load(STORIES "/tokenizer.json", &tok));
+  enum { MAXT = 512 };
+  qt_model_tape *mt = make_tape(m, 1, MAXT, false, 0);
+  uint8_t *buf;
+  size_t len;
+  ok(qt_fs_read_file(QLORA_SHARED_DIR "/data/tinystories/valid.jsonl", 1 << 24, &buf, &len));
+  int32_t ids[MAXT], tg[MAXT], pos[MAXT], doc[MAXT];
+  double total = 0;
+  int64_t count = 0;
+  int stories = 0;
+  char *save = NULL;
+  for (char *line = strtok_r((char *)buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    cJSON *j = cJSON_Parse(line);
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(j, "text");
+    assert_true(cJSON_IsString(text));
+    qt_token_ids v = {0};
+    ok(qt_tokenizer_encode(tok, text->valuestring, strlen(text->valuestring), 0, &v));
+    cJSON_Delete(j);
+    assert_true(v.n + 2 <= MAXT);
+    int64_t T = (int64_t)v.n + 2;
+    ids[0] = 1;
+    memcpy(ids + 1, v.ids, v.n * sizeof(int32_t));
+    ids[T - 1] = 2;
+    qt_token_ids_free(&v);
+    for (int64_t i = 0; i < T; i++) {
+      pos[i] = (int32_t)i;
+      doc[i] = 0;
+      tg[i] = i + 1 < T ? ids[i + 1] : -100;
+    }
+    qt_model_batch b = {.ids = ids, .targets = tg, .pos = pos, .doc = doc, .B = 1, .T = T};
+    double s;
+    int64_t c;
+    ok(qt_model_forward_backward(mt, NULL, &b, false, 0, &s, &c));
+    total += s;
+    count += c;
+    stories++;
+  }
+  free(buf);
+  assert_int_equal(stories, 50);
+  assert_int_equal(count, ref_count);
+  double mean = total / (double)count, ref = ref_sum / (double)ref_count;
+  fprintf(stderr, "stories260K valid loss %.7f (transformers fp32 %.7f)\n", mean, ref);
+  assert_true(fabs(mean - ref) <= 1e-4);
+  int32_t bos = 1, out[64];
+  int64_t n_out;
+  ok(qt_model_generate(mt, NULL, &bos, 1, 64, 0.0, 0, out, &n_out));
+  assert_int_equal(n_out, 64);
+  for (int i = 0; i < 64; i++)
+    if (out[i] != ref_greedy[i]) fail_msg("greedy token %d: %d, transformers %d", i, out[i], ref_greedy[i]);
+  /* temperature sampling: reproducible from the seed, a valid token sequence */
+  int32_t s1[16], s2[16];
+  int64_t n1, n2;
+  ok(qt_model_generate(mt, NULL, &bos, 1, 16, 0.8, 42, s1, &n1));
+  ok(qt_model_generate(mt, NULL, &bos, 1, 16, 0.8, 42, s2, &n2));
+  assert_int_equal(n1, n2);
+  assert_memory_equal(s1, s2, (size_t)n1 * sizeof(int32_t));
+  qt_model_tape_free(&mt);
+  qt_tokenizer_free(tok);
+  qt_model_free(&m);
+}
+
+/* ---- PEFT round trip ---------------------------------------------------------- */
+
+static void tmpdir(char *buf, size_t cap, const char *tag) {
+  snprintf(buf, cap, "%s/mdl_%s_%ld", QLORA_BINARY_DIR, tag, (long)getpid());
+}
+
+static void rm_adapter(const char *dir) {
+  char p[600];
+  snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+  unlink(p);
+  snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+  unlink(p);
+  rmdir(dir);
+}
+
+/* Fresh init, then a nonzero B (from Philox), bf16-exact. */
+static qt_lora *fresh_lora(const qt_model *m, unsigned targets, int r, bool rs, uint64_t seed) {
+  qt_lora_config c = {.r = r, .alpha = 6, .dropout = 0, .use_rslora = rs, .targets = targets,
+                      .seed = seed};
+  qt_lora *l = NULL;
+  ok(qt_lora_init(m, &c, &l));
+  size_t n;
+  qt_lora_tensor *ts = qt_lora_tensors(l, &n);
+  qt_philox rng;
+  qt_philox_init(&rng, seed + 1, 0, 0);
+  for (size_t i = 0; i < n; i++)
+    if (ts[i].is_B)
+      for (int64_t j = 0; j < ts[i].rows * ts[i].cols; j++)
+        ts[i].bf16[j] = qt_bf16_from_f32(0.3f * (2 * qt_philox_next_uniform(&rng) - 1));
+  qt_lora_sync(l);
+  return l;
+}
+
+static void batch_from(expected *x, qt_model_batch *b) {
+  qt_model_targets_from_labels(x->labels, x->doc, FIX_B, FIX_T, x->targets);
+  *b = (qt_model_batch){.ids = x->ids, .targets = x->targets, .pos = x->pos, .doc = x->doc,
+                        .B = FIX_B, .T = FIX_T};
+}
+
+static float *logits_with(const qt_model *m, qt_lora *l, const qt_model_batch *b) {
+  qt_model_tape *mt = make_tape(m, b->B, b->T, false, l ? qt_lora_get_config(l)->r : 0);
+  qt_model_adapter ad = {0};
+  if (l) {
+    ok(qt_lora_attach(l, qt_model_tape_get(mt)));
+    qt_lora_set_step(l, 0, false);
+    ad = qt_lora_adapter(l);
+  }
+  float *lg = malloc((size_t)(b->B * b->T * m->V) * sizeof(float));
+  ok(qt_model_logits(mt, l ? &ad : NULL, b, lg));
+  qt_model_tape_free(&mt);
+  return lg;
+}
+
+static void test_peft_roundtrip(void **st) {
+  (void)st;
+  qt_model *m = load_model(GOLD "tiny_a", QT_MODEL_QUANT_NONE);
+  unsigned tg = (1u << QT_PROJ_Q) | (1u << QT_PROJ_O) | (1u << QT_PROJ_UP);
+  qt_lora *l = fresh_lora(m, tg, 3, true, 5);
+  char dir[512];
+  tmpdir(dir, sizeof dir, "peft");
+  const qt_dtype dts[3] = {QT_F32, QT_BF16, QT_F16};
+  for (int d = 0; d < 3; d++) {
+    ok(qt_lora_save_peft(l, dir, "tiny_a", dts[d]));
+    qt_lora *r = NULL;
+    ok(qt_lora_load_peft(m, dir, false, 0, &r));
+    assert_int_equal(qt_lora_get_config(r)->targets, tg);
+    assert_int_equal(qt_lora_get_config(r)->r, 3);
+    assert_true(qt_lora_get_config(r)->use_rslora);
+    size_t n1, n2;
+    qt_lora_tensor *a = qt_lora_tensors(l, &n1), *b = qt_lora_tensors(r, &n2);
+    assert_int_equal(n1, n2);
+    for (size_t i = 0; i < n1; i++) {
+      assert_string_equal(a[i].name, b[i].name);
+      int64_t n = a[i].rows * a[i].cols;
+      if (dts[d] != QT_F16) {
+        assert_memory_equal(a[i].data, b[i].data, (size_t)n * sizeof(float));
+      } else {
+        assert_true(rel_err(b[i].data, a[i].data, n) <= 1e-2); /* fp16 then bf16 rounding */
+      }
+    }
+    qt_lora_free(&r);
+  }
+  rm_adapter(dir);
+  qt_lora_free(&l);
+  /* The adapter qlora-train wrote for the PEFT check (ours_tiny_a/, checked by
+   * make_model_fixtures.py --check-ours: peft_check.json) still loads and
+   * gives the logits PEFT was compared with. */
+  qt_st_file f;
+  ok(qt_st_open(GOLD "ours_tiny_a/ours.safetensors", &f));
+  const qt_st_entry *ids = need(&f, "ids"), *lg = need(&f, "logits");
+  int64_t N = qt_st_entry_numel(ids);
+  int32_t *id = i32_copy(ids), *pos = malloc((size_t)N * 4), *doc = calloc((size_t)N, 4);
+  for (int64_t i = 0; i < N; i++) pos[i] = (int32_t)i;
+  float *ref = f32_copy(lg);
+  qt_lora *o = NULL;
+  ok(qt_lora_load_peft(m, GOLD "ours_tiny_a/adapter", false, 0, &o));
+  qt_model_batch b = {.ids = id, .targets = NULL, .pos = pos, .doc = doc, .B = 1, .T = N};
+  float *mine = logits_with(m, o, &b);
+  assert_memory_equal(mine, ref, (size_t)(N * m->V) * sizeof(float));
+  uint8_t *js;
+  size_t len;
+  ok(qt_fs_read_file(GOLD "ours_tiny_a/peft_check.json", 1 << 20, &js, &len));
+  assert_non_null(strstr((const char *)js, "\"ok\": true"));
+  free(js);
+  free(mine);
+  qt_lora_free(&o);
+  free(ref);
+  free(id);
+  free(pos);
+  free(doc);
+  qt_st_close(&f);
+  qt_model_free(&m);
+}
+
+/* ---- merge ------------------------------------------------------------------- */
+
+static void merge_case(const char *cs, const char *md, qt_model_quant q) {
+  expected x;
+  expected_open(cs, &x);
+  qt_model_batch b;
+  batch_from(&x, &b);
+  qt_model *m = load_model(md, q);
+  char adir[512];
+  snprintf(adir, sizeof adir, GOLD "%s/adapter", cs);
+  qt_lora *l = NULL;
+  ok(qt_lora_load_peft(m, adir, false, 0, &l));
+  float *with = logits_with(m, l, &b);
+  ok(qt_lora_merge_into_model(l, m));
+  float *merged = logits_with(m, NULL, &b);
+  double e = rel_err(merged, with, x.N * x.V);
+  fprintf(stderr, "%s: merged vs base+adapter logits rel %.3g\n", cs, e);
+  assert_true(e <= 1e-5);
+  free(with);
+  free(merged);
+  qt_lora_free(&l);
+  qt_model_free(&m);
+  expected_close(&x);
+}
+
+static void test_merge(void **st) {
+  (void)st;
+  merge_case("tiny_a", GOLD "tiny_a", QT_MODEL_QUANT_NONE);
+  merge_case("tiny_b", GOLD "tiny_b", QT_MODEL_QUANT_NONE);
+  merge_case("tiny_nf4", GOLD "tiny_nf4", QT_MODEL_QUANT_NF4);
+}
+
+/* ---- 4-bit base through qt_tape_linear_src ---------------------------------- */
+
+static void run_grads(const qt_model *m, qt_lora *l, const qt_model_batch *b, bool ckpt,
+                      float *logits, double *loss) {
+  qt_model_tape *mt = make_tape(m, b->B, b->T, ckpt, qt_lora_get_config(l)->r);
+  ok(qt_lora_attach(l, qt_model_tape_get(mt)));
+  qt_model_adapter ad = qt_lora_adapter(l);
+  if (logits) ok(qt_model_logits(mt, &ad, b, logits));
+  qt_lora_zero_grad(l);
+  int64_t c;
+  ok(qt_model_forward_backward(mt, &ad, b, true, 0.25, loss, &c));
+  qt_model_tape_free(&mt);
+}
+
+static void assert_same_grads(qt_lora *a, qt_lora *b) {
+  size_t n1, n2;
+  qt_lora_tensor *x = qt_lora_tensors(a, &n1), *y = qt_lora_tensors(b, &n2);
+  assert_int_equal(n1, n2);
+  for (size_t i = 0; i < n1; i++)
+    assert_memory_equal(x[i].grad, y[i].grad, (size_t)(x[i].rows * x[i].cols) * sizeof(float));
+}
+
+static void test_linear_src(void **st) {
+  (void)st;
+  expected x;
+  expected_open("tiny_nf4", &x);
+  qt_model_batch b;
+  batch_from(&x, &b);
+  qt_model *q = load_model(GOLD "tiny_nf4", QT_MODEL_QUANT_NF4);
+  qt_model *d = load_model(GOLD "tiny_nf4", QT_MODEL_QUANT_NONE);
+  assert_true(q->layers[0].proj[0].quantized);
+  assert_false(d->layers[0].proj[0].quantized);
+  qt_lora *lq = NULL, *ld = NULL;
+  ok(qt_lora_load_peft(q, GOLD "tiny_nf4/adapter", false, 0, &lq));
+  ok(qt_lora_load_peft(d, GOLD "tiny_nf4/adapter", false, 0, &ld));
+  qt_lora_set_step(lq, 3, true);
+  qt_lora_set_step(ld, 3, true);
+  float *l1 = malloc((size_t)(x.N * x.V) * 4), *l2 = malloc((size_t)(x.N * x.V) * 4);
+  double s1, s2;
+  run_grads(q, lq, &b, false, l1, &s1);
+  run_grads(d, ld, &b, false, l2, &s2);
+  assert_memory_equal(l1, l2, (size_t)(x.N * x.V) * 4);
+  assert_true(s1 == s2);
+  assert_same_grads(lq, ld);
+  free(l1);
+  free(l2);
+  qt_lora_free(&lq);
+  qt_lora_free(&ld);
+  qt_model_free(&q);
+  qt_model_free(&d);
+  expected_close(&x);
+}
+
+/* ---- sharded checkpoints ------------------------------------------------------ */
+
+/* tiny_b saved in three shards loads to the same model: bit-identical logits
+ * and gradients, dense and quantized at load. */
+static void test_sharded(void **st) {
+  (void)st;
+  expected x;
+  expected_open("tiny_b", &x);
+  qt_model_batch b;
+  batch_from(&x, &b);
+  for (int q = 0; q < 2; q++) {
+    qt_model_quant mq = q ? QT_MODEL_QUANT_NF4 : QT_MODEL_QUANT_NONE;
+    qt_model *one = load_model(GOLD "tiny_b", mq), *sh = load_model(GOLD "tiny_b_sharded", mq);
+    qt_lora *l1 = NULL, *l2 = NULL;
+    ok(qt_lora_load_peft(one, GOLD "tiny_b/adapter", false, 0, &l1));
+    ok(qt_lora_load_peft(sh, GOLD "tiny_b/adapter", false, 0, &l2));
+    float *a = malloc((size_t)(x.N * x.V) * 4), *c = malloc((size_t)(x.N * x.V) * 4);
+    double s1, s2;
+    run_grads(one, l1, &b, false, a, &s1);
+    run_grads(sh, l2, &b, false, c, &s2);
+    assert_memory_equal(a, c, (size_t)(x.N * x.V) * 4);
+    assert_true(s1 == s2);
+    assert_same_grads(l1, l2);
+    if (q) { /* quantized at load: close to, but not equal to, the fp32 reference */
+      double e = rel_err(a, x.logits, x.N * x.V);
+      fprintf(stderr, "tiny_b quantized NF4 at load: logits rel %.3g vs fp32 transformers\n", e);
+      assert_true(e > 0 && e < 0.5); /* random tiny weights: NF4 noise is large */
+    }
+    free(a);
+    free(c);
+    qt_lora_free(&l1);
+    qt_lora_free(&l2);
+    qt_model_free(&one);
+    qt_model_free(&sh);
+  }
+  expected_close(&x);
+}
+
+/* ---- init, dropout, checkpointing ------------------------------------------ */
+
+static void test_init(void **st) {
+  (void)st;
+  expected x;
+  expected_open("tiny_a", &x);
+  qt_model_batch b;
+  batch_from(&x, &b);
+  qt_model *m = load_model(GOLD "tiny_a", QT_MODEL_QUANT_NONE);
+  qt_lora_config c = {.r = 8, .alpha = 16, .targets = QT_LORA_ALL_LINEAR, .seed = 11};
+  qt_lora *l1 = NULL, *l2 = NULL, *l3 = NULL;
+  ok(qt_lora_init(m, &c, &l1));
+  ok(qt_lora_init(m, &c, &l2));
+  c.seed = 12;
+  ok(qt_lora_init(m, &c, &l3));
+  assert_true(qt_lora_scale(l1) == 2.0);
+  size_t n;
+  qt_lora_tensor *t1 = qt_lora_tensors(l1, &n), *t2 = qt_lora_tensors(l2, &n),
+                 *t3 = qt_lora_tensors(l3, &n);
+  assert_int_equal(n, 2 * 7 * (size_t)m->L);
+  bool differs = false;
+  for (size_t i = 0; i < n; i++) {
+    int64_t k = t1[i].rows * t1[i].cols;
+    assert_memory_equal(t1[i].bf16, t2[i].bf16, (size_t)k * 2);
+    if (t1[i].is_B) {
+      for (int64_t j = 0; j < k; j++) assert_true(t1[i].data[j] == 0.0f);
+      continue;
+    }
+    /* A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT kaiming_uniform_(a=sqrt(5))) */
+    double bound = 1.0 / sqrt((double)t1[i].cols), s2 = 0, mx = 0;
+    for (int64_t j = 0; j < k; j++) {
+      double v = t1[i].data[j];
+      s2 += v * v;
+      if (fabs(v) > mx) mx = fabs(v);
+      differs = differs || t1[i].bf16[j] != t3[i].bf16[j];
+    }
+    assert_true(mx <= bound * (1 + 1.0 / 128));          /* bf16 rounding */
+    assert_true(mx > 0.5 * bound);
+    double var = s2 / (double)k, want = bound * bound / 3;   /* variance of U(-b, b) */
+    assert_true(fabs(var - want) <= 0.5 * want);
+  }
+  assert_true(differs);
+  /* B = 0: the adapted model is the base model */
+  float *base = logits_with(m, NULL, &b), *with = logits_with(m, l1, &b);
+  assert_memory_equal(base, with, (size_t)(x.N * x.V) * 4);
+  free(base);
+  free(with);
+  qt_lora_free(&l1);
+  qt_lora_free(&l2);
+  qt_lora_free(&l3);
+  qt_model_free(&m);
+  expected_close(&x);
+}
+
+static void test_dropout_checkpoint(void **st) {
+  (void)st;
+  expected x;
+  expected_open("tiny_b", &x);
+  qt_model_batch b;
+  batch_from(&x, &b);
+  qt_model *m = load_model(GOLD "tiny_b", QT_MODEL_QUANT_FP4);
+  qt_lora_config c = {.r = 4, .alpha = 8, .dropout = 0.3, .targets = QT_LORA_ALL_LINEAR,
+                      .seed = 3, .master_fp32 = true};
+  qt_lora *l = NULL, *l2 = NULL;
+  ok(qt_lora_init(m, &c, &l));
+  ok(qt_lora_init(m, &c, &l2));
+  size_t n;
+  qt_lora_tensor *ts = qt_lora_tensors(l, &n), *ts2 = qt_lora_tensors(l2, &n);
+  for (size_t i = 0; i < n; i++)
+    if (ts[i].is_B)
+      for (int64_t j = 0; j < ts[i].rows * ts[i].cols; j++)
+        ts[i].master[j] = ts2[i].master[j] = 0.01f * (float)((j * 7 + (int64_t)i) % 13 - 6);
+  qt_lora_sync(l);
+  qt_lora_sync(l2);
+  double a, bb, cc, dd;
+  /* same step: checkpointed and plain runs are bit-identical */
+  qt_lora_set_step(l, 5, true);
+  qt_lora_set_step(l2, 5, true);
+  run_grads(m, l, &b, false, NULL, &a);
+  run_grads(m, l2, &b, true, NULL, &bb);
+  assert_true(a == bb);
+  assert_same_grads(l, l2);
+  /* another step draws other masks; eval (no dropout) differs from both */
+  qt_lora_set_step(l, 6, true);
+  run_grads(m, l, &b, false, NULL, &cc);
+  assert_true(cc != a);
+  qt_lora_set_step(l, 6, false);
+  run_grads(m, l, &b, false, NULL, &dd);
+  assert_true(dd != a && dd != cc);
+  qt_lora_free(&l);
+  qt_lora_free(&l2);
+  qt_model_free(&m);
+  expected_close(&x);
+}
+
+/* ---- adapter directories qlora-train must refuse ----------------------------- */
+
+static void write_file(const char *dir, const char *name, const char *text) {
+  char p[600];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  ok(qt_fs_write_atomic(p, text, strlen(text)));
+}
+
+static void test_adapter_errors(void **st) {
+  (void)st;
+  qt_model *m = load_model(GOLD "tiny_b", QT_MODEL_QUANT_NONE);
+  qt_lora *l = fresh_lora(m, 1u << QT_PROJ_V, 2, false, 1);
+  char dir[512];
+  tmpdir(dir, sizeof dir, "bad");
+  ok(qt_lora_save_peft(l, dir, NULL, QT_BF16));
+  qt_lora *r = NULL;
+  ok(qt_lora_load_peft(m, dir, false, 0, &r));
+  qt_lora_free(&r);
+  struct { const char *json; qt_status want; } cases[] = {
+      {"{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 6, \"target_modules\": [\"v_proj\"], \"use_dora\": true}", QT_ERR_UNSUPPORTED},
+      {"{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 6, \"target_modules\": [\"v_proj\", \"lm_head\"]}", QT_ERR_UNSUPPORTED},
+      {"{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 6, \"target_modules\": \".*proj\"}", QT_ERR_UNSUPPORTED},
+      {"{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 6, \"target_modules\": [\"v_proj\"]}", QT_ERR_FORMAT},
+      {"{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 6, \"target_modules\": [\"v_proj\", \"q_proj\"]}", QT_ERR_FORMAT},
+      {"{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 6, \"target_modules\": [\"v_proj\"], \"bias\": \"all\"}", QT_ERR_UNSUPPORTED},
+      {"{\"peft_type\": \"IA3\", \"r\": 2, \"target_modules\": [\"v_proj\"]}", QT_ERR_UNSUPPORTED},
+      {"{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 6, \"target_modules\": [\"v_proj\"], \"rank_pattern\": {\"v_proj\": 4}}", QT_ERR_UNSUPPORTED},
+      {"[1, 2]", QT_ERR_FORMAT},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    write_file(dir, "adapter_config.json", cases[i].json);
+    qt_status s = qt_lora_load_peft(m, dir, false, 0, &r);
+    if (s != cases[i].want)
+      fail_msg("case %zu: got %s (%s), want %s", i, qt_status_name(s), qt_error_message(),
+               qt_status_name(cases[i].want));
+    assert_null(r);
+    qt_error_clear();
+  }
+  /* an adapter with a tensor of a module it does not target */
+  write_file(dir, "adapter_config.json",
+             "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 6, \"target_modules\": [\"v_proj\"]}");
+  qt_lora *k = fresh_lora(m, (1u << QT_PROJ_V) | (1u << QT_PROJ_K), 2, false, 1);
+  char dir2[600];
+  snprintf(dir2, sizeof dir2, "%s_k", dir);
+  ok(qt_lora_save_peft(k, dir2, NULL, QT_F32));
+  char from[700], to[700];
+  snprintf(from, sizeof from, "%s/adapter_model.safetensors", dir2);
+  snprintf(to, sizeof to, "%s/adapter_model.safetensors", dir);
+  assert_int_equal(rename(from, to), 0);
+  assert_int_equal(qt_lora_load_peft(m, dir, false, 0, &r), QT_ERR_UNSUPPORTED);
+  qt_error_clear();
+  rm_adapter(dir2);
+  rm_adapter(dir);
+  qt_lora_free(&k);
+  qt_lora_free(&l);
+  qt_model_free(&m);
+}
+
+/* ---- writer for the PEFT check (not a test) -------------------------------- */
+
+static int write_peft_check(const char *dir) {
+  qt_model *m = load_model(GOLD "tiny_a", QT_MODEL_QUANT_NONE);
+  unsigned tg = (1u << QT_PROJ_K) | (1u << QT_PROJ_V) | (1u << QT_PROJ_GATE) | (1u << QT_PROJ_DOWN);
+  qt_lora *l = fresh_lora(m, tg, 3, false, 77);
+  char adir[600];
+  snprintf(adir, sizeof adir, "%s/adapter", dir);
+  ok(qt_lora_save_peft(l, adir, "tiny_a", QT_F32));
+  enum { NT = 10 };
+  int32_t ids[NT], pos[NT], doc[NT] = {0};
+  for (int i = 0; i < NT; i++) {
+    ids[i] = (int32_t)((i * 13 + 5) % m->V);
+    pos[i] = i;
+  }
+  qt_lora *r = NULL;
+  ok(qt_lora_load_peft(m, adir, false, 0, &r));
+  qt_model_batch b = {.ids = ids, .targets = NULL, .pos = pos, .doc = doc, .B = 1, .T = NT};
+  float *lg = logits_with(m, r, &b);
+  qt_st_write_tensor wt[2] = {
+      {.name = "ids", .dtype = QT_I32, .ndim = 1, .shape = {NT}, .data = ids},
+      {.name = "logits", .dtype = QT_F32, .ndim = 2, .shape = {NT, m->V}, .data = lg}};
+  char p[600];
+  snprintf(p, sizeof p, "%s/ours.safetensors", dir);
+  ok(qt_st_write(p, wt, 2, NULL, NULL, 0));
+  free(lg);
+  qt_lora_free(&r);
+  qt_lora_free(&l);
+  qt_model_free(&m);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--write-peft-check") == 0) return write_peft_check(argv[2]);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_golden_tiny_a),   cmocka_unit_test(test_golden_tiny_b),
+      cmocka_unit_test(test_golden_stories),  cmocka_unit_test(test_golden_nf4),
+      cmocka_unit_test(test_stories_eval),    cmocka_unit_test(test_peft_roundtrip),
+      cmocka_unit_test(test_merge),           cmocka_unit_test(test_linear_src),
+      cmocka_unit_test(test_sharded),
+      cmocka_unit_test(test_init),            cmocka_unit_test(test_dropout_checkpoint),
+      cmocka_unit_test(test_adapter_errors),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
