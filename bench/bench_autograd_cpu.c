@@ -14,7 +14,9 @@
  * k_avg = mean number of keys a query sees under the causal per-document mask.
  * LoRA FLOPs are left out of the model FLOPs (they are < 2% here).
  * The sgemm rate is the best of a few cblas_sgemm calls of the model's own
- * shapes (tokens x in -> out), on the same threads. */
+ * shapes (tokens x in -> out), on the same threads, measured before and after
+ * the timed steps. Set OMP_WAIT_POLICY=passive: OpenBLAS (pthreads build) and
+ * OpenMP threads otherwise spin against each other between parallel regions. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -216,6 +218,13 @@ int main(int argc, char **argv) {
     loss = sum / (double)cnt;
   }
   double tok_s = (double)(N * steps) / t_total;
+  /* Measure sgemm again: on a shared machine the load changes during the run;
+   * the fraction uses the better of the two (a conservative fraction). */
+  double peak_before = peak;
+  for (size_t i = 0; i < 4; i++) {
+    double g = sgemm_gflops(shapes[i][0], shapes[i][1], shapes[i][2]);
+    if (g > peak) peak = g;
+  }
   qt_tape_stats st = qt_tape_get_stats(m.t);
   printf("bench_autograd_cpu: layers %lld hidden %lld heads %lld/%lld head_dim %lld mlp %lld vocab %lld "
          "lora_r %lld seq %lld ckpt %d steps %d\n",
@@ -238,7 +247,8 @@ int main(int argc, char **argv) {
          (unsigned long long)hash, steps + 1);
   printf("fwd+bwd: %.3f s/step, %.1f tokens/s, %.1f GFLOP/s\n", t_total / steps, tok_s,
          tok_s * flops_tok / 1e9);
-  printf("sgemm measured: %.1f GFLOP/s -> fraction %.3f\n", peak, tok_s * flops_tok / 1e9 / peak);
+  printf("sgemm measured: %.1f GFLOP/s (%.1f before the steps) -> fraction %.3f\n", peak, peak_before,
+         tok_s * flops_tok / 1e9 / peak);
   printf("arenas: activations peak %.1f MiB, activation gradients peak %.1f MiB\n",
          (double)st.act_peak / 1048576.0, (double)st.grad_peak / 1048576.0);
   qt_tape_free(&m.t);
