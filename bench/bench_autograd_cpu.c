@@ -12,7 +12,7 @@
  * frozen weights get no dW) over q,k,v,o,gate,up,down and the lm_head, plus
  * attention: forward 4 H D k_avg (q.k and p.v), backward 8 H D k_avg, where
  * k_avg = mean number of keys a query sees under the causal per-document mask.
- * LoRA FLOPs are left out of the model FLOPs (they are < 2% here).
+ * LoRA FLOPs (6 x LoRA params) are left out of the model FLOPs (< 3% here).
  * The sgemm rate is the best of a few cblas_sgemm calls of the model's own
  * shapes (tokens x in -> out), on the same threads, measured before and after
  * the timed steps. Set OMP_WAIT_POLICY=passive: OpenBLAS (pthreads build) and
