@@ -313,7 +313,8 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
   size_t acts = opts->checkpoint ? (size_t)(L * N * m->C) + 2 * per_layer : (size_t)L * per_layer;
   size_t slack = (size_t)64 * 64 * (size_t)(2 * L + 8);
   mt->tcfg.act_bytes = (acts + fixed) * sizeof(float) + slack;
-  mt->tcfg.grad_bytes = (acts + (size_t)(2 * N * m->C)) * sizeof(float) + slack;
+  mt->tcfg.grad_bytes =
+      opts->forward_only ? QT_ARENA_ALIGN : (acts + (size_t)(2 * N * m->C)) * sizeof(float) + slack;
   mt->tcfg.max_nodes = (int32_t)(48 * (L + 2) + 64);
   mt->tcfg.max_tensors = (int32_t)(3 + L * 16 + 64 * (L + 2) + 64);
   mt->tcfg.ce_chunk_rows = mt->opts.ce_chunk_rows;
@@ -477,6 +478,8 @@ qt_status qt_model_forward_backward(qt_model_tape *mt, const qt_model_adapter *a
                                     const qt_model_batch *b, bool backward, double dloss,
                                     double *loss_sum, int64_t *count) {
   QT_ASSERT(b->targets != NULL);
+  QT_ASSERTF(!(backward && mt->opts.forward_only),
+             "model: backward on a tape made with forward_only");
   int32_t x, loss;
   QT_TRY(record_trunk(mt, adapter, b, &x));
   QT_TRY(qt_tape_cross_entropy(mt->t, x, mt->lm_head, b->targets, &loss, loss_sum, count));
@@ -538,7 +541,7 @@ qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
       next = (int32_t)(m->V - 1);
       for (int64_t v = 0; v < m->V; v++) {
         acc += exp(((double)z[v] - mx) / temperature);
-        if (r < acc) {
+        if (r <= acc) { /* u in (0, 1]: r > 0, and acc ends at exactly sum */
           next = (int32_t)v;
           break;
         }

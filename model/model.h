@@ -120,6 +120,7 @@ typedef struct {
   bool checkpoint;          /* gradient checkpointing per layer */
   int64_t ce_chunk_rows;    /* rows of logits formed at once (0: 256) */
   int64_t max_lora_rank;    /* for sizing (0 if no LoRA) */
+  bool forward_only;        /* eval / generate: no gradient arena (backward refused) */
 } qt_model_tape_opts;
 
 /* Creates a fp32 tape sized for opts and registers the model's frozen
