@@ -552,6 +552,119 @@ static void test_sharded(void **st) {
   expected_close(&x);
 }
 
+/* ---- half-precision checkpoints and bad batches --------------------------------- */
+
+static void copy_file(const char *from, const char *to) {
+  uint8_t *buf;
+  size_t len;
+  ok(qt_fs_read_file(from, 1 << 24, &buf, &len));
+  ok(qt_fs_write_atomic(to, buf, len));
+  free(buf);
+}
+
+/* tiny_b rewritten as BF16 and as F16 by our writer loads to exactly the
+ * rounded weights, dense and 4-bit (quantized from the widened values). */
+static void test_half_checkpoint(void **st) {
+  (void)st;
+  qt_model *ref = load_model(GOLD "tiny_b", QT_MODEL_QUANT_NONE);
+  qt_st_file f;
+  ok(qt_st_open(GOLD "tiny_b/model.safetensors", &f));
+  const qt_dtype dts[2] = {QT_BF16, QT_F16};
+  for (int d = 0; d < 2; d++) {
+    char dir[512], p[600];
+    tmpdir(dir, sizeof dir, d ? "f16" : "bf16");
+    ok(qt_fs_mkdir_p(dir));
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    copy_file(GOLD "tiny_b/config.json", p);
+    qt_st_write_tensor *wt = calloc(f.n_tensors, sizeof *wt);
+    uint16_t **bufs = calloc(f.n_tensors, sizeof *bufs);
+    for (size_t i = 0; i < f.n_tensors; i++) {
+      const qt_st_entry *e = &f.tensors[i];
+      int64_t n = qt_st_entry_numel(e);
+      float *x = f32_copy(e);
+      bufs[i] = malloc((size_t)n * 2);
+      if (d == 0)
+        qt_bf16_from_f32_n(bufs[i], x, (size_t)n);
+      else
+        qt_f16_from_f32_n(bufs[i], x, (size_t)n);
+      free(x);
+      wt[i] = (qt_st_write_tensor){.name = e->name, .dtype = dts[d], .ndim = e->ndim,
+                                   .data = bufs[i]};
+      memcpy(wt[i].shape, e->shape, sizeof e->shape);
+    }
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    ok(qt_st_write(p, wt, f.n_tensors, NULL, NULL, 0));
+    for (size_t i = 0; i < f.n_tensors; i++) free(bufs[i]);
+    free(bufs);
+    free(wt);
+    qt_model *m = load_model(dir, QT_MODEL_QUANT_NONE);
+    qt_model *q = load_model(dir, QT_MODEL_QUANT_NF4);
+    for (int64_t l = 0; l < m->L; l++)
+      for (int pj = 0; pj < QT_PROJ_COUNT; pj++) {
+        const qt_model_linear *a = &m->layers[l].proj[pj], *r = &ref->layers[l].proj[pj];
+        int64_t n = a->out * a->in;
+        for (int64_t i = 0; i < n; i++) {
+          float want = d == 0 ? qt_bf16_to_f32(qt_bf16_from_f32(r->dense[i]))
+                              : qt_f16_to_f32(qt_f16_from_f32(r->dense[i]));
+          if (a->dense[i] != want) fail_msg("%s[%lld]: %g, want %g", a->name, (long long)i,
+                                            (double)a->dense[i], (double)want);
+        }
+        const qt_quant_weight *w = &q->layers[l].proj[pj].q;
+        assert_int_equal(w->dtype, dts[d]);
+        assert_true(w->nested);
+        qt_quant_weight want;
+        int64_t shape[2] = {a->out, a->in};
+        ok(qt_quant_weight_quantize(QT_QUANT_NF4, 64, true, dts[d], 2, shape, a->dense, 1, &want));
+        assert_memory_equal(w->packed, want.packed, (size_t)((n + 1) / 2));
+        assert_memory_equal(w->qabsmax, want.qabsmax, (size_t)want.nblocks);
+        qt_quant_weight_free(&want);
+      }
+    qt_model_free(&m);
+    qt_model_free(&q);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    unlink(p);
+    rmdir(dir);
+  }
+  qt_st_close(&f);
+  qt_model_free(&ref);
+}
+
+static void test_bad_batch(void **st) {
+  (void)st;
+  qt_model *m = load_model(GOLD "tiny_b", QT_MODEL_QUANT_NONE);
+  qt_model_tape *mt = make_tape(m, 1, 4, false, 0);
+  int32_t ids[4] = {1, 2, 3, 4}, tg[4] = {2, 3, 4, -100}, pos[4] = {0, 1, 2, 3}, doc[4] = {0};
+  qt_model_batch b = {.ids = ids, .targets = tg, .pos = pos, .doc = doc, .B = 1, .T = 4};
+  double s;
+  int64_t c;
+  ok(qt_model_forward_backward(mt, NULL, &b, false, 0, &s, &c));
+  assert_int_equal(c, 3);
+  ids[2] = (int32_t)m->V;
+  assert_int_equal(qt_model_forward_backward(mt, NULL, &b, false, 0, &s, &c), QT_ERR_INVALID);
+  ids[2] = 3;
+  tg[0] = -5;
+  assert_int_equal(qt_model_forward_backward(mt, NULL, &b, false, 0, &s, &c), QT_ERR_INVALID);
+  tg[0] = 2;
+  pos[3] = (int32_t)m->cfg.max_position_embeddings;
+  assert_int_equal(qt_model_forward_backward(mt, NULL, &b, false, 0, &s, &c), QT_ERR_INVALID);
+  pos[3] = 3;
+  b.T = 5; /* larger than the tape */
+  assert_int_equal(qt_model_forward_backward(mt, NULL, &b, false, 0, &s, &c), QT_ERR_INVALID);
+  qt_error_clear();
+  qt_model_tape_free(&mt);
+  /* a missing tensor names itself */
+  qt_model_load_opts o = {.quant = QT_MODEL_QUANT_NF4, .double_quant = true, .blocksize = 48};
+  qt_model *bad = NULL;
+  assert_int_equal(qt_model_load(GOLD "tiny_b", &o, &bad), QT_ERR_INVALID);
+  assert_null(bad);
+  o.blocksize = 64;
+  assert_int_equal(qt_model_load(GOLD "tiny_b/adapter", &o, &bad), QT_ERR_IO);
+  qt_error_clear();
+  qt_model_free(&m);
+}
+
 /* ---- init, dropout, checkpointing ------------------------------------------ */
 
 static void test_init(void **st) {
@@ -750,7 +863,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_peft_roundtrip), cmocka_unit_test(test_merge),
       cmocka_unit_test(test_linear_src),     cmocka_unit_test(test_sharded),
       cmocka_unit_test(test_init),           cmocka_unit_test(test_dropout_checkpoint),
-      cmocka_unit_test(test_adapter_errors),
+      cmocka_unit_test(test_adapter_errors), cmocka_unit_test(test_half_checkpoint),
+      cmocka_unit_test(test_bad_batch),
   };
   if (argc == 2 && strcmp(argv[1], "--units") == 0) return cmocka_run_group_tests(units, NULL, NULL);
   if (argc != 1) {
