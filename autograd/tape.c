@@ -24,9 +24,8 @@ typedef struct {
   tensor_kind kind;
   bool requires_grad;
   bool grad_set;       /* the gradient holds a first contribution (activations) */
+  bool grad_buf;       /* a gradient buffer was allocated (grad may be NULL when measuring) */
   const char *name;
-  qt_tape_materialize_fn materialize; /* frozen weight produced on demand (data NULL) */
-  void *materialize_ctx;
 } tape_tensor;
 
 typedef enum {
@@ -51,6 +50,7 @@ typedef struct {
 
 struct qt_tape {
   bool f64;
+  bool measuring; /* qt_tape_init_measure: allocate and count only, compute nothing */
   size_t es; /* element size */
   qt_tape_config cfg;
   qt_arena act, grad; /* activations + saved + work; activation gradients */
@@ -63,8 +63,13 @@ struct qt_tape {
   int32_t grad_tensors;
 };
 
-/* Calls the fp32 or fp64 twin of an op; pointer arguments are void *. */
+/* Calls the fp32 or fp64 twin of an op; pointer arguments are void *.
+ * KRUN: the same for ops returning nothing, skipped on a measuring tape. */
 #define KCALL(t, fn, ...) ((t)->f64 ? fn##_f64(__VA_ARGS__) : fn(__VA_ARGS__))
+#define KRUN(t, fn, ...)                        \
+  do {                                          \
+    if (!(t)->measuring) KCALL(t, fn, __VA_ARGS__); \
+  } while (0)
 
 /* ---- arenas (common/arena.h) ---------------------------------------------- */
 
@@ -126,7 +131,8 @@ static qt_status grad_target(qt_tape *t, int32_t id, void **g, int *acc) {
     *acc = 1;
     return QT_OK;
   }
-  if (!x->grad) {
+  if (!x->grad_buf) {
+    x->grad_buf = true;
     size_t bytes = (size_t)(x->rows * x->cols) * t->es;
     QT_TRY(arena_alloc(&t->grad, "activation gradient", bytes, &x->grad));
     t->grad_tensor_bytes += bytes;
@@ -135,22 +141,6 @@ static qt_status grad_target(qt_tape *t, int32_t id, void **g, int *acc) {
   *acc = x->grad_set ? 1 : 0;
   x->grad_set = true;
   *g = x->grad;
-  return QT_OK;
-}
-
-/* The data of a frozen weight: its pointer, or, for a materialized weight, a
- * work buffer at the top of the activation arena filled by its callback (the
- * caller rewinds the arena when done with it). */
-static qt_status weight_data(qt_tape *t, int32_t id, const void **out) {
-  tape_tensor *w = T_(t, id);
-  if (!w->materialize) {
-    *out = w->data;
-    return QT_OK;
-  }
-  void *buf;
-  QT_TRY(qt_arena_alloc(&t->act, (size_t)(w->rows * w->cols) * t->es, w->name, &buf));
-  QT_TRY(w->materialize(w->materialize_ctx, t->f64 ? QT_F64 : QT_F32, buf));
-  *out = buf;
   return QT_OK;
 }
 
@@ -184,6 +174,17 @@ qt_status qt_tape_init(qt_tape **out, qt_dtype dtype, const qt_tape_config *cfg)
   return QT_OK;
 }
 
+qt_status qt_tape_init_measure(qt_tape **out, qt_dtype dtype, const qt_tape_config *cfg) {
+  qt_tape_config c = *cfg;
+  c.act_bytes = c.grad_bytes = 0;
+  QT_TRY(qt_tape_init(out, dtype, &c));
+  qt_tape *t = *out;
+  t->measuring = true;
+  qt_arena_init_measure(&t->act, "autograd activations (measuring)");
+  qt_arena_init_measure(&t->grad, "autograd gradients (measuring)");
+  return QT_OK;
+}
+
 void qt_tape_free(qt_tape **tp) {
   if (!tp || !*tp) return;
   qt_tape *t = *tp;
@@ -211,19 +212,6 @@ qt_status qt_tape_frozen(qt_tape *t, const char *name, const void *data, int64_t
   return add_param(t, KIND_FROZEN, name, data, NULL, rows, cols, id);
 }
 
-qt_status qt_tape_frozen_materialized(qt_tape *t, const char *name, int64_t rows, int64_t cols,
-                                      qt_tape_materialize_fn fn, void *ctx, int32_t *id) {
-  QT_ASSERT(fn != NULL);
-  QT_ASSERTF(t->n_tensors == t->n_persistent && t->n_nodes == 0,
-             "autograd: register parameter %s before recording ops", name);
-  QT_TRY(new_tensor(t, KIND_FROZEN, NULL, rows, cols, false, name, id));
-  t->tensors[*id].data = NULL;
-  t->tensors[*id].materialize = fn;
-  t->tensors[*id].materialize_ctx = ctx;
-  t->n_persistent = t->n_tensors;
-  return QT_OK;
-}
-
 qt_status qt_tape_trainable(qt_tape *t, const char *name, void *data, void *grad, int64_t rows,
                             int64_t cols, int32_t *id) {
   QT_ASSERT(grad != NULL);
@@ -249,11 +237,10 @@ void qt_tape_reset(qt_tape *t) {
 
 qt_status qt_tape_embedding(qt_tape *t, int32_t wte, const int32_t *ids, int64_t N, int32_t *out) {
   const tape_tensor *w = T_(t, wte);
-  QT_ASSERTF(w->kind == KIND_FROZEN && !w->materialize,
-             "autograd: the embedding table %s must be frozen and stored", w->name);
+  QT_ASSERTF(w->kind == KIND_FROZEN, "autograd: the embedding table %s must be frozen", w->name);
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, w->cols, false, "embedding", &y));
-  KCALL(t, qt_op_embedding_forward_cpu, T_(t, y)->data, ids, w->data, N, w->cols, w->rows);
+  KRUN(t, qt_op_embedding_forward_cpu, T_(t, y)->data, ids, w->data, N, w->cols, w->rows);
   tape_node *n;
   QT_TRY(new_node(t, OP_EMBEDDING, &n));
   n->in[0] = wte;
@@ -264,8 +251,7 @@ qt_status qt_tape_embedding(qt_tape *t, int32_t wte, const int32_t *ids, int64_t
 
 qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t *out) {
   const tape_tensor *X = T_(t, x), *W = T_(t, w);
-  QT_ASSERTF(W->kind == KIND_FROZEN && !W->materialize,
-             "autograd: norm weight %s must be frozen and stored", W->name);
+  QT_ASSERTF(W->kind == KIND_FROZEN, "autograd: norm weight %s must be frozen", W->name);
   QT_ASSERT(W->rows * W->cols == X->cols);
   int64_t N = X->rows, C = X->cols;
   int32_t y;
@@ -273,7 +259,7 @@ qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t 
   void *rstd;
   QT_TRY(arena_alloc(&t->act, "rmsnorm rstd", (size_t)N * t->es, &rstd));
   X = T_(t, x);
-  KCALL(t, qt_op_rmsnorm_forward_cpu, T_(t, y)->data, rstd, X->data, T_(t, w)->data, eps, N, C);
+  KRUN(t, qt_op_rmsnorm_forward_cpu, T_(t, y)->data, rstd, X->data, T_(t, w)->data, eps, N, C);
   tape_node *n;
   QT_TRY(new_node(t, OP_RMSNORM, &n));
   n->in[0] = x;
@@ -291,7 +277,7 @@ qt_status qt_tape_add(qt_tape *t, int32_t a, int32_t b, int32_t *out) {
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, A->rows, A->cols,
                     A->requires_grad || B->requires_grad, "add", &y));
-  KCALL(t, qt_op_add_forward_cpu, T_(t, y)->data, T_(t, a)->data, T_(t, b)->data,
+  KRUN(t, qt_op_add_forward_cpu, T_(t, y)->data, T_(t, a)->data, T_(t, b)->data,
         A->rows * A->cols);
   tape_node *n;
   QT_TRY(new_node(t, OP_ADD, &n));
@@ -333,14 +319,10 @@ qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const q
     if (lora->mask) QT_TRY(arena_alloc(&t->act, "lora dropout(x)", (size_t)(N * In) * t->es, &xd));
   }
   void *yd = T_(t, y)->data;
-  size_t wmark = qt_arena_mark(&t->act);
-  const void *wd;
-  QT_TRY(weight_data(t, W, &wd));
-  KCALL(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, wd,
-        bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
-  qt_arena_rewind(&t->act, wmark); /* a materialized weight is work, not kept */
+  KRUN(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, T_(t, W)->data,
+       bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
   if (lora)
-    KCALL(t, qt_op_lora_forward_cpu, yd, u, xd, T_(t, x)->data, lora->mask, lora->keep_scale,
+    KRUN(t, qt_op_lora_forward_cpu, yd, u, xd, T_(t, x)->data, lora->mask, lora->keep_scale,
           T_(t, lora->A)->data, T_(t, lora->B)->data, lora->scale, N, In, O, R);
   tape_node *n;
   QT_TRY(new_node(t, OP_LINEAR, &n));
@@ -394,17 +376,17 @@ qt_status qt_tape_linear_src(qt_tape *t, int32_t x, const qt_tape_weight_src *W,
   }
   size_t mark = qt_arena_mark(&t->act);
   QT_TRY(arena_alloc(&t->act, "materialized weight", (size_t)(O * In) * t->es, &w));
-  qt_status s = W->fill(W->ctx, w);
+  qt_status s = t->measuring ? QT_OK : W->fill(W->ctx, w);
   if (s != QT_OK) {
     qt_arena_rewind(&t->act, mark);
     return s;
   }
   void *yd = T_(t, y)->data;
-  KCALL(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, w,
+  KRUN(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, w,
         bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
   qt_arena_rewind(&t->act, mark);
   if (lora)
-    KCALL(t, qt_op_lora_forward_cpu, yd, u, xd, T_(t, x)->data, lora->mask, lora->keep_scale,
+    KRUN(t, qt_op_lora_forward_cpu, yd, u, xd, T_(t, x)->data, lora->mask, lora->keep_scale,
           T_(t, lora->A)->data, T_(t, lora->B)->data, lora->scale, N, In, O, R);
   tape_node *n;
   QT_TRY(new_node(t, OP_LINEAR_SRC, &n));
@@ -429,7 +411,7 @@ qt_status qt_tape_rope(qt_tape *t, int32_t x, int64_t H, int64_t D, const int32_
              (long long)H, (long long)D, (long long)X->cols);
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, X->rows, X->cols, X->requires_grad, "rope", &y));
-  KCALL(t, qt_op_rope_forward_cpu, T_(t, y)->data, T_(t, x)->data, pos, inv_freq, T_(t, x)->rows,
+  KRUN(t, qt_op_rope_forward_cpu, T_(t, y)->data, T_(t, x)->data, pos, inv_freq, T_(t, x)->rows,
         H, D);
   tape_node *n;
   QT_TRY(new_node(t, OP_ROPE, &n));
@@ -453,7 +435,7 @@ qt_status qt_tape_attention(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, B * T, H * D, rg, "attention", &y));
   void *P;
   QT_TRY(arena_alloc(&t->act, "attention probabilities", (size_t)(B * H * T * T) * t->es, &P));
-  KCALL(t, qt_op_attention_forward_cpu, T_(t, y)->data, P, T_(t, q)->data, T_(t, k)->data,
+  KRUN(t, qt_op_attention_forward_cpu, T_(t, y)->data, P, T_(t, q)->data, T_(t, k)->data,
         T_(t, v)->data, doc, B, T, H, K, D);
   tape_node *n;
   QT_TRY(new_node(t, OP_ATTENTION, &n));
@@ -478,7 +460,7 @@ qt_status qt_tape_swiglu(qt_tape *t, int32_t gate, int32_t up, int32_t *out) {
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, G->rows, G->cols,
                     G->requires_grad || U->requires_grad, "swiglu", &y));
-  KCALL(t, qt_op_swiglu_forward_cpu, T_(t, y)->data, T_(t, gate)->data, T_(t, up)->data,
+  KRUN(t, qt_op_swiglu_forward_cpu, T_(t, y)->data, T_(t, gate)->data, T_(t, up)->data,
         G->rows * G->cols);
   tape_node *n;
   QT_TRY(new_node(t, OP_SWIGLU, &n));
@@ -492,8 +474,7 @@ qt_status qt_tape_swiglu(qt_tape *t, int32_t gate, int32_t up, int32_t *out) {
 qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t *targets,
                                 int32_t *loss, double *loss_sum, int64_t *count) {
   const tape_tensor *X = T_(t, x), *Wt = T_(t, W);
-  QT_ASSERTF(Wt->kind == KIND_FROZEN && !Wt->materialize,
-             "autograd: lm_head %s must be frozen and stored", Wt->name);
+  QT_ASSERTF(Wt->kind == KIND_FROZEN, "autograd: lm_head %s must be frozen", Wt->name);
   QT_ASSERT(Wt->cols == X->cols);
   int64_t N = X->rows, C = X->cols, V = Wt->rows;
   int64_t chunk = t->cfg.ce_chunk_rows < N ? t->cfg.ce_chunk_rows : (N > 0 ? N : 1);
@@ -504,10 +485,17 @@ qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t 
   size_t mark = qt_arena_mark(&t->act);
   QT_TRY(arena_alloc(&t->act, "cross-entropy logits chunk", (size_t)(chunk * V) * t->es, &logits));
   int64_t cnt = 0;
-  double sum = KCALL(t, qt_op_cross_entropy_forward_cpu, lse, &cnt, logits, chunk,
-                     T_(t, x)->data, T_(t, W)->data, targets, N, C, V);
+  double sum = 0.0;
+  if (t->measuring) {
+    for (int64_t n = 0; n < N; n++) cnt += targets[n] != QT_IGNORE_INDEX;
+  } else {
+    sum = KCALL(t, qt_op_cross_entropy_forward_cpu, lse, &cnt, logits, chunk, T_(t, x)->data,
+                T_(t, W)->data, targets, N, C, V);
+  }
   qt_arena_rewind(&t->act, mark); /* the logits chunk is work, not kept */
-  if (t->f64)
+  if (t->measuring)
+    ;
+  else if (t->f64)
     *(double *)T_(t, y)->data = sum;
   else
     *(float *)T_(t, y)->data = (float)sum;
@@ -543,7 +531,7 @@ qt_status qt_tape_layer(qt_tape *t, qt_tape_layer_fn fn, void *ctx, int32_t in, 
   QT_ASSERTF(In->rows == X->rows && In->cols == X->cols,
              "autograd: a checkpointed layer must keep its input's shape");
   tape_tensor *Y = T_(t, y);
-  memcpy(Y->data, In->data, (size_t)(X->rows * X->cols) * t->es);
+  if (!t->measuring) memcpy(Y->data, In->data, (size_t)(X->rows * X->cols) * t->es);
   Y->requires_grad = In->requires_grad;
   /* Forget the layer's inside: backward records it again from `in`. */
   t->n_tensors = mark_tensors;
@@ -574,7 +562,8 @@ static qt_status backward_layer(qt_tape *t, const tape_node *nd) {
   /* The input's gradient buffer exists before the recompute, so that the
    * recording writes into it with the same set-or-accumulate state as without
    * checkpointing (bit-identical results). */
-  if (X->requires_grad && !X->grad) {
+  if (X->requires_grad && !X->grad_buf) {
+    X->grad_buf = true;
     size_t bytes = (size_t)(X->rows * X->cols) * t->es;
     QT_TRY(arena_alloc(&t->grad, "activation gradient", bytes, &X->grad));
     t->grad_tensor_bytes += bytes;
@@ -585,11 +574,16 @@ static qt_status backward_layer(qt_tape *t, const tape_node *nd) {
   size_t mark_gbytes = t->grad_tensor_bytes;
   int32_t mark_gtensors = t->grad_tensors;
   int32_t xin, yout;
-  QT_TRY(new_tensor(t, KIND_ACTIVATION, X->data, X->rows, X->cols, X->requires_grad,
-                    X->name, &xin));
+  /* an alias of the saved input (created as CONSTANT so that nothing is
+   * allocated, also on a measuring tape where data is NULL) */
+  QT_TRY(new_tensor(t, KIND_CONSTANT, X->data, X->rows, X->cols, X->requires_grad, X->name,
+                    &xin));
   tape_tensor *Xc = T_(t, xin);
   X = T_(t, in);
+  Xc->kind = KIND_ACTIVATION;
+  Xc->data = X->data;
   Xc->grad = X->grad;
+  Xc->grad_buf = X->grad_buf;
   Xc->grad_set = X->grad_set;
   t->in_checkpoint = 1;
   qt_status s = nd->fn(t, nd->ctx, xin, &yout);
@@ -599,6 +593,7 @@ static qt_status backward_layer(qt_tape *t, const tape_node *nd) {
   const tape_tensor *Y = T_(t, nd->out);
   QT_ASSERT(Yr->rows == Y->rows && Yr->cols == Y->cols && Yr->requires_grad == Y->requires_grad);
   Yr->grad = Y->grad;
+  Yr->grad_buf = Y->grad_buf;
   Yr->grad_set = Y->grad_set;
   QT_TRY(backward_range(t, mark_nodes, t->n_nodes));
   T_(t, in)->grad_set = T_(t, xin)->grad_set;
@@ -625,7 +620,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     const tape_tensor *X = T_(t, nd->in[0]);
     if (!X->requires_grad) break;
     QT_TRY(grad_target(t, nd->in[0], &g, &acc));
-    KCALL(t, qt_op_rmsnorm_backward_cpu, g, acc, dy, X->data, T_(t, nd->in[1])->data,
+    KRUN(t, qt_op_rmsnorm_backward_cpu, g, acc, dy, X->data, T_(t, nd->in[1])->data,
           nd->saved0, X->rows, X->cols);
     break;
   }
@@ -633,7 +628,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     for (int i = 0; i < 2; i++) {
       if (!needs(t, nd->in[i])) continue;
       QT_TRY(grad_target(t, nd->in[i], &g, &acc));
-      KCALL(t, qt_op_add_backward_cpu, g, acc, dy, Y->rows * Y->cols);
+      KRUN(t, qt_op_add_backward_cpu, g, acc, dy, Y->rows * Y->cols);
     }
     break;
   case OP_LINEAR: {
@@ -642,9 +637,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     void *dx = NULL;
     if (X->requires_grad) {
       QT_TRY(grad_target(t, nd->in[0], &dx, &acc));
-      const void *wd;
-      QT_TRY(weight_data(t, nd->in[1], &wd));
-      KCALL(t, qt_op_linear_backward_cpu, dx, acc, dy, wd, N, In, O);
+      KRUN(t, qt_op_linear_backward_cpu, dx, acc, dy, W->data, N, In, O);
     }
     if (nd->lora.A < 0) break;
     const tape_tensor *A = T_(t, nd->lora.A), *B = T_(t, nd->lora.B);
@@ -652,8 +645,8 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     if (A->requires_grad) QT_TRY(grad_target(t, nd->lora.A, &dA, &acc));
     if (B->requires_grad) QT_TRY(grad_target(t, nd->lora.B, &dB, &acc));
     QT_TRY(work_alloc(t, (size_t)(N * R), &du));
-    if (dx && nd->lora.mask) QT_TRY(work_alloc(t, (size_t)(N * In), &work));
-    KCALL(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
+    if (X->requires_grad && nd->lora.mask) QT_TRY(work_alloc(t, (size_t)(N * In), &work));
+    KRUN(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
           nd->lora.mask, nd->lora.keep_scale, A->data, B->data, nd->lora.scale, N, In, O, R);
     break;
   }
@@ -661,7 +654,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     const tape_tensor *X = T_(t, nd->in[0]);
     if (!X->requires_grad) break;
     QT_TRY(grad_target(t, nd->in[0], &g, &acc));
-    KCALL(t, qt_op_rope_backward_cpu, g, acc, dy, nd->ints, nd->inv_freq, X->rows, nd->H, nd->D);
+    KRUN(t, qt_op_rope_backward_cpu, g, acc, dy, nd->ints, nd->inv_freq, X->rows, nd->H, nd->D);
     break;
   }
   case OP_ATTENTION: {
@@ -678,12 +671,12 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
         if (!d[i]) continue;
         void *dd[3] = {NULL, NULL, NULL};
         dd[i] = d[i];
-        KCALL(t, qt_op_attention_backward_cpu, dd[0], dd[1], dd[2], a[i], work, dy, nd->saved0,
+        KRUN(t, qt_op_attention_backward_cpu, dd[0], dd[1], dd[2], a[i], work, dy, nd->saved0,
               T_(t, nd->in[0])->data, T_(t, nd->in[1])->data, T_(t, nd->in[2])->data, nd->ints,
               nd->B, nd->T, nd->H, nd->K, nd->D);
       }
     } else {
-      KCALL(t, qt_op_attention_backward_cpu, d[0], d[1], d[2], acc_all, work, dy, nd->saved0,
+      KRUN(t, qt_op_attention_backward_cpu, d[0], d[1], d[2], acc_all, work, dy, nd->saved0,
             T_(t, nd->in[0])->data, T_(t, nd->in[1])->data, T_(t, nd->in[2])->data, nd->ints,
             nd->B, nd->T, nd->H, nd->K, nd->D);
     }
@@ -696,10 +689,10 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     if (G->requires_grad) QT_TRY(grad_target(t, nd->in[0], &dg, &ag));
     if (U->requires_grad) QT_TRY(grad_target(t, nd->in[1], &du, &au));
     if (dg && du && ag != au) {
-      KCALL(t, qt_op_swiglu_backward_cpu, dg, NULL, ag, dy, G->data, U->data, G->rows * G->cols);
-      KCALL(t, qt_op_swiglu_backward_cpu, NULL, du, au, dy, G->data, U->data, G->rows * G->cols);
+      KRUN(t, qt_op_swiglu_backward_cpu, dg, NULL, ag, dy, G->data, U->data, G->rows * G->cols);
+      KRUN(t, qt_op_swiglu_backward_cpu, NULL, du, au, dy, G->data, U->data, G->rows * G->cols);
     } else {
-      KCALL(t, qt_op_swiglu_backward_cpu, dg, du, ag || au, dy, G->data, U->data,
+      KRUN(t, qt_op_swiglu_backward_cpu, dg, du, ag || au, dy, G->data, U->data,
             G->rows * G->cols);
     }
     break;
@@ -707,11 +700,11 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
   case OP_CROSS_ENTROPY: {
     const tape_tensor *X = T_(t, nd->in[0]), *W = T_(t, nd->in[1]);
     if (!X->requires_grad) break;
-    double dloss = t->f64 ? *(const double *)dy : *(const float *)dy;
+    double dloss = t->measuring ? 0.0 : t->f64 ? *(const double *)dy : *(const float *)dy;
     void *logits;
     QT_TRY(grad_target(t, nd->in[0], &g, &acc));
     QT_TRY(work_alloc(t, (size_t)(nd->T * W->rows), &logits));
-    KCALL(t, qt_op_cross_entropy_backward_cpu, g, acc, logits, nd->T, dloss, nd->saved0, X->data,
+    KRUN(t, qt_op_cross_entropy_backward_cpu, g, acc, logits, nd->T, dloss, nd->saved0, X->data,
           W->data, nd->ints, X->rows, X->cols, W->rows);
     break;
   }
@@ -726,8 +719,8 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
       void *w;
       QT_TRY(grad_target(t, nd->in[0], &dx, &acc));
       QT_TRY(work_alloc(t, (size_t)(O * In), &w));
-      QT_TRY(nd->wsrc.fill(nd->wsrc.ctx, w));
-      KCALL(t, qt_op_linear_backward_cpu, dx, acc, dy, w, N, In, O);
+      if (!t->measuring) QT_TRY(nd->wsrc.fill(nd->wsrc.ctx, w));
+      KRUN(t, qt_op_linear_backward_cpu, dx, acc, dy, w, N, In, O);
     }
     if (nd->lora.A < 0) break;
     const tape_tensor *A = T_(t, nd->lora.A), *B = T_(t, nd->lora.B);
@@ -735,8 +728,8 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     if (A->requires_grad) QT_TRY(grad_target(t, nd->lora.A, &dA, &acc));
     if (B->requires_grad) QT_TRY(grad_target(t, nd->lora.B, &dB, &acc));
     QT_TRY(work_alloc(t, (size_t)(N * R), &du));
-    if (dx && nd->lora.mask) QT_TRY(work_alloc(t, (size_t)(N * In), &work));
-    KCALL(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
+    if (X->requires_grad && nd->lora.mask) QT_TRY(work_alloc(t, (size_t)(N * In), &work));
+    KRUN(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
           nd->lora.mask, nd->lora.keep_scale, A->data, B->data, nd->lora.scale, N, In, O, R);
     break;
   }
@@ -759,7 +752,9 @@ qt_status qt_tape_backward(qt_tape *t, int32_t loss, double dloss) {
   void *g;
   int acc;
   QT_TRY(grad_target(t, loss, &g, &acc));
-  if (t->f64)
+  if (t->measuring)
+    ;
+  else if (t->f64)
     *(double *)g = dloss;
   else
     *(float *)g = (float)dloss;

@@ -72,6 +72,13 @@ typedef struct {
 
 /* dtype: QT_F32 or QT_F64. *out is NULL on failure. */
 qt_status qt_tape_init(qt_tape **out, qt_dtype dtype, const qt_tape_config *cfg);
+/* A measuring tape (common/arena.h qt_arena_init_measure): every recorder and
+ * qt_tape_backward allocate and count exactly as on a real tape but compute
+ * nothing (no kernel, no weight fill; data pointers are NULL, losses 0). Record
+ * one step on it with the real shapes (and checkpoint setting), then
+ * qt_tape_get_stats gives act_peak / grad_peak: the arena sizes for
+ * qt_tape_init, known before step 0. cfg's byte sizes are ignored. */
+qt_status qt_tape_init_measure(qt_tape **out, qt_dtype dtype, const qt_tape_config *cfg);
 void qt_tape_free(qt_tape **t);
 
 /* Parameters (persistent across qt_tape_reset; register before the first op).
@@ -80,15 +87,6 @@ qt_status qt_tape_frozen(qt_tape *t, const char *name, const void *data, int64_t
                          int64_t cols, int32_t *id);
 qt_status qt_tape_trainable(qt_tape *t, const char *name, void *data, void *grad, int64_t rows,
                             int64_t cols, int32_t *id);
-/* A frozen weight that exists only on demand (the quantized base linears:
- * NF4 dequantized per use, never the whole model). fn writes the (rows, cols)
- * weight in `dtype` (the tape's: QT_F32 or QT_F64) into dst; the tape calls it
- * in qt_tape_linear's forward and again in its backward, into a work buffer of
- * the activation arena released right after the GEMM. Only for qt_tape_linear's
- * W (embeddings, norms and the lm_head are stored weights). */
-typedef qt_status (*qt_tape_materialize_fn)(void *ctx, qt_dtype dtype, void *dst);
-qt_status qt_tape_frozen_materialized(qt_tape *t, const char *name, int64_t rows, int64_t cols,
-                                      qt_tape_materialize_fn fn, void *ctx, int32_t *id);
 /* Per-step constant tensor (no gradient), data (rows, cols) borrowed. */
 qt_status qt_tape_constant(qt_tape *t, const void *data, int64_t rows, int64_t cols, int32_t *id);
 

@@ -126,8 +126,10 @@ typedef struct {
   void *gA[L][NPROJ], *gB[L][NPROJ];  /* LoRA gradients (caller-owned, +=) */
   void *copies[64];
   int n_copies;
-  /* materialized base weights (as a dequantizer would provide them) */
-  struct mat_ctx { const double *src; int64_t n; int *calls; } mat[L][P_LAYER];
+  /* base weights given by a fill callback (as the 4-bit dequantizer provides them) */
+  struct mat_ctx { const double *src; int64_t n; int *calls; bool f64; } mat[L][P_LAYER];
+  qt_tape_weight_src wsrc[L][P_LAYER];
+  bool use_src[L][P_LAYER];
   int mat_calls;
   const model *m;
   /* per-layer recording context */
@@ -143,29 +145,40 @@ static const void *as_dtype(bound *bd, const double *x, int64_t n) {
   return f;
 }
 
-/* qt_tape_materialize_fn: writes the master weight in the tape's dtype. */
-static qt_status materialize(void *vctx, qt_dtype dtype, void *dst) {
+/* qt_tape_weight_fill: writes the master weight in the tape's dtype. */
+static qt_status fill_weight(void *vctx, void *dst) {
   struct mat_ctx *c = vctx;
   (*c->calls)++;
   for (int64_t i = 0; i < c->n; i++) {
-    if (dtype == QT_F64) ((double *)dst)[i] = c->src[i];
+    if (c->f64) ((double *)dst)[i] = c->src[i];
     else ((float *)dst)[i] = (float)c->src[i];
   }
   return QT_OK;
 }
 
-/* mat_mask: bit p set = base weight p (P_Q..P_DOWN) is materialized on demand. */
+/* mat_mask: bit p set = base weight p (P_Q..P_DOWN) goes through qt_tape_linear_src. */
 static void bind_mat(bound *bd, const model *m, bool f64, bool freeze_layer0, unsigned mat_mask);
 static void bind(bound *bd, const model *m, bool f64, bool freeze_layer0) {
   bind_mat(bd, m, f64, freeze_layer0, 0);
 }
+/* measure: a measuring tape; else act/grad bytes (0: the defaults, 4 and 2 MiB). */
+static void bind_cfg(bound *bd, const model *m, bool f64, bool freeze_layer0, unsigned mat_mask,
+                     bool measure, size_t act_bytes, size_t grad_bytes);
 static void bind_mat(bound *bd, const model *m, bool f64, bool freeze_layer0, unsigned mat_mask) {
+  bind_cfg(bd, m, f64, freeze_layer0, mat_mask, false, 0, 0);
+}
+static void bind_cfg(bound *bd, const model *m, bool f64, bool freeze_layer0, unsigned mat_mask,
+                     bool measure, size_t act_bytes, size_t grad_bytes) {
   memset(bd, 0, sizeof *bd);
   bd->f64 = f64;
   bd->m = m;
-  qt_tape_config cfg = {.act_bytes = 4 << 20, .grad_bytes = 2 << 20, .max_tensors = 512,
+  qt_tape_config cfg = {.act_bytes = act_bytes ? act_bytes : 4 << 20,
+                        .grad_bytes = grad_bytes ? grad_bytes : 2 << 20, .max_tensors = 512,
                         .max_nodes = 256, .ce_chunk_rows = 5};
-  assert_int_equal(qt_tape_init(&bd->t, f64 ? QT_F64 : QT_F32, &cfg), QT_OK);
+  if (measure)
+    assert_int_equal(qt_tape_init_measure(&bd->t, f64 ? QT_F64 : QT_F32, &cfg), QT_OK);
+  else
+    assert_int_equal(qt_tape_init(&bd->t, f64 ? QT_F64 : QT_F32, &cfg), QT_OK);
   qt_tape *t = bd->t;
   size_t es = f64 ? 8 : 4;
   assert_int_equal(qt_tape_frozen(t, "embed_tokens", as_dtype(bd, m->emb, V * C), V, C, &bd->emb), QT_OK);
@@ -178,9 +191,12 @@ static void bind_mat(bound *bd, const model *m, bool f64, bool freeze_layer0, un
     for (int p = 0; p < P_LAYER; p++) {
       int64_t rows = (p == P_INNORM || p == P_POSTNORM) ? 1 : wsize(p) / wfan_in(p);
       if (mat_mask & (1u << p)) {
-        bd->mat[l][p] = (struct mat_ctx){m->w[l][p], wsize(p), &bd->mat_calls};
-        assert_int_equal(qt_tape_frozen_materialized(t, "base (materialized)", rows, wsize(p) / rows,
-                                                     materialize, &bd->mat[l][p], &bd->w[l][p]), QT_OK);
+        bd->mat[l][p] = (struct mat_ctx){m->w[l][p], wsize(p), &bd->mat_calls, f64};
+        bd->wsrc[l][p] = (qt_tape_weight_src){.rows = rows, .cols = wsize(p) / rows,
+                                              .fill = fill_weight, .ctx = &bd->mat[l][p],
+                                              .name = "base (filled)"};
+        bd->use_src[l][p] = true;
+        bd->w[l][p] = -1;
         continue;
       }
       assert_int_equal(qt_tape_frozen(t, "base", as_dtype(bd, m->w[l][p], wsize(p)), rows,
@@ -213,6 +229,8 @@ static void unbind(bound *bd) {
 static qt_status lin(bound *bd, int l, int j, int32_t x, int32_t *y) {
   qt_tape_lora lo = {.A = bd->A[l][j], .B = bd->Bm[l][j], .scale = LORA_SCALE,
                      .mask = bd->m->mask[l][j], .keep_scale = KEEP_SCALE};
+  if (bd->use_src[l][proj_param[j]])
+    return qt_tape_linear_src(bd->t, x, &bd->wsrc[l][proj_param[j]], -1, &lo, y);
   return qt_tape_linear(bd->t, x, bd->w[l][proj_param[j]], -1, &lo, y);
 }
 
@@ -276,7 +294,9 @@ static double forward_backward(bound *bd, bool ckpt) {
   zero_grads(bd);
   double sum = forward(bd, ckpt, &cnt);
   assert_true(cnt > 0);
-  assert_int_equal(qt_tape_backward(bd->t, bd->loss, 1.0 / (double)cnt), QT_OK);
+  qt_status s = qt_tape_backward(bd->t, bd->loss, 1.0 / (double)cnt);
+  if (s != QT_OK) fprintf(stderr, "backward: %s\n", qt_error_message());
+  assert_int_equal(s, QT_OK);
   return sum / (double)cnt;
 }
 
@@ -624,10 +644,10 @@ static void check_golden(bool tied) {
 static void test_golden_untied(void **st) { (void)st; check_golden(false); }
 static void test_golden_tied(void **st) { (void)st; check_golden(true); }
 
-/* Base weights produced on demand (the hook the NF4 dequantizer plugs into)
- * give bit-identical gradients, and are produced only where needed: once per
- * forward (and per recompute), and in backward only when the input of the
- * linear needs a gradient (layer 0's q_proj input does not). */
+/* Base weights given by a fill callback (qt_tape_linear_src, the hook the NF4
+ * dequantizer plugs into) give bit-identical gradients, and are filled only
+ * where needed: once per forward (and per recompute), and in backward only when
+ * the input of the linear needs a gradient (layer 0's q_proj input does not). */
 static void test_materialized_weights(void **st) {
   (void)st;
   model m;
@@ -652,6 +672,56 @@ static void test_materialized_weights(void **st) {
   model_free(&m);
 }
 
+/* A measuring tape records a step without computing and reports the exact
+ * arena sizes; a real tape of exactly that size runs the same step (with a
+ * filled base weight too), and one allocation unit (64 bytes) less of either
+ * arena fails with QT_ERR_NOMEM. */
+static void test_measure_then_allocate(void **st) {
+  (void)st;
+  model m;
+  model_init(&m, false, true, 21);
+  const unsigned mask = 1u << P_UP;
+  for (int ckpt = 0; ckpt < 2; ckpt++) {
+    bound meas;
+    bind_cfg(&meas, &m, false, false, mask, true, 0, 0);
+    forward_backward(&meas, ckpt);
+    qt_tape_stats ms = qt_tape_get_stats(meas.t);
+    assert_int_equal(meas.mat_calls, 0); /* nothing computed, nothing filled */
+    unbind(&meas);
+    bound real;
+    bind_cfg(&real, &m, false, false, mask, false, ms.act_peak, ms.grad_peak);
+    double loss = forward_backward(&real, ckpt);
+    assert_true(loss > 0);
+    qt_tape_stats rs = qt_tape_get_stats(real.t);
+    assert_int_equal(rs.act_peak, ms.act_peak);
+    assert_int_equal(rs.grad_peak, ms.grad_peak);
+    assert_int_equal(rs.grad_tensor_bytes, ms.grad_tensor_bytes);
+    fprintf(stderr, "measured plan (ckpt %s): activations %zu bytes, gradients %zu bytes\n",
+            ckpt ? "on" : "off", ms.act_peak, ms.grad_peak);
+    unbind(&real);
+    for (int which = 0; which < 2; which++) {
+      bound small;
+      bind_cfg(&small, &m, false, false, mask, false, ms.act_peak - (which ? 0 : 64),
+               ms.grad_peak - (which ? 64 : 0));
+      int64_t cnt;
+      qt_tape_reset(small.t);
+      int32_t h, xf, loss_id;
+      qt_status s = qt_tape_embedding(small.t, small.emb, m.ids, N, &h);
+      for (int l = 0; l < L && s == QT_OK; l++) {
+        small.lctx[l] = (struct layer_ctx){.self = &small, .l = l};
+        s = qt_tape_layer(small.t, layer_fn, &small.lctx[l], h, ckpt, &h);
+      }
+      double sum;
+      if (s == QT_OK) s = qt_tape_rmsnorm(small.t, h, small.final_norm, EPS, &xf);
+      if (s == QT_OK) s = qt_tape_cross_entropy(small.t, xf, small.lm_head, m.targets, &loss_id, &sum, &cnt);
+      if (s == QT_OK) s = qt_tape_backward(small.t, loss_id, 1.0 / (double)cnt);
+      assert_int_equal(s, QT_ERR_NOMEM);
+      unbind(&small);
+    }
+  }
+  model_free(&m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fd_untied_dropout),
@@ -662,6 +732,7 @@ int main(void) {
       cmocka_unit_test(test_f32_vs_f64_and_reuse),
       cmocka_unit_test(test_arena_exhausted),
       cmocka_unit_test(test_materialized_weights),
+      cmocka_unit_test(test_measure_then_allocate),
       cmocka_unit_test(test_golden_untied),
       cmocka_unit_test(test_golden_tied),
   };
