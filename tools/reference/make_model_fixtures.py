@@ -50,7 +50,8 @@ the tokenizers library, whole file pooled), and greedy generation of 64
 tokens from BOS (transformers generate, do_sample=False), in float32 (and the
 float64 figures, for the record).
 
---check-ours DIR: DIR holds an adapter directory written by qlora-train
+--check-ours DIR (committed instance: tests/golden/model/ours_tiny_a, made by
+`build/tests/model_lora/test_model_lora --write-peft-check DIR` first): DIR holds an adapter directory written by qlora-train
 (DIR/adapter) for the tiny_a base, and DIR/ours.safetensors with the ids and
 the logits the C model computed with it. Loads the adapter with
 PeftModel.from_pretrained and writes DIR/peft_check.json with the max
