@@ -665,6 +665,49 @@ static void test_bad_batch(void **st) {
   qt_model_free(&m);
 }
 
+/* ---- tape sizing ---------------------------------------------------------------- */
+
+/* qt_model_tape_init's arena bounds hold a real step: stories260K, LoRA r 16
+ * on all seven projections with dropout, packed rows, with and without
+ * checkpointing, several shapes (a step that did not fit fails with NOMEM). */
+static void test_tape_sizing(void **st) {
+  (void)st;
+  qt_model *m = load_model(STORIES, QT_MODEL_QUANT_NF4);
+  qt_lora_config c = {.r = 16, .alpha = 16, .dropout = 0.1, .targets = QT_LORA_ALL_LINEAR,
+                      .seed = 1};
+  const int64_t shapes[3][2] = {{1, 200}, {3, 64}, {2, 7}};
+  for (int k = 0; k < 3; k++)
+    for (int ck = 0; ck < 2; ck++) {
+      int64_t B = shapes[k][0], T = shapes[k][1], N = B * T;
+      qt_lora *l = NULL;
+      ok(qt_lora_init(m, &c, &l));
+      qt_model_tape *mt = make_tape(m, B, T, ck == 1, c.r);
+      ok(qt_lora_attach(l, qt_model_tape_get(mt)));
+      int32_t *ids = malloc((size_t)N * 16), *tg = ids + N, *pos = ids + 2 * N, *doc = ids + 3 * N;
+      for (int64_t n = 0; n < N; n++) {
+        int64_t t = n % T;
+        ids[n] = (int32_t)((n * 37 + 11) % m->V);
+        doc[n] = (int32_t)(n / T * 2 + (t >= T / 3));
+        pos[n] = (int32_t)(t >= T / 3 ? t - T / 3 : t);
+      }
+      qt_model_targets_from_labels(ids, doc, B, T, tg);
+      qt_model_batch b = {.ids = ids, .targets = tg, .pos = pos, .doc = doc, .B = B, .T = T};
+      qt_lora_set_step(l, 1, true);
+      qt_model_adapter ad = qt_lora_adapter(l);
+      double loss;
+      int64_t cnt;
+      ok(qt_model_forward_backward(mt, &ad, &b, true, 1.0, &loss, &cnt));
+      assert_true(isfinite(loss) && cnt > 0);
+      qt_tape_stats ts = qt_tape_get_stats(qt_model_tape_get(mt));
+      fprintf(stderr, "B %lld T %lld ckpt %d: act peak %.2f MiB, grad peak %.2f MiB\n",
+              (long long)B, (long long)T, ck, ts.act_peak / 1048576.0, ts.grad_peak / 1048576.0);
+      free(ids);
+      qt_model_tape_free(&mt);
+      qt_lora_free(&l);
+    }
+  qt_model_free(&m);
+}
+
 /* ---- init, dropout, checkpointing ------------------------------------------ */
 
 static void test_init(void **st) {
@@ -864,7 +907,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_linear_src),     cmocka_unit_test(test_sharded),
       cmocka_unit_test(test_init),           cmocka_unit_test(test_dropout_checkpoint),
       cmocka_unit_test(test_adapter_errors), cmocka_unit_test(test_half_checkpoint),
-      cmocka_unit_test(test_bad_batch),
+      cmocka_unit_test(test_bad_batch),      cmocka_unit_test(test_tape_sizing),
   };
   if (argc == 2 && strcmp(argv[1], "--units") == 0) return cmocka_run_group_tests(units, NULL, NULL);
   if (argc != 1) {
