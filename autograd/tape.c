@@ -781,3 +781,8 @@ qt_tape_stats qt_tape_get_stats(const qt_tape *t) {
                          .grad_tensors = t->grad_tensors, .n_tensors = t->n_tensors,
                          .n_nodes = t->n_nodes};
 }
+
+qt_status qt_tape_add_to_plan(const qt_tape *t, qt_mem_plan *plan) {
+  QT_TRY(qt_mem_plan_add_arena(plan, &t->act, "cpu"));
+  return qt_mem_plan_add_arena(plan, &t->grad, "cpu");
+}

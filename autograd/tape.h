@@ -49,6 +49,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/arena.h"
 #include "common/status.h"
 #include "common/tensor.h"
 
@@ -164,5 +165,7 @@ const void *qt_tape_data(const qt_tape *t, int32_t id);
 const void *qt_tape_grad(const qt_tape *t, int32_t id);
 bool qt_tape_requires_grad(const qt_tape *t, int32_t id);
 qt_tape_stats qt_tape_get_stats(const qt_tape *t);
+/* Adds the tape's two arenas to a memory plan (capacity and peak), where = "cpu". */
+qt_status qt_tape_add_to_plan(const qt_tape *t, qt_mem_plan *plan);
 
 #endif

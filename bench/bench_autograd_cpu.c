@@ -57,6 +57,9 @@ typedef struct {
   int32_t emb, norm, in_norm[MAXL], post_norm[MAXL], W[MAXL][NPROJ], A[MAXL][NPROJ], Bm[MAXL][NPROJ];
   int32_t *ids, *pos, *doc, *targets;
   float inv_freq[512];
+  float *wemb, *ones, *w[MAXL][NPROJ], *a[MAXL][NPROJ], *ga[MAXL][NPROJ], *b[MAXL][NPROJ],
+      *gb[MAXL][NPROJ]; /* weights (owned), registered on each tape */
+  int64_t pin[NPROJ], pout[NPROJ];
   qt_tape *t;
 } bench_model;
 typedef struct { bench_model *m; int l; } layer_ctx;
@@ -86,6 +89,41 @@ static qt_status layer_fn(qt_tape *t, void *vctx, int32_t h, int32_t *out) {
   QT_TRY(qt_tape_swiglu(t, g, u, &s));
   QT_TRY(lin(m, l, 6, s, &d));
   return qt_tape_add(t, h1, d, out);
+}
+
+static qt_status register_params(bench_model *m) {
+  qt_tape *t = m->t;
+  QT_TRY(qt_tape_frozen(t, "embed_tokens", m->wemb, m->V, m->C, &m->emb));
+  QT_TRY(qt_tape_frozen(t, "norm", m->ones, 1, m->C, &m->norm));
+  for (int l = 0; l < m->L; l++) {
+    QT_TRY(qt_tape_frozen(t, "input_layernorm", m->ones, 1, m->C, &m->in_norm[l]));
+    QT_TRY(qt_tape_frozen(t, "post_attention_layernorm", m->ones, 1, m->C, &m->post_norm[l]));
+    for (int j = 0; j < NPROJ; j++) {
+      QT_TRY(qt_tape_frozen(t, "base", m->w[l][j], m->pout[j], m->pin[j], &m->W[l][j]));
+      QT_TRY(qt_tape_trainable(t, "lora_A", m->a[l][j], m->ga[l][j], m->R, m->pin[j], &m->A[l][j]));
+      QT_TRY(qt_tape_trainable(t, "lora_B", m->b[l][j], m->gb[l][j], m->pout[j], m->R, &m->Bm[l][j]));
+    }
+  }
+  return QT_OK;
+}
+
+/* One training step's forward and backward on m->t. */
+static qt_status record_step(bench_model *m, int ckpt, double *loss) {
+  layer_ctx lc[MAXL];
+  qt_tape_reset(m->t);
+  int32_t h, xf, lid;
+  int64_t cnt;
+  double sum;
+  QT_TRY(qt_tape_embedding(m->t, m->emb, m->ids, m->T, &h));
+  for (int l = 0; l < m->L; l++) {
+    lc[l] = (layer_ctx){m, l};
+    QT_TRY(qt_tape_layer(m->t, layer_fn, &lc[l], h, ckpt, &h));
+  }
+  QT_TRY(qt_tape_rmsnorm(m->t, h, m->norm, 1e-5, &xf));
+  QT_TRY(qt_tape_cross_entropy(m->t, xf, m->emb, m->targets, &lid, &sum, &cnt));
+  QT_TRY(qt_tape_backward(m->t, lid, 1.0 / (double)cnt));
+  *loss = sum / (double)cnt;
+  return QT_OK;
 }
 
 static double sgemm_gflops(int64_t M, int64_t N, int64_t Kd) {
@@ -138,43 +176,28 @@ int main(int argc, char **argv) {
   /* ---- model ---- */
   rng r = {2024};
   int64_t lin_params = m.V * C, lora_params = 0;
-  size_t act = 0, grad = 0;
   for (int j = 0; j < NPROJ; j++) {
+    m.pin[j] = pin[j];
+    m.pout[j] = pout[j];
     lin_params += m.L * pout[j] * pin[j];
     lora_params += m.L * R * (pout[j] + pin[j]);
-    act += (size_t)(N * (pout[j] + R)) * 4;
   }
-  act = (act + (size_t)(N * (8 * C + 3 * HD + 3 * KD + 3 * F)) * 4 + (size_t)(m.H * N * N) * 4) * (size_t)m.L +
-        (size_t)(64 * m.V + 4 * N * C) * 4 + ((size_t)64 << 20);
-  grad = (size_t)(N * (8 * C + 3 * HD + 3 * KD + 3 * F)) * 4 * (size_t)m.L + ((size_t)64 << 20);
-  qt_tape_config cfg = {.act_bytes = act, .grad_bytes = grad, .max_tensors = 64 * (int32_t)m.L + 256,
-                        .max_nodes = 32 * (int32_t)m.L + 64, .ce_chunk_rows = 64};
-  qt_status s = qt_tape_init(&m.t, QT_F32, &cfg);
-  float **owned = calloc((size_t)(5 * NPROJ * m.L + 8), sizeof(float *));
-  int n_owned = 0;
-#define KEEP(p) (owned[n_owned++] = (p))
-  if (s == QT_OK) s = qt_tape_frozen(m.t, "embed_tokens", KEEP(rnd(&r, m.V * C, 0.05f)), m.V, C, &m.emb);
-  float *ones = malloc((size_t)C * sizeof(float));
-  for (int64_t c = 0; c < C; c++) ones[c] = 1.0f;
-  if (s == QT_OK) s = qt_tape_frozen(m.t, "norm", ones, 1, C, &m.norm);
-  for (int l = 0; l < m.L && s == QT_OK; l++) {
-    s = qt_tape_frozen(m.t, "input_layernorm", ones, 1, C, &m.in_norm[l]);
-    if (s == QT_OK) s = qt_tape_frozen(m.t, "post_attention_layernorm", ones, 1, C, &m.post_norm[l]);
-    for (int j = 0; j < NPROJ && s == QT_OK; j++) {
+  m.wemb = rnd(&r, m.V * C, 0.05f);
+  m.ones = malloc((size_t)C * sizeof(float));
+  for (int64_t c = 0; c < C; c++) m.ones[c] = 1.0f;
+  for (int l = 0; l < m.L; l++)
+    for (int j = 0; j < NPROJ; j++) {
       float sc = 1.0f / sqrtf((float)pin[j]);
-      s = qt_tape_frozen(m.t, "base", KEEP(rnd(&r, pout[j] * pin[j], sc)), pout[j], pin[j], &m.W[l][j]);
-      float *a = KEEP(rnd(&r, R * pin[j], sc));
-      float *ga = KEEP(calloc((size_t)(R * pin[j]), 4));
-      float *b = KEEP(rnd(&r, pout[j] * R, 0.01f));
-      float *gb = KEEP(calloc((size_t)(pout[j] * R), 4));
-      if (s == QT_OK) s = qt_tape_trainable(m.t, "lora_A", a, ga, R, pin[j], &m.A[l][j]);
-      if (s == QT_OK) s = qt_tape_trainable(m.t, "lora_B", b, gb, pout[j], R, &m.Bm[l][j]);
+      m.w[l][j] = rnd(&r, pout[j] * pin[j], sc);
+      m.a[l][j] = rnd(&r, R * pin[j], sc);
+      m.ga[l][j] = calloc((size_t)(R * pin[j]), 4);
+      m.b[l][j] = rnd(&r, pout[j] * R, 0.01f);
+      m.gb[l][j] = calloc((size_t)(pout[j] * R), 4);
+      if (!m.ga[l][j] || !m.gb[l][j]) {
+        fprintf(stderr, "bench_autograd_cpu: out of memory\n");
+        return 1;
+      }
     }
-  }
-  if (s != QT_OK) {
-    fprintf(stderr, "bench_autograd_cpu: %s\n", qt_error_message());
-    return 1;
-  }
   m.ids = malloc((size_t)N * 4);
   m.pos = malloc((size_t)N * 4);
   m.doc = malloc((size_t)N * 4);
@@ -193,29 +216,38 @@ int main(int argc, char **argv) {
                  (double)N;
   double flops_tok = 4.0 * (double)lin_params + 12.0 * (double)(m.H * m.D) * k_avg;
 
-  layer_ctx lc[MAXL];
-  double t_total = 0, loss = 0;
-  for (int step = 0; step <= steps; step++) {
+  /* ---- memory plan: one step on a measuring tape, then arenas of exactly that size ---- */
+  qt_tape_config cfg = {.max_tensors = 64 * (int32_t)m.L + 256, .max_nodes = 32 * (int32_t)m.L + 64,
+                        .ce_chunk_rows = 64};
+  double loss = 0;
+  qt_status s = qt_tape_init_measure(&m.t, QT_F32, &cfg);
+  if (s == QT_OK) s = register_params(&m);
+  if (s == QT_OK) s = record_step(&m, ckpt, &loss);
+  if (s == QT_OK) {
+    qt_tape_stats ms = qt_tape_get_stats(m.t);
+    cfg.act_bytes = ms.act_peak;
+    cfg.grad_bytes = ms.grad_peak;
+    qt_tape_free(&m.t);
+    s = qt_tape_init(&m.t, QT_F32, &cfg);
+  }
+  if (s == QT_OK) s = register_params(&m);
+  if (s == QT_OK) {
+    qt_mem_plan plan;
+    qt_mem_plan_init(&plan);
+    s = qt_tape_add_to_plan(m.t, &plan);
+    if (s == QT_OK) qt_mem_plan_print(&plan, stdout);
+    qt_mem_plan_free(&plan);
+  }
+  double t_total = 0;
+  for (int step = 0; step <= steps && s == QT_OK; step++) {
     double t0 = now();
-    qt_tape_reset(m.t);
-    int32_t h, xf, lid;
-    int64_t cnt;
-    s = qt_tape_embedding(m.t, m.emb, m.ids, N, &h);
-    for (int l = 0; l < m.L && s == QT_OK; l++) {
-      lc[l] = (layer_ctx){&m, l};
-      s = qt_tape_layer(m.t, layer_fn, &lc[l], h, ckpt, &h);
-    }
-    if (s == QT_OK) s = qt_tape_rmsnorm(m.t, h, m.norm, 1e-5, &xf);
-    double sum = 0;
-    if (s == QT_OK) s = qt_tape_cross_entropy(m.t, xf, m.emb, m.targets, &lid, &sum, &cnt);
-    if (s == QT_OK) s = qt_tape_backward(m.t, lid, 1.0 / (double)cnt);
-    if (s != QT_OK) {
-      fprintf(stderr, "bench_autograd_cpu: %s\n", qt_error_message());
-      return 1;
-    }
+    s = record_step(&m, ckpt, &loss);
     double dt = now() - t0;
     if (step > 0) t_total += dt; /* step 0 warms up */
-    loss = sum / (double)cnt;
+  }
+  if (s != QT_OK) {
+    fprintf(stderr, "bench_autograd_cpu: %s\n", qt_error_message());
+    return 1;
   }
   double tok_s = (double)(N * steps) / t_total;
   /* Measure sgemm again: on a shared machine the load changes during the run;
@@ -249,12 +281,15 @@ int main(int argc, char **argv) {
          tok_s * flops_tok / 1e9);
   printf("sgemm measured: %.1f GFLOP/s (%.1f before the steps) -> fraction %.3f\n", peak, peak_before,
          tok_s * flops_tok / 1e9 / peak);
-  printf("arenas: activations peak %.1f MiB, activation gradients peak %.1f MiB\n",
+  printf("arenas (sized by the measuring tape): activations peak %.1f MiB, activation gradients peak %.1f MiB\n",
          (double)st.act_peak / 1048576.0, (double)st.grad_peak / 1048576.0);
   qt_tape_free(&m.t);
-  for (int i = 0; i < n_owned; i++) free(owned[i]);
-  free(owned);
-  free(ones);
+  free(m.wemb);
+  free(m.ones);
+  for (int l = 0; l < m.L; l++)
+    for (int j = 0; j < NPROJ; j++) {
+      free(m.w[l][j]); free(m.a[l][j]); free(m.ga[l][j]); free(m.b[l][j]); free(m.gb[l][j]);
+    }
   free(m.ids); free(m.pos); free(m.doc); free(m.targets);
   return 0;
 }
