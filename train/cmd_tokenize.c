@@ -6,7 +6,7 @@
  * line, stdout JSONL {"text": ...}; special tokens are kept unless
  * --skip-special. Blank input lines are skipped. Errors name stdin's line.
  * DIR needs only tokenizer.json (config.json / tokenizer_config.json give
- * BOS/EOS). Text is read with cJSON, so a "\u0000" escape ends the string. */
+ * BOS/EOS). A "\u0000" escape in the text is refused (cJSON strings end at NUL). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +43,17 @@ static void put_json_string(const char *s, size_t n, FILE *out) {
   fputc('"', out);
 }
 
+/* cJSON ends a string at an escaped U+0000, which would silently drop the
+ * rest of the text; find such an escape (escape pairs are skipped whole). */
+static int has_nul_escape(const char *s, size_t n) {
+  for (size_t i = 0; i + 1 < n; i++) {
+    if (s[i] != '\\') continue;
+    if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0) return 1;
+    i++;
+  }
+  return 0;
+}
+
 static qt_status encode_line(qt_tokenizer *t, const char *line, size_t len, size_t lineno,
                              unsigned flags, qt_token_ids *ids, FILE *out) {
   cJSON *j = cJSON_ParseWithLength(line, len);
@@ -63,6 +74,10 @@ static qt_status encode_line(qt_tokenizer *t, const char *line, size_t len, size
   if (!cJSON_IsString(text)) {
     cJSON_Delete(j);
     return qt_fail(QT_ERR_FORMAT, "stdin:%zu: missing string field \"text\"", lineno);
+  }
+  if (has_nul_escape(line, len)) {
+    cJSON_Delete(j);
+    return qt_fail(QT_ERR_UNSUPPORTED, "stdin:%zu: the line contains a \\u0000 escape (NUL), which qlora-train cannot read; remove it", lineno);
   }
   qt_status st = qt_tokenizer_encode(t, text->valuestring, strlen(text->valuestring), flags, ids);
   cJSON_Delete(j);

@@ -204,10 +204,14 @@ static void test_errors(void **s) {
   expect_error("", a, 2, "--frobnicate");
   expect_error("", "", 2, "DIR");
   expect_error("", "'" SHARED "no-such-model'", 1, "tokenizer.json");
+  expect_error("{\"text\":\"ok\"}\n{\"text\":\"a\\u0000b\"}\n", d, 1, "stdin:2");
   snprintf(a, sizeof a, "'%s' --bos", SHARED "tokenizers/qwen3");
   expect_error("{\"text\":\"x\"}\n", a, 1, "BOS");
   /* invalid UTF-8 inside the JSON string is replaced, not fatal */
   write_file("in", "{\"text\":\"a\xff\xfe b\"}\n");
+  assert_int_equal(run(d), 0);
+  /* an escaped backslash followed by "u0000" is ordinary text */
+  write_file("in", "{\"text\":\"a\\\\u0000b\"}\n");
   assert_int_equal(run(d), 0);
 }
 
