@@ -23,7 +23,9 @@
  * Numerics (../shared/docs/STYLE.md habit 5): reductions accumulate in double
  * (norm statistics, softmax denominators, loss sums);
  * GEMMs are OpenBLAS. Loops are OpenMP-parallel over rows/heads only; no
- * reduction order depends on the thread count.
+ * reduction order depends on the OpenMP thread count (tested). OpenBLAS may
+ * change its own summation order with its thread count for some shapes, so
+ * bit-identical results need the same OpenBLAS thread count.
  * Work buffers are passed in by the caller (the tape carves them from its
  * arena); the ops never allocate. */
 #ifndef QT_AUTOGRAD_OPS_H

@@ -20,6 +20,9 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <cblas.h>
+#include <omp.h>
+
 #include "ag_test_util.h"
 #include "autograd/ops.h"
 #include "common/philox.h"
@@ -549,6 +552,79 @@ static void test_dropout_mask(void **st) {
   free(m2);
 }
 
+/* Determinism in the OpenMP thread count (fp32, the training path): shapes
+ * large enough that the OpenMP loops split work; 1 and 2 threads must give
+ * bit-identical outputs and gradients. OpenBLAS keeps 2 threads in both runs:
+ * OpenBLAS 0.3.21 itself may sum in a different order with a different thread
+ * count for some shapes (observed here for the 150x16x150 attention product),
+ * so bit-identical runs need the same OpenBLAS thread count (DESIGN.md section 4
+ * promises determinism for the same config, which fixes the threads). */
+typedef struct {
+  float *out, *rstd, *dx, *att, *P, *dq, *dk, *dv, *work, *sw, *dg, *du, *lse, *logits, *dxc;
+  double loss;
+} det_run;
+
+static void det_step(det_run *o, const float *x, const float *w, const float *q, const float *k,
+                     const float *v, const float *dy, const int32_t *doc, const int32_t *tg,
+                     const float *W) {
+  enum { N = 300, C = 257, T = 150, H = 4, K = 2, D = 16, V = 700, CH = 64 };
+  qt_op_rmsnorm_forward_cpu(o->out, o->rstd, x, w, 1e-5, N, C);
+  qt_op_rmsnorm_backward_cpu(o->dx, 0, dy, x, w, o->rstd, N, C);
+  qt_op_attention_forward_cpu(o->att, o->P, q, k, v, doc, 2, T, H, K, D);
+  qt_op_attention_backward_cpu(o->dq, o->dk, o->dv, 0, o->work, dy, o->P, q, k, v, doc, 2, T, H, K, D);
+  qt_op_swiglu_forward_cpu(o->sw, x, dy, N * C);
+  qt_op_swiglu_backward_cpu(o->dg, o->du, 0, dy, x, w, C);
+  int64_t cnt;
+  o->loss = qt_op_cross_entropy_forward_cpu(o->lse, &cnt, o->logits, CH, x, W, tg, N, C, V);
+  qt_op_cross_entropy_backward_cpu(o->dxc, 0, o->logits, CH, 1.0 / (double)cnt, o->lse, x, W, tg, N, C, V);
+}
+
+static void test_thread_determinism(void **st) {
+  (void)st;
+  enum { N = 300, C = 257, T = 150, H = 4, K = 2, D = 16, V = 700, CH = 64 };
+  ag_rng r = {4242};
+  float *x = malloc(N * C * 4), *w = malloc(C * 4), *dy = malloc(N * C * 4), *W = malloc(V * C * 4);
+  float *q = malloc(2 * T * H * D * 4), *k = malloc(2 * T * K * D * 4), *v = malloc(2 * T * K * D * 4);
+  for (int i = 0; i < N * C; i++) { x[i] = (float)ag_unif(&r, -2, 2); dy[i] = (float)ag_unif(&r, -1, 1); }
+  for (int i = 0; i < C; i++) w[i] = (float)ag_unif(&r, 0.5, 1.5);
+  for (int i = 0; i < V * C; i++) W[i] = (float)ag_unif(&r, -0.2, 0.2);
+  for (int i = 0; i < 2 * T * H * D; i++) q[i] = (float)ag_unif(&r, -1, 1);
+  for (int i = 0; i < 2 * T * K * D; i++) { k[i] = (float)ag_unif(&r, -1, 1); v[i] = (float)ag_unif(&r, -1, 1); }
+  int32_t doc[2 * T], tg[N];
+  for (int i = 0; i < 2 * T; i++) doc[i] = (i % T) < 60 ? 2 * (i / T) : 2 * (i / T) + 1;
+  for (int i = 0; i < N; i++) tg[i] = i % 5 == 0 ? QT_IGNORE_INDEX : (int32_t)(ag_next(&r) % V);
+  det_run run[2];
+  for (int th = 0; th < 2; th++) {
+    det_run *o = &run[th];
+    o->out = malloc(N * C * 4); o->rstd = malloc(N * 4); o->dx = malloc(N * C * 4);
+    o->att = malloc(2 * T * H * D * 4); o->P = malloc(2 * H * T * T * 4);
+    o->dq = malloc(2 * T * H * D * 4); o->dk = malloc(2 * T * K * D * 4); o->dv = malloc(2 * T * K * D * 4);
+    o->work = malloc(T * T * 4); o->sw = malloc(N * C * 4); o->dg = malloc(N * C * 4); o->du = malloc(N * C * 4);
+    o->lse = malloc(N * 4); o->logits = malloc(CH * V * 4); o->dxc = malloc(N * C * 4);
+    omp_set_num_threads(th + 1);
+    openblas_set_num_threads(2); /* fixed: see above */
+    det_step(o, x, w, q, k, v, dy, doc, tg, W);
+  }
+  omp_set_num_threads(2);
+  assert_memory_equal(run[0].out, run[1].out, N * C * 4);
+  assert_memory_equal(run[0].dx, run[1].dx, N * C * 4);
+  assert_memory_equal(run[0].att, run[1].att, 2 * T * H * D * 4);
+  assert_memory_equal(run[0].dq, run[1].dq, 2 * T * H * D * 4);
+  assert_memory_equal(run[0].dk, run[1].dk, 2 * T * K * D * 4);
+  assert_memory_equal(run[0].dv, run[1].dv, 2 * T * K * D * 4);
+  assert_memory_equal(run[0].sw, run[1].sw, N * C * 4);
+  assert_memory_equal(run[0].dg, run[1].dg, C * 4);
+  assert_memory_equal(&run[0].loss, &run[1].loss, sizeof(double));
+  assert_memory_equal(run[0].dxc, run[1].dxc, N * C * 4);
+  for (int th = 0; th < 2; th++) {
+    det_run *o = &run[th];
+    free(o->out); free(o->rstd); free(o->dx); free(o->att); free(o->P); free(o->dq); free(o->dk);
+    free(o->dv); free(o->work); free(o->sw); free(o->dg); free(o->du); free(o->lse); free(o->logits);
+    free(o->dxc);
+  }
+  free(x); free(w); free(dy); free(W); free(q); free(k); free(v);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm),        cmocka_unit_test(test_add),
@@ -559,6 +635,7 @@ int main(void) {
       cmocka_unit_test(test_swiglu),         cmocka_unit_test(test_cross_entropy),
       cmocka_unit_test(test_cross_entropy_chunks),
       cmocka_unit_test(test_dropout_mask),
+      cmocka_unit_test(test_thread_determinism),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
