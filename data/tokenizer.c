@@ -897,8 +897,38 @@ static qt_status add_pt(qt_tokenizer *t, const cJSON *o, size_t *cap) {
     t->n_pts++;
     return QT_OK;
   }
+  /* Character-class splitters (tokenizers pre_tokenizers/digits.rs,
+   * punctuation.rs, whitespace.rs) as one-character regex matches, which is
+   * what their char-predicate patterns produce (utils/pattern.rs). */
+  const char *pat = NULL;
+  if (strcmp(type, "Digits") == 0) { /* char::is_numeric: Nd, Nl, No */
+    int individual;
+    QT_TRY(jget_bool(o, "individual_digits", t->name, where, 0, &individual));
+    pat = "\\p{N}";
+    s->behavior = individual ? BEH_ISOLATED : BEH_CONTIGUOUS;
+  } else if (strcmp(type, "Punctuation") == 0) { /* is_ascii_punctuation || Unicode P* */
+    const char *beh;
+    QT_TRY(jget_str(o, "behavior", t->name, where, 0, &beh));
+    s->behavior = BEH_ISOLATED;
+    if (beh && strcmp(beh, "Isolated") != 0) {
+      if (strcmp(beh, "Removed") == 0) s->behavior = BEH_REMOVED;
+      else if (strcmp(beh, "MergedWithPrevious") == 0) s->behavior = BEH_MERGED_PREV;
+      else if (strcmp(beh, "MergedWithNext") == 0) s->behavior = BEH_MERGED_NEXT;
+      else if (strcmp(beh, "Contiguous") == 0) s->behavior = BEH_CONTIGUOUS;
+      else return qt_fail(QT_ERR_UNSUPPORTED, "%s: pre_tokenizer Punctuation behavior \"%s\" is not supported", t->name, beh);
+    }
+    pat = "[\\p{P}!-/:-@\\[-`{-~]";
+  } else if (strcmp(type, "WhitespaceSplit") == 0) { /* char::is_whitespace, removed */
+    pat = "\\s";
+    s->behavior = BEH_REMOVED;
+  }
+  if (pat) {
+    s->kind = PT_SPLIT;
+    t->n_pts++;
+    return regex_compile(&s->re, pat, strlen(pat), 0, t->name, type);
+  }
   return qt_fail(QT_ERR_UNSUPPORTED,
-                 "%s: pre_tokenizer type \"%s\" is not supported (supported: Sequence, Split, ByteLevel, Metaspace)",
+                 "%s: pre_tokenizer type \"%s\" is not supported (supported: Sequence, Split, ByteLevel, Metaspace, Digits, Punctuation, WhitespaceSplit)",
                  t->name, type);
 }
 

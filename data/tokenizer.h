@@ -9,7 +9,8 @@
  *   pre_tokenizer Sequence, Split (String or Regex pattern; behaviors Removed,
  *                 Isolated, MergedWithPrevious, MergedWithNext, Contiguous;
  *                 invert), ByteLevel (add_prefix_space, use_regex), Metaspace
- *                 (replacement, prepend_scheme always|first|never, split).
+ *                 (replacement, prepend_scheme always|first|never, split),
+ *                 Digits, Punctuation, WhitespaceSplit.
  *   decoder       Sequence, Replace, ByteFallback, Fuse, Strip, ByteLevel,
  *                 Metaspace.
  *   added_tokens  matched leftmost-longest in the raw text (normalized=false)

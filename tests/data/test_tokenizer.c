@@ -235,7 +235,7 @@ static void test_golden_qwen3(void **s) { (void)s; run_golden("qwen3", 5000); }
 static void test_golden_variants(void **s) {
   (void)s;
   const char *names[] = {"llama2_metaspace_first", "stories_metaspace_always_split", "stories_split_behaviors",
-                         "stories_bytelevel_nfkc", "stories_nfd_added"};
+                         "stories_bytelevel_nfkc", "stories_nfd_added", "stories_digits_punct_ws"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) run_golden(names[i], 600);
 }
 
@@ -297,6 +297,8 @@ static void test_errors(void **s) {
       {"{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", QT_ERR_UNSUPPORTED, "Unigram"},
       {"{" MINI_MODEL ",\"normalizer\":{\"type\":\"BertNormalizer\"}}", QT_ERR_UNSUPPORTED, "BertNormalizer"},
       {"{" MINI_MODEL ",\"pre_tokenizer\":{\"type\":\"Whitespace\"}}", QT_ERR_UNSUPPORTED, "Whitespace"},
+      {"{" MINI_MODEL ",\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\"},{\"type\":\"BertPreTokenizer\"}]}}",
+       QT_ERR_UNSUPPORTED, "BertPreTokenizer"},
       {"{" MINI_MODEL ",\"decoder\":{\"type\":\"WordPiece\"}}", QT_ERR_UNSUPPORTED, "WordPiece"},
       {"{" MINI_MODEL ",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"}}",
        QT_ERR_UNSUPPORTED, "PCRE2"},

@@ -85,6 +85,15 @@ VARIANTS = [
         "normalizer": {"type": "NFKC"},
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}}),
+    ("stories_digits_punct_ws", "stories260K/tokenizer.json", {
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Replace", "pattern": {"String": " "}, "content": SP}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "WhitespaceSplit"}, {"type": "Punctuation", "behavior": "MergedWithNext"},
+            {"type": "Digits", "individual_digits": False},
+            {"type": "Split", "pattern": {"String": SP}, "behavior": "MergedWithNext", "invert": False},
+            {"type": "Punctuation", "behavior": "Isolated"}, {"type": "Digits", "individual_digits": True}]},
+        "decoder": SP_DECODER}),
     ("stories_nfd_added", "stories260K/tokenizer.json", {
         "normalizer": {"type": "Sequence", "normalizers": [
             {"type": "NFD"}, {"type": "Prepend", "prepend": SP},
