@@ -603,7 +603,7 @@ static qt_status jget(const cJSON *obj, const char *key, const char *file, const
 
 static qt_status jget_str(const cJSON *obj, const char *key, const char *file, const char *where,
                           int required, const char **out) {
-  const cJSON *v;
+  const cJSON *v = NULL;
   QT_TRY(jget(obj, key, file, where, &v));
   *out = NULL;
   if (!v || cJSON_IsNull(v)) {
@@ -619,7 +619,7 @@ static qt_status jget_str(const cJSON *obj, const char *key, const char *file, c
 
 static qt_status jget_bool(const cJSON *obj, const char *key, const char *file, const char *where,
                            int dflt, int *out) {
-  const cJSON *v;
+  const cJSON *v = NULL;
   QT_TRY(jget(obj, key, file, where, &v));
   if (!v || cJSON_IsNull(v)) {
     *out = dflt;
@@ -633,7 +633,7 @@ static qt_status jget_bool(const cJSON *obj, const char *key, const char *file, 
 
 static qt_status jget_uint(const cJSON *obj, const char *key, const char *file, const char *where,
                            size_t dflt, size_t *out) {
-  const cJSON *v;
+  const cJSON *v = NULL;
   QT_TRY(jget(obj, key, file, where, &v));
   if (!v || cJSON_IsNull(v)) {
     *out = dflt;
@@ -657,7 +657,7 @@ static qt_status dup_str(const char *s, size_t n, char **out) {
 /* A {"String": s} or {"Regex": r} pattern object. */
 static qt_status parse_pattern(const cJSON *obj, const char *file, const char *where,
                                const char **s, int *is_regex) {
-  const cJSON *p;
+  const cJSON *p = NULL;
   QT_TRY(jget(obj, "pattern", file, where, &p));
   if (!p || !cJSON_IsObject(p))
     return qt_fail(QT_ERR_FORMAT, "%s: %s: missing object \"pattern\"", file, where);
@@ -710,7 +710,7 @@ static qt_status add_norm(qt_tokenizer *t, const cJSON *o, size_t *cap) {
   if (!cJSON_IsObject(o)) return qt_fail(QT_ERR_FORMAT, "%s: normalizer must be an object", t->name);
   QT_TRY(jget_str(o, "type", t->name, where, 1, &type));
   if (strcmp(type, "Sequence") == 0) {
-    const cJSON *list;
+    const cJSON *list = NULL;
     QT_TRY(jget(o, "normalizers", t->name, where, &list));
     if (!cJSON_IsArray(list))
       return qt_fail(QT_ERR_FORMAT, "%s: normalizer Sequence needs an array \"normalizers\"", t->name);
@@ -785,8 +785,8 @@ static qt_status norm_apply(qt_tokenizer *t, const norm_step *s, const char *in,
         }
       } else {
         while (i <= n) {
-          size_t ms, me;
-          int found;
+          size_t ms = 0, me = 0;
+          int found = 0;
           QT_TRY(regex_next(&s->re, in, n, i, &ms, &me, &found));
           if (!found) break;
           QT_TRY(text_append(out, in + i, ms - i));
@@ -852,7 +852,7 @@ static qt_status add_pt(qt_tokenizer *t, const cJSON *o, size_t *cap) {
   if (!cJSON_IsObject(o)) return qt_fail(QT_ERR_FORMAT, "%s: pre_tokenizer must be an object", t->name);
   QT_TRY(jget_str(o, "type", t->name, where, 1, &type));
   if (strcmp(type, "Sequence") == 0) {
-    const cJSON *list;
+    const cJSON *list = NULL;
     QT_TRY(jget(o, "pretokenizers", t->name, where, &list));
     if (!cJSON_IsArray(list))
       return qt_fail(QT_ERR_FORMAT, "%s: pre_tokenizer Sequence needs an array \"pretokenizers\"", t->name);
@@ -948,8 +948,8 @@ static qt_status split_piece(qt_tokenizer *t, const qt_regex *re, int behavior, 
   const char *s = buf + p.off;
   size_t n = p.len;
   while (from <= n) {
-    size_t ms, me;
-    int found;
+    size_t ms = 0, me = 0;
+    int found = 0;
     QT_TRY(regex_next(re, s, n, from, &ms, &me, &found));
     if (!found) break;
     if (ms != prev) QT_TRY(sub_push(t, &m, p.off + prev, (uint32_t)(ms - prev), 0));
@@ -1551,7 +1551,7 @@ static qt_status add_dec(qt_tokenizer *t, const cJSON *o, size_t *cap) {
   if (!cJSON_IsObject(o)) return qt_fail(QT_ERR_FORMAT, "%s: decoder must be an object", t->name);
   QT_TRY(jget_str(o, "type", t->name, where, 1, &type));
   if (strcmp(type, "Sequence") == 0) {
-    const cJSON *list;
+    const cJSON *list = NULL;
     QT_TRY(jget(o, "decoders", t->name, where, &list));
     if (!cJSON_IsArray(list))
       return qt_fail(QT_ERR_FORMAT, "%s: decoder Sequence needs an array \"decoders\"", t->name);
@@ -1809,7 +1809,7 @@ static qt_status load_model(qt_tokenizer *t, const cJSON *model) {
   QT_TRY(jget_str(model, "type", f, "model", 0, &type));
   if (type && strcmp(type, "BPE") != 0)
     return qt_fail(QT_ERR_UNSUPPORTED, "%s: model type \"%s\" is not supported (qlora-train reads BPE tokenizers only)", f, type);
-  const cJSON *vocab, *merges, *dropout;
+  const cJSON *vocab = NULL, *merges = NULL, *dropout = NULL;
   QT_TRY(jget(model, "vocab", f, "model", &vocab));
   QT_TRY(jget(model, "merges", f, "model", &merges));
   QT_TRY(jget(model, "dropout", f, "model", &dropout));
@@ -2054,7 +2054,7 @@ qt_status qt_tokenizer_load_json(const char *json, size_t len, const char *name,
                    e && e >= json && e <= json + len ? (size_t)(e - json) : (size_t)0);
     }
   }
-  const cJSON *v;
+  const cJSON *v = NULL;
   size_t cap = 0;
   if (st == QT_OK) st = jget(root, "model", name, "top level", &v);
   if (st == QT_OK) st = load_model(t, v);
@@ -2120,7 +2120,7 @@ static qt_status read_file(const char *path, char **buf, size_t *len, int *missi
 /* {"bos_token": "<s>"} or {"bos_token": {"content": "<s>", ...}} */
 static qt_status special_from_tokcfg(qt_tokenizer *t, const cJSON *cfg, const char *file,
                                      const char *key, int32_t *id) {
-  const cJSON *v;
+  const cJSON *v = NULL;
   QT_TRY(jget(cfg, key, file, "top level", &v));
   if (!v || cJSON_IsNull(v)) return QT_OK;
   const char *s = NULL;
@@ -2135,7 +2135,7 @@ static qt_status special_from_tokcfg(qt_tokenizer *t, const cJSON *cfg, const ch
 
 static qt_status id_from_config(qt_tokenizer *t, const cJSON *cfg, const char *file, const char *key,
                                 int32_t *id) {
-  const cJSON *v;
+  const cJSON *v = NULL;
   QT_TRY(jget(cfg, key, file, "top level", &v));
   if (!v || cJSON_IsNull(v)) return QT_OK;
   if (cJSON_IsArray(v)) v = v->child; /* e.g. Llama-3-Instruct eos_token_id: [128001, 128009] */
