@@ -625,10 +625,30 @@ static void test_thread_determinism(void **st) {
   free(x); free(w); free(dy); free(W); free(q); free(k); free(v);
 }
 
+/* The linear forward against the definition y[n][o] = b[o] + sum_i x[n][i] W[o][i]
+ * (the FD check above cannot see the bias: it does not change dx). */
+static void test_linear_forward_definition(void **st) {
+  (void)st;
+  const int64_t N = 7, In = 65, O = 5;
+  ag_rng r = {808};
+  double *x = rnd(&r, N * In, -1, 1), *W = rnd(&r, O * In, -1, 1), *b = rnd(&r, O, -1, 1);
+  double *y = malloc(N * O * 8), *y0 = malloc(N * O * 8);
+  qt_op_linear_forward_cpu_f64(y, x, W, b, N, In, O);
+  qt_op_linear_forward_cpu_f64(y0, x, W, NULL, N, In, O);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t o = 0; o < O; o++) {
+      double want = 0;
+      for (int64_t i = 0; i < In; i++) want += x[n * In + i] * W[o * In + i];
+      assert_true(fabs(y0[n * O + o] - want) < 1e-12);
+      assert_true(fabs(y[n * O + o] - (want + b[o])) < 1e-12);
+    }
+  free(x); free(W); free(b); free(y); free(y0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm),        cmocka_unit_test(test_add),
-      cmocka_unit_test(test_linear),         cmocka_unit_test(test_lora),
+      cmocka_unit_test(test_linear),         cmocka_unit_test(test_linear_forward_definition),         cmocka_unit_test(test_lora),
       cmocka_unit_test(test_rope),           cmocka_unit_test(test_rope_inv_freq_golden),           cmocka_unit_test(test_attention),
       cmocka_unit_test(test_attention_doc_isolation),
       cmocka_unit_test(test_attention_gemm_vs_ref),

@@ -39,6 +39,7 @@ typedef struct {
   double *w[L][P_LAYER];                        /* base weights and norms */
   double *A[L][NPROJ], *Bm[L][NPROJ];           /* LoRA (R, In), (O, R) */
   uint8_t *mask[L][NPROJ];                      /* dropout keep masks (N, In) or NULL */
+  double *bias[L][NPROJ];                       /* q/k/v biases (O) as in Qwen2, or NULL */
   int32_t ids[N], pos[N], doc[N], targets[N];
   float inv_freq[D / 2];
   bool tied;
@@ -64,6 +65,14 @@ static double *rnd(ag_rng *r, int64_t n, double lo, double hi) {
   return x;
 }
 
+static void model_init(model *m, bool tied, bool dropout, uint64_t seed);
+/* model_init plus q/k/v biases (Qwen2's attention_bias layout). */
+static void model_init_bias(model *m, bool tied, bool dropout, uint64_t seed) {
+  model_init(m, tied, dropout, seed);
+  ag_rng r = {seed ^ 0xB1A5ull};
+  for (int l = 0; l < L; l++)
+    for (int j = 0; j < 3; j++) m->bias[l][j] = rnd(&r, proj_out[j], -0.5, 0.5);
+}
 static void model_init(model *m, bool tied, bool dropout, uint64_t seed) {
   memset(m, 0, sizeof *m);
   ag_rng r = {seed};
@@ -113,7 +122,9 @@ static void model_free(model *m) {
   free(m->emb); free(m->lm_head); free(m->final_norm);
   for (int l = 0; l < L; l++) {
     for (int p = 0; p < P_LAYER; p++) free(m->w[l][p]);
-    for (int j = 0; j < NPROJ; j++) { free(m->A[l][j]); free(m->Bm[l][j]); free(m->mask[l][j]); }
+    for (int j = 0; j < NPROJ; j++) {
+      free(m->A[l][j]); free(m->Bm[l][j]); free(m->mask[l][j]); free(m->bias[l][j]);
+    }
   }
 }
 
@@ -122,7 +133,7 @@ static void model_free(model *m) {
 typedef struct {
   qt_tape *t;
   bool f64;
-  int32_t emb, lm_head, final_norm, w[L][P_LAYER], A[L][NPROJ], Bm[L][NPROJ];
+  int32_t emb, lm_head, final_norm, w[L][P_LAYER], A[L][NPROJ], Bm[L][NPROJ], bias[L][NPROJ];
   void *gA[L][NPROJ], *gB[L][NPROJ];  /* LoRA gradients (caller-owned, +=) */
   void *copies[64];
   int n_copies;
@@ -204,6 +215,10 @@ static void bind_cfg(bound *bd, const model *m, bool f64, bool freeze_layer0, un
     }
     for (int j = 0; j < NPROJ; j++) {
       int64_t in = proj_in[j], out = proj_out[j];
+      bd->bias[l][j] = -1;
+      if (m->bias[l][j])
+        assert_int_equal(qt_tape_frozen(t, "bias", as_dtype(bd, m->bias[l][j], out), 1, out,
+                                        &bd->bias[l][j]), QT_OK);
       /* The fp64 tape borrows the master LoRA arrays, so the FD check can perturb them. */
       void *a = (void *)as_dtype(bd, m->A[l][j], R * in), *b = (void *)as_dtype(bd, m->Bm[l][j], out * R);
       if (freeze_layer0 && l == 0) {
@@ -230,8 +245,8 @@ static qt_status lin(bound *bd, int l, int j, int32_t x, int32_t *y) {
   qt_tape_lora lo = {.A = bd->A[l][j], .B = bd->Bm[l][j], .scale = LORA_SCALE,
                      .mask = bd->m->mask[l][j], .keep_scale = KEEP_SCALE};
   if (bd->use_src[l][proj_param[j]])
-    return qt_tape_linear_src(bd->t, x, &bd->wsrc[l][proj_param[j]], -1, &lo, y);
-  return qt_tape_linear(bd->t, x, bd->w[l][proj_param[j]], -1, &lo, y);
+    return qt_tape_linear_src(bd->t, x, &bd->wsrc[l][proj_param[j]], bd->bias[l][j], &lo, y);
+  return qt_tape_linear(bd->t, x, bd->w[l][proj_param[j]], bd->bias[l][j], &lo, y);
 }
 
 /* transformers LlamaDecoderLayer.forward: h = x + attn(norm(x)); out = h + mlp(norm(h)). */
@@ -303,7 +318,10 @@ static double forward_backward(bound *bd, bool ckpt) {
 /* ---- finite differences over every LoRA element ---- */
 static void check_fd(bool tied, bool dropout) {
   model m;
-  model_init(&m, tied, dropout, tied ? 1234 : 4321);
+  if (tied)
+    model_init(&m, tied, dropout, 1234);
+  else
+    model_init_bias(&m, tied, dropout, 4321); /* also covers the bias path of the linear */
   bound bd;
   bind(&bd, &m, true, false);
   forward_backward(&bd, false);
@@ -335,8 +353,8 @@ static void check_fd(bool tied, bool dropout) {
         assert_true(ag_norm(fd, n) > 0);
         free(fd);
       }
-  fprintf(stderr, "decoder FD (%s, dropout %s): worst LoRA relative error %.3g\n",
-          tied ? "tied" : "untied", dropout ? "on" : "off", worst);
+  fprintf(stderr, "decoder FD (%s, dropout %s, q/k/v bias %s): worst LoRA relative error %.3g\n",
+          tied ? "tied" : "untied", dropout ? "on" : "off", tied ? "off" : "on", worst);
   unbind(&bd);
   model_free(&m);
 }
