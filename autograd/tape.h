@@ -26,9 +26,11 @@
  * - Activation gradient buffers come from a gradient arena, allocated on first
  *   contribution; qt_tape_stats reports their bytes.
  *
- * Memory: two arenas (common/arena.h) sized at init (activations + saved tensors + per-op work;
- * activation gradients), reset by qt_tape_reset. Nothing is allocated per step.
- * An op that does not fit returns QT_ERR_NOMEM with the sizes to configure.
+ * Memory: two arenas (common/arena.h) sized at init (activations + saved
+ * tensors + per-op work; activation gradients), reset by qt_tape_reset. Nothing
+ * is allocated per step. The exact sizes come from recording one step on a
+ * measuring tape (qt_tape_init_measure) before step 0; an op that does not fit
+ * returns QT_ERR_NOMEM naming the arena and the buffer.
  *
  * Gradient checkpointing: qt_tape_layer(fn, ctx, in, checkpoint) runs a layer
  * (a function that records ops on the tape). With checkpoint set, only the
