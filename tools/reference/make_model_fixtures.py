@@ -19,6 +19,8 @@ Cases (tests/golden/model/<case>/):
   tiny_b    random qwen2: q/k/v bias (o and MLP none), tied embeddings, linear
             rope scaling, head_dim = hidden/heads, GQA ratio 1 (4/4), LoRA on
             q, v, down only.
+  tiny_c    random mistral (sliding_window 16, longer than any row here),
+            GQA ratio 2, untied, LoRA on o, gate, up.
   tiny_nf4  random llama (every in_features a multiple of 64, so no 4-bit
             block crosses a row: bitsandbytes' CPU dequantize kernel then
             agrees with the CUDA semantics quant/ implements, checked below),
@@ -84,7 +86,7 @@ def bf16_exact(t):
 
 
 def tiny_model(case):
-    torch.manual_seed({"tiny_a": 11, "tiny_b": 12, "tiny_nf4": 13}[case])
+    torch.manual_seed({"tiny_a": 11, "tiny_b": 12, "tiny_nf4": 13, "tiny_c": 14}[case])
     if case == "tiny_a":
         cfg = transformers.LlamaConfig(
             vocab_size=67, hidden_size=24, intermediate_size=36, num_hidden_layers=2,
@@ -101,6 +103,12 @@ def tiny_model(case):
             max_position_embeddings=64, tie_word_embeddings=True, use_sliding_window=False,
             bos_token_id=1, eos_token_id=2,
             rope_parameters={"rope_type": "linear", "rope_theta": 1000.0, "factor": 2.0})
+    elif case == "tiny_c":
+        cfg = transformers.MistralConfig(
+            vocab_size=41, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+            max_position_embeddings=64, tie_word_embeddings=False, sliding_window=16,
+            bos_token_id=1, eos_token_id=2, rope_theta=1000000.0)
     else:
         cfg = transformers.LlamaConfig(
             vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -124,6 +132,9 @@ def lora_setup(case):
         return dict(r=4, lora_alpha=6.0, target_modules=list(ALL7), use_rslora=True)
     if case == "tiny_b":
         return dict(r=2, lora_alpha=3.0, target_modules=["q_proj", "v_proj", "down_proj"],
+                    use_rslora=False)
+    if case == "tiny_c":
+        return dict(r=3, lora_alpha=5.0, target_modules=["o_proj", "gate_proj", "up_proj"],
                     use_rslora=False)
     return dict(r=4, lora_alpha=8.0, target_modules=list(ALL7), use_rslora=False)
 
@@ -339,6 +350,7 @@ if __name__ == "__main__":
         sys.exit(check_ours(sys.argv[2]))
     tiny_case("tiny_a")
     tiny_case("tiny_b")
+    tiny_case("tiny_c")
     nf4_case()
     stories_case()
     stories_eval()
