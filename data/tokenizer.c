@@ -244,8 +244,10 @@ typedef struct {
   size_t pool_n, pool_cap;
   strmap_entry *e;
   size_t n, e_cap;
-  uint32_t *slots; /* entry index + 1; 0 = empty */
-  size_t nslots;   /* power of two */
+  /* (high 32 bits of the hash) << 32 | (entry index + 1); 0 = empty. The
+   * tag spares a visit to the entry and its bytes for most probe misses. */
+  uint64_t *slots;
+  size_t nslots; /* power of two */
 } strmap;
 
 static void strmap_free(strmap *m) {
@@ -261,16 +263,28 @@ static void strmap_clear(strmap *m) {
   if (m->slots) memset(m->slots, 0, m->nslots * sizeof *m->slots);
 }
 
-static int64_t strmap_find(const strmap *m, const char *s, size_t n) {
-  if (!m->nslots) return -1;
-  size_t mask = m->nslots - 1, i = (size_t)hash_bytes(s, n) & mask;
+/* Entry index of s[0..n) or -1; *slot receives the probe end (the empty
+ * slot where s would go) when not found. */
+static int64_t strmap_find_h(const strmap *m, const char *s, size_t n, uint64_t h, size_t *slot) {
+  size_t mask = m->nslots - 1, i = (size_t)h & mask;
+  uint64_t tag = h >> 32;
   for (;;) {
-    uint32_t x = m->slots[i];
-    if (!x) return -1;
-    const strmap_entry *e = &m->e[x - 1];
-    if (e->len == n && memcmp(m->pool + e->off, s, n) == 0) return (int64_t)(x - 1);
+    uint64_t x = m->slots[i];
+    if (!x) {
+      if (slot) *slot = i;
+      return -1;
+    }
+    if ((x >> 32) == tag) {
+      const strmap_entry *e = &m->e[(uint32_t)x - 1];
+      if (e->len == n && memcmp(m->pool + e->off, s, n) == 0) return (int64_t)((uint32_t)x - 1);
+    }
     i = (i + 1) & mask;
   }
+}
+
+static int64_t strmap_find(const strmap *m, const char *s, size_t n) {
+  if (!m->nslots) return -1;
+  return strmap_find_h(m, s, n, hash_bytes(s, n), NULL);
 }
 
 static int32_t strmap_get(const strmap *m, const char *s, size_t n) {
@@ -279,12 +293,13 @@ static int32_t strmap_get(const strmap *m, const char *s, size_t n) {
 }
 
 static qt_status strmap_rehash(strmap *m, size_t nslots) {
-  uint32_t *sl = calloc(nslots, sizeof *sl);
+  uint64_t *sl = calloc(nslots, sizeof *sl);
   if (!sl) return qt_fail(QT_ERR_NOMEM, "tokenizer: out of memory (hash table)");
   for (size_t k = 0; k < m->n; k++) {
-    size_t i = (size_t)hash_bytes(m->pool + m->e[k].off, m->e[k].len) & (nslots - 1);
+    uint64_t h = hash_bytes(m->pool + m->e[k].off, m->e[k].len);
+    size_t i = (size_t)h & (nslots - 1);
     while (sl[i]) i = (i + 1) & (nslots - 1);
-    sl[i] = (uint32_t)(k + 1);
+    sl[i] = ((h >> 32) << 32) | (uint64_t)(k + 1);
   }
   free(m->slots);
   m->slots = sl;
@@ -293,12 +308,14 @@ static qt_status strmap_rehash(strmap *m, size_t nslots) {
 }
 
 static qt_status strmap_put(strmap *m, const char *s, size_t n, int32_t val) {
-  int64_t k = strmap_find(m, s, n);
+  if ((m->n + 1) * 2 > m->nslots) QT_TRY(strmap_rehash(m, m->nslots ? m->nslots * 2 : 1024));
+  uint64_t h = hash_bytes(s, n);
+  size_t slot = 0;
+  int64_t k = strmap_find_h(m, s, n, h, &slot);
   if (k >= 0) {
     m->e[k].val = val;
     return QT_OK;
   }
-  if ((m->n + 1) * 2 > m->nslots) QT_TRY(strmap_rehash(m, m->nslots ? m->nslots * 2 : 1024));
   QT_TRY(grow((void **)&m->e, &m->e_cap, m->n + 1, sizeof *m->e));
   if (m->pool_n + n + 1 > m->pool_cap) {
     size_t c = m->pool_cap ? m->pool_cap : 4096;
@@ -312,9 +329,7 @@ static qt_status strmap_put(strmap *m, const char *s, size_t n, int32_t val) {
   m->pool[m->pool_n + n] = '\0';
   m->e[m->n] = (strmap_entry){m->pool_n, (uint32_t)n, val};
   m->pool_n += n + 1;
-  size_t i = (size_t)hash_bytes(s, n) & (m->nslots - 1);
-  while (m->slots[i]) i = (i + 1) & (m->nslots - 1);
-  m->slots[i] = (uint32_t)(m->n + 1);
+  m->slots[slot] = ((h >> 32) << 32) | (uint64_t)(m->n + 1);
   m->n++;
   return QT_OK;
 }
