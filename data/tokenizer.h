@@ -36,6 +36,14 @@
  * strings, each containing such recent characters (e.g. Garay, Kawi, Kirat
  * Rai, Unicode 14 Arabic marks). Newer PCRE2 / utf8proc builds close the gap.
  *
+ * JSON keys are matched case-sensitively. A key repeated within one object of
+ * the pipeline (e.g. two "type" or "merges") is a format error; tokenizers
+ * rejects some of these and silently keeps the last of others. Inside
+ * model.vocab the last duplicate wins, and a repeated merge takes the later
+ * rank, as in tokenizers. Added-token ids follow tokenizers' rules (an id
+ * already in the vocabulary, else the next free one, in file order); a
+ * different "id" in the file is logged as a warning.
+ *
  * Invalid UTF-8: tokenizers takes Rust strings, which cannot hold invalid
  * UTF-8, so its Python binding never sees such bytes. qlora-train replaces
  * each maximal invalid subsequence with U+FFFD before encoding — exactly what
