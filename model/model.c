@@ -276,18 +276,104 @@ static qt_status fill_weight(void *ctx, void *dst) {
   return qt_quant_weight_dequantize_f32(&f->lin->q, dst, f->m->threads);
 }
 
-/* Upper bound of the activation bytes one recording needs (tape.c allocations
- * per op, each rounded up to 64 bytes). */
-static size_t layer_elems(const qt_model *m, int64_t B, int64_t T, int64_t R) {
-  int64_t N = B * T, HD = m->H * m->D, KD = m->K * m->D;
-  const int64_t outs[QT_PROJ_COUNT] = {HD, KD, KD, m->C, m->F, m->F, m->C};
-  const int64_t ins[QT_PROJ_COUNT] = {m->C, m->C, m->C, HD, m->C, m->C, m->F};
-  int64_t e = 2 * (N * m->C + N);            /* two rmsnorms */
-  for (int p = 0; p < QT_PROJ_COUNT; p++) e += N * (outs[p] + R + ins[p]);
-  e += N * (HD + KD);                         /* rope q, k */
-  e += N * HD + B * m->H * T * T;             /* attention out + P */
-  e += 2 * N * m->C + N * m->F;               /* adds, swiglu */
-  return (size_t)e;
+static qt_status record_trunk(qt_model_tape *mt, const qt_model_adapter *adapter,
+                              const qt_model_batch *b, int32_t *x);
+
+/* Registers the model's frozen tensors on mt->t (the same ids on every tape). */
+static qt_status register_frozen(qt_model_tape *mt) {
+  const qt_model *m = mt->m;
+  QT_TRY(qt_tape_frozen(mt->t, "embed_tokens", m->embed, m->V, m->C, &mt->embed));
+  if (m->lm_head == m->embed)
+    mt->lm_head = mt->embed;
+  else
+    QT_TRY(qt_tape_frozen(mt->t, "lm_head", m->lm_head, m->V, m->C, &mt->lm_head));
+  QT_TRY(qt_tape_frozen(mt->t, "norm", m->final_norm, 1, m->C, &mt->final_norm));
+  for (int64_t l = 0; l < m->L; l++) {
+    const qt_model_layer *ly = &m->layers[l];
+    mt->lctx[l] = (layer_ctx){mt, (int)l};
+    QT_TRY(qt_tape_frozen(mt->t, "input_layernorm", ly->input_norm, 1, m->C, &mt->norm_in[l]));
+    QT_TRY(qt_tape_frozen(mt->t, "post_attention_layernorm", ly->post_norm, 1, m->C,
+                          &mt->norm_post[l]));
+    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      const qt_model_linear *lin = &ly->proj[p];
+      mt->w[l][p] = mt->bias[l][p] = -1;
+      mt->fill[l][p] = (fill_ctx){m, lin};
+      if (!lin->quantized)
+        QT_TRY(qt_tape_frozen(mt->t, lin->name, lin->dense, lin->out, lin->in, &mt->w[l][p]));
+      if (lin->bias)
+        QT_TRY(qt_tape_frozen(mt->t, lin->name, lin->bias, 1, lin->out, &mt->bias[l][p]));
+    }
+  }
+  return QT_OK;
+}
+
+/* The worst-case LoRA of the measuring step: rank max_lora_rank on all seven
+ * projections, with dropout unless the caller rules it out. */
+typedef struct {
+  int32_t (*ids)[QT_PROJ_COUNT][2]; /* (L, 7, {A, B}) */
+  bool dropout;
+} measure_lora;
+
+/* Never read: a measuring tape computes nothing (autograd/tape.h). */
+static float measure_dummy[1];
+static uint8_t measure_dummy_mask[1];
+
+static qt_status measure_branch(void *ctx, qt_tape *t, int layer, qt_proj proj, int64_t N,
+                                qt_tape_lora *br, bool *has) {
+  (void)t;
+  (void)N;
+  const measure_lora *ml = ctx;
+  *br = (qt_tape_lora){.A = ml->ids[layer][proj][0], .B = ml->ids[layer][proj][1],
+                       .scale = 1.0, .mask = ml->dropout ? measure_dummy_mask : NULL,
+                       .keep_scale = 1.0};
+  *has = true;
+  return QT_OK;
+}
+
+/* Arena sizes: one step of the largest batch (max_B rows of max_T tokens,
+ * targets everywhere) recorded on a measuring tape (autograd/tape.h
+ * qt_tape_init_measure) with the same checkpoint setting, forward + backward
+ * (forward only: no backward, no gradient arena). Exact, before step 0. */
+static qt_status measure_arenas(qt_model_tape *mt) {
+  const qt_model *m = mt->m;
+  int64_t N = mt->opts.max_B * mt->opts.max_T, R = mt->opts.max_lora_rank;
+  measure_lora ml = {.ids = NULL, .dropout = !mt->opts.lora_no_dropout};
+  int32_t *ints = calloc((size_t)(4 * N), sizeof(int32_t));
+  if (R > 0) ml.ids = calloc((size_t)m->L, sizeof *ml.ids);
+  if (!ints || (R > 0 && !ml.ids)) {
+    free(ints);
+    free(ml.ids);
+    return qt_fail(QT_ERR_NOMEM, "model: cannot allocate the measuring batch");
+  }
+  qt_status s = qt_tape_init_measure(&mt->t, QT_F32, &mt->tcfg);
+  if (s == QT_OK) s = register_frozen(mt);
+  for (int64_t l = 0; l < m->L && R > 0 && s == QT_OK; l++)
+    for (int p = 0; p < QT_PROJ_COUNT && s == QT_OK; p++) {
+      const qt_model_linear *lin = &m->layers[l].proj[p];
+      s = qt_tape_trainable(mt->t, "lora_A", measure_dummy, measure_dummy, R, lin->in,
+                            &ml.ids[l][p][0]);
+      if (s == QT_OK)
+        s = qt_tape_trainable(mt->t, "lora_B", measure_dummy, measure_dummy, lin->out, R,
+                              &ml.ids[l][p][1]);
+    }
+  qt_model_adapter ad = {.ctx = &ml, .branch = measure_branch};
+  qt_model_batch b = {.ids = ints, .targets = ints + N, .pos = ints + 2 * N, .doc = ints + 3 * N,
+                      .B = mt->opts.max_B, .T = mt->opts.max_T};
+  int32_t x, loss;
+  double sum;
+  int64_t cnt;
+  if (s == QT_OK) s = record_trunk(mt, R > 0 ? &ad : NULL, &b, &x);
+  if (s == QT_OK) s = qt_tape_cross_entropy(mt->t, x, mt->lm_head, b.targets, &loss, &sum, &cnt);
+  if (s == QT_OK && !mt->opts.forward_only) s = qt_tape_backward(mt->t, loss, 1.0);
+  if (s == QT_OK) {
+    qt_tape_stats st = qt_tape_get_stats(mt->t);
+    mt->tcfg.act_bytes = st.act_peak;
+    mt->tcfg.grad_bytes = mt->opts.forward_only ? QT_ARENA_ALIGN : st.grad_peak;
+  }
+  qt_tape_free(&mt->t);
+  free(ints);
+  free(ml.ids);
+  return s;
 }
 
 qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
@@ -299,24 +385,11 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
   mt->m = m;
   mt->opts = *opts;
   if (mt->opts.ce_chunk_rows <= 0) mt->opts.ce_chunk_rows = 256;
-  int64_t L = m->L, B = opts->max_B, T = opts->max_T, N = B * T, R = opts->max_lora_rank;
-  int64_t maxOI = 0, maxIn = m->F > m->C ? m->F : m->C;
-  if (m->H * m->D > maxIn) maxIn = m->H * m->D;
-  for (int p = 0; p < QT_PROJ_COUNT; p++) {
-    int64_t oi = m->layers[0].proj[p].out * m->layers[0].proj[p].in;
-    if (oi > maxOI) maxOI = oi;
-  }
-  size_t per_layer = layer_elems(m, B, T, R);
-  size_t chunk = (size_t)(mt->opts.ce_chunk_rows < N ? mt->opts.ce_chunk_rows : N);
-  size_t fixed = (size_t)(2 * N * m->C + 2 * N) + chunk * (size_t)m->V + 2 + (size_t)maxOI +
-                 (size_t)(N * (R + maxIn)) + (size_t)(T * T + B * m->K * T);
-  size_t acts = opts->checkpoint ? (size_t)(L * N * m->C) + 2 * per_layer : (size_t)L * per_layer;
-  size_t slack = (size_t)64 * 64 * (size_t)(2 * L + 8);
-  mt->tcfg.act_bytes = (acts + fixed) * sizeof(float) + slack;
-  mt->tcfg.grad_bytes =
-      opts->forward_only ? QT_ARENA_ALIGN : (acts + (size_t)(2 * N * m->C)) * sizeof(float) + slack;
+  int64_t L = m->L;
+  /* Tensors and nodes per layer: ~20 ops; checkpoint recompute records one
+   * layer again inside backward. */
   mt->tcfg.max_nodes = (int32_t)(48 * (L + 2) + 64);
-  mt->tcfg.max_tensors = (int32_t)(3 + L * 16 + 64 * (L + 2) + 64);
+  mt->tcfg.max_tensors = (int32_t)(3 + L * 16 + 2 * L * QT_PROJ_COUNT + 64 * (L + 2) + 64);
   mt->tcfg.ce_chunk_rows = mt->opts.ce_chunk_rows;
   mt->norm_in = calloc((size_t)L, sizeof *mt->norm_in);
   mt->norm_post = calloc((size_t)L, sizeof *mt->norm_post);
@@ -327,32 +400,9 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
   qt_status s = QT_OK;
   if (!mt->norm_in || !mt->norm_post || !mt->w || !mt->bias || !mt->fill || !mt->lctx)
     s = qt_fail(QT_ERR_NOMEM, "model: cannot allocate the tape context");
+  if (s == QT_OK) s = measure_arenas(mt);
   if (s == QT_OK) s = qt_tape_init(&mt->t, QT_F32, &mt->tcfg);
-  if (s == QT_OK) s = qt_tape_frozen(mt->t, "embed_tokens", m->embed, m->V, m->C, &mt->embed);
-  if (s == QT_OK) {
-    if (m->lm_head == m->embed)
-      mt->lm_head = mt->embed;
-    else
-      s = qt_tape_frozen(mt->t, "lm_head", m->lm_head, m->V, m->C, &mt->lm_head);
-  }
-  if (s == QT_OK) s = qt_tape_frozen(mt->t, "norm", m->final_norm, 1, m->C, &mt->final_norm);
-  for (int64_t l = 0; l < L && s == QT_OK; l++) {
-    const qt_model_layer *ly = &m->layers[l];
-    mt->lctx[l] = (layer_ctx){mt, (int)l};
-    s = qt_tape_frozen(mt->t, "input_layernorm", ly->input_norm, 1, m->C, &mt->norm_in[l]);
-    if (s == QT_OK)
-      s = qt_tape_frozen(mt->t, "post_attention_layernorm", ly->post_norm, 1, m->C,
-                         &mt->norm_post[l]);
-    for (int p = 0; p < QT_PROJ_COUNT && s == QT_OK; p++) {
-      const qt_model_linear *lin = &ly->proj[p];
-      mt->w[l][p] = mt->bias[l][p] = -1;
-      mt->fill[l][p] = (fill_ctx){m, lin};
-      if (!lin->quantized)
-        s = qt_tape_frozen(mt->t, lin->name, lin->dense, lin->out, lin->in, &mt->w[l][p]);
-      if (s == QT_OK && lin->bias)
-        s = qt_tape_frozen(mt->t, lin->name, lin->bias, 1, lin->out, &mt->bias[l][p]);
-    }
-  }
+  if (s == QT_OK) s = register_frozen(mt);
   if (s != QT_OK) {
     qt_model_tape_free(&mt);
     return s;
@@ -373,6 +423,11 @@ void qt_model_tape_free(qt_model_tape **p) {
   free(mt->lctx);
   free(mt);
   *p = NULL;
+}
+
+void qt_model_tape_arena_bytes(const qt_model_tape *mt, size_t *act, size_t *grad) {
+  *act = mt->tcfg.act_bytes;
+  *grad = mt->tcfg.grad_bytes;
 }
 
 qt_status qt_model_print_plan(const qt_model *m, const qt_model_tape *mt, FILE *f) {
@@ -462,7 +517,6 @@ static qt_status check_batch(const qt_model_tape *mt, const qt_model_batch *b) {
 /* Records embedding, layers and the final norm; *x = the normed hidden (N, C). */
 static qt_status record_trunk(qt_model_tape *mt, const qt_model_adapter *adapter,
                               const qt_model_batch *b, int32_t *x) {
-  QT_TRY(check_batch(mt, b));
   mt->adapter = adapter;
   mt->batch = b;
   qt_tape *t = mt->t;
@@ -481,6 +535,7 @@ qt_status qt_model_forward_backward(qt_model_tape *mt, const qt_model_adapter *a
   QT_ASSERTF(!(backward && mt->opts.forward_only),
              "model: backward on a tape made with forward_only");
   int32_t x, loss;
+  QT_TRY(check_batch(mt, b));
   QT_TRY(record_trunk(mt, adapter, b, &x));
   QT_TRY(qt_tape_cross_entropy(mt->t, x, mt->lm_head, b->targets, &loss, loss_sum, count));
   if (backward) QT_TRY(qt_tape_backward(mt->t, loss, dloss));
@@ -490,6 +545,7 @@ qt_status qt_model_forward_backward(qt_model_tape *mt, const qt_model_adapter *a
 qt_status qt_model_logits(qt_model_tape *mt, const qt_model_adapter *adapter,
                           const qt_model_batch *b, float *logits) {
   int32_t x;
+  QT_TRY(check_batch(mt, b));
   QT_TRY(record_trunk(mt, adapter, b, &x));
   qt_model_internal_logits(logits, qt_tape_data(mt->t, x), mt->m->lm_head, b->B * b->T,
                            mt->m->C, mt->m->V);

@@ -121,10 +121,14 @@ typedef struct {
   int64_t ce_chunk_rows;    /* rows of logits formed at once (0: 256) */
   int64_t max_lora_rank;    /* for sizing (0 if no LoRA) */
   bool forward_only;        /* eval / generate: no gradient arena (backward refused) */
+  bool lora_no_dropout;     /* the LoRA will run without dropout: size without its buffers */
 } qt_model_tape_opts;
 
-/* Creates a fp32 tape sized for opts and registers the model's frozen
- * tensors on it. The caller then registers LoRA params (qt_lora_attach) and
+/* Creates a fp32 tape for opts and registers the model's frozen tensors on
+ * it. The arenas get their exact size from one step of the largest batch
+ * (max_B x max_T, LoRA of rank max_lora_rank on all seven projections, with
+ * dropout unless lora_no_dropout) recorded on a measuring tape first
+ * (autograd/tape.h qt_tape_init_measure): nothing is allocated per step. The caller then registers LoRA params (qt_lora_attach) and
  * runs qt_model_forward_backward / qt_model_loss / qt_model_logits; free with
  * qt_model_tape_free. */
 typedef struct qt_model_tape qt_model_tape;
@@ -132,6 +136,9 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
                              qt_model_tape **out);
 void qt_model_tape_free(qt_model_tape **mt);
 qt_tape *qt_model_tape_get(qt_model_tape *mt);
+
+/* The arena sizes the tape was given (bytes): activations, gradients. */
+void qt_model_tape_arena_bytes(const qt_model_tape *mt, size_t *act, size_t *grad);
 
 /* Memory plan (weights + tape arenas) printed to f (common/arena.h table). */
 qt_status qt_model_print_plan(const qt_model *m, const qt_model_tape *mt, FILE *f);

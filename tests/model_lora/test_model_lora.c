@@ -688,9 +688,10 @@ static void test_bad_batch(void **st) {
 
 /* ---- tape sizing ---------------------------------------------------------------- */
 
-/* qt_model_tape_init's arena bounds hold a real step: stories260K, LoRA r 16
- * on all seven projections with dropout, packed rows, with and without
- * checkpointing, several shapes (a step that did not fit fails with NOMEM). */
+/* qt_model_tape_init's measured arenas hold a real step exactly: stories260K
+ * NF4, LoRA r 16 on all seven projections with dropout, packed rows, with and
+ * without checkpointing, several shapes (a step that did not fit would fail
+ * with NOMEM; peak == plan shows nothing is over-reserved). */
 static void test_tape_sizing(void **st) {
   (void)st;
   qt_model *m = load_model(STORIES, QT_MODEL_QUANT_NF4);
@@ -720,8 +721,13 @@ static void test_tape_sizing(void **st) {
       ok(qt_model_forward_backward(mt, &ad, &b, true, 1.0, &loss, &cnt));
       assert_true(isfinite(loss) && cnt > 0);
       qt_tape_stats ts = qt_tape_get_stats(qt_model_tape_get(mt));
+      size_t plan_act, plan_grad;
+      qt_model_tape_arena_bytes(mt, &plan_act, &plan_grad);
       fprintf(stderr, "B %lld T %lld ckpt %d: act peak %.2f MiB, grad peak %.2f MiB\n",
               (long long)B, (long long)T, ck, ts.act_peak / 1048576.0, ts.grad_peak / 1048576.0);
+      /* this step is the worst case the tape was measured for: the plan is exact */
+      assert_int_equal(ts.act_peak, plan_act);
+      assert_int_equal(ts.grad_peak, plan_grad);
       free(ids);
       qt_model_tape_free(&mt);
       qt_lora_free(&l);
