@@ -181,6 +181,17 @@ void qt_op_cross_entropy_backward_cpu(float *dx, int acc, float *logits, int64_t
                                       const float *W, const int32_t *targets, int64_t N,
                                       int64_t C, int64_t V);
 
+/* The forward and the gradient in one pass: returns the summed loss and writes
+ * dx1 (N, C) = d(sum loss)/dx (for dloss = 1), so backward needs no logits
+ * recompute: dx (+)= dloss * dx1 (qt_op_scaled_add_cpu). rowloss (chunk_rows)
+ * double scratch; the rest as above. Costs one GEMM less per step than forward
+ * + backward, and one (N, C) buffer; wasted when no backward follows (eval). */
+double qt_op_cross_entropy_fused_cpu(float *dx1, int64_t *count, float *logits, double *rowloss,
+                                     int64_t chunk_rows, const float *x, const float *W,
+                                     const int32_t *targets, int64_t N, int64_t C, int64_t V);
+/* dx (n) (+)= alpha * src */
+void qt_op_scaled_add_cpu(float *dx, int acc, const float *src, double alpha, int64_t n);
+
 /* ---- the same ops in double (the finite-difference oracle) ---------------- */
 void qt_op_embedding_forward_cpu_f64(double *out, const int32_t *ids, const double *wte,
                                      int64_t N, int64_t C, int64_t V);
@@ -230,6 +241,11 @@ double qt_op_cross_entropy_forward_cpu_f64(double *lse, int64_t *count, double *
                                            int64_t chunk_rows, const double *x,
                                            const double *W, const int32_t *targets,
                                            int64_t N, int64_t C, int64_t V);
+double qt_op_cross_entropy_fused_cpu_f64(double *dx1, int64_t *count, double *logits,
+                                         double *rowloss, int64_t chunk_rows, const double *x,
+                                         const double *W, const int32_t *targets, int64_t N,
+                                         int64_t C, int64_t V);
+void qt_op_scaled_add_cpu_f64(double *dx, int acc, const double *src, double alpha, int64_t n);
 void qt_op_cross_entropy_backward_cpu_f64(double *dx, int acc, double *logits,
                                           int64_t chunk_rows, double dloss, const double *lse,
                                           const double *x, const double *W,

@@ -480,16 +480,27 @@ qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t 
   int64_t chunk = t->cfg.ce_chunk_rows < N ? t->cfg.ce_chunk_rows : (N > 0 ? N : 1);
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, 1, 1, X->requires_grad, "loss", &y));
-  void *lse, *logits;
-  QT_TRY(arena_alloc(&t->act, "cross-entropy logsumexp", (size_t)N * t->es, &lse));
+  /* fused: the gradient for a unit seed is formed now (saved dx1), else the
+   * per-row logsumexp is saved and backward recomputes the logits */
+  bool fused = t->cfg.ce_grad_in_forward && X->requires_grad;
+  void *saved, *logits, *rowloss = NULL;
+  if (fused)
+    QT_TRY(arena_alloc(&t->act, "cross-entropy dx (unit seed)", (size_t)(N * C) * t->es, &saved));
+  else
+    QT_TRY(arena_alloc(&t->act, "cross-entropy logsumexp", (size_t)N * t->es, &saved));
   size_t mark = qt_arena_mark(&t->act);
   QT_TRY(arena_alloc(&t->act, "cross-entropy logits chunk", (size_t)(chunk * V) * t->es, &logits));
+  if (fused)
+    QT_TRY(arena_alloc(&t->act, "cross-entropy row losses", (size_t)chunk * sizeof(double), &rowloss));
   int64_t cnt = 0;
   double sum = 0.0;
   if (t->measuring) {
     for (int64_t n = 0; n < N; n++) cnt += targets[n] != QT_IGNORE_INDEX;
+  } else if (fused) {
+    sum = KCALL(t, qt_op_cross_entropy_fused_cpu, saved, &cnt, logits, rowloss, chunk,
+                T_(t, x)->data, T_(t, W)->data, targets, N, C, V);
   } else {
-    sum = KCALL(t, qt_op_cross_entropy_forward_cpu, lse, &cnt, logits, chunk, T_(t, x)->data,
+    sum = KCALL(t, qt_op_cross_entropy_forward_cpu, saved, &cnt, logits, chunk, T_(t, x)->data,
                 T_(t, W)->data, targets, N, C, V);
   }
   qt_arena_rewind(&t->act, mark); /* the logits chunk is work, not kept */
@@ -504,7 +515,8 @@ qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t 
   n->in[0] = x;
   n->in[1] = W;
   n->out = y;
-  n->saved0 = lse;
+  n->saved0 = fused ? NULL : saved; /* lse (N) */
+  n->saved1 = fused ? saved : NULL; /* dx1 (N, C) */
   n->ints = targets;
   n->T = chunk;
   *loss = y;
@@ -703,6 +715,10 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     double dloss = t->measuring ? 0.0 : t->f64 ? *(const double *)dy : *(const float *)dy;
     void *logits;
     QT_TRY(grad_target(t, nd->in[0], &g, &acc));
+    if (nd->saved1) { /* fused forward: dx (+)= dloss * dx1 */
+      KRUN(t, qt_op_scaled_add_cpu, g, acc, nd->saved1, dloss, X->rows * X->cols);
+      break;
+    }
     QT_TRY(work_alloc(t, (size_t)(nd->T * W->rows), &logits));
     KRUN(t, qt_op_cross_entropy_backward_cpu, g, acc, logits, nd->T, dloss, nd->saved0, X->data,
           W->data, nd->ints, X->rows, X->cols, W->rows);

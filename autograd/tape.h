@@ -63,6 +63,9 @@ typedef struct {
   int32_t max_tensors;    /* params + activations of one step (incl. recompute) */
   int32_t max_nodes;      /* ops of one step (incl. recompute) */
   int64_t ce_chunk_rows;  /* rows of logits formed at once by cross-entropy */
+  bool ce_grad_in_forward;/* cross-entropy forms its input gradient during forward
+                           * (qt_op_cross_entropy_fused_cpu): no logits recompute in
+                           * backward, one (N, C) buffer more; off for eval-only use */
 } qt_tape_config;
 
 typedef struct {

@@ -4,6 +4,10 @@
  * sgemm rate it reaches.
  *
  *   bench_autograd_cpu [--layers 8] [--hidden 1024] [--seq 512] [--steps 3] [--ckpt]
+ *                      [--ce-recompute]
+ *
+ * --ce-recompute: the cross-entropy recomputes its logits in backward instead of
+ * forming its input gradient during forward (qt_tape_config.ce_grad_in_forward).
  *
  * Model: hidden C, H = C/64 heads of D = 64, K = H/2 kv heads (GQA 2),
  * MLP F = 2.75 C rounded to 64, vocab 32000 tied to the embedding, LoRA r = 16,
@@ -143,15 +147,17 @@ static double sgemm_gflops(int64_t M, int64_t N, int64_t Kd) {
 
 int main(int argc, char **argv) {
   bench_model m = {.L = 8, .C = 1024, .V = 32000, .R = 16, .T = 512, .D = 64};
-  int steps = 3, ckpt = 0;
+  int steps = 3, ckpt = 0, ce_recompute = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--layers") && i + 1 < argc) m.L = atoll(argv[++i]);
     else if (!strcmp(argv[i], "--hidden") && i + 1 < argc) m.C = atoll(argv[++i]);
     else if (!strcmp(argv[i], "--seq") && i + 1 < argc) m.T = atoll(argv[++i]);
     else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--ckpt")) ckpt = 1;
+    else if (!strcmp(argv[i], "--ce-recompute")) ce_recompute = 1;
     else {
-      fprintf(stderr, "usage: %s [--layers N] [--hidden C] [--seq T] [--steps S] [--ckpt]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--layers N] [--hidden C] [--seq T] [--steps S] [--ckpt] [--ce-recompute]\n",
+              argv[0]);
       return 2;
     }
   }
@@ -218,7 +224,7 @@ int main(int argc, char **argv) {
 
   /* ---- memory plan: one step on a measuring tape, then arenas of exactly that size ---- */
   qt_tape_config cfg = {.max_tensors = 64 * (int32_t)m.L + 256, .max_nodes = 32 * (int32_t)m.L + 64,
-                        .ce_chunk_rows = 64};
+                        .ce_chunk_rows = 64, .ce_grad_in_forward = !ce_recompute};
   double loss = 0;
   qt_status s = qt_tape_init_measure(&m.t, QT_F32, &cfg);
   if (s == QT_OK) s = register_params(&m);
@@ -259,9 +265,10 @@ int main(int argc, char **argv) {
   }
   qt_tape_stats st = qt_tape_get_stats(m.t);
   printf("bench_autograd_cpu: layers %lld hidden %lld heads %lld/%lld head_dim %lld mlp %lld vocab %lld "
-         "lora_r %lld seq %lld ckpt %d steps %d\n",
+         "lora_r %lld seq %lld ckpt %d ce %s steps %d\n",
          (long long)m.L, (long long)C, (long long)m.H, (long long)m.K, (long long)m.D, (long long)F,
-         (long long)m.V, (long long)R, (long long)N, ckpt, steps);
+         (long long)m.V, (long long)R, (long long)N, ckpt, ce_recompute ? "recompute" : "grad-in-forward",
+         steps);
   printf("linear params %.1fM (incl. lm_head), lora params %.2fM, model GFLOP/token %.3f\n",
          (double)lin_params / 1e6, (double)lora_params / 1e6, flops_tok / 1e9);
   /* FNV-1a over every LoRA gradient: equal across runs and thread counts iff

@@ -650,6 +650,42 @@ static void test_linear_forward_definition(void **st) {
   free(x); free(W); free(b); free(y); free(y0);
 }
 
+/* ---- fused cross-entropy: loss as the forward op, dx1 = d(sum loss)/dx ---- */
+static void cef_fwd(op_case *c) {
+  int64_t N = c->d[0], C = c->d[1], V = c->d[2], chunk = c->d[3], cnt;
+  double *dx1 = c->aux2, *logits = dx1 + N * C, *rowloss = logits + chunk * V;
+  c->out[0] = qt_op_cross_entropy_fused_cpu_f64(dx1, &cnt, logits, rowloss, chunk, c->in[0],
+                                                c->in[1], c->aux, N, C, V);
+}
+static void cef_bwd(op_case *c, double **g, int acc) {
+  qt_op_scaled_add_cpu_f64(g[0], acc, c->aux2, c->r[0], c->d[0] * c->d[1]);
+}
+static void test_cross_entropy_fused(void **st) {
+  (void)st;
+  const int64_t shapes[][4] = {{1, 1, 2, 1}, {5, 7, 63, 2}, {7, 5, 65, 7}, {63, 3, 5, 10}};
+  for (size_t s = 0; s < 4; s++) {
+    ag_rng r = {s + 171};
+    int64_t N = shapes[s][0], C = shapes[s][1], V = shapes[s][2], chunk = shapes[s][3];
+    int32_t *tg = malloc((size_t)N * 4);
+    for (int64_t n = 0; n < N; n++)
+      tg[n] = (n % 3 == 2) ? QT_IGNORE_INDEX : (int32_t)(ag_next(&r) % (uint64_t)V);
+    op_case c = {.name = "cross_entropy_fused", .n_in = 2,
+                 .in = {rnd(&r, N * C, -2, 2), rnd(&r, V * C, -2, 2)}, .in_n = {N * C, V * C},
+                 .check = {1, 0}, .out = malloc(8), .out_n = 1, .fwd = cef_fwd, .bwd = cef_bwd,
+                 .d = {N, C, V, chunk}, .aux = tg,
+                 .aux2 = malloc((size_t)(N * C + chunk * V + chunk) * 8)};
+    run_case(&c);
+    /* the same loss as the plain forward */
+    double *lse = malloc((size_t)N * 8), *logits = malloc((size_t)(chunk * V) * 8);
+    int64_t cnt;
+    double plain = qt_op_cross_entropy_forward_cpu_f64(lse, &cnt, logits, chunk, c.in[0], c.in[1], tg, N, C, V);
+    cef_fwd(&c);
+    assert_true(fabs(plain - c.out[0]) <= 1e-13 * fabs(plain));
+    free(lse); free(logits); free(tg); free(c.aux2);
+    free_case(&c);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm),        cmocka_unit_test(test_add),
@@ -659,6 +695,7 @@ int main(void) {
       cmocka_unit_test(test_attention_gemm_vs_ref),
       cmocka_unit_test(test_swiglu),         cmocka_unit_test(test_cross_entropy),
       cmocka_unit_test(test_cross_entropy_chunks),
+      cmocka_unit_test(test_cross_entropy_fused),
       cmocka_unit_test(test_dropout_mask),
       cmocka_unit_test(test_thread_determinism),
   };

@@ -174,18 +174,22 @@ static void bind(bound *bd, const model *m, bool f64, bool freeze_layer0) {
 }
 /* measure: a measuring tape; else act/grad bytes (0: the defaults, 4 and 2 MiB). */
 static void bind_cfg(bound *bd, const model *m, bool f64, bool freeze_layer0, unsigned mat_mask,
-                     bool measure, size_t act_bytes, size_t grad_bytes);
+                     bool measure, size_t act_bytes, size_t grad_bytes, bool ce_fused);
 static void bind_mat(bound *bd, const model *m, bool f64, bool freeze_layer0, unsigned mat_mask) {
-  bind_cfg(bd, m, f64, freeze_layer0, mat_mask, false, 0, 0);
+  bind_cfg(bd, m, f64, freeze_layer0, mat_mask, false, 0, 0, false);
+}
+/* bind with the cross-entropy gradient formed in forward (ce_grad_in_forward) */
+static void bind_fused(bound *bd, const model *m, bool f64) {
+  bind_cfg(bd, m, f64, false, 0, false, 0, 0, true);
 }
 static void bind_cfg(bound *bd, const model *m, bool f64, bool freeze_layer0, unsigned mat_mask,
-                     bool measure, size_t act_bytes, size_t grad_bytes) {
+                     bool measure, size_t act_bytes, size_t grad_bytes, bool ce_fused) {
   memset(bd, 0, sizeof *bd);
   bd->f64 = f64;
   bd->m = m;
   qt_tape_config cfg = {.act_bytes = act_bytes ? act_bytes : 4 << 20,
                         .grad_bytes = grad_bytes ? grad_bytes : 2 << 20, .max_tensors = 512,
-                        .max_nodes = 256, .ce_chunk_rows = 5};
+                        .max_nodes = 256, .ce_chunk_rows = 5, .ce_grad_in_forward = ce_fused};
   if (measure)
     assert_int_equal(qt_tape_init_measure(&bd->t, f64 ? QT_F64 : QT_F32, &cfg), QT_OK);
   else
@@ -323,7 +327,10 @@ static void check_fd(bool tied, bool dropout) {
   else
     model_init_bias(&m, tied, dropout, 4321); /* also covers the bias path of the linear */
   bound bd;
-  bind(&bd, &m, true, false);
+  if (tied)
+    bind_fused(&bd, &m, true); /* the tied case also covers the fused cross-entropy */
+  else
+    bind(&bd, &m, true, false);
   forward_backward(&bd, false);
   const double h = 1e-6;
   double worst = 0;
@@ -353,8 +360,8 @@ static void check_fd(bool tied, bool dropout) {
         assert_true(ag_norm(fd, n) > 0);
         free(fd);
       }
-  fprintf(stderr, "decoder FD (%s, dropout %s, q/k/v bias %s): worst LoRA relative error %.3g\n",
-          tied ? "tied" : "untied", dropout ? "on" : "off", tied ? "off" : "on", worst);
+  fprintf(stderr, "decoder FD (%s, dropout %s, q/k/v bias %s, CE grad in forward %s): worst LoRA relative error %.3g\n",
+          tied ? "tied" : "untied", dropout ? "on" : "off", tied ? "off" : "on", tied ? "on" : "off", worst);
   unbind(&bd);
   model_free(&m);
 }
@@ -629,7 +636,10 @@ static void check_golden(bool tied) {
   model_init_golden(&m, &g, tied);
   for (int f64 = 0; f64 < 2; f64++) {
     bound bd;
-    bind(&bd, &m, f64, false);
+    if (f64)
+      bind(&bd, &m, true, false);
+    else
+      bind_fused(&bd, &m, false);
     int64_t cnt;
     zero_grads(&bd);
     double sum = forward(&bd, f64 == 1, &cnt);
@@ -650,7 +660,7 @@ static void check_golden(bool tied) {
           free(gd);
         }
     fprintf(stderr, "vs transformers+PEFT (%s, %s tape%s): loss rel err %.3g, worst LoRA grad rel err %.3g\n",
-            tied ? "tied" : "untied", f64 ? "fp64" : "fp32", f64 ? ", checkpointed" : "", lerr, worst);
+            tied ? "tied" : "untied", f64 ? "fp64" : "fp32", f64 ? ", checkpointed" : ", CE grad in forward", lerr, worst);
     assert_true(lerr < 1e-5);
     assert_true(worst < 1e-4);
     unbind(&bd);
@@ -701,13 +711,13 @@ static void test_measure_then_allocate(void **st) {
   const unsigned mask = 1u << P_UP;
   for (int ckpt = 0; ckpt < 2; ckpt++) {
     bound meas;
-    bind_cfg(&meas, &m, false, false, mask, true, 0, 0);
+    bind_cfg(&meas, &m, false, false, mask, true, 0, 0, ckpt == 1);
     forward_backward(&meas, ckpt);
     qt_tape_stats ms = qt_tape_get_stats(meas.t);
     assert_int_equal(meas.mat_calls, 0); /* nothing computed, nothing filled */
     unbind(&meas);
     bound real;
-    bind_cfg(&real, &m, false, false, mask, false, ms.act_peak, ms.grad_peak);
+    bind_cfg(&real, &m, false, false, mask, false, ms.act_peak, ms.grad_peak, ckpt == 1);
     double loss = forward_backward(&real, ckpt);
     assert_true(loss > 0);
     qt_tape_stats rs = qt_tape_get_stats(real.t);
@@ -720,7 +730,7 @@ static void test_measure_then_allocate(void **st) {
     for (int which = 0; which < 2; which++) {
       bound small;
       bind_cfg(&small, &m, false, false, mask, false, ms.act_peak - (which ? 0 : 64),
-               ms.grad_peak - (which ? 64 : 0));
+               ms.grad_peak - (which ? 64 : 0), ckpt == 1);
       int64_t cnt;
       qt_tape_reset(small.t);
       int32_t h, xf, loss_id;
@@ -740,6 +750,45 @@ static void test_measure_then_allocate(void **st) {
   model_free(&m);
 }
 
+/* Cross-entropy gradient formed in forward vs recomputed in backward: loss and
+ * gradients equal to rounding (fp64 1e-12, fp32 1e-5). */
+static void test_ce_fused_vs_recompute(void **st) {
+  (void)st;
+  model m;
+  model_init(&m, false, true, 31);
+  for (int f64 = 0; f64 < 2; f64++) {
+    bound a, b;
+    bind(&a, &m, f64, false);
+    bind_fused(&b, &m, f64);
+    double la = forward_backward(&a, false), lb = forward_backward(&b, false);
+    /* the fused pass sums row losses kept in double; the plain one rounds each
+     * row loss to the storage type first */
+    assert_true(fabs(la - lb) <= (f64 ? 1e-14 : 1e-6) * fabs(la));
+    double worst = 0;
+    for (int l = 0; l < L; l++)
+      for (int j = 0; j < NPROJ; j++)
+        for (int which = 0; which < 2; which++) {
+          int64_t n = which ? proj_out[j] * R : R * proj_in[j];
+          const void *ga = which ? a.gB[l][j] : a.gA[l][j], *gb = which ? b.gB[l][j] : b.gA[l][j];
+          double *x = malloc((size_t)n * 8), *y = malloc((size_t)n * 8);
+          for (int64_t i = 0; i < n; i++) {
+            x[i] = f64 ? ((const double *)ga)[i] : ((const float *)ga)[i];
+            y[i] = f64 ? ((const double *)gb)[i] : ((const float *)gb)[i];
+          }
+          double e = ag_rel_err(x, y, n);
+          if (e > worst) worst = e;
+          free(x);
+          free(y);
+        }
+    fprintf(stderr, "CE grad in forward vs recompute (%s): worst LoRA grad rel diff %.3g\n",
+            f64 ? "fp64" : "fp32", worst);
+    assert_true(worst < (f64 ? 1e-12 : 1e-5));
+    unbind(&a);
+    unbind(&b);
+  }
+  model_free(&m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fd_untied_dropout),
@@ -751,6 +800,7 @@ int main(void) {
       cmocka_unit_test(test_arena_exhausted),
       cmocka_unit_test(test_materialized_weights),
       cmocka_unit_test(test_measure_then_allocate),
+      cmocka_unit_test(test_ce_fused_vs_recompute),
       cmocka_unit_test(test_golden_untied),
       cmocka_unit_test(test_golden_tied),
   };
