@@ -16,11 +16,15 @@ typedef struct {
 
 /* Terminated by {NULL, NULL, NULL}. */
 extern const qt_cli_command qt_cli_commands[];
-/* `qlora-train CONFIG.yaml ...`; NULL until the training loop lands. */
+/* `qlora-train CONFIG.yaml ...` */
 extern const qt_cli_fn qt_cli_train;
 
 /* Subcommands (train/cmd_<name>.c). */
 qt_status qt_cmd_inspect(int argc, char **argv); /* inspect PATH */
 qt_status qt_cmd_tokenize(int argc, char **argv); /* tokenize DIR [--bos] [--eos] [--decode] */
+qt_status qt_cmd_train(int argc, char **argv);    /* CONFIG.yaml [--set K=V]... */
+qt_status qt_cmd_eval(int argc, char **argv);
+qt_status qt_cmd_generate(int argc, char **argv);
+qt_status qt_cmd_export(int argc, char **argv);
 
 #endif

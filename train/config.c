@@ -55,6 +55,7 @@ static const qt_cfg_key qt_cfg_keys[] = {
     {"lora", "target_modules", K_TARGETS, OFF(lora.target_modules), 0, 0, 0, 0, NULL, false},
     {"lora", "use_rslora", K_BOOL, OFF(lora.use_rslora), 0, 0, 0, 0, NULL, false},
     {"lora", "master_weights", K_ENUM, OFF(lora.master_weights), 0, 0, 0, 0, master_names, false},
+    {"lora", "init_adapter", K_PATH_OPT, OFF(lora.init_adapter), 0, 0, 0, 0, NULL, false},
     {"data", "train", K_STR, OFF(data.train), 0, 0, 0, 0, NULL, true},
     {"data", "eval", K_PATH_OPT, OFF(data.eval), 0, 0, 0, 0, NULL, false},
     {"data", "format", K_ENUM, OFF(data.format), 0, 0, 0, 0, format_names, false},
@@ -63,6 +64,7 @@ static const qt_cfg_key qt_cfg_keys[] = {
     {"data", "train_on_prompt", K_BOOL, OFF(data.train_on_prompt), 0, 0, 0, 0, NULL, false},
     {"data", "chat_template", K_ENUM, OFF(data.chat_template), 0, 0, 0, 0, template_names, false},
     {"data", "skip_bad_records", K_BOOL, OFF(data.skip_bad_records), 0, 0, 0, 0, NULL, false},
+    {"data", "shuffle", K_BOOL, OFF(data.shuffle), 0, 0, 0, 0, NULL, false},
     {"training", "device", K_ENUM, OFF(training.device), 0, 0, 0, 0, device_names, false},
     {"training", "seed", K_INT, OFF(training.seed), 0, BIG, 0, 0, NULL, false},
     {"training", "micro_batch_size", K_INT, OFF(training.micro_batch_size), 1, 65536, 0, 0, NULL, false},
@@ -109,7 +111,7 @@ const char *qt_config_target_name(unsigned bit) {
 
 void qt_config_defaults(qt_config *c) {
   memset(c, 0, sizeof *c);
-  c->model.quant = QT_QUANT_NF4;
+  c->model.quant = QT_CFG_QUANT_NF4;
   c->model.double_quant = true;
   c->model.blocksize = 64;
   c->model.compute_dtype = QT_CDT_BF16;
@@ -124,6 +126,7 @@ void qt_config_defaults(qt_config *c) {
   c->data.packing = false;
   c->data.train_on_prompt = false;
   c->data.chat_template = QT_TPL_AUTO;
+  c->data.shuffle = true;
   c->training.device = QT_DEVICE_AUTO;
   c->training.seed = 42;
   c->training.micro_batch_size = 1;
@@ -668,7 +671,7 @@ static void validate(const qt_config *c, const bool *set, const char *label, qt_
   for (int i = 0; i < N_KEYS; i++)
     if (qt_cfg_keys[i].required && !set[i])
       err_add(e, "%s: missing required key '%s.%s'", label, qt_cfg_keys[i].section, qt_cfg_keys[i].key);
-  if (c->model.quant == QT_QUANT_NONE && c->model.double_quant && was_set(set, "model", "double_quant"))
+  if (c->model.quant == QT_CFG_QUANT_NONE && c->model.double_quant && was_set(set, "model", "double_quant"))
     err_add(e, "%s: model.double_quant: true needs model.quant nf4 or fp4 (quant is none)", label);
   if (c->training.eval_steps > 0 && c->data.eval[0] == '\0')
     err_add(e, "%s: training.eval_steps is %lld but data.eval is not set; give an eval file or set eval_steps to 0",
@@ -683,7 +686,7 @@ static void validate(const qt_config *c, const bool *set, const char *label, qt_
   if (c->data.train_on_prompt && c->data.format == QT_FMT_TEXT && was_set(set, "data", "train_on_prompt"))
     err_add(e, "%s: data.train_on_prompt has no effect with data.format text (every token is trained on); "
                "use format completion, alpaca or chat", label);
-  if (c->export_.merge_base == QT_MERGE_NF4_ROUNDTRIP && c->model.quant == QT_QUANT_NONE)
+  if (c->export_.merge_base == QT_MERGE_NF4_ROUNDTRIP && c->model.quant == QT_CFG_QUANT_NONE)
     err_add(e, "%s: export.merge_base nf4_roundtrip needs model.quant nf4 or fp4", label);
 }
 
@@ -799,7 +802,17 @@ void qt_config_write_yaml(const qt_config *cfg, FILE *f) {
           write_string(f, field);
         break;
       case K_INT: fprintf(f, "%lld", (long long)*(const int64_t *)field); break;
-      case K_FLOAT: fprintf(f, "%.17g", *(const double *)field); break;
+      case K_FLOAT: {
+        /* the shortest form that reads back to the same double */
+        double v = *(const double *)field;
+        char num[40];
+        for (int prec = 1; prec <= 17; prec++) {
+          snprintf(num, sizeof num, "%.*g", prec, v);
+          if (strtod(num, NULL) == v) break;
+        }
+        fputs(num, f);
+        break;
+      }
       case K_BOOL: fputs(*(const bool *)field ? "true" : "false", f); break;
       case K_ENUM: fputs(k->names[*(const int *)field], f); break;
       case K_TARGETS: {

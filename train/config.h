@@ -20,7 +20,7 @@
 
 enum { QT_CFG_PATH_MAX = 4096, QT_CFG_NAME_MAX = 64 };
 
-typedef enum { QT_QUANT_NF4 = 0, QT_QUANT_FP4, QT_QUANT_NONE } qt_cfg_quant;
+typedef enum { QT_CFG_QUANT_NF4 = 0, QT_CFG_QUANT_FP4, QT_CFG_QUANT_NONE } qt_cfg_quant;
 typedef enum { QT_CDT_BF16 = 0, QT_CDT_FP16, QT_CDT_FP32 } qt_cfg_dtype;
 typedef enum { QT_MASTER_NONE = 0, QT_MASTER_FP32 } qt_cfg_master;
 typedef enum { QT_FMT_TEXT = 0, QT_FMT_COMPLETION, QT_FMT_ALPACA, QT_FMT_CHAT } qt_cfg_format;
@@ -55,6 +55,7 @@ typedef struct {
     unsigned target_modules;        /* QT_TGT_* bit set; all-linear */
     bool use_rslora;                /* false: scale alpha/r; true: alpha/sqrt(r) */
     qt_cfg_master master_weights;   /* none */
+    char init_adapter[QT_CFG_PATH_MAX]; /* "" = fresh PEFT init; else start from this PEFT adapter dir */
   } lora;
   struct {
     char train[QT_CFG_PATH_MAX];    /* required: .jsonl or .json */
@@ -65,6 +66,7 @@ typedef struct {
     bool train_on_prompt;           /* false: prompt tokens get label -100 */
     qt_cfg_chat_template chat_template; /* auto: from tokenizer_config.json */
     bool skip_bad_records;          /* false: a bad record stops with file:line */
+    bool shuffle;                   /* true: a seeded permutation per epoch; false: file order */
   } data;
   struct {
     qt_cfg_device device;           /* auto */

@@ -59,10 +59,6 @@ int main(int argc, char **argv) {
     print_usage(stderr);
     return 2;
   }
-  if (qt_cli_train == NULL) {
-    fprintf(stderr, "qlora-train: training is not built into this version yet\n");
-    return 1;
-  }
   qt_status s = qt_cli_train(argc - 1, argv + 1);
   if (s != QT_OK) fprintf(stderr, "qlora-train: %s: %s\n", qt_status_name(s), qt_error_message());
   return qt_status_exit_code(s);

@@ -27,7 +27,7 @@ static void test_defaults_and_numbers(void **state) {
   assert_string_equal(c.data.train, "t.jsonl");
   assert_true(c.training.learning_rate == 1e-4); /* 1e-4 is a number, not a string */
   assert_true(c.training.max_grad_norm == 0.3);
-  assert_int_equal(c.model.quant, QT_QUANT_NF4);
+  assert_int_equal(c.model.quant, QT_CFG_QUANT_NF4);
   assert_true(c.model.double_quant);
   assert_int_equal(c.model.blocksize, 64);
   assert_int_equal(c.lora.target_modules, QT_TGT_ALL);

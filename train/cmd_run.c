@@ -1,0 +1,345 @@
+/* train/cmd_run.c — `qlora-train eval`, `generate` and `export` (DESIGN.md
+ * section 5). Each uses --checkpoint DIR (a qlora-train checkpoint or a PEFT
+ * adapter directory) when given, else the newest complete checkpoint under
+ * output.dir, else (eval, generate) the base model alone. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/fs.h"
+#include "common/half.h"
+#include "common/log.h"
+#include "common/safetensors.h"
+#include "train/cli.h"
+#include "train/session.h"
+
+/* ---- eval ---------------------------------------------------------------------- */
+
+qt_status qt_cmd_eval(int argc, char **argv) {
+  qt_args a;
+  QT_TRY(qt_args_parse(argc, argv, QT_ARG_CHECKPOINT | QT_ARG_DATA, &a));
+  qt_session s;
+  qt_dataset ds = {0};
+  bool have_ds = false;
+  qt_status r = qt_session_config(&s, &a);
+  const char *path = a.data ? a.data : s.cfg.data.eval;
+  if (r == QT_OK && !path[0])
+    r = qt_fail(QT_ERR_CONFIG, "%s: no evaluation data: set data.eval or pass --data FILE", a.config_path);
+  if (r == QT_OK) r = qt_session_load_model(&s);
+  if (r == QT_OK) r = qt_session_pick_adapter(&s, a.checkpoint, true);
+  if (r == QT_OK) r = qt_session_tape(&s, s.cfg.training.micro_batch_size, s.cfg.data.seq_len, false, true);
+  if (r == QT_OK) r = qt_session_dataset(&s, path, &ds, s.cfg.data.skip_bad_records);
+  have_ds = r == QT_OK;
+  qt_eval_result er;
+  if (r == QT_OK) r = qt_session_eval(&s, &ds, &er);
+  if (r == QT_OK) {
+    double loss = er.tokens ? er.loss_sum / (double)er.tokens : NAN;
+    printf("{\"loss\":%.9g,\"ppl\":%.9g,\"tokens\":%lld,\"examples\":%lld}\n", loss, exp(loss), (long long)er.tokens,
+           (long long)er.examples);
+  }
+  if (have_ds) qt_dataset_free(&ds);
+  qt_session_free(&s);
+  return r;
+}
+
+/* ---- generate ---------------------------------------------------------------- */
+
+qt_status qt_cmd_generate(int argc, char **argv) {
+  qt_args a;
+  QT_TRY(qt_args_parse(argc, argv, QT_ARG_CHECKPOINT | QT_ARG_PROMPT | QT_ARG_MAX_NEW | QT_ARG_TEMPERATURE | QT_ARG_SEED,
+                       &a));
+  qt_session s;
+  qt_token_ids ids = {0};
+  qt_text_buf text = {0};
+  int32_t *out = NULL;
+  qt_status r = qt_session_config(&s, &a);
+  if (r == QT_OK) r = qt_session_load_model(&s);
+  if (r == QT_OK) r = qt_session_pick_adapter(&s, a.checkpoint, true);
+  unsigned flags = 0;
+  if (r == QT_OK && qt_tokenizer_bos_id(s.tok) >= 0) flags |= QT_TOK_ADD_BOS;
+  if (r == QT_OK) r = qt_tokenizer_encode(s.tok, a.prompt, strlen(a.prompt), flags, &ids);
+  int64_t max_pos = r == QT_OK ? s.model->cfg.max_position_embeddings : 0;
+  int64_t max_new = a.max_new_tokens;
+  if (r == QT_OK && (int64_t)ids.n >= max_pos)
+    r = qt_fail(QT_ERR_INVALID, "the prompt has %zu tokens; the model allows %lld positions", ids.n, (long long)max_pos);
+  if (r == QT_OK && (int64_t)ids.n + max_new > max_pos) max_new = max_pos - (int64_t)ids.n;
+  if (r == QT_OK) r = qt_session_tape(&s, 1, (int64_t)ids.n + (max_new > 0 ? max_new : 1), false, true);
+  if (r == QT_OK) {
+    out = malloc((size_t)(ids.n + (size_t)max_new + 1) * sizeof *out);
+    if (!out) r = qt_fail(QT_ERR_NOMEM, "out of memory");
+  }
+  int64_t n_new = 0;
+  if (r == QT_OK) {
+    qt_model_adapter ad, *adp = NULL;
+    if (s.lora) {
+      qt_lora_set_step(s.lora, 0, false);
+      ad = qt_lora_adapter(s.lora);
+      adp = &ad;
+    }
+    uint64_t seed = a.seed_given ? a.seed : (uint64_t)s.cfg.training.seed;
+    memcpy(out, ids.ids, ids.n * sizeof *out);
+    r = qt_model_generate(s.mt, adp, ids.ids, (int64_t)ids.n, max_new, a.temperature, seed, out + ids.n, &n_new);
+  }
+  if (r == QT_OK) r = qt_tokenizer_decode(s.tok, out, ids.n + (size_t)n_new, 1, &text);
+  if (r == QT_OK) printf("%s\n", text.s);
+  free(out);
+  qt_token_ids_free(&ids);
+  qt_text_buf_free(&text);
+  qt_session_free(&s);
+  return r;
+}
+
+/* ---- export ---------------------------------------------------------------------- */
+
+static const char *dtype_hf_name(qt_cfg_dtype d) {
+  return d == QT_CDT_BF16 ? "bfloat16" : d == QT_CDT_FP16 ? "float16" : "float32";
+}
+
+static qt_dtype dtype_st(qt_cfg_dtype d) { return d == QT_CDT_BF16 ? QT_BF16 : d == QT_CDT_FP16 ? QT_F16 : QT_F32; }
+
+/* One output tensor of the merged model. */
+typedef struct {
+  char name[128];
+  int64_t rows, cols;  /* cols = 0 for a vector */
+  const float *src;    /* dense fp32 held by the model (norms, embeddings, biases) */
+  int layer;           /* >= 0 with proj: a base linear to merge */
+  qt_proj proj;
+  int shard;
+} merged_tensor;
+
+static size_t mt_bytes(const merged_tensor *t, qt_cfg_dtype d) {
+  size_t el = d == QT_CDT_FP32 ? 4 : 2;
+  return (size_t)(t->rows * (t->cols ? t->cols : 1)) * el;
+}
+
+/* The source checkpoint's dense weight `name` as fp32, if it has one (not
+ * for bitsandbytes 4-bit sources). */
+static qt_status source_weight(const qt_st_model *src, const char *name, int64_t n, float *w, bool *found) {
+  const qt_st_entry *e = qt_st_model_find(src, name);
+  *found = false;
+  if (!e || (e->dtype != QT_F32 && e->dtype != QT_F16 && e->dtype != QT_BF16) || qt_st_entry_numel(e) != n) return QT_OK;
+  QT_TRY(qt_st_entry_to_f32(e, w));
+  *found = true;
+  return QT_OK;
+}
+
+static qt_status copy_if_exists(const char *from_dir, const char *to_dir, const char *name) {
+  char a[4200], b[4200];
+  snprintf(a, sizeof a, "%s/%s", from_dir, name);
+  snprintf(b, sizeof b, "%s/%s", to_dir, name);
+  struct stat st;
+  if (stat(a, &st) != 0) return QT_OK;
+  uint8_t *buf;
+  size_t len;
+  QT_TRY(qt_fs_read_file(a, (size_t)1 << 32, &buf, &len));
+  qt_status r = qt_fs_write_atomic(b, buf, len);
+  free(buf);
+  return r;
+}
+
+static qt_status write_config(const qt_session *s, const char *out, qt_cfg_dtype dt) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/config.json", s->cfg.model.path);
+  uint8_t *buf;
+  size_t len;
+  QT_TRY(qt_fs_read_file(p, 1 << 24, &buf, &len));
+  cJSON *o = cJSON_ParseWithLength((const char *)buf, len);
+  free(buf);
+  if (!o) return qt_fail(QT_ERR_FORMAT, "%s: not valid JSON", p);
+  cJSON_DeleteItemFromObjectCaseSensitive(o, "quantization_config");
+  const char *key = cJSON_GetObjectItemCaseSensitive(o, "dtype") ? "dtype" : "torch_dtype";
+  cJSON_DeleteItemFromObjectCaseSensitive(o, key);
+  cJSON_AddStringToObject(o, key, dtype_hf_name(dt));
+  char *text = cJSON_Print(o);
+  cJSON_Delete(o);
+  if (!text) return qt_fail(QT_ERR_NOMEM, "out of memory");
+  snprintf(p, sizeof p, "%s/config.json", out);
+  qt_status r = qt_fs_write_atomic(p, text, strlen(text));
+  free(text);
+  return r;
+}
+
+static qt_status export_merged(qt_session *s, const char *out, qt_cfg_dtype dt, qt_cfg_merge_base base) {
+  qt_model *m = s->model;
+  /* the tensor list, in the transformers state_dict order */
+  size_t cap = 4 + (size_t)m->L * 16, n = 0;
+  merged_tensor *ts = calloc(cap, sizeof *ts);
+  if (!ts) return qt_fail(QT_ERR_NOMEM, "out of memory");
+#define ADD(nm, r_, c_, src_, layer_, proj_)                                      \
+  do {                                                                            \
+    snprintf(ts[n].name, sizeof ts[n].name, "%s", nm);                            \
+    ts[n].rows = (r_), ts[n].cols = (c_), ts[n].src = (src_), ts[n].layer = (layer_), ts[n].proj = (proj_); \
+    n++;                                                                          \
+  } while (0)
+  ADD("model.embed_tokens.weight", m->V, m->C, m->embed, -1, QT_PROJ_Q);
+  for (int64_t l = 0; l < m->L; l++) {
+    char nm[128];
+    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      const qt_model_linear *lin = &m->layers[l].proj[p];
+      snprintf(nm, sizeof nm, "%s.weight", lin->name);
+      ADD(nm, lin->out, lin->in, NULL, (int)l, (qt_proj)p);
+      if (lin->bias) {
+        snprintf(nm, sizeof nm, "%s.bias", lin->name);
+        ADD(nm, lin->out, 0, lin->bias, -1, QT_PROJ_Q);
+      }
+    }
+    snprintf(nm, sizeof nm, "model.layers.%lld.input_layernorm.weight", (long long)l);
+    ADD(nm, m->C, 0, m->layers[l].input_norm, -1, QT_PROJ_Q);
+    snprintf(nm, sizeof nm, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
+    ADD(nm, m->C, 0, m->layers[l].post_norm, -1, QT_PROJ_Q);
+  }
+  ADD("model.norm.weight", m->C, 0, m->final_norm, -1, QT_PROJ_Q);
+  if (m->lm_head != m->embed) ADD("lm_head.weight", m->V, m->C, m->lm_head, -1, QT_PROJ_Q);
+#undef ADD
+  /* shards of at most 2 GiB (transformers' default max_shard_size is 5 GB;
+   * smaller shards keep peak memory of this writer low) */
+  const size_t shard_max = (size_t)2 << 30;
+  int n_shards = 1;
+  size_t cur = 0, total = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t b = mt_bytes(&ts[i], dt);
+    if (cur > 0 && cur + b > shard_max) {
+      n_shards++;
+      cur = 0;
+    }
+    ts[i].shard = n_shards - 1;
+    cur += b;
+    total += b;
+  }
+  qt_status r = qt_fs_mkdir_p(out);
+  qt_st_model src;
+  bool src_open = false;
+  if (r == QT_OK) {
+    r = qt_st_model_open(s->cfg.model.path, &src);
+    src_open = r == QT_OK;
+  }
+  const char *base_name = base == QT_MERGE_ORIGINAL ? "original" : "nf4_roundtrip";
+  bool original_missing = false;
+  cJSON *wm = cJSON_CreateObject();
+  for (int sh = 0; r == QT_OK && sh < n_shards; sh++) {
+    char fname[64];
+    snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", sh + 1, n_shards);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += ts[i].shard == sh;
+    qt_st_write_tensor *wt = calloc(k, sizeof *wt);
+    void **bufs = calloc(k, sizeof *bufs);
+    if (!wt || !bufs) r = qt_fail(QT_ERR_NOMEM, "out of memory");
+    size_t j = 0;
+    for (size_t i = 0; r == QT_OK && i < n; i++) {
+      if (ts[i].shard != sh) continue;
+      int64_t cnt = ts[i].rows * (ts[i].cols ? ts[i].cols : 1);
+      float *w = malloc((size_t)cnt * sizeof *w);
+      if (!w) {
+        r = qt_fail(QT_ERR_NOMEM, "out of memory for %s", ts[i].name);
+        break;
+      }
+      if (ts[i].layer < 0) {
+        memcpy(w, ts[i].src, (size_t)cnt * sizeof *w);
+      } else {
+        const qt_model_linear *lin = &m->layers[ts[i].layer].proj[ts[i].proj];
+        bool found = false;
+        if (base == QT_MERGE_ORIGINAL) r = source_weight(&src, ts[i].name, cnt, w, &found);
+        if (r == QT_OK && !found) {
+          if (base == QT_MERGE_ORIGINAL) original_missing = true;
+          r = qt_model_linear_weight(m, lin, w);
+        }
+        if (r == QT_OK && s->lora) qt_lora_merge_weight(s->lora, ts[i].layer, ts[i].proj, w);
+      }
+      if (r != QT_OK) {
+        free(w);
+        break;
+      }
+      void *outb = w;
+      if (dt != QT_CDT_FP32) {
+        uint16_t *h = malloc((size_t)cnt * sizeof *h);
+        if (!h) {
+          free(w);
+          r = qt_fail(QT_ERR_NOMEM, "out of memory");
+          break;
+        }
+        if (dt == QT_CDT_BF16)
+          qt_bf16_from_f32_n(h, w, (size_t)cnt);
+        else
+          qt_f16_from_f32_n(h, w, (size_t)cnt);
+        free(w);
+        outb = h;
+      }
+      bufs[j] = outb;
+      wt[j].name = ts[i].name;
+      wt[j].dtype = dtype_st(dt);
+      wt[j].ndim = ts[i].cols ? 2 : 1;
+      wt[j].shape[0] = ts[i].rows;
+      wt[j].shape[1] = ts[i].cols;
+      wt[j].data = outb;
+      cJSON_AddStringToObject(wm, ts[i].name, fname);
+      j++;
+    }
+    if (r == QT_OK) {
+      char p[4200];
+      snprintf(p, sizeof p, "%s/%s", out, fname);
+      const char *mk[] = {"format", "qlora_train_merge_base", "qlora_train_adapter"};
+      const char *mv[] = {"pt", original_missing ? "dequantized_4bit_source" : base_name,
+                          s->adapter_dir[0] ? s->adapter_dir : "none"};
+      r = qt_st_write(p, wt, k, mk, mv, 3);
+    }
+    for (size_t q = 0; bufs && q < k; q++) free(bufs[q]);
+    free(bufs);
+    free(wt);
+  }
+  if (src_open) qt_st_model_close(&src);
+  free(ts);
+  if (r == QT_OK) {
+    cJSON *idx = cJSON_CreateObject();
+    cJSON *meta = cJSON_AddObjectToObject(idx, "metadata");
+    cJSON_AddNumberToObject(meta, "total_size", (double)total);
+    cJSON_AddStringToObject(meta, "qlora_train_merge_base", original_missing ? "dequantized_4bit_source" : base_name);
+    cJSON_AddItemToObject(idx, "weight_map", wm);
+    wm = NULL;
+    char *text = cJSON_Print(idx);
+    cJSON_Delete(idx);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", out);
+    r = text ? qt_fs_write_atomic(p, text, strlen(text)) : qt_fail(QT_ERR_NOMEM, "out of memory");
+    free(text);
+  }
+  cJSON_Delete(wm);
+  if (r == QT_OK) r = write_config(s, out, dt);
+  static const char *const tok_files[] = {"tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                          "special_tokens_map.json", "generation_config.json"};
+  for (size_t i = 0; r == QT_OK && i < sizeof tok_files / sizeof tok_files[0]; i++)
+    r = copy_if_exists(s->cfg.model.path, out, tok_files[i]);
+  if (r == QT_OK && original_missing)
+    QT_LOGW("the source checkpoint holds 4-bit weights: merged onto their dequantized values (recorded in the metadata)");
+  return r;
+}
+
+qt_status qt_cmd_export(int argc, char **argv) {
+  qt_args a;
+  QT_TRY(qt_args_parse(argc, argv, QT_ARG_CHECKPOINT | QT_ARG_FORMAT | QT_ARG_OUT, &a));
+  qt_session s;
+  qt_status r = qt_session_config(&s, &a);
+  bool merged = false;
+  char out[4200];
+  if (r == QT_OK) {
+    merged = a.format ? strcmp(a.format, "merged") == 0 : s.cfg.export_.format == QT_EXPORT_MERGED;
+    if (a.out)
+      snprintf(out, sizeof out, "%s", a.out);
+    else
+      snprintf(out, sizeof out, "%s/export-%s", s.cfg.output.dir, merged ? "merged" : "peft");
+    /* a merge onto the original weights needs them dense: load without quantizing */
+    r = qt_session_load_model(&s);
+  }
+  if (r == QT_OK) r = qt_session_pick_adapter(&s, a.checkpoint, false);
+  if (r == QT_OK && !merged) {
+    qt_dtype dt = dtype_st(s.cfg.export_.dtype);
+    r = qt_lora_save_peft(s.lora, out, s.cfg.model.path, dt);
+  } else if (r == QT_OK) {
+    r = export_merged(&s, out, s.cfg.export_.dtype, s.cfg.export_.merge_base);
+  }
+  if (r == QT_OK) fprintf(stderr, "qlora-train: wrote %s (%s)\n", out, merged ? "merged Hugging Face model" : "PEFT adapter");
+  qt_session_free(&s);
+  return r;
+}

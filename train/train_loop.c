@@ -1,0 +1,701 @@
+/* train/train_loop.c — `qlora-train CONFIG.yaml`: the training loop, with
+ * evaluation, metrics, checkpoints and exact resume (DESIGN.md sections 1, 7).
+ *
+ * One optimizer step = gradient_accumulation_steps micro-batches. The loss is
+ * normalized by the number of target tokens of the whole step (all its
+ * micro-batches), as transformers does since the GA fix (PR #34191): the
+ * target counts are read first (a pass over the loader that is then rewound),
+ * so every micro-batch back-propagates with d/dloss_sum = 1 / step_targets.
+ *
+ * Exact resume: everything a step depends on is either in the checkpoint
+ * (bf16 adapters and fp32 masters, optimizer state, data cursor, step,
+ * non-finite counters) or a pure function of (seed, step): dropout masks and
+ * stochastic rounding are Philox streams keyed by them. So a run stopped after
+ * step k and resumed produces the same per-step losses as one that never
+ * stopped (tests/e2e). */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/safetensors.h"
+#include "common/sha256.h"
+#include "data/loader.h"
+#include "optim/optim.h"
+#include "train/checkpoint.h"
+#include "train/cli.h"
+#include "train/report.h"
+#include "train/session.h"
+
+/* Set by SIGINT/SIGTERM; read between steps. A signal handler cannot be
+ * given a context, so this one flag is process state. */
+static volatile sig_atomic_t qt_stop_requested = 0;
+static void on_signal(int sig) { qt_stop_requested = sig; }
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double peak_rss_mib(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;
+}
+
+static void hex_of(const uint8_t d[32], char hex[65]) { qt_sha256_hex(d, hex); }
+
+/* sha256 of a whole file; "missing" when it cannot be read. */
+static void file_hash(const char *path, qt_sha256 *c) {
+  uint8_t *buf;
+  size_t len;
+  if (qt_fs_read_file(path, (size_t)1 << 34, &buf, &len) != QT_OK) {
+    qt_sha256_update(c, "missing", 7);
+    qt_error_clear();
+    return;
+  }
+  qt_sha256_update(c, buf, len);
+  free(buf);
+}
+
+/* Fingerprint of the base model: config.json and every *.safetensors file
+ * (name, size, and the whole content for files up to 256 MiB; above that the
+ * header and the first and last MiB, so that resuming a 70B run does not
+ * read 140 GB first). */
+static qt_status model_fingerprint(const char *dir, char hex[65]) {
+  qt_sha256 c;
+  qt_sha256_init(&c);
+  char p[4200];
+  snprintf(p, sizeof p, "%s/config.json", dir);
+  file_hash(p, &c);
+  qt_st_model m;
+  QT_TRY(qt_st_model_open(dir, &m));
+  for (size_t i = 0; i < m.n_files; i++) {
+    const qt_st_file *f = &m.files[i];
+    const char *base = strrchr(f->path, '/') ? strrchr(f->path, '/') + 1 : f->path;
+    uint64_t sz = f->map_len;
+    qt_sha256_update(&c, base, strlen(base));
+    qt_sha256_update(&c, &sz, sizeof sz);
+    const uint8_t *bytes = f->map;
+    if (!bytes) continue;
+    if (sz <= ((uint64_t)256 << 20)) {
+      qt_sha256_update(&c, bytes, sz);
+    } else {
+      size_t head = (size_t)(8 + f->header_len) + (1u << 20);
+      qt_sha256_update(&c, bytes, head < sz ? head : sz);
+      qt_sha256_update(&c, bytes + sz - (1u << 20), 1u << 20);
+    }
+  }
+  qt_st_model_close(&m);
+  uint8_t d[32];
+  qt_sha256_final(&c, d);
+  hex_of(d, hex);
+  return QT_OK;
+}
+
+/* Hash of the parts of the config a resumed run must share with the run that
+ * wrote the checkpoint: output paths, logging/eval/save cadence, threads and
+ * step counts may change; everything that shapes the math may not. */
+static void config_fingerprint(const qt_config *cfg, char hex[65]) {
+  qt_config c = *cfg;
+  qt_config d;
+  qt_config_defaults(&d);
+  c.output = d.output;
+  c.export_ = d.export_;
+  memcpy(c.data.eval, d.data.eval, sizeof c.data.eval);
+  c.training.max_steps = 0;
+  c.training.num_epochs = 1;
+  c.training.eval_steps = 0;
+  c.training.logging_steps = 1;
+  c.training.threads = 0;
+  c.training.max_nonfinite_steps = 3;
+  c.training.device = d.training.device;
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  uint8_t dg[32];
+  if (f) {
+    qt_config_write_yaml(&c, f);
+    fclose(f);
+  }
+  qt_sha256_digest(text ? text : "", text ? len : 0, dg);
+  free(text);
+  hex_of(dg, hex);
+}
+
+typedef struct {
+  char base[65], tokenizer[65], data[65], config[65];
+} qt_hashes;
+
+typedef struct {
+  int64_t step;
+  qt_loader_cursor cursor;
+  int64_t tokens_seen;
+  int nonfinite_consecutive;
+  int64_t nonfinite_total;
+  qt_hashes h;
+} qt_train_state;
+
+static cJSON *state_json(const qt_train_state *s, int64_t total_steps, double epoch, uint64_t seed) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "format", "qlora-train trainer_state v1");
+  cJSON_AddNumberToObject(o, "step", (double)s->step);
+  cJSON_AddNumberToObject(o, "total_steps", (double)total_steps);
+  cJSON_AddNumberToObject(o, "epoch", epoch);
+  cJSON *cur = cJSON_AddObjectToObject(o, "data_cursor");
+  cJSON_AddNumberToObject(cur, "epoch", (double)s->cursor.epoch);
+  cJSON_AddNumberToObject(cur, "pos", (double)s->cursor.pos);
+  cJSON_AddNumberToObject(o, "tokens_seen", (double)s->tokens_seen);
+  cJSON *rng = cJSON_AddObjectToObject(o, "rng");
+  cJSON_AddNumberToObject(rng, "seed", (double)seed);
+  cJSON_AddStringToObject(rng, "kind", "philox4x32-10 keyed by (seed, step); no other state");
+  cJSON *nf = cJSON_AddObjectToObject(o, "nonfinite");
+  cJSON_AddNumberToObject(nf, "consecutive", s->nonfinite_consecutive);
+  cJSON_AddNumberToObject(nf, "skipped_total", (double)s->nonfinite_total);
+  cJSON *h = cJSON_AddObjectToObject(o, "hashes");
+  cJSON_AddStringToObject(h, "base_model", s->h.base);
+  cJSON_AddStringToObject(h, "tokenizer", s->h.tokenizer);
+  cJSON_AddStringToObject(h, "train_data", s->h.data);
+  cJSON_AddStringToObject(h, "config", s->h.config);
+  return o;
+}
+
+static bool get_i64(const cJSON *o, const char *k, int64_t *v) {
+  const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, k);
+  if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble) || x->valuedouble < 0 || x->valuedouble > 9e15 ||
+      x->valuedouble != floor(x->valuedouble))
+    return false;
+  *v = (int64_t)x->valuedouble;
+  return true;
+}
+
+static bool get_hash(const cJSON *o, const char *k, char out[65]) {
+  const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, k);
+  if (!cJSON_IsString(x) || strlen(x->valuestring) != 64) return false;
+  memcpy(out, x->valuestring, 65);
+  return true;
+}
+
+static qt_status read_state(const char *dir, qt_train_state *s) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/trainer_state.json", dir);
+  uint8_t *buf;
+  size_t len;
+  QT_TRY(qt_fs_read_file(p, 1 << 24, &buf, &len));
+  cJSON *o = cJSON_ParseWithLength((const char *)buf, len);
+  free(buf);
+  qt_status r = QT_OK;
+  const cJSON *cur = o ? cJSON_GetObjectItemCaseSensitive(o, "data_cursor") : NULL;
+  const cJSON *nf = o ? cJSON_GetObjectItemCaseSensitive(o, "nonfinite") : NULL;
+  const cJSON *h = o ? cJSON_GetObjectItemCaseSensitive(o, "hashes") : NULL;
+  int64_t cons = 0;
+  memset(s, 0, sizeof *s);
+  if (!o || !get_i64(o, "step", &s->step) || !cur || !get_i64(cur, "epoch", &s->cursor.epoch) ||
+      !get_i64(cur, "pos", &s->cursor.pos) || !get_i64(o, "tokens_seen", &s->tokens_seen) || !nf ||
+      !get_i64(nf, "consecutive", &cons) || !get_i64(nf, "skipped_total", &s->nonfinite_total) || !h ||
+      !get_hash(h, "base_model", s->h.base) || !get_hash(h, "tokenizer", s->h.tokenizer) ||
+      !get_hash(h, "train_data", s->h.data) || !get_hash(h, "config", s->h.config))
+    r = qt_fail(QT_ERR_FORMAT, "%s: missing or malformed fields (step, data_cursor, tokens_seen, nonfinite, hashes)", p);
+  s->nonfinite_consecutive = (int)cons;
+  cJSON_Delete(o);
+  return r;
+}
+
+/* ---- checkpoint write --------------------------------------------------- */
+
+typedef struct {
+  qt_session *s;
+  qt_adamw *opt;
+  const char *base_model;
+  int64_t total_steps;
+  double epoch;
+} qt_saver;
+
+static qt_status write_checkpoint(const qt_saver *sv, const qt_train_state *st) {
+  qt_ckpt_writer w;
+  QT_TRY(qt_ckpt_begin(&w, sv->s->cfg.output.dir, st->step));
+  char p[4200];
+  qt_status r = qt_lora_save_peft(sv->s->lora, w.tmp_dir, sv->base_model, QT_BF16);
+  size_t n;
+  qt_lora_tensor *ts = qt_lora_tensors(sv->s->lora, &n);
+  if (r == QT_OK && ts[0].master) {
+    qt_st_write_tensor *wt = calloc(n, sizeof *wt);
+    if (!wt) r = qt_fail(QT_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; wt && i < n; i++) {
+      wt[i].name = ts[i].name;
+      wt[i].dtype = QT_F32;
+      wt[i].ndim = 2;
+      wt[i].shape[0] = ts[i].rows;
+      wt[i].shape[1] = ts[i].cols;
+      wt[i].data = ts[i].master;
+    }
+    if (wt) {
+      qt_ckpt_file_path(&w, "master_weights.safetensors", p, sizeof p);
+      r = qt_st_write(p, wt, n, NULL, NULL, 0);
+      free(wt);
+    }
+  }
+  if (r == QT_OK) {
+    size_t m = qt_adamw_state_count(sv->opt);
+    qt_st_write_tensor *wt = calloc(m, sizeof *wt);
+    if (!wt) {
+      r = qt_fail(QT_ERR_NOMEM, "out of memory");
+    } else {
+      qt_adamw_state_tensors(sv->opt, wt);
+      qt_ckpt_file_path(&w, "optimizer.safetensors", p, sizeof p);
+      const char *mk[] = {"format"}, *mv[] = {"qlora-train adamw"};
+      r = qt_st_write(p, wt, m, mk, mv, 1);
+      free(wt);
+    }
+  }
+  if (r == QT_OK) {
+    cJSON *o = state_json(st, sv->total_steps, sv->epoch, (uint64_t)sv->s->cfg.training.seed);
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    qt_ckpt_file_path(&w, "trainer_state.json", p, sizeof p);
+    r = text ? qt_fs_write_atomic(p, text, strlen(text)) : qt_fail(QT_ERR_NOMEM, "out of memory");
+    free(text);
+  }
+  if (r == QT_OK) {
+    qt_ckpt_file_path(&w, "config.yaml", p, sizeof p);
+    r = qt_fs_write_atomic(p, sv->s->config_text, strlen(sv->s->config_text));
+  }
+  if (r != QT_OK) {
+    qt_ckpt_abort(&w);
+    qt_error_context("writing checkpoint for step %lld (the previous checkpoints are intact)", (long long)st->step);
+    return r;
+  }
+  r = qt_ckpt_commit(&w, sv->s->cfg.output.save_total_limit);
+  if (r == QT_OK) QT_LOGI("saved %s", w.final_dir);
+  return r;
+}
+
+/* ---- resume ----------------------------------------------------------------- */
+
+static qt_status restore_optimizer(qt_adamw *opt, const char *dir) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+  qt_st_file f;
+  QT_TRY(qt_st_open(p, &f));
+  qt_st_write_tensor *in = calloc(f.n_tensors ? f.n_tensors : 1, sizeof *in);
+  if (!in) {
+    qt_st_close(&f);
+    return qt_fail(QT_ERR_NOMEM, "out of memory");
+  }
+  for (size_t i = 0; i < f.n_tensors; i++) {
+    in[i].name = f.tensors[i].name;
+    in[i].dtype = f.tensors[i].dtype;
+    in[i].ndim = f.tensors[i].ndim;
+    memcpy(in[i].shape, f.tensors[i].shape, sizeof in[i].shape);
+    in[i].data = f.tensors[i].data;
+  }
+  qt_status r = qt_adamw_state_load(opt, in, f.n_tensors, p);
+  free(in);
+  qt_st_close(&f);
+  return r;
+}
+
+/* Keeps the metrics of steps <= step (a run killed after its last checkpoint
+ * logged steps that the resumed run will log again). */
+static qt_status trim_metrics(const char *out_dir, int64_t step) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/metrics.jsonl", out_dir);
+  struct stat st;
+  if (stat(p, &st) != 0) return QT_OK;
+  uint8_t *buf;
+  size_t len;
+  QT_TRY(qt_fs_read_file(p, (size_t)1 << 32, &buf, &len));
+  char *keep = malloc(len + 1);
+  if (!keep) {
+    free(buf);
+    return qt_fail(QT_ERR_NOMEM, "out of memory");
+  }
+  size_t kl = 0, start = 0;
+  for (size_t i = 0; i < len; i++) {
+    if (buf[i] != '\n') continue;
+    cJSON *o = cJSON_ParseWithLength((const char *)buf + start, i - start);
+    const cJSON *sv = o ? cJSON_GetObjectItemCaseSensitive(o, "step") : NULL;
+    if (cJSON_IsNumber(sv) && sv->valuedouble <= (double)step) {
+      memcpy(keep + kl, buf + start, i - start + 1);
+      kl += i - start + 1;
+    }
+    cJSON_Delete(o);
+    start = i + 1;
+  }
+  free(buf);
+  qt_status r = qt_fs_write_atomic(p, keep, kl);
+  free(keep);
+  return r;
+}
+
+/* ---- the loop ----------------------------------------------------------------- */
+
+typedef struct {
+  FILE *f;
+  bool tty;
+} qt_metrics;
+
+static void metrics_line(qt_metrics *m, const char *line) {
+  if (!m->f) return;
+  fputs(line, m->f);
+  fputc('\n', m->f);
+  fflush(m->f);
+}
+
+static void fmt_eta(double s, char *buf, size_t cap) {
+  if (!isfinite(s) || s < 0) {
+    snprintf(buf, cap, "?");
+    return;
+  }
+  long t = (long)(s + 0.5);
+  if (t >= 3600)
+    snprintf(buf, cap, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else
+    snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
+}
+
+static qt_status run_eval(qt_session *s, const qt_dataset *ev, int64_t step, qt_metrics *m, double *loss) {
+  qt_eval_result r;
+  QT_TRY(qt_session_eval(s, ev, &r));
+  *loss = r.tokens ? r.loss_sum / (double)r.tokens : NAN;
+  char line[256];
+  snprintf(line, sizeof line, "{\"step\":%lld,\"eval_loss\":%.9g,\"eval_ppl\":%.9g,\"eval_tokens\":%lld,\"eval_examples\":%lld}",
+           (long long)step, *loss, exp(*loss), (long long)r.tokens, (long long)r.examples);
+  metrics_line(m, line);
+  if (m->tty) fputc('\n', stderr);
+  fprintf(stderr, "eval  step %lld: loss %.6f ppl %.4f over %lld tokens\n", (long long)step, *loss, exp(*loss),
+          (long long)r.tokens);
+  return QT_OK;
+}
+
+static qt_status train_main(qt_session *s, const char *config_path) {
+  qt_config *c = &s->cfg;
+  fprintf(stderr, "qlora-train: effective config (%s):\n%s", config_path, s->config_text);
+  QT_TRY(qt_session_load_model(s));
+
+  qt_dataset train = {0}, eval = {0};
+  qt_status r = qt_session_dataset(s, c->data.train, &train, c->data.skip_bad_records);
+  if (r != QT_OK) return r;
+  bool have_eval = c->data.eval[0] != '\0';
+  if (have_eval && (r = qt_session_dataset(s, c->data.eval, &eval, c->data.skip_bad_records)) != QT_OK) {
+    qt_dataset_free(&train);
+    return r;
+  }
+
+  qt_loader loader;
+  int32_t eos = qt_tokenizer_eos_id(s->tok);
+  qt_loader_opts lo = {.seq_len = c->data.seq_len, .rows = c->training.micro_batch_size, .packing = c->data.packing,
+                       .shuffle = c->data.shuffle, .seed = (uint64_t)c->training.seed, .rank = 0, .world_size = 1,
+                       .pad_id = eos >= 0 ? eos : 0};
+  if ((r = qt_loader_init(&loader, &train, &lo)) != QT_OK) goto out_data;
+
+  /* total optimizer steps */
+  int64_t accum = c->training.gradient_accumulation_steps, total_steps = c->training.max_steps;
+  if (total_steps == 0) {
+    double micro = 0;
+    int64_t full = (int64_t)floor(c->training.num_epochs);
+    for (int64_t e = 0; e <= full; e++) {
+      int64_t nb;
+      if ((r = qt_loader_epoch_batches(&loader, e, &nb)) != QT_OK) goto out_loader;
+      micro += e < full ? (double)nb : (c->training.num_epochs - (double)full) * (double)nb;
+    }
+    total_steps = (int64_t)ceil(micro / (double)accum - 1e-9);
+    if (total_steps < 1) total_steps = 1;
+  }
+  int64_t epoch_batches;
+  if ((r = qt_loader_epoch_batches(&loader, 0, &epoch_batches)) != QT_OK) goto out_loader;
+
+  /* adapters: resume or fresh */
+  qt_train_state st = {0};
+  char ckpt[4200] = "";
+  bool resumed = false;
+  if (strcmp(c->output.resume, "never") != 0) {
+    bool found = false;
+    if (strcmp(c->output.resume, "auto") == 0) {
+      if ((r = qt_ckpt_find_latest(c->output.dir, ckpt, sizeof ckpt, &found)) != QT_OK) goto out_loader;
+    } else {
+      snprintf(ckpt, sizeof ckpt, "%s", c->output.resume);
+      if ((r = qt_ckpt_verify(ckpt)) != QT_OK) {
+        qt_error_context("output.resume");
+        goto out_loader;
+      }
+      found = true;
+    }
+    resumed = found;
+  }
+  qt_hashes now;
+  if ((r = model_fingerprint(c->model.path, now.base)) != QT_OK) goto out_loader;
+  {
+    qt_sha256 hc;
+    qt_sha256_init(&hc);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/tokenizer.json", c->model.path);
+    file_hash(p, &hc);
+    uint8_t d[32];
+    qt_sha256_final(&hc, d);
+    hex_of(d, now.tokenizer);
+    qt_dataset_hash(&train, d);
+    hex_of(d, now.data);
+    config_fingerprint(c, now.config);
+  }
+  if (resumed) {
+    QT_LOGI("resuming from %s", ckpt);
+    if ((r = read_state(ckpt, &st)) != QT_OK) goto out_loader;
+    static const char *const what[4] = {"base model (model.path)", "tokenizer", "training data (data.train)",
+                                        "config (lora, data, training settings)"};
+    const char *was[4] = {st.h.base, st.h.tokenizer, st.h.data, st.h.config};
+    const char *is[4] = {now.base, now.tokenizer, now.data, now.config};
+    for (int i = 0; i < 4; i++) {
+      if (strcmp(was[i], is[i]) == 0) continue;
+      if (!c->output.allow_resume_mismatch) {
+        r = qt_fail(QT_ERR_CONFIG, "%s: the %s differs from the one this checkpoint was trained with; resuming "
+                    "would mix two runs. Use a new output.dir, or set output.allow_resume_mismatch: true to resume anyway",
+                    ckpt, what[i]);
+        goto out_loader;
+      }
+      QT_LOGW("%s: the %s changed since this checkpoint; resuming anyway (output.allow_resume_mismatch)", ckpt, what[i]);
+    }
+    if ((r = qt_session_load_lora(s, ckpt)) != QT_OK) goto out_loader;
+    if ((r = qt_loader_set_cursor(&loader, st.cursor)) != QT_OK) goto out_loader;
+  } else if (c->lora.init_adapter[0]) {
+    if ((r = qt_session_load_lora(s, c->lora.init_adapter)) != QT_OK) {
+      qt_error_context("lora.init_adapter");
+      goto out_loader;
+    }
+    const qt_lora_config *lc = qt_lora_get_config(s->lora);
+    if (lc->r != c->lora.r || lc->alpha != c->lora.alpha || lc->targets != c->lora.target_modules ||
+        lc->use_rslora != c->lora.use_rslora || lc->dropout != c->lora.dropout) {
+      r = qt_fail(QT_ERR_CONFIG, "lora.init_adapter: %s has r=%d, alpha=%g, %s targets; the config says r=%lld, "
+                  "alpha=%g; make lora.r, lora.alpha, lora.dropout, lora.target_modules and lora.use_rslora match the adapter",
+                  c->lora.init_adapter, lc->r, lc->alpha, lc->targets == c->lora.target_modules ? "the same" : "other",
+                  (long long)c->lora.r, c->lora.alpha);
+      goto out_loader;
+    }
+  } else {
+    if ((r = qt_session_fresh_lora(s)) != QT_OK) goto out_loader;
+  }
+  st.h = now;
+  if ((r = qt_session_tape(s, c->training.micro_batch_size, c->data.seq_len, c->training.gradient_checkpointing, false)) != QT_OK)
+    goto out_loader;
+
+  /* optimizer */
+  size_t n_par;
+  qt_lora_tensor *ts = qt_lora_tensors(s->lora, &n_par);
+  int64_t *numels = calloc(n_par, sizeof *numels);
+  qt_tensor *params = calloc(n_par, sizeof *params), *grads = calloc(n_par, sizeof *grads);
+  int32_t *targets = malloc((size_t)(c->training.micro_batch_size * c->data.seq_len) * sizeof *targets);
+  qt_adamw opt;
+  bool opt_ok = false;
+  qt_metrics met = {.f = NULL, .tty = isatty(2)};
+  if (!numels || !params || !grads || !targets) {
+    r = qt_fail(QT_ERR_NOMEM, "out of memory");
+    goto out_all;
+  }
+  int64_t lora_params = 0;
+  for (size_t i = 0; i < n_par; i++) {
+    numels[i] = ts[i].rows * ts[i].cols;
+    lora_params += numels[i];
+    int64_t shp[2] = {ts[i].rows, ts[i].cols};
+    params[i] = ts[i].master ? qt_tensor_make(QT_F32, QT_DEV_CPU, 2, shp, ts[i].master)
+                             : qt_tensor_make(QT_BF16, QT_DEV_CPU, 2, shp, ts[i].bf16);
+    grads[i] = qt_tensor_make(QT_F32, QT_DEV_CPU, 2, shp, ts[i].grad);
+  }
+  qt_adamw_config oc;
+  int bits = (c->training.optimizer == QT_OPT_PAGED_ADAMW_8BIT || c->training.optimizer == QT_OPT_ADAMW_8BIT) ? 8 : 32;
+  qt_adamw_config_default(&oc, bits);
+  oc.device = QT_DEV_CPU;
+  oc.paged = c->training.optimizer == QT_OPT_PAGED_ADAMW_8BIT || c->training.optimizer == QT_OPT_PAGED_ADAMW_32BIT;
+  oc.beta1 = (float)c->training.adam_beta1;
+  oc.beta2 = (float)c->training.adam_beta2;
+  oc.eps = (float)c->training.adam_epsilon;
+  oc.weight_decay = (float)c->training.weight_decay;
+  if ((r = qt_adamw_init(&opt, &oc, n_par, numels)) != QT_OK) goto out_all;
+  opt_ok = true;
+  if (resumed && (r = restore_optimizer(&opt, ckpt)) != QT_OK) goto out_all;
+  qt_lr_schedule sched = {.kind = c->training.lr_scheduler == QT_SCHED_CONSTANT ? QT_LR_CONSTANT
+                                  : c->training.lr_scheduler == QT_SCHED_LINEAR ? QT_LR_LINEAR
+                                                                               : QT_LR_COSINE,
+                          .warmup_steps = c->training.warmup_steps, .total_steps = total_steps,
+                          .min_ratio = c->training.min_lr_ratio};
+  qt_optim_nonfinite nonfinite = {.max_consecutive = (int)c->training.max_nonfinite_steps,
+                                  .consecutive = st.nonfinite_consecutive, .skipped_total = st.nonfinite_total};
+
+  /* memory plan */
+  fprintf(stderr, "qlora-train: %lld examples (%lld target tokens), %lld batches per epoch, %lld optimizer steps; "
+          "LoRA: %zu tensors, %lld parameters\n", (long long)train.n, (long long)train.n_targets,
+          (long long)epoch_batches, (long long)total_steps, n_par, (long long)lora_params);
+  if ((r = qt_model_print_plan(s->model, s->mt, stderr)) != QT_OK) goto out_all;
+  fprintf(stderr, "  LoRA adapters (bf16 + fp32 compute + fp32 grad%s): %.2f MiB; optimizer state (%d-bit): %.2f MiB\n",
+          ts[0].master ? " + fp32 master" : "", lora_params * (2.0 + 8.0 + (ts[0].master ? 4.0 : 0.0)) / 1048576.0,
+          bits, qt_adamw_state_bytes(&opt) / 1048576.0);
+
+  if ((r = qt_fs_mkdir_p(c->output.dir)) != QT_OK) goto out_all;
+  if (resumed && (r = trim_metrics(c->output.dir, st.step)) != QT_OK) goto out_all;
+  if (!resumed) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", c->output.dir);
+    FILE *tf = fopen(p, "w");
+    if (tf) fclose(tf);
+  }
+  {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", c->output.dir);
+    met.f = fopen(p, "a");
+    if (!met.f) {
+      r = qt_fail(QT_ERR_IO, "%s: cannot open for appending", p);
+      goto out_all;
+    }
+  }
+  qt_saver saver = {.s = s, .opt = &opt, .base_model = c->model.path, .total_steps = total_steps};
+
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
+  const char *stop_env = getenv("QLORA_TEST_STOP_AFTER_STEP"); /* test hook: behave as if signalled */
+  int64_t stop_after = stop_env ? atoll(stop_env) : -1;
+
+  qt_model_adapter adapter = qt_lora_adapter(s->lora);
+  double t_start = now_s(), t_last = t_start, last_eval = NAN;
+  int64_t tokens_window = 0, start_step = st.step;
+  if (st.step >= total_steps) QT_LOGI("the checkpoint is already at step %lld of %lld: nothing to train",
+                                      (long long)st.step, (long long)total_steps);
+  while (st.step < total_steps) {
+    /* target count of the whole step first, then rewind */
+    qt_loader_cursor at = qt_loader_get_cursor(&loader);
+    int64_t step_targets = 0;
+    for (int64_t a = 0; a < accum; a++) {
+      const qt_batch *b = qt_loader_next(&loader);
+      qt_model_targets_from_labels(b->labels, b->doc, b->rows, b->seq_len, targets);
+      for (int64_t i = 0; i < b->rows * b->seq_len; i++) step_targets += targets[i] != -100;
+    }
+    if ((r = qt_loader_set_cursor(&loader, at)) != QT_OK) goto out_all;
+    qt_lora_zero_grad(s->lora);
+    double loss_sum = 0;
+    int64_t step_tokens = 0, count_all = 0;
+    double dloss = step_targets ? 1.0 / (double)step_targets : 0.0;
+    for (int64_t a = 0; a < accum; a++) {
+      const qt_batch *b = qt_loader_next(&loader);
+      qt_model_targets_from_labels(b->labels, b->doc, b->rows, b->seq_len, targets);
+      qt_lora_set_step(s->lora, (uint64_t)(st.step * accum + a), c->lora.dropout > 0);
+      qt_model_batch mb = {.ids = b->ids, .targets = targets, .pos = b->pos, .doc = b->doc, .B = b->rows, .T = b->seq_len};
+      double ls = 0;
+      int64_t cnt = 0;
+      if ((r = qt_model_forward_backward(s->mt, &adapter, &mb, true, dloss, &ls, &cnt)) != QT_OK) goto out_all;
+      loss_sum += ls;
+      count_all += cnt;
+      step_tokens += b->n_tokens;
+    }
+    QT_ASSERTF(count_all == step_targets, "target count %lld != %lld", (long long)count_all, (long long)step_targets);
+    double loss = step_targets ? loss_sum / (double)step_targets : NAN;
+    double gnorm = qt_optim_global_norm(grads, n_par);
+    bool skip = false;
+    if (!isfinite(loss)) gnorm = NAN; /* a step without targets or with a non-finite loss is skipped too */
+    if ((r = qt_optim_nonfinite_observe(&nonfinite, gnorm, &skip)) != QT_OK) {
+      qt_error_context("step %lld (loss %g, gradient norm %g)", (long long)st.step + 1, loss, gnorm);
+      goto out_all;
+    }
+    /* a skipped step advances neither the optimizer nor the schedule (transformers
+     * steps the scheduler only when the optimizer ran) */
+    double lr = c->training.learning_rate * qt_lr_schedule_factor(&sched, opt.step);
+    if (skip) {
+      QT_LOGW("step %lld: non-finite loss or gradients (loss %g, norm %g): step skipped, state untouched (%d in a row)",
+              (long long)st.step + 1, loss, gnorm, nonfinite.consecutive);
+    } else {
+      float coef = c->training.max_grad_norm > 0 ? qt_optim_clip_coef(gnorm, c->training.max_grad_norm) : 1.0f;
+      if ((r = qt_adamw_step(&opt, params, grads, (float)lr, coef, (uint64_t)c->training.seed)) != QT_OK) goto out_all;
+      qt_lora_sync(s->lora);
+    }
+    st.step++;
+    st.tokens_seen += step_tokens;
+    st.cursor = qt_loader_get_cursor(&loader);
+    st.nonfinite_consecutive = nonfinite.consecutive;
+    st.nonfinite_total = nonfinite.skipped_total;
+    tokens_window += step_tokens;
+    double t = now_s();
+    double tps = step_tokens / fmax(t - t_last, 1e-9);
+    t_last = t;
+    double epoch_f = (double)st.cursor.epoch + (epoch_batches ? 0.0 : 0.0);
+    saver.epoch = epoch_f;
+    {
+      char line[512];
+      snprintf(line, sizeof line,
+               "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens\":%lld,\"targets\":%lld,"
+               "\"tokens_per_s\":%.1f,\"epoch\":%lld,\"skipped\":%s,\"peak_rss_mib\":%.1f}",
+               (long long)st.step, loss, lr, gnorm, (long long)step_tokens, (long long)step_targets, tps,
+               (long long)st.cursor.epoch, skip ? "true" : "false", peak_rss_mib());
+      metrics_line(&met, line);
+    }
+    double avg_tps = (double)tokens_window / fmax(t - t_start, 1e-9);
+    double eta = (double)(total_steps - st.step) * (t - t_start) / (double)(st.step - start_step);
+    char etas[32];
+    fmt_eta(eta, etas, sizeof etas);
+    if (met.tty) {
+      int width = 30, done = (int)(width * st.step / total_steps);
+      char bar[64];
+      for (int i = 0; i < width; i++) bar[i] = i < done ? '#' : '.';
+      bar[width] = '\0';
+      fprintf(stderr, "\r[%s] %lld/%lld loss %.4f lr %.3g %.0f tok/s ETA %s mem %.0f MiB ", bar, (long long)st.step,
+              (long long)total_steps, loss, lr, avg_tps, etas, peak_rss_mib());
+    } else if (st.step % c->training.logging_steps == 0 || st.step == total_steps) {
+      fprintf(stderr, "step %lld/%lld loss %.6f lr %.4g grad_norm %.4g %.0f tok/s ETA %s mem %.0f MiB\n",
+              (long long)st.step, (long long)total_steps, loss, lr, gnorm, avg_tps, etas, peak_rss_mib());
+    }
+    bool last = st.step == total_steps;
+    if (have_eval && c->training.eval_steps > 0 && st.step % c->training.eval_steps == 0 && !last)
+      if ((r = run_eval(s, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
+    if (stop_after >= 0 && st.step >= stop_after) qt_stop_requested = SIGTERM;
+    bool periodic = c->output.save_steps > 0 && st.step % c->output.save_steps == 0;
+    if (periodic || last || qt_stop_requested) {
+      if (met.tty) fputc('\n', stderr);
+      if ((r = write_checkpoint(&saver, &st)) != QT_OK) goto out_all;
+    }
+    if (qt_stop_requested && !last) {
+      fprintf(stderr, "qlora-train: stopped by signal %d after step %lld; checkpoint saved. Run the same command "
+              "to resume.\n", (int)qt_stop_requested, (long long)st.step);
+      r = qt_fail(QT_ERR_INTERRUPTED, "stopped after step %lld (checkpoint saved; run again to resume)", (long long)st.step);
+      goto out_all;
+    }
+  }
+  if (met.tty) fputc('\n', stderr);
+  if (have_eval && (r = run_eval(s, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
+  if (met.f) {
+    fclose(met.f);
+    met.f = NULL;
+  }
+  if ((r = qt_report_write(c->output.dir, "qlora-train run")) != QT_OK) goto out_all;
+  fprintf(stderr, "qlora-train: done: %lld steps, %lld tokens, %.1f s; %s/report.html\n", (long long)st.step,
+          (long long)st.tokens_seen, now_s() - t_start, c->output.dir);
+
+out_all:
+  if (met.f) fclose(met.f);
+  if (opt_ok) qt_adamw_free(&opt);
+  free(numels);
+  free(params);
+  free(grads);
+  free(targets);
+out_loader:
+  qt_loader_free(&loader);
+out_data:
+  qt_dataset_free(&train);
+  if (have_eval) qt_dataset_free(&eval);
+  return r;
+}
+
+qt_status qt_cmd_train(int argc, char **argv) {
+  qt_args a;
+  QT_TRY(qt_args_parse(argc, argv, 0, &a));
+  qt_session s;
+  qt_status r = qt_session_config(&s, &a);
+  if (r == QT_OK) r = train_main(&s, a.config_path);
+  qt_session_free(&s);
+  return r;
+}
