@@ -246,6 +246,7 @@ void qt_model_targets_from_labels(const int32_t *labels, const int32_t *doc, int
 typedef struct {
   const qt_model *m;
   const qt_model_linear *lin;
+  float *absmax;           /* the tape's scratch, (max nblocks) */
 } fill_ctx;
 
 typedef struct {
@@ -263,6 +264,7 @@ struct qt_model_tape {
   int32_t (*w)[QT_PROJ_COUNT];            /* (L, 7) dense weight ids or -1 */
   int32_t (*bias)[QT_PROJ_COUNT];         /* (L, 7) bias ids or -1 */
   fill_ctx (*fill)[QT_PROJ_COUNT];        /* (L, 7) */
+  float *absmax;                          /* (max nblocks + 1) DQ-decompressed absmax scratch */
   layer_ctx *lctx;                        /* (L) */
   /* the batch being recorded (borrowed for one call) */
   const qt_model_adapter *adapter;
@@ -271,9 +273,19 @@ struct qt_model_tape {
 
 qt_tape *qt_model_tape_get(qt_model_tape *mt) { return mt->t; }
 
+/* qt_quant_weight_dequantize_f32 without its per-call absmax allocation
+ * (nothing is allocated inside the step loop): the double-quantized absmax is
+ * decompressed into the tape's scratch, then the 4-bit codes are expanded. */
 static qt_status fill_weight(void *ctx, void *dst) {
   const fill_ctx *f = ctx;
-  return qt_quant_weight_dequantize_f32(&f->lin->q, dst, f->m->threads);
+  const qt_quant_weight *w = &f->lin->q;
+  const float *am = w->absmax;
+  if (w->nested) {
+    qt_quant_weight_absmax(w, f->absmax);
+    am = f->absmax;
+  }
+  qt_quant_4bit_dequantize(w->type, w->packed, am, w->n, w->blocksize, dst, f->m->threads);
+  return QT_OK;
 }
 
 static qt_status record_trunk(qt_model_tape *mt, const qt_model_adapter *adapter,
@@ -297,7 +309,7 @@ static qt_status register_frozen(qt_model_tape *mt) {
     for (int p = 0; p < QT_PROJ_COUNT; p++) {
       const qt_model_linear *lin = &ly->proj[p];
       mt->w[l][p] = mt->bias[l][p] = -1;
-      mt->fill[l][p] = (fill_ctx){m, lin};
+      mt->fill[l][p] = (fill_ctx){m, lin, mt->absmax};
       if (!lin->quantized)
         QT_TRY(qt_tape_frozen(mt->t, lin->name, lin->dense, lin->out, lin->in, &mt->w[l][p]));
       if (lin->bias)
@@ -398,7 +410,14 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
   mt->fill = calloc((size_t)L, sizeof *mt->fill);
   mt->lctx = calloc((size_t)L, sizeof *mt->lctx);
   qt_status s = QT_OK;
-  if (!mt->norm_in || !mt->norm_post || !mt->w || !mt->bias || !mt->fill || !mt->lctx)
+  int64_t max_nb = 0;
+  for (int64_t l = 0; l < L; l++)
+    for (int p = 0; p < QT_PROJ_COUNT; p++)
+      if (m->layers[l].proj[p].quantized && m->layers[l].proj[p].q.nblocks > max_nb)
+        max_nb = m->layers[l].proj[p].q.nblocks;
+  mt->absmax = malloc((size_t)(max_nb + 1) * sizeof(float));
+  if (!mt->norm_in || !mt->norm_post || !mt->w || !mt->bias || !mt->fill || !mt->lctx ||
+      !mt->absmax)
     s = qt_fail(QT_ERR_NOMEM, "model: cannot allocate the tape context");
   if (s == QT_OK) s = measure_arenas(mt);
   if (s == QT_OK) s = qt_tape_init(&mt->t, QT_F32, &mt->tcfg);
@@ -421,6 +440,7 @@ void qt_model_tape_free(qt_model_tape **p) {
   free(mt->bias);
   free(mt->fill);
   free(mt->lctx);
+  free(mt->absmax);
   free(mt);
   *p = NULL;
 }

@@ -384,6 +384,16 @@ static void test_peft_roundtrip(void **st) {
   const qt_dtype dts[3] = {QT_F32, QT_BF16, QT_F16};
   for (int d = 0; d < 3; d++) {
     ok(qt_lora_save_peft(l, dir, "tiny_a", dts[d]));
+    {
+      char p[600];
+      snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+      qt_st_file sf;
+      ok(qt_st_open(p, &sf));
+      assert_non_null(qt_st_meta(&sf, "format"));
+      assert_string_equal(qt_st_meta(&sf, "format"), "pt"); /* as PEFT writes it */
+      assert_int_equal(sf.tensors[0].dtype, dts[d]);
+      qt_st_close(&sf);
+    }
     qt_lora *r = NULL;
     ok(qt_lora_load_peft(m, dir, false, 0, &r));
     assert_int_equal(qt_lora_get_config(r)->targets, tg);
