@@ -745,6 +745,53 @@ static void test_tape_sizing(void **st) {
   qt_model_free(&m);
 }
 
+/* ---- bitsandbytes checkpoints of other fixtures ------------------------------- */
+
+/* tests/golden/quant/llama_nf4 (transformers + bitsandbytes, bf16, nf4 + DQ):
+ * every base linear of the loaded model dequantizes to the bf16 weights
+ * bitsandbytes computes (dequant.safetensors), and the sharded bnb checkpoint
+ * of tests/golden/hf_config loads and runs. */
+static void test_bnb_checkpoints(void **st) {
+  (void)st;
+  qt_model *m = load_model(QLORA_TEST_DIR "/golden/quant/llama_nf4", QT_MODEL_QUANT_NF4);
+  qt_st_file f;
+  ok(qt_st_open(QLORA_TEST_DIR "/golden/quant/llama_nf4/dequant.safetensors", &f));
+  int checked = 0;
+  for (int64_t l = 0; l < m->L; l++)
+    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      const qt_model_linear *lin = &m->layers[l].proj[p];
+      assert_true(lin->quantized && lin->q.nested && lin->q.dtype == QT_BF16);
+      char key[160];
+      snprintf(key, sizeof key, "%s.weight", lin->name);
+      const qt_st_entry *e = need(&f, key);
+      assert_int_equal(e->dtype, QT_BF16);
+      int64_t n = lin->out * lin->in;
+      float *w = malloc((size_t)n * sizeof(float));
+      ok(qt_model_linear_weight(m, lin, w));
+      for (int64_t i = 0; i < n; i++) {
+        uint16_t ref;
+        memcpy(&ref, e->data + 2 * i, 2);
+        if (qt_bf16_from_f32(w[i]) != ref) fail_msg("%s[%lld] differs from bitsandbytes", key, (long long)i);
+      }
+      free(w);
+      checked++;
+    }
+  assert_int_equal(checked, 7 * m->L);
+  qt_st_close(&f);
+  qt_model_free(&m);
+  qt_model *sh = load_model(QLORA_TEST_DIR "/golden/hf_config/models/llama_nf4_sharded", QT_MODEL_QUANT_NF4);
+  assert_true(sh->layers[0].proj[0].quantized);
+  qt_model_tape *mt = make_tape(sh, 1, 5, false, 0);
+  int32_t ids[5] = {1, 5, 9, 2, 7}, tg[5] = {5, 9, 2, 7, -100}, pos[5] = {0, 1, 2, 3, 4}, doc[5] = {0};
+  qt_model_batch b = {.ids = ids, .targets = tg, .pos = pos, .doc = doc, .B = 1, .T = 5};
+  double loss;
+  int64_t cnt;
+  ok(qt_model_forward_backward(mt, NULL, &b, false, 0, &loss, &cnt));
+  assert_true(isfinite(loss) && cnt == 4);
+  qt_model_tape_free(&mt);
+  qt_model_free(&sh);
+}
+
 /* ---- init, dropout, checkpointing ------------------------------------------ */
 
 static void test_init(void **st) {
@@ -946,6 +993,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_init),           cmocka_unit_test(test_dropout_checkpoint),
       cmocka_unit_test(test_adapter_errors), cmocka_unit_test(test_half_checkpoint),
       cmocka_unit_test(test_bad_batch),      cmocka_unit_test(test_tape_sizing),
+      cmocka_unit_test(test_bnb_checkpoints),
   };
   if (argc == 2 && strcmp(argv[1], "--units") == 0) return cmocka_run_group_tests(units, NULL, NULL);
   if (argc != 1) {
