@@ -185,6 +185,14 @@ qt_status qt_model_load(const char *dir, const qt_model_load_opts *opts, qt_mode
                              c->rope.low_freq_factor, c->rope.high_freq_factor,
                              (double)c->rope.original_max_position_embeddings, m->D);
   qt_st_model_close(&st);
+  const qt_model_linear *l0 = &m->layers[0].proj[0];
+  if (c->quant.present && l0->quantized &&
+      (l0->q.type != (opts->quant == QT_MODEL_QUANT_NF4 ? QT_QUANT_NF4 : QT_QUANT_FP4) ||
+       l0->q.blocksize != opts->blocksize || l0->q.nested != opts->double_quant))
+    QT_LOGW("model: %s is pre-quantized (%s, blocksize %d%s); its 4-bit weights are used as "
+            "stored, not re-quantized to model.quant / blocksize / double_quant",
+            dir, qt_quant_type_name(l0->q.type), l0->q.blocksize,
+            l0->q.nested ? ", double quant" : "");
   QT_LOGI("model: %s %s, %lld layers, hidden %lld, heads %lld/%lld x %lld, mlp %lld, vocab %lld, "
           "base linears %s; weights %.2f MiB dense + %.2f MiB 4-bit",
           dir, qt_hf_arch_name(c->arch), (long long)m->L, (long long)m->C, (long long)m->H,
