@@ -426,17 +426,20 @@ static void test_peft_roundtrip(void **st) {
   for (int64_t i = 0; i < N; i++) pos[i] = (int32_t)i;
   float *ref = f32_copy(lg);
   qt_lora *o = NULL;
-  ok(qt_lora_load_peft(m, GOLD "ours_tiny_a/adapter", false, 0, &o));
   qt_model_batch b = {.ids = id, .targets = NULL, .pos = pos, .doc = doc, .B = 1, .T = N};
-  float *mine = logits_with(m, o, &b);
-  assert_memory_equal(mine, ref, (size_t)(N * m->V) * sizeof(float));
+  for (int k = 0; k < 2; k++) {
+    ok(qt_lora_load_peft(m, k ? GOLD "ours_tiny_a/adapter_bf16" : GOLD "ours_tiny_a/adapter",
+                         false, 0, &o));
+    float *mine = logits_with(m, o, &b);
+    assert_memory_equal(mine, ref, (size_t)(N * m->V) * sizeof(float));
+    free(mine);
+    qt_lora_free(&o);
+  }
   uint8_t *js;
   size_t len;
   ok(qt_fs_read_file(GOLD "ours_tiny_a/peft_check.json", 1 << 20, &js, &len));
   assert_non_null(strstr((const char *)js, "\"ok\": true"));
   free(js);
-  free(mine);
-  qt_lora_free(&o);
   free(ref);
   free(id);
   free(pos);
@@ -954,6 +957,9 @@ static int write_peft_check(const char *dir) {
   char adir[600];
   snprintf(adir, sizeof adir, "%s/adapter", dir);
   ok(qt_lora_save_peft(l, adir, "tiny_a", QT_F32));
+  char bdir[600]; /* the same adapter in BF16, the dtype checkpoints use */
+  snprintf(bdir, sizeof bdir, "%s/adapter_bf16", dir);
+  ok(qt_lora_save_peft(l, bdir, "tiny_a", QT_BF16));
   enum { NT = 10 };
   int32_t ids[NT], pos[NT], doc[NT] = {0};
   for (int i = 0; i < NT; i++) {

@@ -54,7 +54,7 @@ float64 figures, for the record).
 
 --check-ours DIR (committed instance: tests/golden/model/ours_tiny_a, made by
 `build/tests/model_lora/test_model_lora --write-peft-check DIR` first): DIR holds an adapter directory written by qlora-train
-(DIR/adapter) for the tiny_a base, and DIR/ours.safetensors with the ids and
+(DIR/adapter in F32, DIR/adapter_bf16 in BF16) for the tiny_a base, and DIR/ours.safetensors with the ids and
 the logits the C model computed with it. Loads the adapter with
 PeftModel.from_pretrained and writes DIR/peft_check.json with the max
 relative logit difference (max|a-b| / max|b|).
@@ -323,19 +323,23 @@ def stories_eval():
 
 
 def check_ours(d):
-    base = AutoModelForCausalLM.from_pretrained(os.path.join(golden_dir("model"), "tiny_a"),
-                                                dtype=torch.float32, attn_implementation="eager")
-    pm = peft.PeftModel.from_pretrained(base, os.path.join(d, "adapter"))
-    pm.eval()
     ours = load_file(os.path.join(d, "ours.safetensors"))
     ids = ours["ids"].long()
-    with torch.no_grad():
-        ref = pm(input_ids=ids[None]).logits[0].float()
     a = ours["logits"].float()
-    rel = (a - ref).abs().max().item() / ref.abs().max().item()
-    res = {"max_rel_logits": rel, "tokens": int(ids.numel()),
-           "peft_config": json.load(open(os.path.join(d, "adapter", "adapter_config.json"))),
-           "ok": rel <= 1e-5}
+    res = {"tokens": int(ids.numel()),
+           "peft_config": json.load(open(os.path.join(d, "adapter", "adapter_config.json")))}
+    for sub in ("adapter", "adapter_bf16"):
+        base = AutoModelForCausalLM.from_pretrained(
+            os.path.join(golden_dir("model"), "tiny_a"), dtype=torch.float32,
+            attn_implementation="eager")
+        pm = peft.PeftModel.from_pretrained(base, os.path.join(d, sub))
+        pm.eval()
+        with torch.no_grad():
+            ref = pm(input_ids=ids[None]).logits[0].float()
+        res["max_rel_logits_" + sub] = (a - ref).abs().max().item() / ref.abs().max().item()
+    rel = max(res["max_rel_logits_adapter"], res["max_rel_logits_adapter_bf16"])
+    res["max_rel_logits"] = rel
+    res["ok"] = rel <= 1e-5
     with open(os.path.join(d, "peft_check.json"), "w") as f:
         json.dump(res, f, indent=1, sort_keys=True)
         f.write("\n")
