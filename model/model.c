@@ -411,6 +411,9 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
   mt->tcfg.max_nodes = (int32_t)(48 * (L + 2) + 64);
   mt->tcfg.max_tensors = (int32_t)(3 + L * 16 + 2 * L * QT_PROJ_COUNT + 64 * (L + 2) + 64);
   mt->tcfg.ce_chunk_rows = mt->opts.ce_chunk_rows;
+  /* Training tapes form the cross-entropy input gradient in forward (no logits
+   * recompute in backward, autograd/tape.h); eval tapes skip that buffer. */
+  mt->tcfg.ce_grad_in_forward = !mt->opts.forward_only;
   mt->norm_in = calloc((size_t)L, sizeof *mt->norm_in);
   mt->norm_post = calloc((size_t)L, sizeof *mt->norm_post);
   mt->w = calloc((size_t)L, sizeof *mt->w);
