@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Golden fixtures for data/tokenizer.c from Hugging Face `tokenizers`.
 
-Run with the reference virtualenv (tokenizers 0.23.3; /work/venv-ref here, or
-one made by tools/reference/setup_venv.sh where present):
+Run with the reference virtualenv (tokenizers 0.23.3; made by
+tools/reference/setup_venv.sh, /work/venv-ref on the team machine):
 
     /work/venv-ref/bin/python tools/reference/make_tokenizer_fixtures.py \
         [--shared ../shared/data] [--out tests/golden/tokenizer] [--random 5000]
@@ -17,6 +17,8 @@ writes tests/golden/tokenizer/<name>.jsonl:
     "d": decode(ids, skip_special_tokens=False)  only when it differs from the text
                                                  (for "hex": from the replaced text)
     "ds": decode(ids, skip_special_tokens=True)  only when it differs from "d"
+and tests/golden/tokenizer/tokenizer.meta.json (library versions via
+tools/reference/common.py, one entry per fixture file).
 Variants (see VARIANTS) patch top-level keys of a base file; meta.patch
 records the patch. Cases: a fixed edge-case list, the 50 stories of tinystories/valid.jsonl
 (base tokenizers only), then --random seeded random strings (ASCII,
@@ -33,6 +35,9 @@ import sys
 
 import tokenizers
 from tokenizers import Tokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (tools/reference/common.py)
 
 TOKENIZERS = [
     ("stories260K", "stories260K/tokenizer.json"),
@@ -194,6 +199,7 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
+    summary = {}
     jobs = [(name, rel, None, args.random) for name, rel in TOKENIZERS]
     jobs += [(name, rel, patch, args.variant_random) for name, rel, patch in VARIANTS]
     for idx, (name, rel, patch, n_random) in enumerate(jobs):
@@ -269,6 +275,11 @@ def main():
             for r in recs:
                 f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
         print(f"{out}: {len(recs)} cases, {os.path.getsize(out)} bytes", file=sys.stderr)
+        summary[name + ".jsonl"] = {"source": meta["source"], "source_sha256": sha, "cases": len(recs),
+                                    "patched": patch is not None}
+    if os.path.abspath(args.out) == os.path.abspath(common.golden_dir("tokenizer")):
+        common.write_meta("tokenizer", "tokenizer", {
+            "generator": "tools/reference/make_tokenizer_fixtures.py", "seed": args.seed, "files": summary})
 
 
 if __name__ == "__main__":
