@@ -349,6 +349,15 @@ static void test_mini_model(void **s) {
     assert_int_equal(ids.n, k == 0 ? 3 : 2);
     int32_t bad = 4;
     assert_int_equal(qt_tokenizer_decode(t, &bad, 1, 0, &txt), QT_ERR_INVALID);
+    /* from memory there is no BOS/EOS until set */
+    assert_int_equal(qt_tokenizer_bos_id(t), -1);
+    assert_int_equal(qt_tokenizer_encode(t, "ab", 2, QT_TOK_ADD_BOS, &ids), QT_ERR_CONFIG);
+    qt_tokenizer_set_bos_eos(t, qt_tokenizer_token_id(t, "a"), qt_tokenizer_token_id(t, "b"));
+    assert_int_equal(qt_tokenizer_encode(t, "ab", 2, QT_TOK_ADD_BOS | QT_TOK_ADD_EOS, &ids), QT_OK);
+    assert_int_equal(ids.n, 3);
+    assert_int_equal(ids.ids[0], qt_tokenizer_token_id(t, "a"));
+    assert_int_equal(ids.ids[1], qt_tokenizer_token_id(t, "ab"));
+    assert_int_equal(ids.ids[2], qt_tokenizer_token_id(t, "b"));
     qt_tokenizer_free(t);
   }
   qt_token_ids_free(&ids);
