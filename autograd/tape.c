@@ -618,6 +618,27 @@ static qt_status backward_layer(qt_tape *t, const tape_node *nd) {
   return QT_OK;
 }
 
+/* The LoRA branch of a linear node (OP_LINEAR, OP_LINEAR_SRC): dA, dB into the
+ * trainable params, and dx (already set by the base linear when not NULL) += the
+ * branch's share. Work buffers come from the activation arena (released by the
+ * caller). */
+static qt_status backward_lora(qt_tape *t, const tape_node *nd, void *dx, int64_t N, int64_t In,
+                               int64_t O) {
+  const tape_tensor *A = T_(t, nd->lora.A), *B = T_(t, nd->lora.B);
+  const void *dy = T_(t, nd->out)->grad;
+  int64_t R = nd->D;
+  void *dA = NULL, *dB = NULL, *du, *work = NULL;
+  int acc;
+  if (A->requires_grad) QT_TRY(grad_target(t, nd->lora.A, &dA, &acc));
+  if (B->requires_grad) QT_TRY(grad_target(t, nd->lora.B, &dB, &acc));
+  QT_TRY(work_alloc(t, (size_t)(N * R), &du));
+  if (T_(t, nd->in[0])->requires_grad && nd->lora.mask)
+    QT_TRY(work_alloc(t, (size_t)(N * In), &work));
+  KRUN(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
+       nd->lora.mask, nd->lora.keep_scale, A->data, B->data, nd->lora.scale, N, In, O, R);
+  return QT_OK;
+}
+
 static qt_status backward_node(qt_tape *t, const tape_node *nd) {
   const tape_tensor *Y = T_(t, nd->out);
   if (!Y->grad_set) return QT_OK; /* nothing downstream needs this op */
@@ -645,21 +666,13 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     break;
   case OP_LINEAR: {
     const tape_tensor *X = T_(t, nd->in[0]), *W = T_(t, nd->in[1]);
-    int64_t N = X->rows, In = X->cols, O = W->rows, R = nd->D;
+    int64_t N = X->rows, In = X->cols, O = W->rows;
     void *dx = NULL;
     if (X->requires_grad) {
       QT_TRY(grad_target(t, nd->in[0], &dx, &acc));
       KRUN(t, qt_op_linear_backward_cpu, dx, acc, dy, W->data, N, In, O);
     }
-    if (nd->lora.A < 0) break;
-    const tape_tensor *A = T_(t, nd->lora.A), *B = T_(t, nd->lora.B);
-    void *dA = NULL, *dB = NULL, *du, *work = NULL;
-    if (A->requires_grad) QT_TRY(grad_target(t, nd->lora.A, &dA, &acc));
-    if (B->requires_grad) QT_TRY(grad_target(t, nd->lora.B, &dB, &acc));
-    QT_TRY(work_alloc(t, (size_t)(N * R), &du));
-    if (X->requires_grad && nd->lora.mask) QT_TRY(work_alloc(t, (size_t)(N * In), &work));
-    KRUN(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
-          nd->lora.mask, nd->lora.keep_scale, A->data, B->data, nd->lora.scale, N, In, O, R);
+    if (nd->lora.A >= 0) QT_TRY(backward_lora(t, nd, dx, N, In, O));
     break;
   }
   case OP_ROPE: {
@@ -729,7 +742,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     break;
   case OP_LINEAR_SRC: {
     const tape_tensor *X = T_(t, nd->in[0]);
-    int64_t N = X->rows, In = X->cols, O = nd->wsrc.rows, R = nd->D;
+    int64_t N = X->rows, In = X->cols, O = nd->wsrc.rows;
     void *dx = NULL;
     if (X->requires_grad) {
       void *w;
@@ -738,15 +751,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
       if (!t->measuring) QT_TRY(nd->wsrc.fill(nd->wsrc.ctx, w));
       KRUN(t, qt_op_linear_backward_cpu, dx, acc, dy, w, N, In, O);
     }
-    if (nd->lora.A < 0) break;
-    const tape_tensor *A = T_(t, nd->lora.A), *B = T_(t, nd->lora.B);
-    void *dA = NULL, *dB = NULL, *du, *work = NULL;
-    if (A->requires_grad) QT_TRY(grad_target(t, nd->lora.A, &dA, &acc));
-    if (B->requires_grad) QT_TRY(grad_target(t, nd->lora.B, &dB, &acc));
-    QT_TRY(work_alloc(t, (size_t)(N * R), &du));
-    if (X->requires_grad && nd->lora.mask) QT_TRY(work_alloc(t, (size_t)(N * In), &work));
-    KRUN(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
-          nd->lora.mask, nd->lora.keep_scale, A->data, B->data, nd->lora.scale, N, In, O, R);
+    if (nd->lora.A >= 0) QT_TRY(backward_lora(t, nd, dx, N, In, O));
     break;
   }
   }

@@ -518,6 +518,18 @@ static void test_arena_exhausted(void **st) {
   assert_non_null(strstr(qt_error_message(), "arena"));
   qt_tape_free(&t);
   assert_null(t);
+  /* too many tensors / ops for the configured tables */
+  cfg = (qt_tape_config){.act_bytes = 1 << 20, .grad_bytes = 1 << 20, .max_tensors = 3,
+                         .max_nodes = 1, .ce_chunk_rows = 4};
+  assert_int_equal(qt_tape_init(&t, QT_F32, &cfg), QT_OK);
+  assert_int_equal(qt_tape_frozen(t, "embed_tokens", wte, V, C, &emb), QT_OK);
+  assert_int_equal(qt_tape_embedding(t, emb, ids, N, &h), QT_OK);
+  int32_t h2;
+  assert_int_equal(qt_tape_add(t, h, h, &h2), QT_ERR_NOMEM); /* tensor fits, the node does not */
+  assert_non_null(strstr(qt_error_message(), "max_nodes"));
+  assert_int_equal(qt_tape_add(t, h, h, &h2), QT_ERR_NOMEM); /* now the tensor table is full */
+  assert_non_null(strstr(qt_error_message(), "max_tensors"));
+  qt_tape_free(&t);
 }
 
 /* ---- transformers + PEFT golden values ---- */
