@@ -468,7 +468,7 @@ static qt_status regex_next(const qt_regex *r, const char *s, size_t n, size_t f
 
 /* ------------------------------------------------------------- structures */
 
-enum { NORM_PREPEND, NORM_REPLACE, NORM_NFC, NORM_NFD, NORM_NFKC, NORM_NFKD };
+enum { NORM_PREPEND, NORM_REPLACE, NORM_NFC, NORM_NFD, NORM_NFKC, NORM_NFKD, NORM_LOWERCASE, NORM_STRIP };
 typedef struct {
   int kind;
   char *a; /* Prepend: prefix; Replace: literal pattern */
@@ -477,6 +477,7 @@ typedef struct {
   size_t bn;
   int is_regex;
   qt_regex re;
+  int strip_left, strip_right; /* Strip */
 } norm_step;
 
 enum { PT_SPLIT, PT_BYTELEVEL, PT_METASPACE };
@@ -761,6 +762,12 @@ static qt_status add_norm(qt_tokenizer *t, const cJSON *o, size_t *cap) {
       return qt_fail(QT_ERR_FORMAT, "%s: normalizer Replace has an empty pattern", t->name);
     if (is_regex) QT_TRY(regex_compile(&s->re, pat, s->an, 0, t->name, "normalizer Replace"));
     return QT_OK;
+  } else if (strcmp(type, "Lowercase") == 0) {
+    s->kind = NORM_LOWERCASE;
+  } else if (strcmp(type, "Strip") == 0) {
+    s->kind = NORM_STRIP;
+    QT_TRY(jget_bool(o, "strip_left", t->name, where, 1, &s->strip_left));
+    QT_TRY(jget_bool(o, "strip_right", t->name, where, 1, &s->strip_right));
   } else if (strcmp(type, "NFC") == 0) {
     s->kind = NORM_NFC;
   } else if (strcmp(type, "NFD") == 0) {
@@ -771,7 +778,7 @@ static qt_status add_norm(qt_tokenizer *t, const cJSON *o, size_t *cap) {
     s->kind = NORM_NFKD;
   } else {
     return qt_fail(QT_ERR_UNSUPPORTED,
-                   "%s: normalizer type \"%s\" is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD)",
+                   "%s: normalizer type \"%s\" is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, Strip)",
                    t->name, type);
   }
   t->n_norms++;
@@ -817,6 +824,41 @@ static qt_status norm_apply(qt_tokenizer *t, const norm_step *s, const char *in,
       }
       if (i < n) QT_TRY(text_append(out, in + i, n - i));
       return QT_OK;
+    }
+    case NORM_LOWERCASE: { /* normalizer.rs lowercase: char::to_lowercase per character */
+      for (size_t k = 0; k < n;) {
+        int32_t cp;
+        size_t cl = utf8_decode((const unsigned char *)in + k, &cp);
+        char o[8];
+        size_t on;
+        if (cp == 0x130) { /* the one unconditional multi-character lowercase (SpecialCasing.txt) */
+          memcpy(o, "i\xCC\x87", 3);
+          on = 3;
+        } else {
+          on = utf8_encode(cp < 128 ? (cp >= 'A' && cp <= 'Z' ? cp + 32 : cp) : utf8proc_tolower(cp), o);
+        }
+        QT_TRY(text_append(out, o, on));
+        k += cl;
+      }
+      return QT_OK;
+    }
+    case NORM_STRIP: { /* normalizers/strip.rs: char::is_whitespace at either end */
+      size_t a = 0, b = n;
+      while (s->strip_left && a < b) {
+        int32_t cp;
+        size_t cl = utf8_decode((const unsigned char *)in + a, &cp);
+        if (!cp_is_white_space(cp)) break;
+        a += cl;
+      }
+      while (s->strip_right && b > a) {
+        size_t c0 = b - 1;
+        while (c0 > a && ((unsigned char)in[c0] & 0xC0) == 0x80) c0--;
+        int32_t cp;
+        utf8_decode((const unsigned char *)in + c0, &cp);
+        if (!cp_is_white_space(cp)) break;
+        b = c0;
+      }
+      return text_append(out, in + a, b - a);
     }
     default: { /* Unicode normalization forms (utf8proc; ASCII is invariant) */
       size_t k = 0;

@@ -5,7 +5,7 @@
  *                 byte_fallback, unk_token + fuse_unk, ignore_merges,
  *                 continuing_subword_prefix, end_of_word_suffix (no dropout).
  *   normalizer    Sequence, Prepend, Replace (String or Regex), NFC, NFD, NFKC,
- *                 NFKD (utf8proc).
+ *                 NFKD (utf8proc), Lowercase, Strip.
  *   pre_tokenizer Sequence, Split (String or Regex pattern; behaviors Removed,
  *                 Isolated, MergedWithPrevious, MergedWithNext, Contiguous;
  *                 invert), ByteLevel (add_prefix_space, use_regex), Metaspace

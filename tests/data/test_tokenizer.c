@@ -235,7 +235,8 @@ static void test_golden_qwen3(void **s) { (void)s; run_golden("qwen3", 5000); }
 static void test_golden_variants(void **s) {
   (void)s;
   const char *names[] = {"llama2_metaspace_first", "stories_metaspace_always_split", "stories_split_behaviors",
-                         "stories_bytelevel_nfkc", "stories_nfd_added", "stories_digits_punct_ws"};
+                         "stories_bytelevel_nfkc", "stories_nfd_added", "stories_digits_punct_ws",
+                         "stories_lowercase_strip"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) run_golden(names[i], 600);
 }
 

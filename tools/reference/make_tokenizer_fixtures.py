@@ -99,6 +99,10 @@ VARIANTS = [
             {"type": "Split", "pattern": {"String": SP}, "behavior": "MergedWithNext", "invert": False},
             {"type": "Punctuation", "behavior": "Isolated"}, {"type": "Digits", "individual_digits": True}]},
         "decoder": SP_DECODER}),
+    ("stories_lowercase_strip", "stories260K/tokenizer.json", {
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Strip", "strip_left": True, "strip_right": True}, {"type": "Lowercase"},
+            {"type": "Prepend", "prepend": SP}, {"type": "Replace", "pattern": {"String": " "}, "content": SP}]}}),
     ("stories_nfd_added", "stories260K/tokenizer.json", {
         "normalizer": {"type": "Sequence", "normalizers": [
             {"type": "NFD"}, {"type": "Prepend", "prepend": SP},
@@ -132,6 +136,7 @@ EDGE_TEXT = [
     "def f(x):\n    return x ** 2\n\n\nprint(f(3))\n",
     "    indented\n\tcode\n",
     "Mixed 中文 and English 123 😀 done.",
+    "İstanbul", "ΣΑΣ σας", "ǅemal", "ẞ", "  \u3000trimmed both ends\u00a0 ",
 ]
 
 EDGE_BYTES = [
