@@ -33,6 +33,8 @@
 
 #include <stdint.h>
 
+#include "common/status.h"
+
 /* Label value that cross-entropy ignores (torch.nn.functional.cross_entropy
  * ignore_index default, used by transformers ForCausalLMLoss). */
 #define QT_IGNORE_INDEX (-100)
@@ -153,6 +155,15 @@ void qt_op_attention_backward_ref_cpu(float *dq, float *dk, float *dv, int acc, 
                                       const float *dout, const float *P, const float *q,
                                       const float *k, const float *v, const int32_t *doc,
                                       int64_t B, int64_t T, int64_t H, int64_t K, int64_t D);
+
+/* Document ids and positions from segment starts (flash-attention cu_seqlens):
+ * starts (n_docs + 1) with starts[0] = 0, strictly increasing, starts[n_docs] = N;
+ * doc (N) = the document index of each token, pos (N) = its offset in the document
+ * (positions restart per document). QT_ERR_INVALID names a malformed starts array.
+ * Rows of B x T tokens: give each row its own documents (a document crossing a
+ * row boundary is cut there by the attention op, which never looks across rows). */
+qt_status qt_op_doc_ids_from_starts(int32_t *doc, int32_t *pos, const int64_t *starts,
+                                    int64_t n_docs, int64_t N);
 
 /* ---- SwiGLU ----------------------------------------------------------------- */
 /* out (N, F) = silu(gate) * up, silu(g) = g / (1 + exp(-g)) */

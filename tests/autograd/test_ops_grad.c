@@ -686,6 +686,23 @@ static void test_cross_entropy_fused(void **st) {
   }
 }
 
+/* Document ids / positions from segment starts, and malformed starts rejected. */
+static void test_doc_ids_from_starts(void **st) {
+  (void)st;
+  const int64_t starts[] = {0, 4, 9, 15, 18};
+  int32_t doc[18], pos[18];
+  assert_int_equal(qt_op_doc_ids_from_starts(doc, pos, starts, 4, 18), QT_OK);
+  const int32_t want_doc[18] = {0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3};
+  const int32_t want_pos[18] = {0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 0, 1, 2};
+  assert_memory_equal(doc, want_doc, sizeof doc);
+  assert_memory_equal(pos, want_pos, sizeof pos);
+  const int64_t bad_end[] = {0, 4, 17}, empty[] = {0, 4, 4, 18}, bad_first[] = {1, 18};
+  assert_int_equal(qt_op_doc_ids_from_starts(doc, pos, bad_end, 2, 18), QT_ERR_INVALID);
+  assert_int_equal(qt_op_doc_ids_from_starts(doc, pos, empty, 3, 18), QT_ERR_INVALID);
+  assert_non_null(strstr(qt_error_message(), "document 1"));
+  assert_int_equal(qt_op_doc_ids_from_starts(doc, pos, bad_first, 1, 18), QT_ERR_INVALID);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm),        cmocka_unit_test(test_add),
@@ -693,6 +710,7 @@ int main(void) {
       cmocka_unit_test(test_rope),           cmocka_unit_test(test_rope_inv_freq_golden),           cmocka_unit_test(test_attention),
       cmocka_unit_test(test_attention_doc_isolation),
       cmocka_unit_test(test_attention_gemm_vs_ref),
+      cmocka_unit_test(test_doc_ids_from_starts),
       cmocka_unit_test(test_swiglu),         cmocka_unit_test(test_cross_entropy),
       cmocka_unit_test(test_cross_entropy_chunks),
       cmocka_unit_test(test_cross_entropy_fused),
