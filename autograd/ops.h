@@ -1,13 +1,14 @@
 /* autograd/ops.h — the op set of the Llama + LoRA training graph, CPU backend.
  *
  * Plain functions, forward and backward, no tape: autograd/tape.h records them.
- * Every op exists twice with the same code (autograd/kernels/<family>_cpu.inc,
+ * Every tensor op exists twice with the same code (autograd/kernels/<family>_cpu.inc,
  * compiled by ops_f32_cpu.c and ops_f64_cpu.c):
  *   qt_op_<name>_<forward|backward>_cpu      fp32 storage (the training path)
  *   qt_op_<name>_<forward|backward>_cpu_f64  fp64 storage (the finite-difference oracle)
- * The two differ only in `real` (float/double) and the BLAS call (sgemm/dgemm),
- * so a double-precision gradient check of the _f64 twin checks the algebra the
- * fp32 path runs.
+ * The two differ only in `real` (float/double), the BLAS call (sgemm/dgemm) and
+ * exp (expf/exp), so a double-precision gradient check of the _f64 twin checks
+ * the algebra the fp32 path runs. The helpers at the end (RoPE frequencies,
+ * dropout masks, document ids) exist once.
  *
  * Shape letters: N = tokens (B*T rows, packed), B = rows, T = row length,
  * C = hidden, In = in features, O = out features, R = LoRA rank, F = MLP width,
