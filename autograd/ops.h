@@ -7,8 +7,8 @@
  *   qt_op_<name>_<forward|backward>_cpu_f64  fp64 storage (the finite-difference oracle)
  * The two differ only in `real` (float/double), the BLAS call (sgemm/dgemm) and
  * exp (expf/exp), so a double-precision gradient check of the _f64 twin checks
- * the algebra the fp32 path runs. The helpers at the end (RoPE frequencies,
- * dropout masks, document ids) exist once.
+ * the algebra the fp32 path runs. The helpers qt_rope_inv_freq,
+ * qt_op_dropout_mask_cpu and qt_op_doc_ids_from_starts exist once.
  *
  * Shape letters: N = tokens (B*T rows, packed), B = rows, T = row length,
  * C = hidden, In = in features, O = out features, R = LoRA rank, F = MLP width,
