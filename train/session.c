@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/safetensors.h"
@@ -153,8 +154,15 @@ qt_status qt_session_load_model(qt_session *s) {
   qt_model_load_opts o = {.quant = qt_session_model_quant(c), .double_quant = c->model.double_quant,
                           .blocksize = (int)c->model.blocksize, .threads = (int)c->training.threads};
   r = qt_model_load(c->model.path, &o, &s->model);
-  if (r != QT_OK) qt_error_context("model.path");
-  return r;
+  if (r != QT_OK) {
+    qt_error_context("model.path");
+    return r;
+  }
+  if (c->data.seq_len > s->model->cfg.max_position_embeddings)
+    return qt_fail(QT_ERR_CONFIG, "data.seq_len %lld is longer than the model's max_position_embeddings %lld "
+                   "(%s/config.json); lower data.seq_len", (long long)c->data.seq_len,
+                   (long long)s->model->cfg.max_position_embeddings, c->model.path);
+  return QT_OK;
 }
 
 static qt_lora_config lora_config(const qt_config *c) {
@@ -228,10 +236,28 @@ qt_status qt_session_pick_adapter(qt_session *s, const char *checkpoint, bool ba
 qt_status qt_session_tape(qt_session *s, int64_t B, int64_t T, bool checkpointing, bool forward_only) {
   qt_model_tape_opts o = {.max_B = B, .max_T = T, .checkpoint = checkpointing, .ce_chunk_rows = 0,
                           .max_lora_rank = s->lora ? qt_lora_get_config(s->lora)->r : 0,
-                          .forward_only = forward_only};
+                          .forward_only = forward_only,
+                          .lora_no_dropout = forward_only || !s->lora || s->cfg.lora.dropout == 0.0};
   QT_TRY(qt_model_tape_init(s->model, &o, &s->mt));
   if (s->lora) QT_TRY(qt_lora_attach(s->lora, qt_model_tape_get(s->mt)));
   return QT_OK;
+}
+
+qt_status qt_session_check_memory(const qt_session *s, size_t extra) {
+  size_t act = 0, grad = 0;
+  if (s->mt) qt_model_tape_arena_bytes(s->mt, &act, &grad);
+  double need = (double)s->model->bytes_dense + (double)s->model->bytes_quant + (double)act + (double)grad + (double)extra;
+  long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || psz <= 0) return QT_OK; /* unknown: nothing to check against */
+  double have = (double)pages * (double)psz;
+  if (need <= 0.9 * have) return QT_OK;
+  return qt_fail(QT_ERR_NOMEM,
+                 "the run needs %.0f MiB (weights %.0f, activations %.0f, gradients %.0f, adapters and optimizer %.0f) "
+                 "but this machine has %.0f MiB. Reduce data.seq_len or training.micro_batch_size (activations "
+                 "grow with both; raise gradient_accumulation_steps to keep the batch), set "
+                 "training.gradient_checkpointing: true, lower lora.r, or use model.quant: nf4",
+                 need / 1048576.0, (double)(s->model->bytes_dense + s->model->bytes_quant) / 1048576.0,
+                 act / 1048576.0, grad / 1048576.0, extra / 1048576.0, have / 1048576.0);
 }
 
 qt_status qt_session_dataset(qt_session *s, const char *path, qt_dataset *ds, bool skip_bad) {

@@ -66,6 +66,10 @@ qt_status qt_session_pick_adapter(qt_session *s, const char *checkpoint, bool ba
 /* A tape for batches of up to B x T tokens, with the adapters attached;
  * forward_only for eval and generate (no gradient memory). */
 qt_status qt_session_tape(qt_session *s, int64_t B, int64_t T, bool checkpointing, bool forward_only);
+/* Checks that the weights, the tape arenas and `extra` bytes (adapters,
+ * optimizer state) fit in this machine's memory; if not, QT_ERR_NOMEM saying
+ * how much is needed and which config keys reduce it. */
+qt_status qt_session_check_memory(const qt_session *s, size_t extra);
 /* Reads and tokenizes a data file in data.format. */
 qt_status qt_session_dataset(qt_session *s, const char *path, qt_dataset *ds, bool skip_bad);
 

@@ -535,9 +535,10 @@ static qt_status train_main(qt_session *s, const char *config_path) {
           "LoRA: %zu tensors, %lld parameters\n", (long long)train.n, (long long)train.n_targets,
           (long long)epoch_batches, (long long)total_steps, n_par, (long long)lora_params);
   if ((r = qt_model_print_plan(s->model, s->mt, stderr)) != QT_OK) goto out_all;
+  size_t lora_bytes = (size_t)lora_params * (2 + 8 + (ts[0].master ? 4 : 0));
   fprintf(stderr, "  LoRA adapters (bf16 + fp32 compute + fp32 grad%s): %.2f MiB; optimizer state (%d-bit): %.2f MiB\n",
-          ts[0].master ? " + fp32 master" : "", lora_params * (2.0 + 8.0 + (ts[0].master ? 4.0 : 0.0)) / 1048576.0,
-          bits, qt_adamw_state_bytes(&opt) / 1048576.0);
+          ts[0].master ? " + fp32 master" : "", lora_bytes / 1048576.0, bits, qt_adamw_state_bytes(&opt) / 1048576.0);
+  if ((r = qt_session_check_memory(s, lora_bytes + qt_adamw_state_bytes(&opt))) != QT_OK) goto out_all;
 
   if ((r = qt_fs_mkdir_p(c->output.dir)) != QT_OK) goto out_all;
   if (resumed && (r = trim_metrics(c->output.dir, st.step)) != QT_OK) goto out_all;
