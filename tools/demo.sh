@@ -12,8 +12,6 @@ cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$BUILD_DIR.confi
 cmake --build "$BUILD_DIR" -j"$(nproc)" --target qlora-train
 QT="$BUILD_DIR/train/qlora-train"
 CFG=configs/demo.yaml
-# One thread: the model is tiny, and OpenMP threads only add synchronization.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 rm -rf out/demo
 echo "== base model: qlora-train eval $CFG (no checkpoint yet)"
 "$QT" eval "$CFG"
