@@ -659,6 +659,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       if (met.tty) fputc('\n', stderr);
       if ((r = write_checkpoint(&saver, &st)) != QT_OK) goto out_all;
     }
+    t_last = now_s(); /* evaluation and checkpoint time is not training throughput */
     if (qt_stop_requested && !last) {
       fprintf(stderr, "qlora-train: stopped by signal %d after step %lld; checkpoint saved. Run the same command "
               "to resume.\n", (int)qt_stop_requested, (long long)st.step);
