@@ -37,8 +37,11 @@ qt_status qt_cmd_eval(int argc, char **argv) {
   if (r == QT_OK) r = qt_session_eval(&s, &ds, &er);
   if (r == QT_OK) {
     double loss = er.tokens ? er.loss_sum / (double)er.tokens : NAN;
-    printf("{\"loss\":%.9g,\"ppl\":%.9g,\"tokens\":%lld,\"examples\":%lld}\n", loss, exp(loss), (long long)er.tokens,
-           (long long)er.examples);
+    if (!isfinite(loss))
+      r = qt_fail(QT_ERR_NUMERIC, "%s: the eval loss is not finite (%lld target tokens)", path, (long long)er.tokens);
+    else
+      printf("{\"loss\":%.9g,\"ppl\":%.9g,\"tokens\":%lld,\"examples\":%lld}\n", loss, exp(loss),
+             (long long)er.tokens, (long long)er.examples);
   }
   if (have_ds) qt_dataset_free(&ds);
   qt_session_free(&s);

@@ -352,6 +352,14 @@ static void metrics_line(qt_metrics *m, const char *line) {
   fflush(m->f);
 }
 
+/* A number for JSON: null when not finite (JSON has no NaN or Infinity). */
+__attribute__((format(printf, 3, 0))) static void json_num(char *buf, size_t cap, const char *fmt, double v) {
+  if (isfinite(v))
+    snprintf(buf, cap, fmt, v);
+  else
+    snprintf(buf, cap, "null");
+}
+
 static void fmt_eta(double s, char *buf, size_t cap) {
   if (!isfinite(s) || s < 0) {
     snprintf(buf, cap, "?");
@@ -369,8 +377,11 @@ static qt_status run_eval(qt_session *s, const qt_dataset *ev, int64_t step, qt_
   QT_TRY(qt_session_eval(s, ev, &r));
   *loss = r.tokens ? r.loss_sum / (double)r.tokens : NAN;
   char line[256];
-  snprintf(line, sizeof line, "{\"step\":%lld,\"eval_loss\":%.9g,\"eval_ppl\":%.9g,\"eval_tokens\":%lld,\"eval_examples\":%lld}",
-           (long long)step, *loss, exp(*loss), (long long)r.tokens, (long long)r.examples);
+  char ls[32], ps[32];
+  json_num(ls, sizeof ls, "%.9g", *loss);
+  json_num(ps, sizeof ps, "%.9g", exp(*loss));
+  snprintf(line, sizeof line, "{\"step\":%lld,\"eval_loss\":%s,\"eval_ppl\":%s,\"eval_tokens\":%lld,\"eval_examples\":%lld}",
+           (long long)step, ls, ps, (long long)r.tokens, (long long)r.examples);
   metrics_line(m, line);
   if (m->tty) fputc('\n', stderr);
   fprintf(stderr, "eval  step %lld: loss %.6f ppl %.4f over %lld tokens\n", (long long)step, *loss, exp(*loss),
@@ -563,6 +574,14 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   signal(SIGTERM, on_signal);
   const char *stop_env = getenv("QLORA_TEST_STOP_AFTER_STEP"); /* test hook: behave as if signalled */
   int64_t stop_after = stop_env ? atoll(stop_env) : -1;
+  /* test hook: a NaN in the first gradient at these steps ("3" or "3-5") */
+  const char *nan_env = getenv("QLORA_TEST_NAN_STEPS");
+  int64_t nan_from = -1, nan_to = -1;
+  if (nan_env) {
+    char *end;
+    nan_from = strtoll(nan_env, &end, 10);
+    nan_to = *end == '-' ? strtoll(end + 1, NULL, 10) : nan_from;
+  }
 
   qt_model_adapter adapter = qt_lora_adapter(s->lora);
   double t_start = now_s(), t_last = t_start, last_eval = NAN;
@@ -597,6 +616,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     }
     QT_ASSERTF(count_all == step_targets, "target count %lld != %lld", (long long)count_all, (long long)step_targets);
     double loss = step_targets ? loss_sum / (double)step_targets : NAN;
+    if (st.step + 1 >= nan_from && st.step + 1 <= nan_to) ts[0].grad[0] = NAN;
     double gnorm = qt_optim_global_norm(grads, n_par);
     bool skip = false;
     if (!isfinite(loss)) gnorm = NAN; /* a step without targets or with a non-finite loss is skipped too */
@@ -627,11 +647,13 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     double epoch_f = (double)st.cursor.epoch + (epoch_batches ? 0.0 : 0.0);
     saver.epoch = epoch_f;
     {
-      char line[512];
+      char line[512], ls[32], gs[32];
+      json_num(ls, sizeof ls, "%.17g", loss);
+      json_num(gs, sizeof gs, "%.9g", gnorm);
       snprintf(line, sizeof line,
-               "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens\":%lld,\"targets\":%lld,"
+               "{\"step\":%lld,\"loss\":%s,\"lr\":%.9g,\"grad_norm\":%s,\"tokens\":%lld,\"targets\":%lld,"
                "\"tokens_per_s\":%.1f,\"epoch\":%lld,\"skipped\":%s,\"peak_rss_mib\":%.1f}",
-               (long long)st.step, loss, lr, gnorm, (long long)step_tokens, (long long)step_targets, tps,
+               (long long)st.step, ls, lr, gs, (long long)step_tokens, (long long)step_targets, tps,
                (long long)st.cursor.epoch, skip ? "true" : "false", peak_rss_mib());
       metrics_line(&met, line);
     }
