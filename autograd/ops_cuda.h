@@ -13,8 +13,7 @@
  * All pointers are device pointers. Each function checks its launch and returns
  * QT_ERR_CUDA with the CUDA message on failure (common/cuda_check.h); errors
  * inside a kernel surface at the next synchronizing call. Shapes as in ops.h.
- * Only built with the CUDA backend (QLORA_HAVE_CUDA). The GEMM ops, attention,
- * LoRA and cross-entropy have no CUDA version yet. */
+ * Only built with the CUDA backend (QLORA_HAVE_CUDA). */
 #ifndef QT_AUTOGRAD_OPS_CUDA_H
 #define QT_AUTOGRAD_OPS_CUDA_H
 
@@ -25,6 +24,7 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+#include "quant/quant.h" /* no C++ guards of its own (quant_cuda.cu wraps it too) */
 
 /* out (N, C) = wte[ids] ; ids (N) device int32 in [0, V) (out of range traps:
  * a programmer bug, ids are validated by the data loader) ; wte (V, C) */
@@ -60,6 +60,118 @@ qt_status qt_op_rope_forward_cuda(uint16_t *out, const uint16_t *x, const int32_
 qt_status qt_op_rope_backward_cuda(uint16_t *dx, int acc, const uint16_t *dout,
                                    const int32_t *pos, const float *inv_freq, int64_t N,
                                    int64_t H, int64_t D, void *stream);
+
+/* ==== GEMM ops, attention, LoRA, cross-entropy ==============================
+ * (linear_cuda.cu, lora_cuda.cu, attention_cuda.cu, cross_entropy_cuda.cu)
+ * GEMMs are cuBLASLt with bf16 A/B, fp32 compute (CUBLAS_COMPUTE_32F) and one
+ * rounding of the result to bf16 (beta = 1 accumulates in fp32 before it). The
+ * GEMM ops take a qt_gemm_cuda context before the stream. Nothing here
+ * allocates device memory except qt_gemm_cuda_create; scratch is passed in.
+ * No atomics: every reduction has a fixed order, so results are bit-identical
+ * run to run on the same GPU model and library version (cuBLASLt's own
+ * determinism: same algorithm for the same plan; the context caches it). */
+
+/* cuBLASLt handle + workspace_bytes of device workspace (owned; 32 MiB is
+ * plenty for these shapes, 0 restricts cuBLASLt to algorithms without one) +
+ * a cache of matmul descriptors and chosen algorithms per GEMM shape and
+ * pointer alignment. Create once, before the step loop; one context per
+ * stream at a time (the workspace is shared by its GEMMs). */
+typedef struct qt_gemm_cuda qt_gemm_cuda;
+qt_status qt_gemm_cuda_create(qt_gemm_cuda **out, size_t workspace_bytes);
+/* Frees every cached descriptor, the workspace and the handle (NULL allowed);
+ * returns the first failure but frees everything it can. Call after the
+ * stream's work is done. */
+qt_status qt_gemm_cuda_free(qt_gemm_cuda *g);
+
+/* y (N, O) = x (N, In) . W^T (+ bias (O) when not NULL) ; W (O, In) frozen.
+ * y must not alias x or W. */
+qt_status qt_op_linear_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *W,
+                                    const uint16_t *bias, int64_t N, int64_t In, int64_t O,
+                                    qt_gemm_cuda *g, void *stream);
+/* dx (N, In) (+)= dy (N, O) . W */
+qt_status qt_op_linear_backward_cuda(uint16_t *dx, int acc, const uint16_t *dy,
+                                     const uint16_t *W, int64_t N, int64_t In, int64_t O,
+                                     qt_gemm_cuda *g, void *stream);
+/* The same over a 4-bit weight: packed ((O*In+1)/2) and absmax (ceil(O*In /
+ * blocksize)) fp32 as quant/quant.h qt_quant_4bit_dequantize_bf16_cuda takes
+ * them (a double-quantized weight: decompress its absmax first with
+ * qt_quant_dq_decompress_cuda); the weight is dequantized into
+ * w_scratch (O, In) bf16, then the dense op runs. */
+qt_status qt_op_linear4_forward_cuda(uint16_t *y, uint16_t *w_scratch, const uint16_t *x,
+                                     qt_quant_type type, const uint8_t *packed,
+                                     const float *absmax, int blocksize, const uint16_t *bias,
+                                     int64_t N, int64_t In, int64_t O, qt_gemm_cuda *g,
+                                     void *stream);
+qt_status qt_op_linear4_backward_cuda(uint16_t *dx, int acc, uint16_t *w_scratch,
+                                      const uint16_t *dy, qt_quant_type type,
+                                      const uint8_t *packed, const float *absmax, int blocksize,
+                                      int64_t N, int64_t In, int64_t O, qt_gemm_cuda *g,
+                                      void *stream);
+
+/* LoRA branch, as qt_op_lora_forward_cpu: y (N, O) += scale * (xd A^T) B^T.
+ * mask (N, In) device 0/1 bytes or NULL (no dropout; xd_out unused);
+ * xd_out (N, In) = bf16(x * keep_scale) where mask, else 0 ; u (N, R) bf16
+ * (rounded before the second GEMM, as PEFT's lora_A output is in bf16). */
+qt_status qt_op_lora_forward_cuda(uint16_t *y, uint16_t *u, uint16_t *xd_out, const uint16_t *x,
+                                  const uint8_t *mask, double keep_scale, const uint16_t *A,
+                                  const uint16_t *B, double scale, int64_t N, int64_t In,
+                                  int64_t O, int64_t R, qt_gemm_cuda *g, void *stream);
+/* As qt_op_lora_backward_cpu: dB (O, R) += scale dy^T u, du (N, R) = scale dy B,
+ * dA (R, In) += du^T xd, dx (N, In) (+)= (du A) * mask * keep_scale ; dA, dB
+ * bf16 (always accumulate), each may be NULL ; work (N, In) when mask and dx. */
+qt_status qt_op_lora_backward_cuda(uint16_t *dx, int acc, uint16_t *dA, uint16_t *dB,
+                                   uint16_t *du, uint16_t *work, const uint16_t *dy,
+                                   const uint16_t *xd, const uint16_t *u, const uint8_t *mask,
+                                   double keep_scale, const uint16_t *A, const uint16_t *B,
+                                   double scale, int64_t N, int64_t In, int64_t O, int64_t R,
+                                   qt_gemm_cuda *g, void *stream);
+
+/* Causal GQA attention over packed rows with per-document masking, as
+ * qt_op_attention_forward_cpu (same q, k, v, doc, out layouts), except that the
+ * probabilities are not stored: lse (B, H, T) fp32 = logsumexp of each query's
+ * scaled scores is saved instead and backward recomputes P from it.
+ * D <= 256 (QT_ERR_UNSUPPORTED beyond). */
+qt_status qt_op_attention_forward_cuda(uint16_t *out, float *lse, const uint16_t *q,
+                                       const uint16_t *k, const uint16_t *v, const int32_t *doc,
+                                       int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
+                                       void *stream);
+/* dq (B*T, H, D), dk, dv (B*T, K, D) (+)= ... (each may be NULL) ;
+ * delta (B, H, T) fp32 scratch (sum_j P_ij dP_ij, written by the dq pass). */
+qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, uint16_t *dv, int acc,
+                                        float *delta, const uint16_t *dout, const float *lse,
+                                        const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                        const int32_t *doc, int64_t B, int64_t T, int64_t H,
+                                        int64_t K, int64_t D, void *stream);
+
+/* Fused lm_head + cross-entropy, chunked over rows, as
+ * qt_op_cross_entropy_forward_cpu: logits (chunk_rows, V) fp32 scratch (the
+ * GEMM writes fp32) ; lse (N) fp32 saved (0 for ignored rows) ; rowloss (N)
+ * double scratch. Results stay on the device (no synchronization):
+ * *loss (device double) = summed loss in row order, *count (device int64) =
+ * number of targets. targets (N) device, in [0, V) or QT_IGNORE_INDEX (out of
+ * range traps: a programmer bug, like the embedding's ids). */
+qt_status qt_op_cross_entropy_forward_cuda(double *loss, int64_t *count, float *lse,
+                                           double *rowloss, float *logits, int64_t chunk_rows,
+                                           const uint16_t *x, const uint16_t *W,
+                                           const int32_t *targets, int64_t N, int64_t C,
+                                           int64_t V, qt_gemm_cuda *g, void *stream);
+/* dx (N, C) (+)= dloss * d(sum loss)/dx (dloss on the host): logits recomputed
+ * per chunk, dz (chunk_rows, V) bf16 scratch = dloss (softmax - onehot). */
+qt_status qt_op_cross_entropy_backward_cuda(uint16_t *dx, int acc, float *logits, uint16_t *dz,
+                                            int64_t chunk_rows, double dloss, const float *lse,
+                                            const uint16_t *x, const uint16_t *W,
+                                            const int32_t *targets, int64_t N, int64_t C,
+                                            int64_t V, qt_gemm_cuda *g, void *stream);
+/* Forward and gradient in one pass, as qt_op_cross_entropy_fused_cpu:
+ * dx1 (N, C) = d(sum loss)/dx, *loss and *count on the device as above. */
+qt_status qt_op_cross_entropy_fused_cuda(uint16_t *dx1, double *loss, int64_t *count,
+                                         float *logits, uint16_t *dz, double *rowloss,
+                                         int64_t chunk_rows, const uint16_t *x,
+                                         const uint16_t *W, const int32_t *targets, int64_t N,
+                                         int64_t C, int64_t V, qt_gemm_cuda *g, void *stream);
+/* dx (n) (+)= alpha * src */
+qt_status qt_op_scaled_add_cuda(uint16_t *dx, int acc, const uint16_t *src, double alpha,
+                                int64_t n, void *stream);
 
 #ifdef __cplusplus
 }

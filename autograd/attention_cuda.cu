@@ -1,0 +1,231 @@
+/* autograd/attention_cuda.cu — causal grouped-query attention over packed rows
+ * with per-document masking, on bf16 storage with fp32 math (ops_cuda.h; the
+ * formulas, masking rule and transformers source are in kernels/attention_cpu.inc).
+ *
+ * A plain, exact kernel, not a tuned one: one warp per query (forward, dq) or
+ * per key (dk, dv), blocks of ATT_WARPS warps, so a block covers a tile of
+ * consecutive queries (keys) of one (row, head). Each lane holds head-dim
+ * elements lane, lane + 32, ... in registers (D <= ATT_MAXD).
+ *  - forward: online softmax (Milakov & Gimelshein 2018, "Online normalizer
+ *    calculation for softmax"): running max m, sum l, output accumulator; out =
+ *    acc / l, lse = m + log l saved.
+ *  - backward (FlashAttention-2, Dao 2023, Algorithm 2, without tiling): P_ij =
+ *    exp(s_ij - lse_i) recomputed; delta_i = sum_j P_ij dP_ij with dP_ij =
+ *    do_i . v_j; dS = P (dP - delta); dq_i = scale sum_j dS_ij k_j;
+ *    dk_j = scale sum_i dS_ij q_i; dv_j = sum_i P_ij do_i. dq and delta come
+ *    from a pass over keys per query; dk and dv from a pass over queries (and
+ *    the query heads of the kv group) per key, so every gradient element is
+ *    written once by one warp: no atomics, fixed summation order.
+ * Dot products: per-lane partial sums then a butterfly (__shfl_xor_sync), which
+ * gives every lane the same, order-fixed result. */
+#include <math.h>
+
+#include "autograd/kernels/cuda_common.cuh"
+#include "autograd/ops_cuda.h"
+
+#define ATT_MAXD 256
+#define ATT_PER_LANE (ATT_MAXD / 32)
+#define ATT_WARPS 4
+
+static __device__ __forceinline__ float warp_allsum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+/* Lane's share of a head vector: r[t] = p[lane + 32 t] (0 beyond D). */
+static __device__ __forceinline__ void load_lane(float *r, const uint16_t *p, int lane, int64_t D) {
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) {
+    int64_t d = lane + 32 * t;
+    r[t] = d < D ? ld_bf16(p, d) : 0.0f;
+  }
+}
+static __device__ __forceinline__ float dot_lane(const float *r, const uint16_t *p, int lane,
+                                                 int64_t D) {
+  float s = 0.0f;
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) {
+    int64_t d = lane + 32 * t;
+    if (d < D) s += r[t] * ld_bf16(p, d);
+  }
+  return warp_allsum(s);
+}
+
+/* One warp per (b, h, i). out (B*T, H, D) ; lse (B, H, T) */
+__global__ void attention_forward_kernel(uint16_t *out, float *lse, const uint16_t *q,
+                                         const uint16_t *k, const uint16_t *v, const int32_t *doc,
+                                         int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
+                                         float scale) {
+  int lane = threadIdx.x & 31;
+  int64_t w = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
+  if (w >= B * H * T) return; /* whole warps only: blockDim is a multiple of 32 */
+  int64_t i = w % T, bh = w / T, b = bh / H, h = bh % H, g = h / (H / K);
+  const int32_t *db = doc + b * T; /* (T) */
+  float qr[ATT_PER_LANE], acc[ATT_PER_LANE];
+  load_lane(qr, q + ((b * T + i) * H + h) * D, lane, D);
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) acc[t] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  int32_t di = db[i];
+  for (int64_t j = 0; j <= i; j++) {
+    if (db[j] != di) continue;
+    const int64_t kv = ((b * T + j) * K + g) * D;
+    float s = scale * dot_lane(qr, k + kv, lane, D);
+    float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn); /* expf(-inf) = 0 */
+    l = l * corr + p;
+#pragma unroll
+    for (int t = 0; t < ATT_PER_LANE; t++) {
+      int64_t d = lane + 32 * t;
+      acc[t] = acc[t] * corr + (d < D ? p * ld_bf16(v + kv, d) : 0.0f);
+    }
+    m = mn;
+  }
+  /* j = i always passes the mask, so l >= 1 */
+  uint16_t *oi = out + ((b * T + i) * H + h) * D;
+  float inv = 1.0f / l;
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) {
+    int64_t d = lane + 32 * t;
+    if (d < D) oi[d] = to_bf16(acc[t] * inv);
+  }
+  if (lane == 0) lse[bh * T + i] = m + logf(l);
+}
+
+/* One warp per (b, h, i): delta_i and (when dq) dq_i. */
+__global__ void attention_dq_kernel(uint16_t *dq, int acc, float *delta, const uint16_t *dout,
+                                    const float *lse, const uint16_t *q, const uint16_t *k,
+                                    const uint16_t *v, const int32_t *doc, int64_t B, int64_t T,
+                                    int64_t H, int64_t K, int64_t D, float scale) {
+  int lane = threadIdx.x & 31;
+  int64_t w = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
+  if (w >= B * H * T) return;
+  int64_t i = w % T, bh = w / T, b = bh / H, h = bh % H, g = h / (H / K);
+  const int32_t *db = doc + b * T; /* (T) */
+  const int64_t qo = ((b * T + i) * H + h) * D;
+  float qr[ATT_PER_LANE], dor[ATT_PER_LANE], a[ATT_PER_LANE];
+  load_lane(qr, q + qo, lane, D);
+  load_lane(dor, dout + qo, lane, D);
+  float li = lse[bh * T + i], dsum = 0.0f;
+  int32_t di = db[i];
+  for (int64_t j = 0; j <= i; j++) { /* delta_i = sum_j P_ij (do_i . v_j) */
+    if (db[j] != di) continue;
+    const int64_t kv = ((b * T + j) * K + g) * D;
+    float p = expf(scale * dot_lane(qr, k + kv, lane, D) - li);
+    dsum += p * dot_lane(dor, v + kv, lane, D);
+  }
+  if (lane == 0) delta[bh * T + i] = dsum;
+  if (!dq) return;
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) a[t] = 0.0f;
+  for (int64_t j = 0; j <= i; j++) { /* dq_i = scale sum_j P_ij (dP_ij - delta_i) k_j */
+    if (db[j] != di) continue;
+    const int64_t kv = ((b * T + j) * K + g) * D;
+    float p = expf(scale * dot_lane(qr, k + kv, lane, D) - li);
+    float ds = p * (dot_lane(dor, v + kv, lane, D) - dsum);
+#pragma unroll
+    for (int t = 0; t < ATT_PER_LANE; t++) {
+      int64_t d = lane + 32 * t;
+      if (d < D) a[t] += ds * ld_bf16(k + kv, d);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) {
+    int64_t d = lane + 32 * t;
+    if (d < D) st_grad(dq, qo + d, acc, scale * a[t]);
+  }
+}
+
+/* One warp per (b, g, j): dk_j and dv_j over the query heads of kv head g. */
+__global__ void attention_dkv_kernel(uint16_t *dk, uint16_t *dv, int acc, const float *delta,
+                                     const uint16_t *dout, const float *lse, const uint16_t *q,
+                                     const uint16_t *k, const uint16_t *v, const int32_t *doc,
+                                     int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
+                                     float scale) {
+  int lane = threadIdx.x & 31;
+  int64_t w = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
+  if (w >= B * K * T) return;
+  int64_t j = w % T, bg = w / T, b = bg / K, g = bg % K, rep = H / K;
+  const int32_t *db = doc + b * T; /* (T) */
+  const int64_t kv = ((b * T + j) * K + g) * D;
+  float kr[ATT_PER_LANE], vr[ATT_PER_LANE], ak[ATT_PER_LANE], av[ATT_PER_LANE];
+  load_lane(kr, k + kv, lane, D);
+  load_lane(vr, v + kv, lane, D);
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) ak[t] = av[t] = 0.0f;
+  int32_t dj = db[j];
+  for (int64_t r = 0; r < rep; r++) {
+    int64_t h = g * rep + r, bh = b * H + h;
+    for (int64_t i = j; i < T; i++) {
+      if (db[i] != dj) continue;
+      const int64_t qo = ((b * T + i) * H + h) * D;
+      float p = expf(scale * dot_lane(kr, q + qo, lane, D) - lse[bh * T + i]);
+      float ds = dk ? p * (dot_lane(vr, dout + qo, lane, D) - delta[bh * T + i]) : 0.0f;
+#pragma unroll
+      for (int t = 0; t < ATT_PER_LANE; t++) {
+        int64_t d = lane + 32 * t;
+        if (d < D) {
+          av[t] += p * ld_bf16(dout + qo, d);
+          ak[t] += ds * ld_bf16(q + qo, d);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) {
+    int64_t d = lane + 32 * t;
+    if (d >= D) continue;
+    if (dk) st_grad(dk, kv + d, acc, scale * ak[t]);
+    if (dv) st_grad(dv, kv + d, acc, av[t]);
+  }
+}
+
+static qt_status attention_check(int64_t T, int64_t H, int64_t K, int64_t D) {
+  QT_ASSERT(K > 0 && H > 0 && H % K == 0 && D > 0 && T >= 0);
+  if (D > ATT_MAXD)
+    return qt_fail(QT_ERR_UNSUPPORTED,
+                   "autograd/attention_cuda.cu: head_dim %lld > %d is not supported by the CUDA "
+                   "attention kernel; use the CPU backend for this model",
+                   (long long)D, ATT_MAXD);
+  return QT_OK;
+}
+
+static unsigned attention_grid(int64_t warps) {
+  int64_t g = (warps + ATT_WARPS - 1) / ATT_WARPS;
+  return (unsigned)(g > 0 ? g : 1);
+}
+
+extern "C" qt_status qt_op_attention_forward_cuda(uint16_t *out, float *lse, const uint16_t *q,
+                                                  const uint16_t *k, const uint16_t *v,
+                                                  const int32_t *doc, int64_t B, int64_t T,
+                                                  int64_t H, int64_t K, int64_t D, void *stream) {
+  QT_TRY(attention_check(T, H, K, D));
+  if (B * T == 0) return QT_OK;
+  float scale = (float)(1.0 / sqrt((double)D)); /* head_dim^-0.5 */
+  attention_forward_kernel<<<attention_grid(B * H * T), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
+      out, lse, q, k, v, doc, B, T, H, K, D, scale);
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
+}
+
+extern "C" qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, uint16_t *dv,
+                                                   int acc, float *delta, const uint16_t *dout,
+                                                   const float *lse, const uint16_t *q,
+                                                   const uint16_t *k, const uint16_t *v,
+                                                   const int32_t *doc, int64_t B, int64_t T,
+                                                   int64_t H, int64_t K, int64_t D,
+                                                   void *stream) {
+  QT_TRY(attention_check(T, H, K, D));
+  if (B * T == 0 || (!dq && !dk && !dv)) return QT_OK;
+  float scale = (float)(1.0 / sqrt((double)D));
+  if (dq || dk) { /* delta is needed by dk; dq comes from the same pass */
+    attention_dq_kernel<<<attention_grid(B * H * T), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
+        dq, acc, delta, dout, lse, q, k, v, doc, B, T, H, K, D, scale);
+    QT_CUDA_CHECK_LAUNCH();
+  }
+  if (dk || dv) {
+    attention_dkv_kernel<<<attention_grid(B * K * T), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
+        dk, dv, acc, delta, dout, lse, q, k, v, doc, B, T, H, K, D, scale);
+    QT_CUDA_CHECK_LAUNCH();
+  }
+  return QT_OK;
+}
