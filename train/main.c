@@ -1,5 +1,7 @@
 /* train/main.c — the qlora-train command line (contract: DESIGN.md section 5).
  * Only main() prints errors and exits: every command returns a qt_status. */
+#include <cblas.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,14 +30,37 @@ static void print_usage(FILE *f) {
       f);
 }
 
+/* OpenBLAS's kernel set for a CPU its cpuid table does not know. OpenBLAS
+ * 0.3.21 (Debian 12) falls back to its SSE3 "Prescott" kernels on newer Intel
+ * models (family 6 model 207 on the team machine): one-core sgemm 22-32
+ * GFLOP/s there instead of ~150 with the AVX-512 kernels, and a 100M-parameter
+ * LoRA step 4x slower (bench/RESULTS.md, training benchmark). OpenBLAS reads
+ * OPENBLAS_CORETYPE before main, so the name goes into the same restart as the
+ * wait policy. NULL: keep what OpenBLAS chose. */
+static const char *openblas_core_override(void) {
+  if (getenv("OPENBLAS_CORETYPE") != NULL) return NULL;
+  const char *core = openblas_get_corename();
+  if (core == NULL || strcmp(core, "Prescott") != 0) return NULL;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+  return NULL;
+}
+
 /* OpenMP threads that spin while waiting make a loaded machine crawl (measured
  * on the 2-core CI machine with other processes running: 10 steps of the demo
  * took 140 s with GNU OpenMP's default policy, 13 s with passive waiting). The
  * policy is read when libgomp starts, before main, so the program restarts
- * itself once with OMP_WAIT_POLICY=passive unless the user chose a policy. */
+ * itself once with OMP_WAIT_POLICY=passive unless the user chose a policy
+ * (and with OPENBLAS_CORETYPE when openblas_core_override names one). */
 static void prefer_passive_openmp(char **argv) {
-  if (getenv("OMP_WAIT_POLICY") != NULL) return;
-  if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+  const char *core = openblas_core_override();
+  bool restart = false;
+  if (core != NULL && setenv("OPENBLAS_CORETYPE", core, 1) == 0) restart = true;
+  if (getenv("OMP_WAIT_POLICY") == NULL && setenv("OMP_WAIT_POLICY", "passive", 1) == 0) restart = true;
+  if (!restart) return;
   execv("/proc/self/exe", argv);
   /* exec failed (no /proc): carry on with the default policy */
 }
