@@ -143,6 +143,7 @@ static qt_status plan_build(qt_gemm_cuda *g, gemm_plan *p, const gemm_key *k) {
   cublasLtEpilogue_t epi = k->bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
   cudaDataType_t ctype = k->c_f32 ? CUDA_R_32F : CUDA_R_16BF;
   uint64_t ws = g->workspace_bytes;
+  uint32_t reduction;
   cublasLtMatmulHeuristicResult_t res;
   int nres = 0;
 #define PLAN_TRY(call)                                                                     \
@@ -179,8 +180,25 @@ static qt_status plan_build(qt_gemm_cuda *g, gemm_plan *p, const gemm_key *k) {
                                                 &k->align_c, sizeof k->align_c));
   PLAN_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                 &k->align_c, sizeof k->align_c));
+  /* Split-K partial sums in fp32 only: INPLACE and OUTPUT_TYPE reductions add
+   * the parts in the output type, which for bf16 C would round each part to
+   * bf16 (cublasLtReductionScheme_t). Should the heuristic offer nothing under
+   * that filter, it is asked again without it (the result stays deterministic:
+   * the plan is cached). */
+  reduction = k->c_f32 ? (uint32_t)CUBLASLT_REDUCTION_SCHEME_MASK
+                       : (uint32_t)CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  PLAN_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                &reduction, sizeof reduction));
   PLAN_TRY(cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, &res,
                                           &nres));
+  if ((nres < 1 || res.state != CUBLAS_STATUS_SUCCESS) && !k->c_f32) {
+    reduction = (uint32_t)CUBLASLT_REDUCTION_SCHEME_MASK;
+    PLAN_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                  &reduction, sizeof reduction));
+    nres = 0;
+    PLAN_TRY(cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1,
+                                            &res, &nres));
+  }
   if (nres < 1 || res.state != CUBLAS_STATUS_SUCCESS) {
     st = qt_fail(QT_ERR_CUDA,
                  "%s:%d: cuBLASLt has no algorithm for a bf16 GEMM M=%lld N=%lld K=%lld "

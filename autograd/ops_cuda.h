@@ -69,7 +69,10 @@ qt_status qt_op_rope_backward_cuda(uint16_t *dx, int acc, const uint16_t *dout,
  * allocates device memory except qt_gemm_cuda_create; scratch is passed in.
  * No atomics: every reduction has a fixed order, so results are bit-identical
  * run to run on the same GPU model and library version (cuBLASLt's own
- * determinism: same algorithm for the same plan; the context caches it). */
+ * determinism: same algorithm for the same plan; the context caches it). A
+ * plan depends on the shape and on the operands' pointer alignment (up to 256
+ * bytes), so the same product on differently aligned buffers may pick another
+ * algorithm and differ in the last bits. Split-K partial sums are fp32. */
 
 /* cuBLASLt handle + workspace_bytes of device workspace (owned; 32 MiB is
  * plenty for these shapes, 0 restricts cuBLASLt to algorithms without one) +
