@@ -131,7 +131,7 @@ static qt_status ce_forward(uint16_t *dx1, double *loss, int64_t *count, float *
   for (int64_t n0 = 0; n0 < N; n0 += chunk_rows) {
     int64_t nc = N - n0 < chunk_rows ? N - n0 : chunk_rows;
     /* logits (nc, V) fp32 = x[n0:] (nc, C) W^T */
-    QT_TRY(qt_gemm_cuda_run(g, 0, 1, nc, V, C, 1.0f, x + n0 * C, C, W, C, 0.0f, logits, 1, V, NULL,
+    QT_TRY(qt_gemm_cuda_run(g, 0, 1, nc, V, C, 1.0f, x + n0 * C, C, W, C, 0.0f, logits, 1, V,
                             stream));
     ce_forward_rows_kernel<<<(unsigned)nc, QT_AG_BLOCK, 0, s>>>(lse ? lse + n0 : NULL, rowloss + n0,
                                                                  dx1 ? dz : NULL, logits,
@@ -139,7 +139,7 @@ static qt_status ce_forward(uint16_t *dx1, double *loss, int64_t *count, float *
     QT_CUDA_CHECK_LAUNCH();
     if (dx1) /* dx1 (nc, C) = dz (nc, V) W (V, C) */
       QT_TRY(qt_gemm_cuda_run(g, 0, 0, nc, C, V, 1.0f, dz, V, W, C, 0.0f, dx1 + n0 * C, 0, C,
-                              NULL, stream));
+                              stream));
   }
   ce_total_kernel<<<1, CE_SUM_THREADS, 0, s>>>(loss, count, rowloss, targets, N);
   QT_CUDA_CHECK_LAUNCH();
@@ -179,14 +179,14 @@ extern "C" qt_status qt_op_cross_entropy_backward_cuda(uint16_t *dx, int acc, fl
   cudaStream_t s = (cudaStream_t)stream;
   for (int64_t n0 = 0; n0 < N; n0 += chunk_rows) {
     int64_t nc = N - n0 < chunk_rows ? N - n0 : chunk_rows;
-    QT_TRY(qt_gemm_cuda_run(g, 0, 1, nc, V, C, 1.0f, x + n0 * C, C, W, C, 0.0f, logits, 1, V, NULL,
+    QT_TRY(qt_gemm_cuda_run(g, 0, 1, nc, V, C, 1.0f, x + n0 * C, C, W, C, 0.0f, logits, 1, V,
                             stream));
     ce_backward_rows_kernel<<<(unsigned)nc, QT_AG_BLOCK, 0, s>>>(dz, (float)dloss, logits,
                                                                   lse + n0, targets + n0, V);
     QT_CUDA_CHECK_LAUNCH();
     /* dx (nc, C) (+)= dz (nc, V) W (V, C) */
     QT_TRY(qt_gemm_cuda_run(g, 0, 0, nc, C, V, 1.0f, dz, V, W, C, acc ? 1.0f : 0.0f, dx + n0 * C,
-                            0, C, NULL, stream));
+                            0, C, stream));
   }
   return QT_OK;
 }

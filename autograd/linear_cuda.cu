@@ -7,8 +7,9 @@
  * dimension ld is the column-major X^T (c, r) with the same ld, so the row-major
  * C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T, i.e.
  * cuBLASLt's "A" is our B and its "B" is our A, with m = N, n = M (the cuBLAS
- * documentation's usual row-major recipe). The bias epilogue adds a vector over
- * cuBLASLt's rows (m = N), which is our per-column bias. */
+ * documentation's usual row-major recipe). A bias is written into y's rows
+ * first and the GEMM accumulates onto it (beta = 1), as the CPU op does, so the
+ * result is rounded to bf16 once and no epilogue is needed. */
 #include <cublasLt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,9 +35,9 @@ enum { GEMM_PLANS = 128 };
 /* Everything a plan depends on. Pointer alignment is part of it because the
  * heuristic picks kernels for the alignment it is told (default 256 bytes). */
 typedef struct {
-  int ta, tb, c_f32, bias;
+  int ta, tb, c_f32;
   int64_t M, N, K, lda, ldb, ldc;
-  uint32_t align_a, align_b, align_c, align_bias;
+  uint32_t align_a, align_b, align_c;
 } gemm_key;
 
 typedef struct {
@@ -106,7 +107,8 @@ extern "C" qt_status qt_gemm_cuda_free(qt_gemm_cuda *g) {
   }
   if (g->workspace) {
     cudaError_t e = cudaFree(g->workspace);
-    if (e != cudaSuccess && st == QT_OK) st = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaFree(GEMM workspace)");
+    if (e != cudaSuccess && st == QT_OK)
+      st = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaFree(GEMM workspace)");
   }
   cublasStatus_t s = cublasLtDestroy(g->lt);
   if (s != CUBLAS_STATUS_SUCCESS && st == QT_OK) st = QT_CUBLAS_FAIL(s, "cublasLtDestroy");
@@ -123,10 +125,10 @@ static uint32_t ptr_align(const void *p) {
 }
 
 static int key_equal(const gemm_key *a, const gemm_key *b) {
-  return a->ta == b->ta && a->tb == b->tb && a->c_f32 == b->c_f32 && a->bias == b->bias &&
+  return a->ta == b->ta && a->tb == b->tb && a->c_f32 == b->c_f32 &&
          a->M == b->M && a->N == b->N && a->K == b->K && a->lda == b->lda && a->ldb == b->ldb &&
          a->ldc == b->ldc && a->align_a == b->align_a && a->align_b == b->align_b &&
-         a->align_c == b->align_c && a->align_bias == b->align_bias;
+         a->align_c == b->align_c;
 }
 
 /* Builds the descriptors and asks the heuristic for one algorithm. On failure
@@ -140,7 +142,6 @@ static qt_status plan_build(qt_gemm_cuda *g, gemm_plan *p, const gemm_key *k) {
   cublasLtMatmulPreference_t pref = NULL;
   cublasOperation_t opa = k->tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt A = our B */
   cublasOperation_t opb = k->ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt B = our A */
-  cublasLtEpilogue_t epi = k->bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
   cudaDataType_t ctype = k->c_f32 ? CUDA_R_32F : CUDA_R_16BF;
   uint64_t ws = g->workspace_bytes;
   uint32_t reduction;
@@ -156,12 +157,6 @@ static qt_status plan_build(qt_gemm_cuda *g, gemm_plan *p, const gemm_key *k) {
   PLAN_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   PLAN_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   PLAN_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-  PLAN_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-  if (k->bias) {
-    cudaDataType_t bt = CUDA_R_16BF;
-    PLAN_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt,
-                                            sizeof bt));
-  }
   /* Stored shapes, column-major: our B is (K, N) row-major = (N, K) column-major
    * when !tb, else (N, K) row-major = (K, N) column-major; likewise our A. */
   PLAN_TRY(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, (uint64_t)(k->tb ? k->K : k->N),
@@ -202,11 +197,11 @@ static qt_status plan_build(qt_gemm_cuda *g, gemm_plan *p, const gemm_key *k) {
   if (nres < 1 || res.state != CUBLAS_STATUS_SUCCESS) {
     st = qt_fail(QT_ERR_CUDA,
                  "%s:%d: cuBLASLt has no algorithm for a bf16 GEMM M=%lld N=%lld K=%lld "
-                 "(ta=%d tb=%d lda=%lld ldb=%lld ldc=%lld fp32 C=%d bias=%d, %llu bytes of "
+                 "(ta=%d tb=%d lda=%lld ldb=%lld ldc=%lld fp32 C=%d, %llu bytes of "
                  "workspace); give the GEMM context more workspace or report the shape",
                  __FILE__, __LINE__, (long long)k->M, (long long)k->N, (long long)k->K, k->ta,
                  k->tb, (long long)k->lda, (long long)k->ldb, (long long)k->ldc, k->c_f32,
-                 k->bias, (unsigned long long)ws);
+                 (unsigned long long)ws);
     goto fail;
   }
   p->algo = res.algo;
@@ -227,17 +222,15 @@ fail:
 qt_status qt_gemm_cuda_run(qt_gemm_cuda *g, int ta, int tb, int64_t M, int64_t N, int64_t K,
                            float alpha, const uint16_t *A, int64_t lda, const uint16_t *B,
                            int64_t ldb, float beta, void *C, int c_f32, int64_t ldc,
-                           const uint16_t *bias, void *stream) {
+                           void *stream) {
   QT_ASSERT(g != NULL && M >= 0 && N >= 0 && K > 0);
   QT_ASSERT(lda >= (ta ? M : K) && ldb >= (tb ? K : N) && ldc >= N);
-  QT_ASSERT(!(bias && c_f32));
   if (M == 0 || N == 0) return QT_OK;
   gemm_key k;
-  memset(&k, 0, sizeof k); /* padding too: keys are compared field by field, but keep it clean */
+  memset(&k, 0, sizeof k);
   k.ta = ta != 0;
   k.tb = tb != 0;
   k.c_f32 = c_f32 != 0;
-  k.bias = bias != NULL;
   k.M = M;
   k.N = N;
   k.K = K;
@@ -247,7 +240,6 @@ qt_status qt_gemm_cuda_run(qt_gemm_cuda *g, int ta, int tb, int64_t M, int64_t N
   k.align_a = ptr_align(A);
   k.align_b = ptr_align(B);
   k.align_c = ptr_align(C);
-  k.align_bias = bias ? ptr_align(bias) : 0;
   gemm_plan *p = NULL;
   for (int i = 0; i < GEMM_PLANS && !p; i++)
     if (g->plans[i].used && key_equal(&g->plans[i].key, &k)) p = &g->plans[i];
@@ -261,20 +253,30 @@ qt_status qt_gemm_cuda_run(qt_gemm_cuda *g, int ta, int tb, int64_t M, int64_t N
     }
     QT_TRY(plan_build(g, p, &k));
   }
-  if (bias) /* the pointer is per call; the attribute lives on the cached descriptor */
-    QT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-                                                   sizeof bias));
   QT_CUBLAS_CHECK(cublasLtMatmul(g->lt, p->op, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, C,
                                  p->lc, &p->algo, g->workspace, g->workspace_bytes,
                                  (cudaStream_t)stream));
   return QT_OK;
 }
 
+/* y (n = N * O) = bias[i % O] */
+__global__ void bias_rows_kernel(uint16_t *y, const uint16_t *bias, int64_t n, int64_t O) {
+  int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = bias[i % O];
+}
+
 extern "C" qt_status qt_op_linear_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *W,
                                                const uint16_t *bias, int64_t N, int64_t In,
                                                int64_t O, qt_gemm_cuda *g, void *stream) {
-  /* y (N, O) = x (N, In) . W^T (W (O, In)) + bias */
-  return qt_gemm_cuda_run(g, 0, 1, N, O, In, 1.0f, x, In, W, In, 0.0f, y, 0, O, bias, stream);
+  QT_ASSERT(N >= 0 && In > 0 && O > 0);
+  if (N == 0) return QT_OK;
+  if (bias) { /* y (N, O) = bias in every row, then += x W^T */
+    bias_rows_kernel<<<grid_for(N * O), QT_AG_BLOCK, 0, (cudaStream_t)stream>>>(y, bias, N * O, O);
+    QT_CUDA_CHECK_LAUNCH();
+  }
+  /* y (N, O) (+)= x (N, In) . W^T (W (O, In)) */
+  return qt_gemm_cuda_run(g, 0, 1, N, O, In, 1.0f, x, In, W, In, bias ? 1.0f : 0.0f, y, 0, O,
+                          stream);
 }
 
 extern "C" qt_status qt_op_linear_backward_cuda(uint16_t *dx, int acc, const uint16_t *dy,
@@ -282,7 +284,7 @@ extern "C" qt_status qt_op_linear_backward_cuda(uint16_t *dx, int acc, const uin
                                                 int64_t O, qt_gemm_cuda *g, void *stream) {
   /* dx (N, In) (+)= dy (N, O) . W (O, In) */
   return qt_gemm_cuda_run(g, 0, 0, N, In, O, 1.0f, dy, O, W, In, acc ? 1.0f : 0.0f, dx, 0, In,
-                          NULL, stream);
+                          stream);
 }
 
 extern "C" qt_status qt_op_linear4_forward_cuda(uint16_t *y, uint16_t *w_scratch,

@@ -37,9 +37,9 @@ extern "C" qt_status qt_op_lora_forward_cuda(uint16_t *y, uint16_t *u, uint16_t 
     xd = xd_out;
   }
   /* u (N, R) = xd A^T */
-  QT_TRY(qt_gemm_cuda_run(g, 0, 1, N, R, In, 1.0f, xd, In, A, In, 0.0f, u, 0, R, NULL, stream));
+  QT_TRY(qt_gemm_cuda_run(g, 0, 1, N, R, In, 1.0f, xd, In, A, In, 0.0f, u, 0, R, stream));
   /* y (N, O) += scale u B^T */
-  return qt_gemm_cuda_run(g, 0, 1, N, O, R, (float)scale, u, R, B, R, 1.0f, y, 0, O, NULL, stream);
+  return qt_gemm_cuda_run(g, 0, 1, N, O, R, (float)scale, u, R, B, R, 1.0f, y, 0, O, stream);
 }
 
 extern "C" qt_status qt_op_lora_backward_cuda(uint16_t *dx, int acc, uint16_t *dA, uint16_t *dB,
@@ -52,21 +52,21 @@ extern "C" qt_status qt_op_lora_backward_cuda(uint16_t *dx, int acc, uint16_t *d
   QT_ASSERT(R > 0 && In > 0 && O > 0);
   if (N == 0) return QT_OK;
   if (dB) /* dB (O, R) += scale dy^T u */
-    QT_TRY(qt_gemm_cuda_run(g, 1, 0, O, R, N, (float)scale, dy, O, u, R, 1.0f, dB, 0, R, NULL,
+    QT_TRY(qt_gemm_cuda_run(g, 1, 0, O, R, N, (float)scale, dy, O, u, R, 1.0f, dB, 0, R,
                             stream));
   /* du (N, R) = scale dy B */
-  QT_TRY(qt_gemm_cuda_run(g, 0, 0, N, R, O, (float)scale, dy, O, B, R, 0.0f, du, 0, R, NULL,
+  QT_TRY(qt_gemm_cuda_run(g, 0, 0, N, R, O, (float)scale, dy, O, B, R, 0.0f, du, 0, R,
                           stream));
   if (dA) /* dA (R, In) += du^T xd */
-    QT_TRY(qt_gemm_cuda_run(g, 1, 0, R, In, N, 1.0f, du, R, xd, In, 1.0f, dA, 0, In, NULL,
+    QT_TRY(qt_gemm_cuda_run(g, 1, 0, R, In, N, 1.0f, du, R, xd, In, 1.0f, dA, 0, In,
                             stream));
   if (!dx) return QT_OK;
   if (!mask) /* dx (N, In) (+)= du A */
     return qt_gemm_cuda_run(g, 0, 0, N, In, R, 1.0f, du, R, A, In, acc ? 1.0f : 0.0f, dx, 0, In,
-                            NULL, stream);
+                            stream);
   QT_ASSERT(work != NULL);
   /* work (N, In) = du A, then dx (+)= work * mask * keep_scale */
-  QT_TRY(qt_gemm_cuda_run(g, 0, 0, N, In, R, 1.0f, du, R, A, In, 0.0f, work, 0, In, NULL, stream));
+  QT_TRY(qt_gemm_cuda_run(g, 0, 0, N, In, R, 1.0f, du, R, A, In, 0.0f, work, 0, In, stream));
   lora_dropout_backward_kernel<<<grid_for(N * In), QT_AG_BLOCK, 0, (cudaStream_t)stream>>>(
       dx, acc, work, mask, (float)keep_scale, N * In);
   QT_CUDA_CHECK_LAUNCH();
