@@ -150,7 +150,8 @@ qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, uint16_t *dv
  * qt_op_cross_entropy_forward_cpu: logits (chunk_rows, V) fp32 scratch (the
  * GEMM writes fp32) ; lse (N) fp32 saved (0 for ignored rows) ; rowloss (N)
  * double scratch. Results stay on the device (no synchronization):
- * *loss (device double) = summed loss in row order, *count (device int64) =
+ * *loss (device double) = summed loss (double, a fixed order independent of
+ * chunking), *count (device int64) =
  * number of targets. targets (N) device, in [0, V) or QT_IGNORE_INDEX (out of
  * range traps: a programmer bug, like the embedding's ids). */
 qt_status qt_op_cross_entropy_forward_cuda(double *loss, int64_t *count, float *lse,
