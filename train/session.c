@@ -263,9 +263,6 @@ qt_status qt_session_check_memory(const qt_session *s, size_t extra) {
 qt_status qt_session_dataset(qt_session *s, const char *path, qt_dataset *ds, bool skip_bad) {
   qt_dataset_opts o = {.seq_len = s->cfg.data.seq_len, .skip_bad_records = skip_bad, .max_records = 0};
   QT_TRY(qt_dataset_load(path, &s->prompt, &o, ds));
-  if (ds->n_truncated)
-    QT_LOGI("%s: %lld of %lld examples truncated to data.seq_len %lld", path, (long long)ds->n_truncated,
-            (long long)ds->n, (long long)s->cfg.data.seq_len);
   if (ds->n_skipped) QT_LOGW("%s: %lld bad records skipped", path, (long long)ds->n_skipped);
   return QT_OK;
 }
