@@ -1,0 +1,491 @@
+/* model/model_cuda.cu — the decoder's forward + backward with LoRA on the GPU,
+ * op by op (model_cuda.h documents the contract; model.c decoder_layer is the
+ * CPU recording this mirrors). No kernels of its own: every op is a call of
+ * autograd/ops_cuda.h (bf16 storage, fp32 arithmetic) on the default stream. */
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/ops_cuda.h"
+#include "common/cuda_check.h"
+extern "C" {
+#include "common/half.h"
+}
+#include "model/model_cuda.h"
+
+namespace {
+
+/* Every device buffer of one call, freed together (the test path; the
+ * training loop will take these from arenas). */
+struct dev_list {
+  void **p;
+  size_t n, cap;
+};
+
+qt_status dev_alloc_bytes(dev_list *dl, size_t bytes, void **out) {
+  *out = NULL;
+  if (dl->n == dl->cap) {
+    size_t cap = dl->cap ? 2 * dl->cap : 256;
+    void **np = (void **)realloc(dl->p, cap * sizeof *np);
+    if (!np) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot grow the device buffer list");
+    dl->p = np;
+    dl->cap = cap;
+  }
+  void *d = NULL;
+  QT_CUDA_CHECK(cudaMalloc(&d, bytes ? bytes : 1));
+  dl->p[dl->n++] = d;
+  *out = d;
+  return QT_OK;
+}
+
+template <typename T>
+qt_status dev_alloc(dev_list *dl, int64_t count, T **out) {
+  void *p = NULL;
+  *out = NULL;
+  QT_TRY(dev_alloc_bytes(dl, (size_t)count * sizeof(T), &p));
+  *out = (T *)p;
+  return QT_OK;
+}
+
+/* Frees every buffer; the first failure, or QT_OK. */
+qt_status dev_list_free(dev_list *dl) {
+  qt_status s = QT_OK;
+  for (size_t i = 0; i < dl->n; i++) {
+    cudaError_t e = cudaFree(dl->p[i]);
+    if (e != cudaSuccess && s == QT_OK) s = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaFree");
+  }
+  free(dl->p);
+  dl->p = NULL;
+  dl->n = dl->cap = 0;
+  return s;
+}
+
+template <typename T>
+qt_status upload_raw(dev_list *dl, const T *h, int64_t count, T **out) {
+  QT_TRY(dev_alloc(dl, count, out));
+  QT_CUDA_CHECK(cudaMemcpy(*out, h, (size_t)count * sizeof(T), cudaMemcpyHostToDevice));
+  return QT_OK;
+}
+
+/* fp32 host -> bf16 device (round to nearest even, common/half.h). */
+qt_status upload_bf16(dev_list *dl, const float *h, int64_t count, uint16_t **out) {
+  QT_TRY(dev_alloc(dl, count, out));
+  uint16_t *tmp = (uint16_t *)malloc((size_t)count * sizeof(uint16_t) + 1);
+  if (!tmp) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld bf16 staging values",
+                           (long long)count);
+  qt_bf16_from_f32_n(tmp, h, (size_t)count);
+  cudaError_t e = cudaMemcpy(*out, tmp, (size_t)count * sizeof(uint16_t), cudaMemcpyHostToDevice);
+  free(tmp);
+  if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemcpy (bf16 upload)");
+  return QT_OK;
+}
+
+/* bf16 device -> fp32 host. */
+qt_status download_bf16(const uint16_t *d, int64_t count, float *h) {
+  uint16_t *tmp = (uint16_t *)malloc((size_t)count * sizeof(uint16_t) + 1);
+  if (!tmp) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld bf16 staging values",
+                           (long long)count);
+  cudaError_t e = cudaMemcpy(tmp, d, (size_t)count * sizeof(uint16_t), cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess) qt_bf16_to_f32_n(h, tmp, (size_t)count);
+  free(tmp);
+  if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemcpy (bf16 download)");
+  return QT_OK;
+}
+
+/* One base linear on the device, with its LoRA when adapted. */
+struct dev_linear {
+  const qt_model_linear *lin;
+  uint16_t *w;                 /* (out, in) bf16 when dense */
+  uint8_t *packed;             /* 4-bit codes when quantized */
+  float *absmax;               /* (nblocks) when quantized and not nested */
+  uint8_t *qabsmax;            /* (nblocks) when nested */
+  float *nested_absmax;        /* (ceil(nblocks / 256)) when nested */
+  float *code;                 /* (256) the nested map when nested */
+  uint16_t *bias;              /* (out) or NULL */
+  const qt_model_cuda_lora *ad;/* host entry, or NULL (no LoRA) */
+  uint16_t *A, *B;             /* (r, in), (out, r) bf16 */
+  uint16_t *dA, *dB;           /* gradients, bf16, accumulated from 0 */
+  uint16_t *u;                 /* (N, r) saved A x of this layer's forward */
+};
+
+struct dev_layer {
+  uint16_t *norm_in, *norm_post;  /* (C) */
+  dev_linear lin[QT_PROJ_COUNT];
+  /* saved activations */
+  uint16_t *x;                    /* (N, C) layer input */
+  uint16_t *n1;                   /* (N, C) */
+  float *rstd1;                   /* (N) */
+  uint16_t *qr, *kr, *v;          /* (N, H*D), (N, K*D), (N, K*D) */
+  uint16_t *a;                    /* (N, H*D) attention output */
+  float *lse;                     /* (B, H, T) */
+  uint16_t *h;                    /* (N, C) after the attention residual */
+  uint16_t *n2;                   /* (N, C) */
+  float *rstd2;                   /* (N) */
+  uint16_t *g, *up, *sw;          /* (N, F) */
+};
+
+struct run_ctx {
+  const qt_model *m;
+  int64_t B, T, N, C, H, K, D, F, V, L, HD, KD, chunk, rmax;
+  double eps, scale;
+  dev_list dl;
+  qt_gemm_cuda *g;
+  dev_layer *layers;              /* (L), host array of device pointers */
+  uint16_t *x_out;                /* (N, C) the last layer's output */
+  uint16_t *embed, *lm_head, *final_norm;
+  float *inv_freq;                /* (D/2) */
+  int32_t *ids, *targets, *pos, *doc;
+  uint16_t *w_scratch;            /* (max out*in) dequantized weight */
+  float *absmax_scratch;          /* (max nblocks) decompressed double-quant absmax */
+  uint16_t *q, *k, *tmp_c;        /* (N, HD), (N, KD), (N, C) forward scratch */
+  uint16_t *xf;                   /* (N, C) final-normed hidden */
+  float *rstdf;                   /* (N) */
+  float *ce_lse, *logits;         /* (N), (chunk, V) */
+  uint16_t *dz;                   /* (chunk, V) */
+  double *rowloss, *loss;         /* (N), (1) */
+  int64_t *count;                 /* (1) */
+  /* backward scratch */
+  uint16_t *dxf, *dX, *dn, *dsw, *dg, *dup, *da, *dqr, *dkr, *dv, *dq, *dk, *du_lora;
+  float *delta;                   /* (B, H, T) */
+};
+
+qt_status check_inputs(const qt_model *m, const qt_model_cuda_lora *lora, size_t n_lora,
+                       const qt_model_batch *b) {
+  if (!b->targets) return qt_fail(QT_ERR_INVALID, "model_cuda: the batch has no targets");
+  if (b->B < 1 || b->T < 1)
+    return qt_fail(QT_ERR_INVALID, "model_cuda: empty batch %lld x %lld", (long long)b->B,
+                   (long long)b->T);
+  int64_t N = b->B * b->T;
+  for (int64_t n = 0; n < N; n++) {
+    if (b->ids[n] < 0 || b->ids[n] >= m->V)
+      return qt_fail(QT_ERR_INVALID, "model_cuda: token id %d at %lld is outside the vocabulary "
+                                     "(%lld); tokenizer and model do not match",
+                     (int)b->ids[n], (long long)n, (long long)m->V);
+    if (b->targets[n] != -100 && (b->targets[n] < 0 || b->targets[n] >= m->V))
+      return qt_fail(QT_ERR_INVALID, "model_cuda: target %d at %lld is outside the vocabulary",
+                     (int)b->targets[n], (long long)n);
+    if (b->pos[n] < 0 || b->pos[n] >= m->cfg.max_position_embeddings)
+      return qt_fail(QT_ERR_INVALID, "model_cuda: position %d is beyond max_position_embeddings "
+                                     "%lld", (int)b->pos[n],
+                     (long long)m->cfg.max_position_embeddings);
+  }
+  for (int64_t l = 0; l < m->L; l++)
+    if (m->cfg.layer_window && m->cfg.layer_window[l] > 0 && b->T > m->cfg.layer_window[l])
+      return qt_fail(QT_ERR_UNSUPPORTED, "model_cuda: rows of %lld tokens exceed the sliding "
+                                         "window (%lld) of layer %lld, which is not implemented",
+                     (long long)b->T, (long long)m->cfg.layer_window[l], (long long)l);
+  for (size_t i = 0; i < n_lora; i++) {
+    const qt_model_cuda_lora *e = &lora[i];
+    if (e->layer < 0 || e->layer >= m->L || (int)e->proj < 0 || (int)e->proj >= QT_PROJ_COUNT ||
+        e->r < 1 || !e->A || !e->B || !e->dA || !e->dB)
+      return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entry %zu (layer %d, proj %d, r %lld) is "
+                                     "not a valid adapted linear", i, e->layer, (int)e->proj,
+                     (long long)e->r);
+    for (size_t j = 0; j < i; j++)
+      if (lora[j].layer == e->layer && lora[j].proj == e->proj)
+        return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entries %zu and %zu adapt the same "
+                                       "linear (layer %d, %s)", j, i, e->layer,
+                       qt_proj_name(e->proj));
+  }
+  return QT_OK;
+}
+
+qt_status upload_linear(run_ctx *c, const qt_model_linear *lin, dev_linear *d) {
+  d->lin = lin;
+  if (lin->quantized) {
+    const qt_quant_weight *q = &lin->q;
+    if (q->n != lin->out * lin->in)
+      return qt_fail(QT_ERR_INVALID, "model_cuda: %s: 4-bit weight has %lld values, expected "
+                                     "%lld x %lld", lin->name, (long long)q->n,
+                     (long long)lin->out, (long long)lin->in);
+    QT_TRY(upload_raw(&c->dl, q->packed, (q->n + 1) / 2, &d->packed));
+    if (q->nested) {
+      int64_t nn = (q->nblocks + q->nested_blocksize - 1) / q->nested_blocksize;
+      QT_TRY(upload_raw(&c->dl, q->qabsmax, q->nblocks, &d->qabsmax));
+      QT_TRY(upload_raw(&c->dl, q->nested_absmax, nn, &d->nested_absmax));
+      QT_TRY(upload_raw(&c->dl, q->nested_code, 256, &d->code));
+    } else {
+      QT_TRY(upload_raw(&c->dl, q->absmax, q->nblocks, &d->absmax));
+    }
+  } else {
+    QT_TRY(upload_bf16(&c->dl, lin->dense, lin->out * lin->in, &d->w));
+  }
+  if (lin->bias) QT_TRY(upload_bf16(&c->dl, lin->bias, lin->out, &d->bias));
+  if (d->ad) {
+    int64_t r = d->ad->r;
+    QT_TRY(upload_bf16(&c->dl, d->ad->A, r * lin->in, &d->A));
+    QT_TRY(upload_bf16(&c->dl, d->ad->B, lin->out * r, &d->B));
+    QT_TRY(dev_alloc(&c->dl, r * lin->in, &d->dA));
+    QT_TRY(dev_alloc(&c->dl, lin->out * r, &d->dB));
+    QT_CUDA_CHECK(cudaMemset(d->dA, 0, (size_t)(r * lin->in) * sizeof(uint16_t)));
+    QT_CUDA_CHECK(cudaMemset(d->dB, 0, (size_t)(lin->out * r) * sizeof(uint16_t)));
+    QT_TRY(dev_alloc(&c->dl, c->N * r, &d->u));
+  }
+  return QT_OK;
+}
+
+/* Weights, batch and every buffer of the step. */
+qt_status setup(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
+                const qt_model_batch *b) {
+  const qt_model *m = c->m;
+  int64_t N = c->N, C = c->C, L = c->L;
+  dev_list *dl = &c->dl;
+  for (size_t i = 0; i < n_lora; i++) {
+    c->layers[lora[i].layer].lin[lora[i].proj].ad = &lora[i];
+    if (lora[i].r > c->rmax) c->rmax = lora[i].r;
+  }
+  int64_t max_w = 0, max_nb = 1;
+  for (int64_t l = 0; l < L; l++)
+    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      const qt_model_linear *lin = &m->layers[l].proj[p];
+      if (lin->quantized) {
+        if (lin->out * lin->in > max_w) max_w = lin->out * lin->in;
+        if (lin->q.nblocks > max_nb) max_nb = lin->q.nblocks;
+      }
+    }
+  /* weights */
+  QT_TRY(upload_bf16(dl, m->embed, c->V * C, &c->embed));
+  if (m->lm_head == m->embed)
+    c->lm_head = c->embed;
+  else
+    QT_TRY(upload_bf16(dl, m->lm_head, c->V * C, &c->lm_head));
+  QT_TRY(upload_bf16(dl, m->final_norm, C, &c->final_norm));
+  QT_TRY(upload_raw(dl, m->inv_freq, c->D / 2, &c->inv_freq));
+  for (int64_t l = 0; l < L; l++) {
+    dev_layer *ly = &c->layers[l];
+    QT_TRY(upload_bf16(dl, m->layers[l].input_norm, C, &ly->norm_in));
+    QT_TRY(upload_bf16(dl, m->layers[l].post_norm, C, &ly->norm_post));
+    for (int p = 0; p < QT_PROJ_COUNT; p++)
+      QT_TRY(upload_linear(c, &m->layers[l].proj[p], &ly->lin[p]));
+  }
+  /* batch */
+  QT_TRY(upload_raw(dl, b->ids, N, &c->ids));
+  QT_TRY(upload_raw(dl, b->targets, N, &c->targets));
+  QT_TRY(upload_raw(dl, b->pos, N, &c->pos));
+  QT_TRY(upload_raw(dl, b->doc, N, &c->doc));
+  /* saved activations */
+  int64_t BHT = c->B * c->H * c->T;
+  for (int64_t l = 0; l < L; l++) {
+    dev_layer *ly = &c->layers[l];
+    QT_TRY(dev_alloc(dl, N * C, &ly->x));
+    QT_TRY(dev_alloc(dl, N * C, &ly->n1));
+    QT_TRY(dev_alloc(dl, N, &ly->rstd1));
+    QT_TRY(dev_alloc(dl, N * c->HD, &ly->qr));
+    QT_TRY(dev_alloc(dl, N * c->KD, &ly->kr));
+    QT_TRY(dev_alloc(dl, N * c->KD, &ly->v));
+    QT_TRY(dev_alloc(dl, N * c->HD, &ly->a));
+    QT_TRY(dev_alloc(dl, BHT, &ly->lse));
+    QT_TRY(dev_alloc(dl, N * C, &ly->h));
+    QT_TRY(dev_alloc(dl, N * C, &ly->n2));
+    QT_TRY(dev_alloc(dl, N, &ly->rstd2));
+    QT_TRY(dev_alloc(dl, N * c->F, &ly->g));
+    QT_TRY(dev_alloc(dl, N * c->F, &ly->up));
+    QT_TRY(dev_alloc(dl, N * c->F, &ly->sw));
+  }
+  QT_TRY(dev_alloc(dl, N * C, &c->x_out));
+  /* forward scratch */
+  QT_TRY(dev_alloc(dl, max_w > 0 ? max_w : 1, &c->w_scratch));
+  QT_TRY(dev_alloc(dl, max_nb, &c->absmax_scratch));
+  QT_TRY(dev_alloc(dl, N * c->HD, &c->q));
+  QT_TRY(dev_alloc(dl, N * c->KD, &c->k));
+  QT_TRY(dev_alloc(dl, N * C, &c->tmp_c));
+  QT_TRY(dev_alloc(dl, N * C, &c->xf));
+  QT_TRY(dev_alloc(dl, N, &c->rstdf));
+  QT_TRY(dev_alloc(dl, N, &c->ce_lse));
+  QT_TRY(dev_alloc(dl, c->chunk * c->V, &c->logits));
+  QT_TRY(dev_alloc(dl, c->chunk * c->V, &c->dz));
+  QT_TRY(dev_alloc(dl, N, &c->rowloss));
+  QT_TRY(dev_alloc(dl, 1, &c->loss));
+  QT_TRY(dev_alloc(dl, 1, &c->count));
+  if (n_lora == 0) return QT_OK;
+  /* backward scratch */
+  QT_TRY(dev_alloc(dl, N * C, &c->dxf));
+  QT_TRY(dev_alloc(dl, N * C, &c->dX));
+  QT_TRY(dev_alloc(dl, N * C, &c->dn));
+  QT_TRY(dev_alloc(dl, N * c->F, &c->dsw));
+  QT_TRY(dev_alloc(dl, N * c->F, &c->dg));
+  QT_TRY(dev_alloc(dl, N * c->F, &c->dup));
+  QT_TRY(dev_alloc(dl, N * c->HD, &c->da));
+  QT_TRY(dev_alloc(dl, N * c->HD, &c->dqr));
+  QT_TRY(dev_alloc(dl, N * c->KD, &c->dkr));
+  QT_TRY(dev_alloc(dl, N * c->KD, &c->dv));
+  QT_TRY(dev_alloc(dl, N * c->HD, &c->dq));
+  QT_TRY(dev_alloc(dl, N * c->KD, &c->dk));
+  QT_TRY(dev_alloc(dl, N * c->rmax, &c->du_lora));
+  QT_TRY(dev_alloc(dl, BHT, &c->delta));
+  return QT_OK;
+}
+
+/* The fp32 absmax of a quantized linear: stored, or decompressed from the
+ * double quantization into the scratch (as model.c fill_weight on the CPU). */
+qt_status linear_absmax(run_ctx *c, const dev_linear *d, const float **am) {
+  const qt_quant_weight *q = &d->lin->q;
+  if (!q->nested) {
+    *am = d->absmax;
+    return QT_OK;
+  }
+  QT_TRY(qt_quant_dq_decompress_cuda(d->code, d->qabsmax, d->nested_absmax, q->offset,
+                                     q->nblocks, c->absmax_scratch, NULL));
+  *am = c->absmax_scratch;
+  return QT_OK;
+}
+
+/* y (N, out) = x W^T (+ bias) (+ scale B (A x), saving A x). */
+qt_status linear_forward(run_ctx *c, dev_linear *d, uint16_t *y, const uint16_t *x) {
+  const qt_model_linear *lin = d->lin;
+  if (lin->quantized) {
+    const float *am = NULL;
+    QT_TRY(linear_absmax(c, d, &am));
+    QT_TRY(qt_op_linear4_forward_cuda(y, c->w_scratch, x, lin->q.type, d->packed, am,
+                                      lin->q.blocksize, d->bias, c->N, lin->in, lin->out, c->g,
+                                      NULL));
+  } else {
+    QT_TRY(qt_op_linear_forward_cuda(y, x, d->w, d->bias, c->N, lin->in, lin->out, c->g, NULL));
+  }
+  if (d->ad)
+    QT_TRY(qt_op_lora_forward_cuda(y, d->u, NULL, x, NULL, 1.0, d->A, d->B, c->scale, c->N,
+                                   lin->in, lin->out, d->ad->r, c->g, NULL));
+  return QT_OK;
+}
+
+/* dx (N, in) (+)= dy W (+ the LoRA path), dA, dB += their gradients; x is
+ * the forward input (the LoRA's xd without dropout). */
+qt_status linear_backward(run_ctx *c, dev_linear *d, uint16_t *dx, int acc, const uint16_t *dy,
+                          const uint16_t *x) {
+  const qt_model_linear *lin = d->lin;
+  if (lin->quantized) {
+    const float *am = NULL;
+    QT_TRY(linear_absmax(c, d, &am));
+    QT_TRY(qt_op_linear4_backward_cuda(dx, acc, c->w_scratch, dy, lin->q.type, d->packed, am,
+                                       lin->q.blocksize, c->N, lin->in, lin->out, c->g, NULL));
+  } else {
+    QT_TRY(qt_op_linear_backward_cuda(dx, acc, dy, d->w, c->N, lin->in, lin->out, c->g, NULL));
+  }
+  if (d->ad)
+    QT_TRY(qt_op_lora_backward_cuda(dx, 1, d->dA, d->dB, c->du_lora, NULL, dy, x, d->u, NULL,
+                                    1.0, d->A, d->B, c->scale, c->N, lin->in, lin->out,
+                                    d->ad->r, c->g, NULL));
+  return QT_OK;
+}
+
+/* model.c decoder_layer, forward: out (N, C) from ly->x. */
+qt_status layer_forward(run_ctx *c, dev_layer *ly, uint16_t *out) {
+  int64_t N = c->N, C = c->C;
+  QT_TRY(qt_op_rmsnorm_forward_cuda(ly->n1, ly->rstd1, ly->x, ly->norm_in, c->eps, N, C, NULL));
+  QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_Q], c->q, ly->n1));
+  QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_K], c->k, ly->n1));
+  QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_V], ly->v, ly->n1));
+  QT_TRY(qt_op_rope_forward_cuda(ly->qr, c->q, c->pos, c->inv_freq, N, c->H, c->D, NULL));
+  QT_TRY(qt_op_rope_forward_cuda(ly->kr, c->k, c->pos, c->inv_freq, N, c->K, c->D, NULL));
+  QT_TRY(qt_op_attention_forward_cuda(ly->a, ly->lse, ly->qr, ly->kr, ly->v, c->doc, c->B, c->T,
+                                      c->H, c->K, c->D, NULL));
+  QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_O], c->tmp_c, ly->a));
+  QT_TRY(qt_op_add_forward_cuda(ly->h, ly->x, c->tmp_c, N * C, NULL));
+  QT_TRY(qt_op_rmsnorm_forward_cuda(ly->n2, ly->rstd2, ly->h, ly->norm_post, c->eps, N, C, NULL));
+  QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_GATE], ly->g, ly->n2));
+  QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_UP], ly->up, ly->n2));
+  QT_TRY(qt_op_swiglu_forward_cuda(ly->sw, ly->g, ly->up, N * c->F, NULL));
+  QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_DOWN], c->tmp_c, ly->sw));
+  return qt_op_add_forward_cuda(out, ly->h, c->tmp_c, N * C, NULL);
+}
+
+/* Backward of one layer: c->dX holds d(out) on entry and d(ly->x) on exit
+ * (both residual adds pass the gradient through unchanged). */
+qt_status layer_backward(run_ctx *c, dev_layer *ly) {
+  int64_t N = c->N, C = c->C;
+  /* out = h + down(swiglu(gate(n2), up(n2))) */
+  QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_DOWN], c->dsw, 0, c->dX, ly->sw));
+  QT_TRY(qt_op_swiglu_backward_cuda(c->dg, c->dup, 0, c->dsw, ly->g, ly->up, N * c->F, NULL));
+  QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_GATE], c->dn, 0, c->dg, ly->n2));
+  QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_UP], c->dn, 1, c->dup, ly->n2));
+  QT_TRY(qt_op_rmsnorm_backward_cuda(c->dX, 1, c->dn, ly->h, ly->norm_post, ly->rstd2, N, C,
+                                     NULL));
+  /* h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))) */
+  QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_O], c->da, 0, c->dX, ly->a));
+  QT_TRY(qt_op_attention_backward_cuda(c->dqr, c->dkr, c->dv, 0, c->delta, c->da, ly->lse,
+                                       ly->qr, ly->kr, ly->v, c->doc, c->B, c->T, c->H, c->K,
+                                       c->D, NULL));
+  QT_TRY(qt_op_rope_backward_cuda(c->dq, 0, c->dqr, c->pos, c->inv_freq, N, c->H, c->D, NULL));
+  QT_TRY(qt_op_rope_backward_cuda(c->dk, 0, c->dkr, c->pos, c->inv_freq, N, c->K, c->D, NULL));
+  QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_Q], c->dn, 0, c->dq, ly->n1));
+  QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_K], c->dn, 1, c->dk, ly->n1));
+  QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_V], c->dn, 1, c->dv, ly->n1));
+  return qt_op_rmsnorm_backward_cuda(c->dX, 1, c->dn, ly->x, ly->norm_in, ly->rstd1, N, C, NULL);
+}
+
+qt_status run(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
+              const qt_model_batch *b, double dloss, double *loss_sum, int64_t *count) {
+  int64_t N = c->N, C = c->C, L = c->L;
+  QT_TRY(qt_gemm_cuda_create(&c->g, (size_t)32 << 20));
+  QT_TRY(setup(c, lora, n_lora, b));
+  /* forward */
+  QT_TRY(qt_op_embedding_forward_cuda(c->layers[0].x, c->ids, c->embed, N, C, c->V, NULL));
+  for (int64_t l = 0; l < L; l++)
+    QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out));
+  QT_TRY(qt_op_rmsnorm_forward_cuda(c->xf, c->rstdf, c->x_out, c->final_norm, c->eps, N, C,
+                                    NULL));
+  QT_TRY(qt_op_cross_entropy_forward_cuda(c->loss, c->count, c->ce_lse, c->rowloss, c->logits,
+                                          c->chunk, c->xf, c->lm_head, c->targets, N, C, c->V,
+                                          c->g, NULL));
+  QT_CUDA_CHECK(cudaMemcpy(loss_sum, c->loss, sizeof(double), cudaMemcpyDeviceToHost));
+  QT_CUDA_CHECK(cudaMemcpy(count, c->count, sizeof(int64_t), cudaMemcpyDeviceToHost));
+  if (n_lora == 0) return QT_OK;
+  /* backward: loss -> final norm -> layers, last first */
+  QT_TRY(qt_op_cross_entropy_backward_cuda(c->dxf, 0, c->logits, c->dz, c->chunk, dloss,
+                                           c->ce_lse, c->xf, c->lm_head, c->targets, N, C, c->V,
+                                           c->g, NULL));
+  QT_TRY(qt_op_rmsnorm_backward_cuda(c->dX, 0, c->dxf, c->x_out, c->final_norm, c->rstdf, N, C,
+                                     NULL));
+  for (int64_t l = L - 1; l >= 0; l--) QT_TRY(layer_backward(c, &c->layers[l]));
+  for (size_t i = 0; i < n_lora; i++) {
+    const dev_linear *d = &c->layers[lora[i].layer].lin[lora[i].proj];
+    QT_TRY(download_bf16(d->dA, lora[i].r * d->lin->in, lora[i].dA));
+    QT_TRY(download_bf16(d->dB, d->lin->out * lora[i].r, lora[i].dB));
+  }
+  QT_CUDA_CHECK(cudaDeviceSynchronize());
+  return QT_OK;
+}
+
+}  // namespace
+
+extern "C" qt_status qt_model_forward_backward_cuda(const qt_model *m,
+                                                    const qt_model_cuda_lora *lora,
+                                                    size_t n_lora, double scale,
+                                                    const qt_model_batch *b, double dloss,
+                                                    double *loss_sum, int64_t *count) {
+  QT_ASSERT(m && b && loss_sum && count && (lora || n_lora == 0));
+  *loss_sum = 0;
+  *count = 0;
+  QT_TRY(check_inputs(m, lora, n_lora, b));
+  run_ctx c;
+  memset(&c, 0, sizeof c);
+  c.m = m;
+  c.B = b->B;
+  c.T = b->T;
+  c.N = b->B * b->T;
+  c.C = m->C;
+  c.H = m->H;
+  c.K = m->K;
+  c.D = m->D;
+  c.F = m->F;
+  c.V = m->V;
+  c.L = m->L;
+  c.HD = m->H * m->D;
+  c.KD = m->K * m->D;
+  c.chunk = c.N < 256 ? c.N : 256;
+  c.eps = m->cfg.rms_norm_eps;
+  c.scale = scale;
+  c.layers = (dev_layer *)calloc((size_t)m->L, sizeof(dev_layer));
+  if (!c.layers) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld layers",
+                                (long long)m->L);
+  qt_status s = run(&c, lora, n_lora, b, dloss, loss_sum, count);
+  /* Let queued work finish before freeing what it reads (a no-op after a
+   * successful run; after a failure its own error is the one reported). */
+  cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess && s == QT_OK) s = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaDeviceSynchronize");
+  qt_status sg = qt_gemm_cuda_free(c.g);
+  qt_status sf = dev_list_free(&c.dl);
+  free(c.layers);
+  if (s == QT_OK) s = sg != QT_OK ? sg : sf;
+  return s;
+}

@@ -1,0 +1,249 @@
+/* End-to-end GPU step against the CPU tape: stories260K (NF4, blocksize 64,
+ * double quantization), LoRA r 4 on all seven projections of every layer with
+ * a nonzero B (Philox, bf16-exact), no dropout, one packed batch of 2 rows x 64
+ * tokens holding 3 documents (row 0: two documents, positions restarting at the
+ * second; row 1: one document whose first tokens are prompt, label -100).
+ * qt_model_forward_backward_cuda (model/model_cuda.h) vs
+ * qt_model_forward_backward (model.h, fp32 tape), same weights, LoRA, batch and
+ * dloss = 1 / count. Label `cuda`; exits 77 without a GPU (tools/gpu_suite.sh
+ * runs it on a GPU machine).
+ *
+ * Tolerances. The GPU stores weights, activations and gradients in bf16 and
+ * rounds every op output once (relative error <= 2^-9, ~2^-9 / sqrt(3) rms,
+ * autograd/ops_cuda.h); the CPU stays fp32 throughout. One decoder layer has
+ * ~15 forward roundings on the path to the next layer's input (norm, q/k/v,
+ * rope, attention, o, residual add, norm, gate/up, silu, product, down, add,
+ * LoRA u), 5 layers + final norm ~80; random-signed, they add to
+ * sqrt(80) * 2^-9 / sqrt(3) ~ 1% relative rms error of the last hidden state,
+ * and weights (embedding = tied lm_head, norms, dequantized 4-bit weights)
+ * rounded to bf16 add a fixed ~0.1%. Backward roughly doubles the count of
+ * roundings per gradient. Hence:
+ *  - loss (summed CE over 116 targets): relative 1e-2. The logits' errors
+ *    (~1% of |z|) partly cancel in logsumexp - z_target and across targets;
+ *    dropping one target (~1/116 = 0.9% of the sum, nearly the budget) or an
+ *    unmasked document (a different context) shows up as well.
+ *  - each LoRA gradient (dA, dB of 35 modules): NMSE = |g - c|^2 / |c|^2 <
+ *    1e-3 (rms relative error ~3%: 2-3x the ~1-1.5% expected from the rounding
+ *    counts above) and cosine similarity > 0.999; a wrong transpose, scale,
+ *    mask, missing gradient path or layer order gives NMSE ~ 1 (or > 1e-1).
+ *  - whole-gradient NMSE (all tensors together) < 1e-3 as well, and all
+ *    values finite (NaN or inf fails). The target count must be equal. */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/half.h"
+#include "common/philox.h"
+#include "data/tokenizer.h"
+#include "lora/lora.h"
+#include "model/model.h"
+#include "model/model_cuda.h"
+
+#define STORIES QLORA_SHARED_DIR "/data/stories260K"
+
+enum { BATCH_B = 2, BATCH_T = 64, RANK = 4 };
+
+static const double TOL_LOSS_REL = 1e-2;
+static const double TOL_NMSE = 1e-3;
+static const double TOL_COS = 0.999;
+
+static int failures;
+
+#define OK(call)                                                                         \
+  do {                                                                                   \
+    qt_status s_ = (call);                                                               \
+    if (s_ != QT_OK) {                                                                   \
+      fprintf(stderr, "%s:%d: %s failed (status %d)\n", __FILE__, __LINE__, #call, (int)s_); \
+      exit(1);                                                                           \
+    }                                                                                    \
+  } while (0)
+
+static void check(int cond, const char *what) {
+  if (!cond) {
+    fprintf(stderr, "FAIL: %s\n", what);
+    failures++;
+  }
+}
+
+/* Token ids of text (BOS first); exits when shorter than need. */
+static void encode(qt_tokenizer *tok, const char *text, size_t need, qt_token_ids *v) {
+  OK(qt_tokenizer_encode(tok, text, strlen(text), QT_TOK_ADD_BOS, v));
+  if (v->n < need) {
+    fprintf(stderr, "test text gives %zu tokens, need %zu\n", v->n, need);
+    exit(1);
+  }
+}
+
+/* The packed batch: row 0 = document 0 (40 tokens) + document 1 (24 tokens),
+ * row 1 = document 2 (64 tokens, its first 10 labels -100 as a prompt). */
+static void make_batch(int32_t *ids, int32_t *labels, int32_t *pos, int32_t *doc) {
+  static const char *const text[3] = {
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in "
+      "the park with her big red ball. One day, she saw a small dog under a tree. The dog "
+      "was sad because it was lost.",
+      "Tom had a toy car. He liked to drive it on the floor of his room. His mom said it "
+      "was time for bed, so Tom put the car in the box and went to sleep.",
+      "The sun was shining and the birds were singing. Ben and his sister went to the beach "
+      "to build a big sand castle. They found shells and put them on the walls. Then a "
+      "wave came and the castle fell down, but they laughed and built a new one."};
+  static const int len[3] = {40, 24, 64}, row[3] = {0, 0, 1}, start[3] = {0, 40, 0};
+  qt_tokenizer *tok = NULL;
+  OK(qt_tokenizer_load(STORIES "/tokenizer.json", &tok));
+  qt_token_ids v = {0};
+  for (int d = 0; d < 3; d++) {
+    encode(tok, text[d], (size_t)len[d], &v);
+    for (int i = 0; i < len[d]; i++) {
+      int n = row[d] * BATCH_T + start[d] + i;
+      ids[n] = v.ids[i];
+      labels[n] = (d == 2 && i < 10) ? -100 : v.ids[i];
+      pos[n] = i;
+      doc[n] = d;
+    }
+  }
+  qt_token_ids_free(&v);
+  qt_tokenizer_free(tok);
+}
+
+/* Fresh LoRA (PEFT init of A) with B from Philox, bf16-exact (as
+ * test_model_lora.c fresh_lora). */
+static qt_lora *make_lora(const qt_model *m) {
+  qt_lora_config c = {.r = RANK, .alpha = 8, .dropout = 0, .use_rslora = false,
+                      .targets = QT_LORA_ALL_LINEAR, .master_fp32 = false, .seed = 11};
+  qt_lora *l = NULL;
+  OK(qt_lora_init(m, &c, &l));
+  size_t n;
+  qt_lora_tensor *ts = qt_lora_tensors(l, &n);
+  qt_philox rng;
+  qt_philox_init(&rng, 12, 0, 0);
+  for (size_t i = 0; i < n; i++)
+    if (ts[i].is_B)
+      for (int64_t j = 0; j < ts[i].rows * ts[i].cols; j++)
+        ts[i].bf16[j] = qt_bf16_from_f32(0.3f * (2 * qt_philox_next_uniform(&rng) - 1));
+  qt_lora_sync(l);
+  return l;
+}
+
+/* NMSE = |g - c|^2 / |c|^2 and cosine of g (GPU) against c (CPU); *finite
+ * cleared on any non-finite g. Sums returned through acc (for the total). */
+static void compare(const float *g, const float *c, int64_t n, double *nmse, double *cosv,
+                    int *finite, double acc[3]) {
+  double se = 0, cc = 0, gg = 0, gc = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (!isfinite(g[i])) *finite = 0;
+    double d = (double)g[i] - (double)c[i];
+    se += d * d;
+    cc += (double)c[i] * c[i];
+    gg += (double)g[i] * g[i];
+    gc += (double)g[i] * c[i];
+  }
+  acc[0] += se;
+  acc[1] += cc;
+  acc[2] += gg;
+  *nmse = cc > 0 ? se / cc : (se > 0 ? INFINITY : 0);
+  *cosv = (cc > 0 && gg > 0) ? gc / sqrt(cc * gg) : 0;
+}
+
+int main(void) {
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    printf("no CUDA device: skipped\n");
+    return 77;
+  }
+  qt_model_load_opts lo = {.quant = QT_MODEL_QUANT_NF4, .double_quant = true, .blocksize = 64,
+                           .threads = 1};
+  qt_model *m = NULL;
+  OK(qt_model_load(STORIES, &lo, &m));
+  qt_lora *l = make_lora(m);
+
+  enum { N = BATCH_B * BATCH_T };
+  int32_t ids[N], labels[N], pos[N], doc[N], targets[N];
+  make_batch(ids, labels, pos, doc);
+  qt_model_targets_from_labels(labels, doc, BATCH_B, BATCH_T, targets);
+  int64_t expect_count = 0;
+  for (int n = 0; n < N; n++) expect_count += targets[n] != -100;
+  qt_model_batch b = {.ids = ids, .targets = targets, .pos = pos, .doc = doc, .B = BATCH_B,
+                      .T = BATCH_T};
+  double dloss = 1.0 / (double)expect_count;
+
+  /* CPU reference: the fp32 tape. */
+  qt_model_tape_opts to = {.max_B = BATCH_B, .max_T = BATCH_T, .max_lora_rank = RANK,
+                           .lora_no_dropout = true};
+  qt_model_tape *mt = NULL;
+  OK(qt_model_tape_init(m, &to, &mt));
+  OK(qt_lora_attach(l, qt_model_tape_get(mt)));
+  qt_lora_set_step(l, 0, false);
+  qt_lora_zero_grad(l);
+  qt_model_adapter ad = qt_lora_adapter(l);
+  double cpu_loss = 0;
+  int64_t cpu_count = 0;
+  OK(qt_model_forward_backward(mt, &ad, &b, true, dloss, &cpu_loss, &cpu_count));
+
+  /* GPU: one entry per adapted module (tensors come A, B per module). */
+  size_t nt;
+  qt_lora_tensor *ts = qt_lora_tensors(l, &nt);
+  check(nt == (size_t)(2 * QT_PROJ_COUNT * m->L), "LoRA on all seven projections of every layer");
+  size_t ne = nt / 2;
+  qt_model_cuda_lora *ent = calloc(ne, sizeof *ent);
+  float **gpu_grad = calloc(nt, sizeof *gpu_grad);
+  if (!ent || !gpu_grad) return 1;
+  for (size_t e = 0; e < ne; e++) {
+    const qt_lora_tensor *A = &ts[2 * e], *B = &ts[2 * e + 1];
+    if (A->is_B || !B->is_B || A->layer != B->layer || A->proj != B->proj) {
+      fprintf(stderr, "qt_lora_tensors order is not A, B per module at %zu\n", 2 * e);
+      return 1;
+    }
+    gpu_grad[2 * e] = calloc((size_t)(A->rows * A->cols), sizeof(float));
+    gpu_grad[2 * e + 1] = calloc((size_t)(B->rows * B->cols), sizeof(float));
+    if (!gpu_grad[2 * e] || !gpu_grad[2 * e + 1]) return 1;
+    ent[e] = (qt_model_cuda_lora){.layer = A->layer, .proj = A->proj, .r = A->rows,
+                                  .A = A->data, .B = B->data, .dA = gpu_grad[2 * e],
+                                  .dB = gpu_grad[2 * e + 1]};
+  }
+  double gpu_loss = 0;
+  int64_t gpu_count = 0;
+  OK(qt_model_forward_backward_cuda(m, ent, ne, qt_lora_scale(l), &b, dloss, &gpu_loss,
+                                    &gpu_count));
+
+  /* loss and count */
+  double rel = fabs(gpu_loss - cpu_loss) / fabs(cpu_loss);
+  printf("loss: cpu %.9g gpu %.9g (rel %.3g), count cpu %lld gpu %lld expected %lld\n", cpu_loss,
+         gpu_loss, rel, (long long)cpu_count, (long long)gpu_count, (long long)expect_count);
+  check(cpu_count == expect_count && gpu_count == cpu_count, "target count equal");
+  check(isfinite(gpu_loss) && rel < TOL_LOSS_REL, "loss within relative 1e-2");
+
+  /* gradients */
+  double tot[3] = {0, 0, 0}, worst_nmse = 0, worst_cos = 1;
+  int finite = 1;
+  for (size_t i = 0; i < nt; i++) {
+    double nmse, cosv;
+    compare(gpu_grad[i], ts[i].grad, ts[i].rows * ts[i].cols, &nmse, &cosv, &finite, tot);
+    if (!(nmse < TOL_NMSE) || !(cosv > TOL_COS)) {
+      fprintf(stderr, "FAIL: %s: NMSE %.3g, cosine %.6f\n", ts[i].name, nmse, cosv);
+      failures++;
+    }
+    if (!(nmse <= worst_nmse)) worst_nmse = nmse;
+    if (!(cosv >= worst_cos)) worst_cos = cosv;
+  }
+  double tot_nmse = tot[1] > 0 ? tot[0] / tot[1] : INFINITY;
+  printf("LoRA gradients (%zu tensors): worst NMSE %.3g, worst cosine %.6f, total NMSE %.3g, "
+         "|grad| cpu %.4g gpu %.4g\n", nt, worst_nmse, worst_cos, tot_nmse, sqrt(tot[1]),
+         sqrt(tot[2]));
+  check(finite, "GPU gradients finite");
+  check(tot[1] > 0, "CPU gradients nonzero");
+  check(tot_nmse < TOL_NMSE, "total gradient NMSE < 1e-3");
+
+  for (size_t i = 0; i < nt; i++) free(gpu_grad[i]);
+  free(gpu_grad);
+  free(ent);
+  qt_model_tape_free(&mt);
+  qt_lora_free(&l);
+  qt_model_free(&m);
+  if (failures) {
+    fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("ok\n");
+  return 0;
+}
