@@ -15,6 +15,10 @@
 #include "data/loader.h"
 #include "train/checkpoint.h"
 
+#ifdef QLORA_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
 static bool parse_i64(const char *s, int64_t *out) {
   char *end;
   errno = 0;
@@ -109,11 +113,20 @@ qt_status qt_session_config(qt_session *s, const qt_args *a) {
   if (!f) return qt_fail(QT_ERR_NOMEM, "out of memory");
   qt_config_write_yaml(&s->cfg, f);
   fclose(f);
-  if (s->cfg.training.device == QT_DEVICE_CUDA)
-    return qt_fail(QT_ERR_UNSUPPORTED,
-                   "%s: training.device: cuda is not available yet: the CUDA kernels exist and are tested one by "
-                   "one, but the training path runs on the CPU; use device: auto or cpu",
-                   a->config_path);
+  if (s->cfg.training.device == QT_DEVICE_CUDA) {
+#ifdef QLORA_HAVE_CUDA
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0)
+      return qt_fail(QT_ERR_UNSUPPORTED, "%s: training.device: cuda, but no CUDA device is usable here; use auto or cpu",
+                     a->config_path);
+    if (s->cfg.lora.dropout > 0)
+      return qt_fail(QT_ERR_UNSUPPORTED, "%s: training.device: cuda runs the experimental GPU path, which has no LoRA "
+                     "dropout yet; set lora.dropout: 0 or train on the CPU", a->config_path);
+#else
+    return qt_fail(QT_ERR_UNSUPPORTED, "%s: training.device: cuda, but this qlora-train was built without the CUDA "
+                   "backend (configure with -DQLORA_CUDA=ON where nvcc exists); use auto or cpu", a->config_path);
+#endif
+  }
   if (s->cfg.training.threads > 0) omp_set_num_threads((int)s->cfg.training.threads);
   return QT_OK;
 }

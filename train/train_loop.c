@@ -36,6 +36,10 @@
 #include "train/report.h"
 #include "train/session.h"
 
+#ifdef QLORA_HAVE_CUDA
+#include "model/model_cuda.h"
+#endif
+
 /* Set by SIGINT/SIGTERM; read between steps. A signal handler cannot be
  * given a context, so this one flag is process state. */
 static volatile sig_atomic_t qt_stop_requested = 0;
@@ -507,6 +511,11 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   int32_t *targets = malloc((size_t)(c->training.micro_batch_size * c->data.seq_len) * sizeof *targets);
   qt_adamw opt;
   bool opt_ok = false;
+#ifdef QLORA_HAVE_CUDA
+  qt_model_cuda_lora *cl = NULL; /* training.device cuda: one entry per adapted linear */
+  float *cgrad = NULL;           /* their gradients of one micro-batch */
+  size_t n_cl = 0;
+#endif
   qt_metrics met = {.f = NULL, .tty = isatty(2)};
   if (!numels || !params || !grads || !targets) {
     r = qt_fail(QT_ERR_NOMEM, "out of memory");
@@ -584,6 +593,35 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   }
 
   qt_model_adapter adapter = qt_lora_adapter(s->lora);
+  /* training.device: cuda — the experimental GPU path: each micro-batch's
+   * forward and backward run on the GPU (model/model_cuda.h: bf16 storage,
+   * weights uploaded per call), gradients come back to the host, and the
+   * optimizer, schedule, checkpoints and evaluation stay on the CPU. */
+  bool use_cuda = c->training.device == QT_DEVICE_CUDA;
+#ifdef QLORA_HAVE_CUDA
+  n_cl = n_par / 2;
+  if (use_cuda) {
+    cl = calloc(n_cl ? n_cl : 1, sizeof *cl);
+    cgrad = calloc((size_t)(lora_params ? lora_params : 1), sizeof *cgrad);
+    if (!cl || !cgrad) {
+      free(cl);
+      free(cgrad);
+      r = qt_fail(QT_ERR_NOMEM, "out of memory");
+      goto out_all;
+    }
+    float *g = cgrad;
+    for (size_t i = 0; i < n_cl; i++) {
+      const qt_lora_tensor *A = &ts[2 * i], *B = &ts[2 * i + 1];
+      QT_ASSERT(!A->is_B && B->is_B && A->layer == B->layer && A->proj == B->proj);
+      cl[i] = (qt_model_cuda_lora){.layer = A->layer, .proj = A->proj, .r = A->rows, .A = A->data, .B = B->data,
+                                   .dA = g, .dB = g + A->rows * A->cols};
+      g += A->rows * A->cols + B->rows * B->cols;
+    }
+    fprintf(stderr, "qlora-train: training.device cuda: forward and backward on the GPU (experimental path)\n");
+  }
+#else
+  QT_ASSERT(!use_cuda); /* refused by qt_session_config */
+#endif
   double t_start = now_s(), t_last = t_start, last_eval = NAN;
   int64_t tokens_window = 0, start_step = st.step;
   if (st.step >= total_steps) QT_LOGI("the checkpoint is already at step %lld of %lld: nothing to train",
@@ -609,7 +647,20 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       qt_model_batch mb = {.ids = b->ids, .targets = targets, .pos = b->pos, .doc = b->doc, .B = b->rows, .T = b->seq_len};
       double ls = 0;
       int64_t cnt = 0;
-      if ((r = qt_model_forward_backward(s->mt, &adapter, &mb, true, dloss, &ls, &cnt)) != QT_OK) goto out_all;
+      if (!use_cuda) {
+        if ((r = qt_model_forward_backward(s->mt, &adapter, &mb, true, dloss, &ls, &cnt)) != QT_OK) goto out_all;
+      } else {
+#ifdef QLORA_HAVE_CUDA
+        if ((r = qt_model_forward_backward_cuda(s->model, cl, n_cl, qt_lora_scale(s->lora), &mb, dloss, &ls, &cnt)) !=
+            QT_OK)
+          goto out_all;
+        for (size_t i = 0; i < n_cl; i++) { /* gradients accumulate over the micro-batches */
+          qt_lora_tensor *A = &ts[2 * i], *B = &ts[2 * i + 1];
+          for (int64_t k = 0; k < A->rows * A->cols; k++) A->grad[k] += cl[i].dA[k];
+          for (int64_t k = 0; k < B->rows * B->cols; k++) B->grad[k] += cl[i].dB[k];
+        }
+#endif
+      }
       loss_sum += ls;
       count_all += cnt;
       step_tokens += b->n_tokens;
@@ -700,6 +751,10 @@ static qt_status train_main(qt_session *s, const char *config_path) {
           (long long)st.tokens_seen, now_s() - t_start, c->output.dir);
 
 out_all:
+#ifdef QLORA_HAVE_CUDA
+  free(cl);
+  free(cgrad);
+#endif
   if (met.f) fclose(met.f);
   if (opt_ok) qt_adamw_free(&opt);
   free(numels);

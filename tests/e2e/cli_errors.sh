@@ -28,7 +28,7 @@ expect 1 "missing.jsonl" -- "$QT" "$WORK/nodata.yaml"
 expect 1 "bad.jsonl:2" -- "$QT" "$WORK/baddata.yaml"
 expect 1 "no checkpoint under output.dir" -- "$QT" export "$WORK/ok.yaml"
 expect 1 "no adapter_config.json" -- "$QT" eval "$WORK/ok.yaml" --checkpoint "$WORK"
-expect 1 "training.device: cuda is not available" -- "$QT" "$WORK/ok.yaml" --set training.device=cuda
+expect 1 "training.device: cuda, but" -- "$QT" "$WORK/ok.yaml" --set training.device=cuda
 expect 1 "data.seq_len 8192 is longer than the model's max_position_embeddings 512" -- "$QT" "$WORK/ok.yaml" --set data.seq_len=8192
 expect 1 "out of memory: arena 'autograd activations'" -- "$QT" "$WORK/ok.yaml" --set data.seq_len=512 --set training.micro_batch_size=4096
 pass "CLI errors: 16 cases with their exit status and message"
