@@ -1,7 +1,7 @@
 /* End-to-end GPU step against the CPU tape: stories260K (NF4, blocksize 64,
  * double quantization), LoRA r 4 on all seven projections of every layer with
- * a nonzero B (Philox, bf16-exact), no dropout, one packed batch of 2 rows x 64
- * tokens holding 3 documents (row 0: two documents, positions restarting at the
+ * a nonzero B (Philox, in +-0.05, bf16-exact), no dropout, one packed batch of
+ * 2 rows x 64 tokens holding 3 documents (row 0: two documents, positions restarting at the
  * second; row 1: one document whose first tokens are prompt, label -100).
  * qt_model_forward_backward_cuda (model/model_cuda.h) vs
  * qt_model_forward_backward (model.h, fp32 tape), same weights, LoRA, batch and
@@ -9,25 +9,33 @@
  * runs it on a GPU machine).
  *
  * Tolerances. The GPU stores weights, activations and gradients in bf16 and
- * rounds every op output once (relative error <= 2^-9, ~2^-9 / sqrt(3) rms,
- * autograd/ops_cuda.h); the CPU stays fp32 throughout. One decoder layer has
- * ~15 forward roundings on the path to the next layer's input (norm, q/k/v,
- * rope, attention, o, residual add, norm, gate/up, silu, product, down, add,
- * LoRA u), 5 layers + final norm ~80; random-signed, they add to
- * sqrt(80) * 2^-9 / sqrt(3) ~ 1% relative rms error of the last hidden state,
- * and weights (embedding = tied lm_head, norms, dequantized 4-bit weights)
- * rounded to bf16 add a fixed ~0.1%. Backward roughly doubles the count of
- * roundings per gradient. Hence:
- *  - loss (summed CE over 116 targets): relative 1e-2. The logits' errors
- *    (~1% of |z|) partly cancel in logsumexp - z_target and across targets;
- *    dropping one target (~1/116 = 0.9% of the sum, nearly the budget) or an
- *    unmasked document (a different context) shows up as well.
- *  - each LoRA gradient (dA, dB of 35 modules): NMSE = |g - c|^2 / |c|^2 <
- *    1e-3 (rms relative error ~3%: 2-3x the ~1-1.5% expected from the rounding
- *    counts above) and cosine similarity > 0.999; a wrong transpose, scale,
- *    mask, missing gradient path or layer order gives NMSE ~ 1 (or > 1e-1).
- *  - whole-gradient NMSE (all tensors together) < 1e-3 as well, and all
- *    values finite (NaN or inf fails). The target count must be equal. */
+ * rounds every op output (and a few intermediates: RMSNorm's x * rstd, silu,
+ * LoRA's u) once, <= 2^-9 relative each (autograd/ops_cuda.h); the CPU tape is
+ * fp32 throughout and dequantizes the 4-bit weights to fp32, not bf16. Over 5
+ * layers these roundings do not stay at the 2^-9 level: attention softmaxes
+ * and the residual stream amplify them. The bounds were set from a CPU
+ * emulation of this exact call sequence (model_cuda.cu linked against
+ * ops_cuda.h stand-ins that run the CPU ops and round every output to bf16,
+ * plus the roundings above; not part of the build):
+ *  - without any bf16 rounding (fp32 stand-ins, dense bf16-exact weights) the
+ *    sequence reproduces the tape: loss rel 2.7e-9, worst gradient NMSE 3.6e-6
+ *    (the final bf16 rounding of the gradients): the call order is right; with
+ *    the 4-bit weights dequantized to bf16 as the only rounding: worst NMSE
+ *    9e-4;
+ *  - with the roundings, this batch and LoRA: loss rel 1.9e-3, worst per-tensor
+ *    NMSE 8.4e-3 (cosine 0.9958), all-tensor NMSE 2.0e-3. The error grows
+ *    steeply with the LoRA's size: B uniform in +-0.3 (scale 2) drives the
+ *    model to chaos (loss 6.9 nats/token, above uniform) and the same
+ *    roundings give per-tensor NMSE 0.2, so B is drawn in +-0.05 (the branch
+ *    ~7% of the base output, loss 1.44 nats/token: the regime of fine-tuning).
+ * Bounds, about 4x the emulated values: loss relative 1e-2; per tensor NMSE
+ * (|g - c|^2 / |c|^2) < 3e-2 and cosine > 0.985; all tensors together NMSE <
+ * 8e-3; every value finite; the target count equal. What they catch (same
+ * emulation, injected bugs): dropping LoRA's contribution to dx (worst NMSE
+ * 0.13, total 0.03), swapping SwiGLU's dgate/dup (NMSE 31), dropping the
+ * residual gradient at one norm (1.2), RoPE backward at the wrong positions
+ * (3.7). A tighter bound (NMSE 1e-3, cosine 0.999) fails the emulated bf16
+ * step itself. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -46,8 +54,9 @@
 enum { BATCH_B = 2, BATCH_T = 64, RANK = 4 };
 
 static const double TOL_LOSS_REL = 1e-2;
-static const double TOL_NMSE = 1e-3;
-static const double TOL_COS = 0.999;
+static const double TOL_NMSE = 3e-2;
+static const double TOL_COS = 0.985;
+static const double TOL_NMSE_ALL = 8e-3;
 
 static int failures;
 
@@ -106,8 +115,8 @@ static void make_batch(int32_t *ids, int32_t *labels, int32_t *pos, int32_t *doc
   qt_tokenizer_free(tok);
 }
 
-/* Fresh LoRA (PEFT init of A) with B from Philox, bf16-exact (as
- * test_model_lora.c fresh_lora). */
+/* Fresh LoRA (PEFT init of A, alpha 8: scale 2) with B uniform in +-0.05 from
+ * Philox, bf16-exact (as test_model_lora.c fresh_lora; amplitude: see above). */
 static qt_lora *make_lora(const qt_model *m) {
   qt_lora_config c = {.r = RANK, .alpha = 8, .dropout = 0, .use_rslora = false,
                       .targets = QT_LORA_ALL_LINEAR, .master_fp32 = false, .seed = 11};
@@ -120,7 +129,7 @@ static qt_lora *make_lora(const qt_model *m) {
   for (size_t i = 0; i < n; i++)
     if (ts[i].is_B)
       for (int64_t j = 0; j < ts[i].rows * ts[i].cols; j++)
-        ts[i].bf16[j] = qt_bf16_from_f32(0.3f * (2 * qt_philox_next_uniform(&rng) - 1));
+        ts[i].bf16[j] = qt_bf16_from_f32(0.05f * (2 * qt_philox_next_uniform(&rng) - 1));
   qt_lora_sync(l);
   return l;
 }
@@ -232,7 +241,7 @@ int main(void) {
          sqrt(tot[2]));
   check(finite, "GPU gradients finite");
   check(tot[1] > 0, "CPU gradients nonzero");
-  check(tot_nmse < TOL_NMSE, "total gradient NMSE < 1e-3");
+  check(tot_nmse < TOL_NMSE_ALL, "all-tensor gradient NMSE < 8e-3");
 
   for (size_t i = 0; i < nt; i++) free(gpu_grad[i]);
   free(gpu_grad);
