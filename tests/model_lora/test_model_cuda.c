@@ -243,6 +243,34 @@ int main(void) {
   check(tot[1] > 0, "CPU gradients nonzero");
   check(tot_nmse < TOL_NMSE_ALL, "all-tensor gradient NMSE < 8e-3");
 
+  /* Forward only (no LoRA): the base model's loss against the tape's. */
+  double cpu_base = 0, gpu_base = 0;
+  int64_t cpu_bc = 0, gpu_bc = 0;
+  OK(qt_model_forward_backward(mt, NULL, &b, false, dloss, &cpu_base, &cpu_bc));
+  OK(qt_model_forward_backward_cuda(m, NULL, 0, 0.0, &b, dloss, &gpu_base, &gpu_bc));
+  double rel_base = fabs(gpu_base - cpu_base) / fabs(cpu_base);
+  printf("base model loss: cpu %.9g gpu %.9g (rel %.3g)\n", cpu_base, gpu_base, rel_base);
+  check(gpu_bc == cpu_bc && cpu_bc == expect_count, "forward-only target count equal");
+  check(isfinite(gpu_base) && rel_base < TOL_LOSS_REL, "forward-only loss within relative 1e-2");
+  /* The LoRA moves the loss by ~10% here (150.7 -> 167.5 nats): well beyond
+   * the loss tolerance, so a GPU step that ignored the LoRA would fail. */
+  check(fabs(cpu_base - cpu_loss) > 3 * TOL_LOSS_REL * fabs(cpu_loss),
+        "the LoRA changes the loss by more than 3x the tolerance");
+
+  /* Refused inputs: a token outside the vocabulary, two entries for one linear. */
+  int32_t bad_ids[N];
+  memcpy(bad_ids, ids, sizeof bad_ids);
+  bad_ids[N - 1] = (int32_t)m->V;
+  qt_model_batch bad = b;
+  bad.ids = bad_ids;
+  double x_loss;
+  int64_t x_count;
+  check(qt_model_forward_backward_cuda(m, NULL, 0, 0.0, &bad, dloss, &x_loss, &x_count) ==
+            QT_ERR_INVALID, "token id V refused");
+  qt_model_cuda_lora dup[2] = {ent[0], ent[0]};
+  check(qt_model_forward_backward_cuda(m, dup, 2, 1.0, &b, dloss, &x_loss, &x_count) ==
+            QT_ERR_INVALID, "duplicate LoRA entry refused");
+
   for (size_t i = 0; i < nt; i++) free(gpu_grad[i]);
   free(gpu_grad);
   free(ent);
