@@ -20,7 +20,8 @@
  * absmax, or codes + 8-bit absmax + nested absmax + map when double
  * quantized) and are dequantized to bf16 scratch for each use (forward, and
  * again for dx in backward), as the CPU tape does in fp32. LoRA A and B are
- * uploaded as bf16 (they are bf16-stored: lora.h `data` is exact in bf16).
+ * uploaded as bf16 (exact for lora.h `data` synced from bf16 storage; fp32
+ * master values are rounded).
  *
  * Memory: this is the reference / test path, not the training path: every
  * buffer is its own cudaMalloc, made and freed within the call, and every
