@@ -192,7 +192,18 @@ void qt_lora_set_step(qt_lora *l, uint64_t step, bool training) {
   l->training = training;
 }
 
-/* The keep mask (N, In) of (step, layer, proj): 1 with probability 1 - p. */
+/* The keep mask (n = N * In bytes) of (step, layer, proj): 1 with probability
+ * 1 - p. The one definition of the mask: the tape hook (branch) and
+ * qt_lora_dropout_mask (the GPU path) both draw through here. */
+static void fill_mask(const qt_lora *l, int layer, qt_proj p, int64_t n, uint8_t *m) {
+  qt_philox rng;
+  qt_philox_init(&rng, mix64(l->cfg.seed ^ mix64(l->step + 0x9E3779B97F4A7C15ull)),
+                 module_stream(layer, p), 0);
+  float pdrop = (float)l->cfg.dropout;
+  for (int64_t i = 0; i < n; i++) m[i] = qt_philox_next_uniform(&rng) > pdrop ? 1 : 0;
+}
+
+/* The hook's mask buffer of (layer, proj), grown to N * In, filled. */
 static qt_status dropout_mask(qt_lora *l, int layer, qt_proj p, int64_t N, int64_t In,
                               const uint8_t **mask) {
   int64_t n = N * In;
@@ -204,12 +215,24 @@ static qt_status dropout_mask(qt_lora *l, int layer, qt_proj p, int64_t N, int64
     l->mask_cap[layer][p] = n;
   }
   uint8_t *m = l->mask[layer][p];
-  qt_philox rng;
-  qt_philox_init(&rng, mix64(l->cfg.seed ^ mix64(l->step + 0x9E3779B97F4A7C15ull)),
-                 module_stream(layer, p), 0);
-  float pdrop = (float)l->cfg.dropout;
-  for (int64_t i = 0; i < n; i++) m[i] = qt_philox_next_uniform(&rng) > pdrop ? 1 : 0;
+  fill_mask(l, layer, p, n, m);
   *mask = m;
+  return QT_OK;
+}
+
+qt_status qt_lora_dropout_mask(const qt_lora *l, int layer, qt_proj proj, int64_t N, uint8_t *mask,
+                               double *keep_scale, bool *has) {
+  QT_ASSERT(l && keep_scale && has && N >= 0 && (mask || N == 0));
+  *has = false;
+  *keep_scale = 1.0;
+  if (layer < 0 || layer >= l->L || (int)proj < 0 || (int)proj >= QT_PROJ_COUNT)
+    return qt_fail(QT_ERR_INVALID, "lora: no module (layer %d, proj %d) in a %lld-layer model",
+                   layer, (int)proj, (long long)l->L);
+  int32_t k = l->idx[layer][proj];
+  if (k < 0 || !l->training || !(l->cfg.dropout > 0)) return QT_OK;
+  fill_mask(l, layer, proj, N * l->t[k].cols, mask);
+  *keep_scale = 1.0 / (1.0 - l->cfg.dropout);
+  *has = true;
   return QT_OK;
 }
 

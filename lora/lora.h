@@ -88,6 +88,16 @@ qt_status qt_lora_attach(qt_lora *l, qt_tape *t);
 /* Dropout key for the next recordings: step (the optimizer step or micro-step
  * counter) and training (false: no dropout, as model.eval()). */
 void qt_lora_set_step(qt_lora *l, uint64_t step, bool training);
+/* The dropout keep mask (N, in) of module (layer, proj) for the current
+ * qt_lora_set_step state, exactly the one the hook hands the tape for a
+ * recording of N tokens (same Philox key and subsequence; for a GPU path that
+ * must drop what the CPU path drops). When the module is adapted, training is
+ * on and dropout > 0: mask (N * in bytes, caller-owned; in = the module's in
+ * features) is filled with 0/1, *keep_scale = 1 / (1 - dropout), *has = true.
+ * Otherwise mask is untouched, *keep_scale = 1, *has = false. Errors:
+ * QT_ERR_INVALID (layer or proj out of range). */
+qt_status qt_lora_dropout_mask(const qt_lora *l, int layer, qt_proj proj, int64_t N, uint8_t *mask,
+                               double *keep_scale, bool *has);
 /* The hook qt_model_* calls; valid while l lives (after qt_lora_attach). */
 qt_model_adapter qt_lora_adapter(qt_lora *l);
 
