@@ -1,7 +1,10 @@
 /* model/model_cuda.cu — the decoder's forward + backward with LoRA on the GPU,
  * op by op (model_cuda.h documents the contract; model.c decoder_layer is the
  * CPU recording this mirrors). No kernels of its own: every op is a call of
- * autograd/ops_cuda.h (bf16 storage, fp32 arithmetic) on the default stream. */
+ * autograd/ops_cuda.h (bf16 storage, fp32 arithmetic) on the default stream.
+ * qt_model_cuda_init uploads the weights and allocates every buffer once;
+ * qt_model_cuda_forward_backward only copies the batch and the LoRA in and the
+ * gradients out. */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,11 +18,11 @@ extern "C" {
 
 namespace {
 
-/* Every device buffer of one call, freed together (the test path; the
- * training loop will take these from arenas). */
+/* Every device buffer of a context, freed together. */
 struct dev_list {
   void **p;
   size_t n, cap;
+  size_t bytes;                /* total allocated */
 };
 
 qt_status dev_alloc_bytes(dev_list *dl, size_t bytes, void **out) {
@@ -34,6 +37,7 @@ qt_status dev_alloc_bytes(dev_list *dl, size_t bytes, void **out) {
   void *d = NULL;
   QT_CUDA_CHECK(cudaMalloc(&d, bytes ? bytes : 1));
   dl->p[dl->n++] = d;
+  dl->bytes += bytes ? bytes : 1;
   *out = d;
   return QT_OK;
 }
@@ -47,17 +51,14 @@ qt_status dev_alloc(dev_list *dl, int64_t count, T **out) {
   return QT_OK;
 }
 
-/* Frees every buffer; the first failure, or QT_OK. */
-qt_status dev_list_free(dev_list *dl) {
-  qt_status s = QT_OK;
-  for (size_t i = 0; i < dl->n; i++) {
-    cudaError_t e = cudaFree(dl->p[i]);
-    if (e != cudaSuccess && s == QT_OK) s = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaFree");
-  }
+/* Frees every buffer (errors ignored: after a sticky CUDA error the first
+ * failure was already reported). */
+void dev_list_free(dev_list *dl) {
+  for (size_t i = 0; i < dl->n; i++) (void)cudaFree(dl->p[i]);
   free(dl->p);
   dl->p = NULL;
   dl->n = dl->cap = 0;
-  return s;
+  dl->bytes = 0;
 }
 
 template <typename T>
@@ -67,45 +68,50 @@ qt_status upload_raw(dev_list *dl, const T *h, int64_t count, T **out) {
   return QT_OK;
 }
 
-/* fp32 host -> bf16 device (round to nearest even, common/half.h). */
+/* fp32 host -> bf16 device d (round to nearest even, common/half.h) through
+ * the host staging buffer stage (>= count values). */
+qt_status copy_bf16_in(uint16_t *d, const float *h, int64_t count, uint16_t *stage) {
+  qt_bf16_from_f32_n(stage, h, (size_t)count);
+  QT_CUDA_CHECK(cudaMemcpy(d, stage, (size_t)count * sizeof(uint16_t), cudaMemcpyHostToDevice));
+  return QT_OK;
+}
+
+/* fp32 host -> a new bf16 device buffer (weights, at init). */
 qt_status upload_bf16(dev_list *dl, const float *h, int64_t count, uint16_t **out) {
   QT_TRY(dev_alloc(dl, count, out));
   uint16_t *tmp = (uint16_t *)malloc((size_t)count * sizeof(uint16_t) + 1);
   if (!tmp) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld bf16 staging values",
                            (long long)count);
-  qt_bf16_from_f32_n(tmp, h, (size_t)count);
-  cudaError_t e = cudaMemcpy(*out, tmp, (size_t)count * sizeof(uint16_t), cudaMemcpyHostToDevice);
+  qt_status s = copy_bf16_in(*out, h, count, tmp);
   free(tmp);
-  if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemcpy (bf16 upload)");
+  return s;
+}
+
+/* bf16 device -> fp32 host through the staging buffer. */
+qt_status download_bf16(const uint16_t *d, int64_t count, float *h, uint16_t *stage) {
+  QT_CUDA_CHECK(cudaMemcpy(stage, d, (size_t)count * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  qt_bf16_to_f32_n(h, stage, (size_t)count);
   return QT_OK;
 }
 
-/* bf16 device -> fp32 host. */
-qt_status download_bf16(const uint16_t *d, int64_t count, float *h) {
-  uint16_t *tmp = (uint16_t *)malloc((size_t)count * sizeof(uint16_t) + 1);
-  if (!tmp) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld bf16 staging values",
-                           (long long)count);
-  cudaError_t e = cudaMemcpy(tmp, d, (size_t)count * sizeof(uint16_t), cudaMemcpyDeviceToHost);
-  if (e == cudaSuccess) qt_bf16_to_f32_n(h, tmp, (size_t)count);
-  free(tmp);
-  if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemcpy (bf16 download)");
-  return QT_OK;
-}
-
-/* One base linear on the device, with its LoRA when adapted. */
+/* One base linear on the device, with its LoRA buffers. */
 struct dev_linear {
   const qt_model_linear *lin;
   uint16_t *w;                 /* (out, in) bf16 when dense */
   uint8_t *packed;             /* 4-bit codes when quantized */
   float *absmax;               /* (nblocks) when quantized and not nested */
   uint8_t *qabsmax;            /* (nblocks) when nested */
-  float *nested_absmax;        /* (ceil(nblocks / 256)) when nested */
+  float *nested_absmax;        /* (ceil(nblocks / nested_blocksize)) when nested */
   float *code;                 /* (256) the nested map when nested */
   uint16_t *bias;              /* (out) or NULL */
-  const qt_model_cuda_lora *ad;/* host entry, or NULL (no LoRA) */
-  uint16_t *A, *B;             /* (r, in), (out, r) bf16 */
+  uint16_t *A, *B;             /* (max_r, in), (out, max_r) bf16; r of this call used */
   uint16_t *dA, *dB;           /* gradients, bf16, accumulated from 0 */
-  uint16_t *u;                 /* (N, r) saved A x of this layer's forward */
+  uint16_t *u;                 /* (max_N, max_r) saved A xd of this layer's forward */
+  uint8_t *mask;               /* (max_N, in) keep mask, allocated at first use */
+  uint16_t *xd;                /* (max_N, in) saved dropped input, with mask */
+  /* this call */
+  const qt_model_cuda_lora *ad;/* host entry, or NULL (no LoRA) */
+  const uint8_t *dmask;        /* mask when this call drops, else NULL */
 };
 
 struct dev_layer {
@@ -124,13 +130,21 @@ struct dev_layer {
   uint16_t *g, *up, *sw;          /* (N, F) */
 };
 
-struct run_ctx {
+}  // namespace
+
+struct qt_model_cuda {
   const qt_model *m;
-  int64_t B, T, N, C, H, K, D, F, V, L, HD, KD, chunk, rmax;
-  double eps, scale;
+  int64_t max_B, max_T, max_N, max_r, max_in;
+  /* this call */
+  int64_t B, T, N, chunk;
+  double scale;
+  int64_t C, H, K, D, F, V, L, HD, KD;
+  double eps;
   dev_list dl;
   qt_gemm_cuda *g;
   dev_layer *layers;              /* (L), host array of device pointers */
+  uint16_t *stage;                /* host staging for LoRA A, B, dA, dB (bf16) */
+  int64_t stage_n;
   uint16_t *x_out;                /* (N, C) the last layer's output */
   uint16_t *embed, *lm_head, *final_norm;
   float *inv_freq;                /* (D/2) */
@@ -147,14 +161,22 @@ struct run_ctx {
   /* backward scratch */
   uint16_t *dxf, *dX, *dn, *dsw, *dg, *dup, *da, *dqr, *dkr, *dv, *dq, *dk, *du_lora;
   float *delta;                   /* (B, H, T) */
+  uint16_t *lora_work;            /* (max_N, max_in) LoRA dropout backward, at first use */
 };
 
-qt_status check_inputs(const qt_model *m, const qt_model_cuda_lora *lora, size_t n_lora,
+namespace {
+
+qt_status check_inputs(const qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
                        const qt_model_batch *b) {
+  const qt_model *m = c->m;
   if (!b->targets) return qt_fail(QT_ERR_INVALID, "model_cuda: the batch has no targets");
   if (b->B < 1 || b->T < 1)
     return qt_fail(QT_ERR_INVALID, "model_cuda: empty batch %lld x %lld", (long long)b->B,
                    (long long)b->T);
+  if (b->B > c->max_B || b->T > c->max_T)
+    return qt_fail(QT_ERR_INVALID, "model_cuda: batch %lld x %lld exceeds the context's %lld x "
+                                   "%lld; create the context for the largest batch",
+                   (long long)b->B, (long long)b->T, (long long)c->max_B, (long long)c->max_T);
   int64_t N = b->B * b->T;
   for (int64_t n = 0; n < N; n++) {
     if (b->ids[n] < 0 || b->ids[n] >= m->V)
@@ -181,6 +203,13 @@ qt_status check_inputs(const qt_model *m, const qt_model_cuda_lora *lora, size_t
       return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entry %zu (layer %d, proj %d, r %lld) is "
                                      "not a valid adapted linear", i, e->layer, (int)e->proj,
                      (long long)e->r);
+    if (e->r > c->max_r)
+      return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entry %zu has rank %lld, above the "
+                                     "context's max_r %lld", i, (long long)e->r,
+                     (long long)c->max_r);
+    if (e->mask && !(e->keep_scale > 0))
+      return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entry %zu has a dropout mask but "
+                                     "keep_scale %g", i, e->keep_scale);
     for (size_t j = 0; j < i; j++)
       if (lora[j].layer == e->layer && lora[j].proj == e->proj)
         return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entries %zu and %zu adapt the same "
@@ -190,7 +219,9 @@ qt_status check_inputs(const qt_model *m, const qt_model_cuda_lora *lora, size_t
   return QT_OK;
 }
 
-qt_status upload_linear(run_ctx *c, const qt_model_linear *lin, dev_linear *d) {
+/* The base weight, bias and the LoRA buffers of one linear. */
+qt_status init_linear(qt_model_cuda *c, const qt_model_linear *lin, dev_linear *d) {
+  dev_list *dl = &c->dl;
   d->lin = lin;
   if (lin->quantized) {
     const qt_quant_weight *q = &lin->q;
@@ -198,43 +229,34 @@ qt_status upload_linear(run_ctx *c, const qt_model_linear *lin, dev_linear *d) {
       return qt_fail(QT_ERR_INVALID, "model_cuda: %s: 4-bit weight has %lld values, expected "
                                      "%lld x %lld", lin->name, (long long)q->n,
                      (long long)lin->out, (long long)lin->in);
-    QT_TRY(upload_raw(&c->dl, q->packed, (q->n + 1) / 2, &d->packed));
+    QT_TRY(upload_raw(dl, q->packed, (q->n + 1) / 2, &d->packed));
     if (q->nested) {
       int64_t nn = (q->nblocks + q->nested_blocksize - 1) / q->nested_blocksize;
-      QT_TRY(upload_raw(&c->dl, q->qabsmax, q->nblocks, &d->qabsmax));
-      QT_TRY(upload_raw(&c->dl, q->nested_absmax, nn, &d->nested_absmax));
-      QT_TRY(upload_raw(&c->dl, q->nested_code, 256, &d->code));
+      QT_TRY(upload_raw(dl, q->qabsmax, q->nblocks, &d->qabsmax));
+      QT_TRY(upload_raw(dl, q->nested_absmax, nn, &d->nested_absmax));
+      QT_TRY(upload_raw(dl, q->nested_code, 256, &d->code));
     } else {
-      QT_TRY(upload_raw(&c->dl, q->absmax, q->nblocks, &d->absmax));
+      QT_TRY(upload_raw(dl, q->absmax, q->nblocks, &d->absmax));
     }
   } else {
-    QT_TRY(upload_bf16(&c->dl, lin->dense, lin->out * lin->in, &d->w));
+    QT_TRY(upload_bf16(dl, lin->dense, lin->out * lin->in, &d->w));
   }
-  if (lin->bias) QT_TRY(upload_bf16(&c->dl, lin->bias, lin->out, &d->bias));
-  if (d->ad) {
-    int64_t r = d->ad->r;
-    QT_TRY(upload_bf16(&c->dl, d->ad->A, r * lin->in, &d->A));
-    QT_TRY(upload_bf16(&c->dl, d->ad->B, lin->out * r, &d->B));
-    QT_TRY(dev_alloc(&c->dl, r * lin->in, &d->dA));
-    QT_TRY(dev_alloc(&c->dl, lin->out * r, &d->dB));
-    QT_CUDA_CHECK(cudaMemset(d->dA, 0, (size_t)(r * lin->in) * sizeof(uint16_t)));
-    QT_CUDA_CHECK(cudaMemset(d->dB, 0, (size_t)(lin->out * r) * sizeof(uint16_t)));
-    QT_TRY(dev_alloc(&c->dl, c->N * r, &d->u));
-  }
+  if (lin->bias) QT_TRY(upload_bf16(dl, lin->bias, lin->out, &d->bias));
+  int64_t r = c->max_r;
+  QT_TRY(dev_alloc(dl, r * lin->in, &d->A));
+  QT_TRY(dev_alloc(dl, lin->out * r, &d->B));
+  QT_TRY(dev_alloc(dl, r * lin->in, &d->dA));
+  QT_TRY(dev_alloc(dl, lin->out * r, &d->dB));
+  QT_TRY(dev_alloc(dl, c->max_N * r, &d->u));
   return QT_OK;
 }
 
-/* Weights, batch and every buffer of the step. */
-qt_status setup(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
-                const qt_model_batch *b) {
+/* Weights and every buffer for the largest batch. */
+qt_status setup(qt_model_cuda *c) {
   const qt_model *m = c->m;
-  int64_t N = c->N, C = c->C, L = c->L;
+  int64_t N = c->max_N, C = c->C, L = c->L;
   dev_list *dl = &c->dl;
-  for (size_t i = 0; i < n_lora; i++) {
-    c->layers[lora[i].layer].lin[lora[i].proj].ad = &lora[i];
-    if (lora[i].r > c->rmax) c->rmax = lora[i].r;
-  }
-  int64_t max_w = 0, max_nb = 1;
+  int64_t max_w = 0, max_nb = 1, max_io = 1;
   for (int64_t l = 0; l < L; l++)
     for (int p = 0; p < QT_PROJ_COUNT; p++) {
       const qt_model_linear *lin = &m->layers[l].proj[p];
@@ -242,7 +264,16 @@ qt_status setup(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
         if (lin->out * lin->in > max_w) max_w = lin->out * lin->in;
         if (lin->q.nblocks > max_nb) max_nb = lin->q.nblocks;
       }
+      if (lin->in > max_io) max_io = lin->in;
+      if (lin->out > max_io) max_io = lin->out;
+      if (lin->in > c->max_in) c->max_in = lin->in;
     }
+  c->stage_n = c->max_r * max_io;
+  c->stage = (uint16_t *)malloc((size_t)c->stage_n * sizeof(uint16_t));
+  if (!c->stage)
+    return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld bf16 staging values",
+                   (long long)c->stage_n);
+  QT_TRY(qt_gemm_cuda_create(&c->g, (size_t)32 << 20));
   /* weights */
   QT_TRY(upload_bf16(dl, m->embed, c->V * C, &c->embed));
   if (m->lm_head == m->embed)
@@ -256,15 +287,15 @@ qt_status setup(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
     QT_TRY(upload_bf16(dl, m->layers[l].input_norm, C, &ly->norm_in));
     QT_TRY(upload_bf16(dl, m->layers[l].post_norm, C, &ly->norm_post));
     for (int p = 0; p < QT_PROJ_COUNT; p++)
-      QT_TRY(upload_linear(c, &m->layers[l].proj[p], &ly->lin[p]));
+      QT_TRY(init_linear(c, &m->layers[l].proj[p], &ly->lin[p]));
   }
   /* batch */
-  QT_TRY(upload_raw(dl, b->ids, N, &c->ids));
-  QT_TRY(upload_raw(dl, b->targets, N, &c->targets));
-  QT_TRY(upload_raw(dl, b->pos, N, &c->pos));
-  QT_TRY(upload_raw(dl, b->doc, N, &c->doc));
+  QT_TRY(dev_alloc(dl, N, &c->ids));
+  QT_TRY(dev_alloc(dl, N, &c->targets));
+  QT_TRY(dev_alloc(dl, N, &c->pos));
+  QT_TRY(dev_alloc(dl, N, &c->doc));
   /* saved activations */
-  int64_t BHT = c->B * c->H * c->T;
+  int64_t BHT = c->max_B * c->H * c->max_T;
   for (int64_t l = 0; l < L; l++) {
     dev_layer *ly = &c->layers[l];
     QT_TRY(dev_alloc(dl, N * C, &ly->x));
@@ -284,6 +315,7 @@ qt_status setup(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
   }
   QT_TRY(dev_alloc(dl, N * C, &c->x_out));
   /* forward scratch */
+  int64_t chunk = N < 256 ? N : 256;
   QT_TRY(dev_alloc(dl, max_w > 0 ? max_w : 1, &c->w_scratch));
   QT_TRY(dev_alloc(dl, max_nb, &c->absmax_scratch));
   QT_TRY(dev_alloc(dl, N * c->HD, &c->q));
@@ -292,12 +324,11 @@ qt_status setup(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
   QT_TRY(dev_alloc(dl, N * C, &c->xf));
   QT_TRY(dev_alloc(dl, N, &c->rstdf));
   QT_TRY(dev_alloc(dl, N, &c->ce_lse));
-  QT_TRY(dev_alloc(dl, c->chunk * c->V, &c->logits));
-  QT_TRY(dev_alloc(dl, c->chunk * c->V, &c->dz));
+  QT_TRY(dev_alloc(dl, chunk * c->V, &c->logits));
+  QT_TRY(dev_alloc(dl, chunk * c->V, &c->dz));
   QT_TRY(dev_alloc(dl, N, &c->rowloss));
   QT_TRY(dev_alloc(dl, 1, &c->loss));
   QT_TRY(dev_alloc(dl, 1, &c->count));
-  if (n_lora == 0) return QT_OK;
   /* backward scratch */
   QT_TRY(dev_alloc(dl, N * C, &c->dxf));
   QT_TRY(dev_alloc(dl, N * C, &c->dX));
@@ -311,14 +342,43 @@ qt_status setup(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
   QT_TRY(dev_alloc(dl, N * c->KD, &c->dv));
   QT_TRY(dev_alloc(dl, N * c->HD, &c->dq));
   QT_TRY(dev_alloc(dl, N * c->KD, &c->dk));
-  QT_TRY(dev_alloc(dl, N * c->rmax, &c->du_lora));
+  QT_TRY(dev_alloc(dl, N * c->max_r, &c->du_lora));
   QT_TRY(dev_alloc(dl, BHT, &c->delta));
+  return QT_OK;
+}
+
+/* This call's LoRA: A, B (and masks) in, dA, dB zeroed; every other linear plain. */
+qt_status bind_lora(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora) {
+  for (int64_t l = 0; l < c->L; l++)
+    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      c->layers[l].lin[p].ad = NULL;
+      c->layers[l].lin[p].dmask = NULL;
+    }
+  for (size_t i = 0; i < n_lora; i++) {
+    const qt_model_cuda_lora *e = &lora[i];
+    dev_linear *d = &c->layers[e->layer].lin[e->proj];
+    int64_t in = d->lin->in, out = d->lin->out, r = e->r;
+    d->ad = e;
+    QT_TRY(copy_bf16_in(d->A, e->A, r * in, c->stage));
+    QT_TRY(copy_bf16_in(d->B, e->B, out * r, c->stage));
+    QT_CUDA_CHECK(cudaMemset(d->dA, 0, (size_t)(r * in) * sizeof(uint16_t)));
+    QT_CUDA_CHECK(cudaMemset(d->dB, 0, (size_t)(out * r) * sizeof(uint16_t)));
+    if (!e->mask) continue;
+    /* Dropout buffers: made at the first masked call of this linear, kept. */
+    if (!d->mask) {
+      QT_TRY(dev_alloc(&c->dl, c->max_N * in, &d->mask));
+      QT_TRY(dev_alloc(&c->dl, c->max_N * in, &d->xd));
+    }
+    if (!c->lora_work) QT_TRY(dev_alloc(&c->dl, c->max_N * c->max_in, &c->lora_work));
+    QT_CUDA_CHECK(cudaMemcpy(d->mask, e->mask, (size_t)(c->N * in), cudaMemcpyHostToDevice));
+    d->dmask = d->mask;
+  }
   return QT_OK;
 }
 
 /* The fp32 absmax of a quantized linear: stored, or decompressed from the
  * double quantization into the scratch (as model.c fill_weight on the CPU). */
-qt_status linear_absmax(run_ctx *c, const dev_linear *d, const float **am) {
+qt_status linear_absmax(qt_model_cuda *c, const dev_linear *d, const float **am) {
   const qt_quant_weight *q = &d->lin->q;
   if (!q->nested) {
     *am = d->absmax;
@@ -330,8 +390,9 @@ qt_status linear_absmax(run_ctx *c, const dev_linear *d, const float **am) {
   return QT_OK;
 }
 
-/* y (N, out) = x W^T (+ bias) (+ scale B (A x), saving A x). */
-qt_status linear_forward(run_ctx *c, dev_linear *d, uint16_t *y, const uint16_t *x) {
+/* y (N, out) = x W^T (+ bias) (+ scale B (A xd), saving A xd and, with
+ * dropout, xd = bf16(x * mask * keep_scale)). */
+qt_status linear_forward(qt_model_cuda *c, dev_linear *d, uint16_t *y, const uint16_t *x) {
   const qt_model_linear *lin = d->lin;
   if (lin->quantized) {
     const float *am = NULL;
@@ -343,15 +404,16 @@ qt_status linear_forward(run_ctx *c, dev_linear *d, uint16_t *y, const uint16_t 
     QT_TRY(qt_op_linear_forward_cuda(y, x, d->w, d->bias, c->N, lin->in, lin->out, c->g, NULL));
   }
   if (d->ad)
-    QT_TRY(qt_op_lora_forward_cuda(y, d->u, NULL, x, NULL, 1.0, d->A, d->B, c->scale, c->N,
-                                   lin->in, lin->out, d->ad->r, c->g, NULL));
+    QT_TRY(qt_op_lora_forward_cuda(y, d->u, d->dmask ? d->xd : NULL, x, d->dmask,
+                                   d->dmask ? d->ad->keep_scale : 1.0, d->A, d->B, c->scale,
+                                   c->N, lin->in, lin->out, d->ad->r, c->g, NULL));
   return QT_OK;
 }
 
 /* dx (N, in) (+)= dy W (+ the LoRA path), dA, dB += their gradients; x is
- * the forward input (the LoRA's xd without dropout). */
-qt_status linear_backward(run_ctx *c, dev_linear *d, uint16_t *dx, int acc, const uint16_t *dy,
-                          const uint16_t *x) {
+ * the forward input (the LoRA's xd when there is no dropout). */
+qt_status linear_backward(qt_model_cuda *c, dev_linear *d, uint16_t *dx, int acc,
+                          const uint16_t *dy, const uint16_t *x) {
   const qt_model_linear *lin = d->lin;
   if (lin->quantized) {
     const float *am = NULL;
@@ -362,14 +424,15 @@ qt_status linear_backward(run_ctx *c, dev_linear *d, uint16_t *dx, int acc, cons
     QT_TRY(qt_op_linear_backward_cuda(dx, acc, dy, d->w, c->N, lin->in, lin->out, c->g, NULL));
   }
   if (d->ad)
-    QT_TRY(qt_op_lora_backward_cuda(dx, 1, d->dA, d->dB, c->du_lora, NULL, dy, x, d->u, NULL,
-                                    1.0, d->A, d->B, c->scale, c->N, lin->in, lin->out,
-                                    d->ad->r, c->g, NULL));
+    QT_TRY(qt_op_lora_backward_cuda(dx, 1, d->dA, d->dB, c->du_lora,
+                                    d->dmask ? c->lora_work : NULL, dy, d->dmask ? d->xd : x,
+                                    d->u, d->dmask, d->dmask ? d->ad->keep_scale : 1.0, d->A,
+                                    d->B, c->scale, c->N, lin->in, lin->out, d->ad->r, c->g,
+                                    NULL));
   return QT_OK;
 }
-
 /* model.c decoder_layer, forward: out (N, C) from ly->x. */
-qt_status layer_forward(run_ctx *c, dev_layer *ly, uint16_t *out) {
+qt_status layer_forward(qt_model_cuda *c, dev_layer *ly, uint16_t *out) {
   int64_t N = c->N, C = c->C;
   QT_TRY(qt_op_rmsnorm_forward_cuda(ly->n1, ly->rstd1, ly->x, ly->norm_in, c->eps, N, C, NULL));
   QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_Q], c->q, ly->n1));
@@ -391,7 +454,7 @@ qt_status layer_forward(run_ctx *c, dev_layer *ly, uint16_t *out) {
 
 /* Backward of one layer: c->dX holds d(out) on entry and d(ly->x) on exit
  * (both residual adds pass the gradient through unchanged). */
-qt_status layer_backward(run_ctx *c, dev_layer *ly) {
+qt_status layer_backward(qt_model_cuda *c, dev_layer *ly) {
   int64_t N = c->N, C = c->C;
   /* out = h + down(swiglu(gate(n2), up(n2))) */
   QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_DOWN], c->dsw, 0, c->dX, ly->sw));
@@ -413,11 +476,15 @@ qt_status layer_backward(run_ctx *c, dev_layer *ly) {
   return qt_op_rmsnorm_backward_cuda(c->dX, 1, c->dn, ly->x, ly->norm_in, ly->rstd1, N, C, NULL);
 }
 
-qt_status run(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
+qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
               const qt_model_batch *b, double dloss, double *loss_sum, int64_t *count) {
   int64_t N = c->N, C = c->C, L = c->L;
-  QT_TRY(qt_gemm_cuda_create(&c->g, (size_t)32 << 20));
-  QT_TRY(setup(c, lora, n_lora, b));
+  QT_TRY(bind_lora(c, lora, n_lora));
+  QT_CUDA_CHECK(cudaMemcpy(c->ids, b->ids, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
+  QT_CUDA_CHECK(cudaMemcpy(c->targets, b->targets, (size_t)N * sizeof(int32_t),
+                           cudaMemcpyHostToDevice));
+  QT_CUDA_CHECK(cudaMemcpy(c->pos, b->pos, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
+  QT_CUDA_CHECK(cudaMemcpy(c->doc, b->doc, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
   /* forward */
   QT_TRY(qt_op_embedding_forward_cuda(c->layers[0].x, c->ids, c->embed, N, C, c->V, NULL));
   for (int64_t l = 0; l < L; l++)
@@ -439,14 +506,93 @@ qt_status run(run_ctx *c, const qt_model_cuda_lora *lora, size_t n_lora,
   for (int64_t l = L - 1; l >= 0; l--) QT_TRY(layer_backward(c, &c->layers[l]));
   for (size_t i = 0; i < n_lora; i++) {
     const dev_linear *d = &c->layers[lora[i].layer].lin[lora[i].proj];
-    QT_TRY(download_bf16(d->dA, lora[i].r * d->lin->in, lora[i].dA));
-    QT_TRY(download_bf16(d->dB, d->lin->out * lora[i].r, lora[i].dB));
+    QT_TRY(download_bf16(d->dA, lora[i].r * d->lin->in, lora[i].dA, c->stage));
+    QT_TRY(download_bf16(d->dB, d->lin->out * lora[i].r, lora[i].dB, c->stage));
   }
-  QT_CUDA_CHECK(cudaDeviceSynchronize());
   return QT_OK;
 }
 
 }  // namespace
+
+extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T,
+                                        int64_t max_r, qt_model_cuda **out) {
+  QT_ASSERT(m && out);
+  *out = NULL;
+  if (max_B < 1 || max_T < 1 || max_r < 1)
+    return qt_fail(QT_ERR_INVALID, "model_cuda: context for %lld x %lld tokens, rank %lld: each "
+                                   "must be >= 1", (long long)max_B, (long long)max_T,
+                   (long long)max_r);
+  qt_model_cuda *c = (qt_model_cuda *)calloc(1, sizeof *c);
+  if (!c) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate the context");
+  c->m = m;
+  c->max_B = max_B;
+  c->max_T = max_T;
+  c->max_N = max_B * max_T;
+  c->max_r = max_r;
+  c->C = m->C;
+  c->H = m->H;
+  c->K = m->K;
+  c->D = m->D;
+  c->F = m->F;
+  c->V = m->V;
+  c->L = m->L;
+  c->HD = m->H * m->D;
+  c->KD = m->K * m->D;
+  c->eps = m->cfg.rms_norm_eps;
+  c->layers = (dev_layer *)calloc((size_t)m->L, sizeof(dev_layer));
+  qt_status s = c->layers ? setup(c)
+                          : qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld layers",
+                                    (long long)m->L);
+  if (s == QT_OK) {
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) s = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaDeviceSynchronize");
+  }
+  if (s != QT_OK) {
+    qt_model_cuda_free(&c);
+    return s;
+  }
+  *out = c;
+  return QT_OK;
+}
+
+extern "C" size_t qt_model_cuda_device_bytes(const qt_model_cuda *c) {
+  QT_ASSERT(c);
+  return c->dl.bytes;
+}
+
+extern "C" qt_status qt_model_cuda_forward_backward(qt_model_cuda *c,
+                                                    const qt_model_cuda_lora *lora,
+                                                    size_t n_lora, double scale,
+                                                    const qt_model_batch *b, double dloss,
+                                                    double *loss_sum, int64_t *count) {
+  QT_ASSERT(c && b && loss_sum && count && (lora || n_lora == 0));
+  *loss_sum = 0;
+  *count = 0;
+  QT_TRY(check_inputs(c, lora, n_lora, b));
+  c->B = b->B;
+  c->T = b->T;
+  c->N = b->B * b->T;
+  c->chunk = c->N < 256 ? c->N : 256;
+  c->scale = scale;
+  qt_status s = run(c, lora, n_lora, b, dloss, loss_sum, count);
+  /* Let queued work finish (the buffers are reused by the next call); after a
+   * failure its own error is the one reported. */
+  cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess && s == QT_OK) s = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaDeviceSynchronize");
+  return s;
+}
+
+extern "C" void qt_model_cuda_free(qt_model_cuda **pc) {
+  if (!pc || !*pc) return;
+  qt_model_cuda *c = *pc;
+  (void)cudaDeviceSynchronize(); /* nothing queued may still read what is freed */
+  if (c->g) (void)qt_gemm_cuda_free(c->g);
+  dev_list_free(&c->dl);
+  free(c->layers);
+  free(c->stage);
+  free(c);
+  *pc = NULL;
+}
 
 extern "C" qt_status qt_model_forward_backward_cuda(const qt_model *m,
                                                     const qt_model_cuda_lora *lora,
@@ -456,36 +602,15 @@ extern "C" qt_status qt_model_forward_backward_cuda(const qt_model *m,
   QT_ASSERT(m && b && loss_sum && count && (lora || n_lora == 0));
   *loss_sum = 0;
   *count = 0;
-  QT_TRY(check_inputs(m, lora, n_lora, b));
-  run_ctx c;
-  memset(&c, 0, sizeof c);
-  c.m = m;
-  c.B = b->B;
-  c.T = b->T;
-  c.N = b->B * b->T;
-  c.C = m->C;
-  c.H = m->H;
-  c.K = m->K;
-  c.D = m->D;
-  c.F = m->F;
-  c.V = m->V;
-  c.L = m->L;
-  c.HD = m->H * m->D;
-  c.KD = m->K * m->D;
-  c.chunk = c.N < 256 ? c.N : 256;
-  c.eps = m->cfg.rms_norm_eps;
-  c.scale = scale;
-  c.layers = (dev_layer *)calloc((size_t)m->L, sizeof(dev_layer));
-  if (!c.layers) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld layers",
-                                (long long)m->L);
-  qt_status s = run(&c, lora, n_lora, b, dloss, loss_sum, count);
-  /* Let queued work finish before freeing what it reads (a no-op after a
-   * successful run; after a failure its own error is the one reported). */
-  cudaError_t e = cudaDeviceSynchronize();
-  if (e != cudaSuccess && s == QT_OK) s = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaDeviceSynchronize");
-  qt_status sg = qt_gemm_cuda_free(c.g);
-  qt_status sf = dev_list_free(&c.dl);
-  free(c.layers);
-  if (s == QT_OK) s = sg != QT_OK ? sg : sf;
+  if (b->B < 1 || b->T < 1)
+    return qt_fail(QT_ERR_INVALID, "model_cuda: empty batch %lld x %lld", (long long)b->B,
+                   (long long)b->T);
+  int64_t max_r = 1;
+  for (size_t i = 0; i < n_lora; i++)
+    if (lora[i].r > max_r) max_r = lora[i].r;
+  qt_model_cuda *c = NULL;
+  QT_TRY(qt_model_cuda_init(m, b->B, b->T, max_r, &c));
+  qt_status s = qt_model_cuda_forward_backward(c, lora, n_lora, scale, b, dloss, loss_sum, count);
+  qt_model_cuda_free(&c);
   return s;
 }

@@ -23,16 +23,41 @@
  * uploaded as bf16 (exact for lora.h `data` synced from bf16 storage; fp32
  * master values are rounded).
  *
- * Memory: this is the reference / test path, not the training path: every
- * buffer is its own cudaMalloc, made and freed within the call, and every
- * activation of every layer is kept for backward. The training loop will hold
- * weights once and take activations from arenas (common/arena.h) instead.
+ * Persistent context (qt_model_cuda): qt_model_cuda_init uploads the weights
+ * once, creates the cuBLASLt context (32 MiB workspace) once and allocates
+ * every activation, gradient and scratch buffer for the largest batch
+ * (max_B x max_T tokens) and LoRA rank (max_r) once;
+ * qt_model_cuda_forward_backward reuses them for any batch with B <= max_B,
+ * T <= max_T. Per call it copies in the batch (ids, targets, positions,
+ * documents), each entry's A and B (host fp32 -> bf16 through a host staging
+ * buffer made at init) and mask, and copies the gradients out; it allocates
+ * nothing, except that the first call with a dropout mask for a linear
+ * allocates that linear's mask and saved-xd buffers (and, once, one LoRA
+ * backward work buffer), which are kept for every later call.
+ * Device memory (bytes; Nm = max_B * max_T, W = 2 for bf16; every buffer its
+ * own cudaMalloc):
+ *   weights: embed V*C*W (+ lm_head V*C*W when untied) + norms; per linear
+ *     dense out*in*W, or 4-bit (out*in)/2 + absmax (4 or 1 + 4/256 per block)
+ *     + bias out*W;
+ *   LoRA, per linear of every layer (adapted or not): A, B, dA, dB
+ *     2*max_r*(in + out)*W and u Nm*max_r*W;
+ *   saved activations, per layer: Nm*(5C + 2HD + 2KD + 3F)*W
+ *     + Nm*2*4 (rstd) + max_B*H*max_T*4 (lse);
+ *   scratch: dequantized weight max(out*in)*W, absmax max(nblocks)*4,
+ *     Nm*(HD + KD + 3C)*W + Nm*(4 + 4 + 8), logits and dlogits
+ *     min(Nm, 256)*V*(4 + W); backward Nm*(3C + 3F + 3HD + 3KD + max_r)*W
+ *     + max_B*H*max_T*4;
+ *   with dropout (lazily, per masked linear): mask Nm*in bytes + xd Nm*in*W,
+ *     and one work buffer Nm*max(in)*W.
+ * qt_model_cuda_device_bytes reports the total held. Every activation of every
+ * layer is kept for backward (no checkpointing). The context prints nothing.
  *
  * LoRA comes in as plain host arrays (qt_model_cuda_lora), not as a qt_lora:
  * model/ sits below lora/ (arrows point downward), so the caller (a test, the
  * trainer) fills one entry per adapted (layer, projection) from
- * qt_lora_tensors (A, B `data`, qt_lora_scale). Dropout is not applied (as
- * qt_lora_set_step(l, step, false), or lora_dropout 0). */
+ * qt_lora_tensors (A, B `data`, qt_lora_scale) and, for dropout, the keep
+ * mask from qt_lora_dropout_mask (the CPU tape's mask of the same step, so
+ * both paths drop the same inputs). */
 #ifndef QT_MODEL_MODEL_CUDA_H
 #define QT_MODEL_MODEL_CUDA_H
 
@@ -50,24 +75,51 @@ extern "C" {
 typedef struct {
   int layer;
   qt_proj proj;
-  int64_t r;        /* rank >= 1 */
+  int64_t r;        /* rank >= 1 (<= the context's max_r) */
   const float *A;   /* (r, in) host fp32; uploaded rounded to bf16 */
   const float *B;   /* (out, r) host fp32; uploaded rounded to bf16 */
   float *dA;        /* (r, in) host fp32 out: overwritten with the gradient */
   float *dB;        /* (out, r) host fp32 out */
+  const uint8_t *mask; /* (B*T, in) host 0/1 dropout keep mask of this batch
+                        * (qt_lora_dropout_mask), or NULL: no dropout */
+  double keep_scale;   /* with mask: kept inputs are scaled by it (1 / (1 - p)) */
 } qt_model_cuda_lora;
 
-/* Forward, then (when n_lora > 0) backward with d(objective)/d(loss_sum) =
- * dloss, of one packed batch b (model.h; targets required). Returns
- * *loss_sum = summed CE over the targets and *count = number of targets, and
- * for every lora[i] its dA, dB = d(dloss * loss_sum)/d(A, B) (computed in bf16
- * on the device, widened to fp32; overwritten, not accumulated). scale: the
- * LoRA scale (alpha / r or alpha / sqrt(r)), the same for every entry. At most
- * one entry per (layer, proj). Uses the current CUDA device; synchronizes
- * before it returns; allocates and frees all its device memory. Errors:
- * QT_ERR_INVALID (ids/targets/positions out of range, a bad lora entry),
- * QT_ERR_UNSUPPORTED (a sliding window shorter than the row, head_dim > 256),
+/* Weights and buffers on the current CUDA device (see above). */
+typedef struct qt_model_cuda qt_model_cuda;
+
+/* Uploads m's weights and allocates the buffers for batches up to max_B rows
+ * of max_T tokens and LoRA ranks up to max_r (>= 1). m is borrowed: it must
+ * outlive the context (its config and shapes are read per call), and later
+ * changes to its weights are not seen. *out is NULL on failure. Errors:
+ * QT_ERR_INVALID (a size < 1, a 4-bit weight of the wrong size),
  * QT_ERR_NOMEM, QT_ERR_CUDA. */
+qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
+                             qt_model_cuda **out);
+/* Device bytes the context holds now (grows only by the lazy dropout buffers). */
+size_t qt_model_cuda_device_bytes(const qt_model_cuda *ctx);
+/* Forward, then (when n_lora > 0) backward with d(objective)/d(loss_sum) =
+ * dloss, of one packed batch b (model.h; targets required; b->B <= max_B,
+ * b->T <= max_T). Returns *loss_sum = summed CE over the targets and *count =
+ * number of targets, and for every lora[i] its dA, dB = d(dloss *
+ * loss_sum)/d(A, B) (computed in bf16 on the device, widened to fp32;
+ * overwritten, not accumulated). With lora[i].mask, that linear's LoRA input
+ * is x * mask * keep_scale (PEFT's nn.Dropout in training), rounded to bf16.
+ * scale: the LoRA scale (alpha / r or alpha / sqrt(r)), the same for every
+ * entry. At most one entry per (layer, proj). Synchronizes before it returns.
+ * Errors: QT_ERR_INVALID (ids/targets/positions out of range, a batch or rank
+ * larger than the context, a bad lora entry), QT_ERR_UNSUPPORTED (a sliding
+ * window shorter than the row, head_dim > 256), QT_ERR_NOMEM, QT_ERR_CUDA
+ * (after which the context should be freed). */
+qt_status qt_model_cuda_forward_backward(qt_model_cuda *ctx, const qt_model_cuda_lora *lora,
+                                         size_t n_lora, double scale, const qt_model_batch *b,
+                                         double dloss, double *loss_sum, int64_t *count);
+/* Frees every device and host buffer; *ctx = NULL. NULL-safe. */
+void qt_model_cuda_free(qt_model_cuda **ctx);
+
+/* One call with a context of its own: qt_model_cuda_init(m, b->B, b->T,
+ * largest entry rank), qt_model_cuda_forward_backward, qt_model_cuda_free
+ * (uploads the weights every call: for tests, not for training loops). */
 qt_status qt_model_forward_backward_cuda(const qt_model *m, const qt_model_cuda_lora *lora,
                                          size_t n_lora, double scale, const qt_model_batch *b,
                                          double dloss, double *loss_sum, int64_t *count);

@@ -5,7 +5,11 @@
  * second; row 1: one document whose first tokens are prompt, label -100).
  * qt_model_forward_backward_cuda (model/model_cuda.h) vs
  * qt_model_forward_backward (model.h, fp32 tape), same weights, LoRA, batch and
- * dloss = 1 / count. Label `cuda`; exits 77 without a GPU (tools/gpu_suite.sh
+ * dloss = 1 / count. Then the same through one persistent context
+ * (qt_model_cuda_init once: a forward-only call, the LoRA step, refusals of a
+ * batch or rank beyond the context), and a step with LoRA dropout 0.25 whose
+ * masks come from qt_lora_dropout_mask against the tape with the hook's masks
+ * of the same step (same bounds). Label `cuda`; exits 77 without a GPU (tools/gpu_suite.sh
  * runs it on a GPU machine).
  *
  * Tolerances. The GPU stores weights, activations and gradients in bf16 and
@@ -117,8 +121,8 @@ static void make_batch(int32_t *ids, int32_t *labels, int32_t *pos, int32_t *doc
 
 /* Fresh LoRA (PEFT init of A, alpha 8: scale 2) with B uniform in +-0.05 from
  * Philox, bf16-exact (as test_model_lora.c fresh_lora; amplitude: see above). */
-static qt_lora *make_lora(const qt_model *m) {
-  qt_lora_config c = {.r = RANK, .alpha = 8, .dropout = 0, .use_rslora = false,
+static qt_lora *make_lora(const qt_model *m, double dropout) {
+  qt_lora_config c = {.r = RANK, .alpha = 8, .dropout = dropout, .use_rslora = false,
                       .targets = QT_LORA_ALL_LINEAR, .master_fp32 = false, .seed = 11};
   qt_lora *l = NULL;
   OK(qt_lora_init(m, &c, &l));
@@ -154,6 +158,29 @@ static void compare(const float *g, const float *c, int64_t n, double *nmse, dou
   *cosv = (cc > 0 && gg > 0) ? gc / sqrt(cc * gg) : 0;
 }
 
+/* Every GPU gradient against the tape's (ts[i].grad) with the bounds above. */
+static void compare_grads(const char *what, float **gpu_grad, const qt_lora_tensor *ts, size_t nt) {
+  double tot[3] = {0, 0, 0}, worst_nmse = 0, worst_cos = 1;
+  int finite = 1;
+  for (size_t i = 0; i < nt; i++) {
+    double nmse, cosv;
+    compare(gpu_grad[i], ts[i].grad, ts[i].rows * ts[i].cols, &nmse, &cosv, &finite, tot);
+    if (!(nmse < TOL_NMSE) || !(cosv > TOL_COS)) {
+      fprintf(stderr, "FAIL: %s: %s: NMSE %.3g, cosine %.6f\n", what, ts[i].name, nmse, cosv);
+      failures++;
+    }
+    if (!(nmse <= worst_nmse)) worst_nmse = nmse;
+    if (!(cosv >= worst_cos)) worst_cos = cosv;
+  }
+  double tot_nmse = tot[1] > 0 ? tot[0] / tot[1] : INFINITY;
+  printf("%s: LoRA gradients (%zu tensors): worst NMSE %.3g, worst cosine %.6f, total NMSE %.3g, "
+         "|grad| cpu %.4g gpu %.4g\n", what, nt, worst_nmse, worst_cos, tot_nmse, sqrt(tot[1]),
+         sqrt(tot[2]));
+  check(finite, "GPU gradients finite");
+  check(tot[1] > 0, "CPU gradients nonzero");
+  check(tot_nmse < TOL_NMSE_ALL, "all-tensor gradient NMSE < 8e-3");
+}
+
 int main(void) {
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -164,7 +191,7 @@ int main(void) {
                            .threads = 1};
   qt_model *m = NULL;
   OK(qt_model_load(STORIES, &lo, &m));
-  qt_lora *l = make_lora(m);
+  qt_lora *l = make_lora(m, 0);
 
   enum { N = BATCH_B * BATCH_T };
   int32_t ids[N], labels[N], pos[N], doc[N], targets[N];
@@ -223,25 +250,7 @@ int main(void) {
   check(isfinite(gpu_loss) && rel < TOL_LOSS_REL, "loss within relative 1e-2");
 
   /* gradients */
-  double tot[3] = {0, 0, 0}, worst_nmse = 0, worst_cos = 1;
-  int finite = 1;
-  for (size_t i = 0; i < nt; i++) {
-    double nmse, cosv;
-    compare(gpu_grad[i], ts[i].grad, ts[i].rows * ts[i].cols, &nmse, &cosv, &finite, tot);
-    if (!(nmse < TOL_NMSE) || !(cosv > TOL_COS)) {
-      fprintf(stderr, "FAIL: %s: NMSE %.3g, cosine %.6f\n", ts[i].name, nmse, cosv);
-      failures++;
-    }
-    if (!(nmse <= worst_nmse)) worst_nmse = nmse;
-    if (!(cosv >= worst_cos)) worst_cos = cosv;
-  }
-  double tot_nmse = tot[1] > 0 ? tot[0] / tot[1] : INFINITY;
-  printf("LoRA gradients (%zu tensors): worst NMSE %.3g, worst cosine %.6f, total NMSE %.3g, "
-         "|grad| cpu %.4g gpu %.4g\n", nt, worst_nmse, worst_cos, tot_nmse, sqrt(tot[1]),
-         sqrt(tot[2]));
-  check(finite, "GPU gradients finite");
-  check(tot[1] > 0, "CPU gradients nonzero");
-  check(tot_nmse < TOL_NMSE_ALL, "all-tensor gradient NMSE < 8e-3");
+  compare_grads("one-call", gpu_grad, ts, nt);
 
   /* Forward only (no LoRA): the base model's loss against the tape's. */
   double cpu_base = 0, gpu_base = 0;
@@ -270,6 +279,106 @@ int main(void) {
   qt_model_cuda_lora dup[2] = {ent[0], ent[0]};
   check(qt_model_forward_backward_cuda(m, dup, 2, 1.0, &b, dloss, &x_loss, &x_count) ==
             QT_ERR_INVALID, "duplicate LoRA entry refused");
+
+  /* Persistent context (qt_model_cuda_init once): a forward-only call, then
+   * the LoRA step, on the same buffers, against the same tape results. */
+  qt_model_cuda *ctx = NULL;
+  OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, &ctx));
+  size_t bytes0 = qt_model_cuda_device_bytes(ctx);
+  double c_base = 0, c_loss = 0;
+  int64_t c_bc = 0, c_count = 0;
+  OK(qt_model_cuda_forward_backward(ctx, NULL, 0, 0.0, &b, dloss, &c_base, &c_bc));
+  check(c_bc == cpu_bc && fabs(c_base - cpu_base) < TOL_LOSS_REL * fabs(cpu_base),
+        "context: forward-only loss within relative 1e-2");
+  for (size_t i = 0; i < nt; i++)
+    for (int64_t j = 0; j < ts[i].rows * ts[i].cols; j++) gpu_grad[i][j] = NAN;
+  OK(qt_model_cuda_forward_backward(ctx, ent, ne, qt_lora_scale(l), &b, dloss, &c_loss,
+                                    &c_count));
+  printf("context: base loss %.9g, LoRA loss %.9g (cpu %.9g), %.2f MiB on the device\n", c_base,
+         c_loss, cpu_loss, (double)bytes0 / 1048576.0);
+  check(c_count == cpu_count && fabs(c_loss - cpu_loss) < TOL_LOSS_REL * fabs(cpu_loss),
+        "context: LoRA loss within relative 1e-2");
+  compare_grads("context", gpu_grad, ts, nt); /* overwritten: the NaNs are gone */
+  check(qt_model_cuda_device_bytes(ctx) == bytes0, "context: no allocation without dropout");
+  qt_model_cuda_lora big = ent[0];
+  big.r = RANK + 1;
+  check(qt_model_cuda_forward_backward(ctx, &big, 1, 1.0, &b, dloss, &x_loss, &x_count) ==
+            QT_ERR_INVALID, "context: rank above max_r refused");
+  qt_model_batch tall = b;
+  tall.B = 1;
+  tall.T = 2 * BATCH_T;
+  check(qt_model_cuda_forward_backward(ctx, NULL, 0, 0.0, &tall, dloss, &x_loss, &x_count) ==
+            QT_ERR_INVALID, "context: rows longer than max_T refused");
+
+  /* LoRA dropout: the tape with the hook's masks (step 7) against the GPU with
+   * the masks of qt_lora_dropout_mask. p = 0.25 changes the gradients far more
+   * than the tolerance (checked on the CPU below), so a GPU path that ignored
+   * or misplaced the masks fails. */
+  const double P_DROP = 0.25;
+  float **nodrop = calloc(nt, sizeof *nodrop);
+  if (!nodrop) return 1;
+  for (size_t i = 0; i < nt; i++) {
+    nodrop[i] = malloc((size_t)(ts[i].rows * ts[i].cols) * sizeof(float));
+    if (!nodrop[i]) return 1;
+    memcpy(nodrop[i], ts[i].grad, (size_t)(ts[i].rows * ts[i].cols) * sizeof(float));
+  }
+  qt_lora *ld = make_lora(m, P_DROP);
+  qt_model_tape_opts tod = to;
+  tod.lora_no_dropout = false;
+  qt_model_tape *mtd = NULL;
+  OK(qt_model_tape_init(m, &tod, &mtd));
+  OK(qt_lora_attach(ld, qt_model_tape_get(mtd)));
+  qt_lora_set_step(ld, 7, true);
+  qt_lora_zero_grad(ld);
+  qt_model_adapter add = qt_lora_adapter(ld);
+  double cpu_dloss = 0;
+  int64_t cpu_dcount = 0;
+  OK(qt_model_forward_backward(mtd, &add, &b, true, dloss, &cpu_dloss, &cpu_dcount));
+  size_t ntd;
+  qt_lora_tensor *tsd = qt_lora_tensors(ld, &ntd);
+  check(ntd == nt, "dropout LoRA has the same tensors");
+  {
+    double tot[3] = {0, 0, 0}, nm, cs;
+    int fin = 1;
+    for (size_t i = 0; i < nt; i++) compare(nodrop[i], tsd[i].grad, tsd[i].rows * tsd[i].cols,
+                                            &nm, &cs, &fin, tot);
+    double diff = tot[1] > 0 ? tot[0] / tot[1] : 0;
+    printf("dropout %.2f: cpu loss %.9g (without %.9g), gradient NMSE without vs with %.3g\n",
+           P_DROP, cpu_dloss, cpu_loss, diff);
+    check(diff > 10 * TOL_NMSE_ALL, "dropout moves the gradients beyond 10x the tolerance");
+  }
+  uint8_t **masks = calloc(ne, sizeof *masks);
+  if (!masks) return 1;
+  for (size_t e = 0; e < ne; e++) {
+    const qt_lora_tensor *A = &tsd[2 * e], *B = &tsd[2 * e + 1];
+    masks[e] = malloc((size_t)(N * A->cols));
+    if (!masks[e]) return 1;
+    double ks = 0;
+    bool has = false;
+    OK(qt_lora_dropout_mask(ld, A->layer, A->proj, N, masks[e], &ks, &has));
+    check(has && ks == 1.0 / (1.0 - P_DROP), "a dropout mask for every module");
+    ent[e] = (qt_model_cuda_lora){.layer = A->layer, .proj = A->proj, .r = A->rows,
+                                  .A = A->data, .B = B->data, .dA = gpu_grad[2 * e],
+                                  .dB = gpu_grad[2 * e + 1], .mask = masks[e], .keep_scale = ks};
+  }
+  double gpu_dloss = 0;
+  int64_t gpu_dcount = 0;
+  OK(qt_model_cuda_forward_backward(ctx, ent, ne, qt_lora_scale(ld), &b, dloss, &gpu_dloss,
+                                    &gpu_dcount));
+  printf("dropout: loss cpu %.9g gpu %.9g; device %.2f MiB after the masked call\n", cpu_dloss,
+         gpu_dloss, (double)qt_model_cuda_device_bytes(ctx) / 1048576.0);
+  check(gpu_dcount == cpu_dcount && fabs(gpu_dloss - cpu_dloss) < TOL_LOSS_REL * fabs(cpu_dloss),
+        "dropout: loss within relative 1e-2");
+  compare_grads("dropout", gpu_grad, tsd, nt);
+  check(qt_model_cuda_device_bytes(ctx) > bytes0, "dropout buffers allocated at the first use");
+  for (size_t e = 0; e < ne; e++) free(masks[e]);
+  free(masks);
+  for (size_t i = 0; i < nt; i++) free(nodrop[i]);
+  free(nodrop);
+  qt_model_tape_free(&mtd);
+  qt_lora_free(&ld);
+  qt_model_cuda_free(&ctx);
+  check(ctx == NULL, "qt_model_cuda_free clears the pointer");
 
   for (size_t i = 0; i < nt; i++) free(gpu_grad[i]);
   free(gpu_grad);
