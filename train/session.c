@@ -119,9 +119,6 @@ qt_status qt_session_config(qt_session *s, const qt_args *a) {
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0)
       return qt_fail(QT_ERR_UNSUPPORTED, "%s: training.device: cuda, but no CUDA device is usable here; use auto or cpu",
                      a->config_path);
-    if (s->cfg.lora.dropout > 0)
-      return qt_fail(QT_ERR_UNSUPPORTED, "%s: training.device: cuda runs the experimental GPU path, which has no LoRA "
-                     "dropout yet; set lora.dropout: 0 or train on the CPU", a->config_path);
 #else
     return qt_fail(QT_ERR_UNSUPPORTED, "%s: training.device: cuda, but this qlora-train was built without the CUDA "
                    "backend (configure with -DQLORA_CUDA=ON where nvcc exists); use auto or cpu", a->config_path);

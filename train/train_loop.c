@@ -514,6 +514,8 @@ static qt_status train_main(qt_session *s, const char *config_path) {
 #ifdef QLORA_HAVE_CUDA
   qt_model_cuda_lora *cl = NULL; /* training.device cuda: one entry per adapted linear */
   float *cgrad = NULL;           /* their gradients of one micro-batch */
+  uint8_t *cmask = NULL;         /* their dropout masks of one micro-batch (lora.dropout > 0) */
+  qt_model_cuda *cctx = NULL;    /* weights and buffers on the GPU, made once */
   size_t n_cl = 0;
 #endif
   qt_metrics met = {.f = NULL, .tty = isatty(2)};
@@ -595,29 +597,44 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   qt_model_adapter adapter = qt_lora_adapter(s->lora);
   /* training.device: cuda — the experimental GPU path: each micro-batch's
    * forward and backward run on the GPU (model/model_cuda.h: bf16 storage,
-   * weights uploaded per call), gradients come back to the host, and the
-   * optimizer, schedule, checkpoints and evaluation stay on the CPU. */
+   * weights uploaded once into a persistent context), gradients come back to
+   * the host, and the optimizer, schedule, checkpoints and evaluation stay on
+   * the CPU. LoRA dropout uses the CPU path's masks (qt_lora_dropout_mask). */
   bool use_cuda = c->training.device == QT_DEVICE_CUDA;
 #ifdef QLORA_HAVE_CUDA
   n_cl = n_par / 2;
   if (use_cuda) {
     cl = calloc(n_cl ? n_cl : 1, sizeof *cl);
     cgrad = calloc((size_t)(lora_params ? lora_params : 1), sizeof *cgrad);
-    if (!cl || !cgrad) {
-      free(cl);
-      free(cgrad);
+    if (!cl || !cgrad) { /* freed at out_all */
       r = qt_fail(QT_ERR_NOMEM, "out of memory");
       goto out_all;
     }
     float *g = cgrad;
+    int64_t max_r = 1, mask_bytes = 0, mb_tokens = c->training.micro_batch_size * c->data.seq_len;
     for (size_t i = 0; i < n_cl; i++) {
       const qt_lora_tensor *A = &ts[2 * i], *B = &ts[2 * i + 1];
       QT_ASSERT(!A->is_B && B->is_B && A->layer == B->layer && A->proj == B->proj);
       cl[i] = (qt_model_cuda_lora){.layer = A->layer, .proj = A->proj, .r = A->rows, .A = A->data, .B = B->data,
                                    .dA = g, .dB = g + A->rows * A->cols};
       g += A->rows * A->cols + B->rows * B->cols;
+      if (A->rows > max_r) max_r = A->rows;
+      mask_bytes += mb_tokens * A->cols;
     }
-    fprintf(stderr, "qlora-train: training.device cuda: forward and backward on the GPU (experimental path)\n");
+    if (c->lora.dropout > 0 && !(cmask = malloc((size_t)(mask_bytes ? mask_bytes : 1)))) {
+      r = qt_fail(QT_ERR_NOMEM, "out of memory (%lld bytes of LoRA dropout masks)", (long long)mask_bytes);
+      goto out_all;
+    }
+    if ((r = qt_model_cuda_init(s->model, c->training.micro_batch_size, c->data.seq_len, max_r, &cctx)) != QT_OK) {
+      qt_error_context("training.device cuda: uploading the model for micro-batches of %lld x %lld tokens",
+                       (long long)c->training.micro_batch_size, (long long)c->data.seq_len);
+      goto out_all;
+    }
+    fprintf(stderr,
+            "qlora-train: training.device cuda: forward and backward on the GPU (experimental path): %.1f MiB "
+            "device memory (weights, activations, gradients)%s\n",
+            (double)qt_model_cuda_device_bytes(cctx) / 1048576.0,
+            c->lora.dropout > 0 ? " + LoRA dropout buffers at the first step" : "");
   }
 #else
   QT_ASSERT(!use_cuda); /* refused by qt_session_config */
@@ -651,7 +668,18 @@ static qt_status train_main(qt_session *s, const char *config_path) {
         if ((r = qt_model_forward_backward(s->mt, &adapter, &mb, true, dloss, &ls, &cnt)) != QT_OK) goto out_all;
       } else {
 #ifdef QLORA_HAVE_CUDA
-        if ((r = qt_model_forward_backward_cuda(s->model, cl, n_cl, qt_lora_scale(s->lora), &mb, dloss, &ls, &cnt)) !=
+        if (cmask) { /* the masks the CPU hook would draw for this micro-step (qt_lora_set_step above) */
+          uint8_t *mk = cmask;
+          for (size_t i = 0; i < n_cl; i++) {
+            bool has = false;
+            if ((r = qt_lora_dropout_mask(s->lora, cl[i].layer, cl[i].proj, mb.B * mb.T, mk, &cl[i].keep_scale,
+                                          &has)) != QT_OK)
+              goto out_all;
+            cl[i].mask = has ? mk : NULL;
+            mk += c->training.micro_batch_size * c->data.seq_len * ts[2 * i].cols;
+          }
+        }
+        if ((r = qt_model_cuda_forward_backward(cctx, cl, n_cl, qt_lora_scale(s->lora), &mb, dloss, &ls, &cnt)) !=
             QT_OK)
           goto out_all;
         for (size_t i = 0; i < n_cl; i++) { /* gradients accumulate over the micro-batches */
@@ -752,8 +780,10 @@ static qt_status train_main(qt_session *s, const char *config_path) {
 
 out_all:
 #ifdef QLORA_HAVE_CUDA
+  qt_model_cuda_free(&cctx);
   free(cl);
   free(cgrad);
+  free(cmask);
 #endif
   if (met.f) fclose(met.f);
   if (opt_ok) qt_adamw_free(&opt);
