@@ -9,7 +9,13 @@
  * (qt_model_cuda_init once: a forward-only call, the LoRA step, refusals of a
  * batch or rank beyond the context), and a step with LoRA dropout 0.25 whose
  * masks come from qt_lora_dropout_mask against the tape with the hook's masks
- * of the same step (same bounds). Label `cuda`; exits 77 without a GPU (tools/gpu_suite.sh
+ * of the same step (same bounds), then row 1 alone (a smaller batch, step 8)
+ * through the same context. In the same CPU emulation (its LoRA stand-in
+ * extended to masks: xd = bf16(x * keep_scale) where kept, dx masked) the
+ * dropout steps give worst per-tensor NMSE 6.2e-3 / 6.6e-3, total 1.8e-3 /
+ * 1.3e-3, while dropout itself moves the tape's gradients by NMSE 0.28; and
+ * ignoring the masks on the GPU (NMSE 0.39), their keep_scale (0.14), the
+ * saved xd in backward (0.24) or half of each mask (0.67) fails. Label `cuda`; exits 77 without a GPU (tools/gpu_suite.sh
  * runs it on a GPU machine).
  *
  * Tolerances. The GPU stores weights, activations and gradients in bf16 and
@@ -371,6 +377,29 @@ int main(void) {
         "dropout: loss within relative 1e-2");
   compare_grads("dropout", gpu_grad, tsd, nt);
   check(qt_model_cuda_device_bytes(ctx) > bytes0, "dropout buffers allocated at the first use");
+
+  /* A smaller batch through the same context (row 1 alone, step 8): buffers
+   * made for 2 x 64 tokens, masks of 64 tokens. */
+  size_t bytes1 = qt_model_cuda_device_bytes(ctx);
+  qt_model_batch row1 = {.ids = ids + BATCH_T, .targets = targets + BATCH_T, .pos = pos + BATCH_T,
+                         .doc = doc + BATCH_T, .B = 1, .T = BATCH_T};
+  qt_lora_set_step(ld, 8, true);
+  qt_lora_zero_grad(ld);
+  OK(qt_model_forward_backward(mtd, &add, &row1, true, dloss, &cpu_dloss, &cpu_dcount));
+  for (size_t e = 0; e < ne; e++) {
+    double ks = 0;
+    bool has = false;
+    OK(qt_lora_dropout_mask(ld, ent[e].layer, ent[e].proj, BATCH_T, masks[e], &ks, &has));
+    check(has, "a dropout mask for every module (row 1)");
+  }
+  OK(qt_model_cuda_forward_backward(ctx, ent, ne, qt_lora_scale(ld), &row1, dloss, &gpu_dloss,
+                                    &gpu_dcount));
+  printf("row 1 alone, dropout: loss cpu %.9g gpu %.9g, count %lld\n", cpu_dloss, gpu_dloss,
+         (long long)gpu_dcount);
+  check(gpu_dcount == cpu_dcount && fabs(gpu_dloss - cpu_dloss) < TOL_LOSS_REL * fabs(cpu_dloss),
+        "row 1, dropout: loss within relative 1e-2");
+  compare_grads("row 1, dropout", gpu_grad, tsd, nt);
+  check(qt_model_cuda_device_bytes(ctx) == bytes1, "no allocation on a later masked call");
   for (size_t e = 0; e < ne; e++) free(masks[e]);
   free(masks);
   for (size_t i = 0; i < nt; i++) free(nodrop[i]);
