@@ -1,6 +1,7 @@
 /* train/session.c — see session.h. */
 #include "train/session.h"
 
+#include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
@@ -124,7 +125,12 @@ qt_status qt_session_config(qt_session *s, const qt_args *a) {
                    "backend (configure with -DQLORA_CUDA=ON where nvcc exists); use auto or cpu", a->config_path);
 #endif
   }
-  if (s->cfg.training.threads > 0) omp_set_num_threads((int)s->cfg.training.threads);
+  /* OpenBLAS (pthreads build) keeps its own pool: without this, threads: 1 still ran
+   * GEMMs on every core (bench/RESULTS.md, training benchmark) */
+  if (s->cfg.training.threads > 0) {
+    omp_set_num_threads((int)s->cfg.training.threads);
+    openblas_set_num_threads((int)s->cfg.training.threads);
+  }
   return QT_OK;
 }
 
