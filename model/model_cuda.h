@@ -41,10 +41,12 @@
  *     + bias out*W;
  *   LoRA, per linear of every layer (adapted or not): A, B, dA, dB
  *     2*max_r*(in + out)*W and u Nm*max_r*W;
- *   saved activations, per layer: Nm*(5C + 2HD + 2KD + 3F)*W
+ *   batch: Nm*4*4 (ids, targets, positions, documents);
+ *   saved activations, per layer: Nm*(4C + 2HD + 2KD + 3F)*W
  *     + Nm*2*4 (rstd) + max_B*H*max_T*4 (lse);
  *   scratch: dequantized weight max(out*in)*W, absmax max(nblocks)*4,
- *     Nm*(HD + KD + 3C)*W + Nm*(4 + 4 + 8), logits and dlogits
+ *     Nm*(HD + KD + 3C)*W (incl. the last layer's output) + Nm*(4 + 4 + 8),
+ *     logits and dlogits
  *     min(Nm, 256)*V*(4 + W); backward Nm*(3C + 3F + 3HD + 3KD + max_r)*W
  *     + max_B*H*max_T*4;
  *   with dropout (lazily, per masked linear): mask Nm*in bytes + xd Nm*in*W,
