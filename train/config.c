@@ -86,6 +86,7 @@ static const qt_cfg_key qt_cfg_keys[] = {
     {"training", "logging_steps", K_INT, OFF(training.logging_steps), 1, BIG, 0, 0, NULL, false},
     {"training", "max_nonfinite_steps", K_INT, OFF(training.max_nonfinite_steps), 1, 1e6, 0, 0, NULL, false},
     {"training", "threads", K_INT, OFF(training.threads), 0, 4096, 0, 0, NULL, false},
+    {"training", "flush_subnormals", K_BOOL, OFF(training.flush_subnormals), 0, 0, 0, 0, NULL, false},
     {"output", "dir", K_STR, OFF(output.dir), 0, 0, 0, 0, NULL, false},
     {"output", "save_steps", K_INT, OFF(output.save_steps), 0, BIG, 0, 0, NULL, false},
     {"output", "save_total_limit", K_INT, OFF(output.save_total_limit), 0, 1e6, 0, 0, NULL, false},
@@ -148,6 +149,7 @@ void qt_config_defaults(qt_config *c) {
   c->training.logging_steps = 1;
   c->training.max_nonfinite_steps = 3;
   c->training.threads = 0;
+  c->training.flush_subnormals = true;
   snprintf(c->output.dir, sizeof c->output.dir, "out");
   c->output.save_steps = 0;
   c->output.save_total_limit = 3;

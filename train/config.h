@@ -88,6 +88,7 @@ typedef struct {
     int64_t logging_steps;          /* 1 */
     int64_t max_nonfinite_steps;    /* 3: stop after this many skipped steps in a row */
     int64_t threads;                /* 0 = all cores */
+    bool flush_subnormals;          /* true: CPU math flushes subnormals to zero (common/fpmode.h) */
   } training;
   struct {
     char dir[QT_CFG_PATH_MAX];      /* "out" */

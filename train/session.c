@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/fpmode.h"
 #include "common/log.h"
 #include "common/safetensors.h"
 #include "data/loader.h"
@@ -249,7 +250,30 @@ qt_status qt_session_pick_adapter(qt_session *s, const char *checkpoint, bool ba
   return QT_OK;
 }
 
+/* OpenBLAS (pthreads build) internal, exported by the library for its fork
+ * handler: stops its worker pool, which the next call restarts from the calling
+ * thread. Declared weak: where a build lacks it the workers keep their mode. */
+extern int blas_thread_shutdown_(void) __attribute__((weak));
+
+/* training.flush_subnormals (common/fpmode.h): this thread, the OpenMP pool,
+ * and OpenBLAS's workers, which started when the library loaded and copied the
+ * mode of that moment (a new thread copies its creator's); restarting them from
+ * here gives them this one. */
+static void session_fp_mode(const qt_session *s) {
+  if (!s->cfg.training.flush_subnormals || qt_fp_flushing_subnormals()) return;
+  int nb = openblas_get_num_threads();
+  if (!qt_fp_flush_subnormals(omp_get_max_threads())) {
+    QT_LOGW("training.flush_subnormals: this CPU target has no flush-to-zero mode here; subnormals stay IEEE");
+    return;
+  }
+  if (nb > 1 && blas_thread_shutdown_) {
+    blas_thread_shutdown_();
+    openblas_set_num_threads(nb);
+  }
+}
+
 qt_status qt_session_tape(qt_session *s, int64_t B, int64_t T, bool checkpointing, bool forward_only) {
+  session_fp_mode(s);
   qt_model_tape_opts o = {.max_B = B, .max_T = T, .checkpoint = checkpointing, .ce_chunk_rows = 0,
                           .max_lora_rank = s->lora ? qt_lora_get_config(s->lora)->r : 0,
                           .forward_only = forward_only,
