@@ -99,6 +99,11 @@ void qt_op_lora_backward_cpu(float *dx, int acc, float *dA, float *dB, float *du
 void qt_op_dropout_mask_cpu(uint8_t *mask, int64_t n, double p, uint64_t seed,
                             uint64_t subsequence);
 
+/* The fp32 kernels' exp (rexpf in autograd/kernels/common_cpu.inc: attention
+ * softmax, cross-entropy), exposed for its accuracy test: within 1 ulp of the
+ * correctly rounded exp on [ln FLT_MIN, ln FLT_MAX]; 0 below, +inf above. */
+float qt_op_exp_cpu(float x);
+
 /* ---- RoPE, HF rotate_half (half-split) layout ------------------------------ */
 /* out (N, H, D) = x*cos + rotate_half(x)*sin, rotate_half(x) = cat(-x[D/2:], x[:D/2]);
  * angle for pair j at token n = pos[n] * inv_freq[j], and cos/sin, are computed

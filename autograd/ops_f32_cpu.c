@@ -31,3 +31,5 @@ typedef float real;
 #include "autograd/kernels/attention_cpu.inc"
 #include "autograd/kernels/swiglu_cpu.inc"
 #include "autograd/kernels/cross_entropy_cpu.inc"
+
+float qt_op_exp_cpu(float x) { return rexpf(x); }
