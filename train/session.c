@@ -255,10 +255,11 @@ qt_status qt_session_pick_adapter(qt_session *s, const char *checkpoint, bool ba
  * thread. Declared weak: where a build lacks it the workers keep their mode. */
 extern int blas_thread_shutdown_(void) __attribute__((weak));
 
-/* training.flush_subnormals (common/fpmode.h): this thread, the OpenMP pool,
- * and OpenBLAS's workers, which started when the library loaded and copied the
- * mode of that moment (a new thread copies its creator's); restarting them from
- * here gives them this one. */
+/* training.flush_subnormals (common/fpmode.h): this thread and the OpenMP pool,
+ * which OpenBLAS's OpenMP build shares. A pthreads OpenBLAS keeps its own
+ * workers, which started when the library loaded and copied the mode of that
+ * moment (a new thread copies its creator's); restarting them from here gives
+ * them this one. */
 static void session_fp_mode(const qt_session *s) {
   if (!s->cfg.training.flush_subnormals || qt_fp_flushing_subnormals()) return;
   int nb = openblas_get_num_threads();
@@ -266,7 +267,7 @@ static void session_fp_mode(const qt_session *s) {
     QT_LOGW("training.flush_subnormals: this CPU target has no flush-to-zero mode here; subnormals stay IEEE");
     return;
   }
-  if (nb > 1 && blas_thread_shutdown_) {
+  if (nb > 1 && openblas_get_parallel() == 1 && blas_thread_shutdown_) { /* 1: pthreads build */
     blas_thread_shutdown_();
     openblas_set_num_threads(nb);
   }
