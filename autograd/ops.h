@@ -140,7 +140,10 @@ void qt_rope_inv_freq(float *inv_freq, const qt_rope_config *cfg, int64_t D);
  *   P = softmax(s) (fp32 storage, double accumulation), out_i = sum_j P_j v_j
  * A token never attends across documents or rows.
  * q (B*T, H, D) ; k, v (B*T, K, D) ; doc (B*T) document ids, equal within a
- * document ; P (B, H, T, T) saved for backward (entries outside the mask are 0) ;
+ * document ; P (B, H, T, T) saved for backward: the probabilities, and 0 for the
+ * masked keys that the block products read (rows whose documents are
+ * contiguous runs: keys up to the end of the query's 64-row tile; other rows:
+ * all); the rest is not written (the _ref version writes 0 everywhere) ;
  * out (B*T, H, D). H % K == 0. */
 void qt_op_attention_forward_cpu(float *out, float *P, const float *q, const float *k,
                                  const float *v, const int32_t *doc, int64_t B, int64_t T,

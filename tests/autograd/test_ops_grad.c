@@ -493,7 +493,7 @@ static void test_attention_gemm_vs_ref(void **st) {
     double *o[2], *P[2], *dq[2], *dk[2], *dv[2];
     double *work = malloc((size_t)(T * T + B * K * T) * 8);
     for (int m = 0; m < 2; m++) {
-      o[m] = malloc(nq * 8); P[m] = malloc(nP * 8);
+      o[m] = malloc(nq * 8); P[m] = calloc((size_t)nP, 8); /* entries P leaves unwritten compare as 0 */
       dq[m] = rnd(&r, nq, 0, 0); dk[m] = rnd(&r, nk, 0, 0); dv[m] = rnd(&r, nk, 0, 0);
       for (int acc = 0; acc < 2; acc++) { /* acc pass adds the same again: 2x */
         if (m == 0) {
@@ -512,7 +512,7 @@ static void test_attention_gemm_vs_ref(void **st) {
     assert_true(ag_rel_err(dv[0], dv[1], nk) < 1e-12);
     /* fp32 GEMM version against the fp64 reference */
     float *qf = malloc(nq * 4), *kf = malloc(nk * 4), *vf = malloc(nk * 4), *dof = malloc(nq * 4);
-    float *of = malloc(nq * 4), *Pf = malloc(nP * 4), *dqf = malloc(nq * 4), *dkf = malloc(nk * 4);
+    float *of = malloc(nq * 4), *Pf = calloc((size_t)nP, 4), *dqf = malloc(nq * 4), *dkf = malloc(nk * 4);
     float *dvf = malloc(nk * 4), *wf = malloc((size_t)(T * T) * 4);
     for (int64_t i = 0; i < nq; i++) { qf[i] = (float)q[i]; dof[i] = (float)dout[i]; }
     for (int64_t i = 0; i < nk; i++) { kf[i] = (float)k[i]; vf[i] = (float)v[i]; }
@@ -646,7 +646,7 @@ static void test_thread_determinism(void **st) {
   for (int th = 0; th < 2; th++) {
     det_run *o = &run[th];
     o->out = malloc(N * C * 4); o->rstd = malloc(N * 4); o->dx = malloc(N * C * 4);
-    o->att = malloc(2 * T * H * D * 4); o->P = malloc(2 * H * T * T * 4);
+    o->att = malloc(2 * T * H * D * 4); o->P = calloc(2 * H * T * T, 4); /* unwritten entries compare as 0 */
     o->dq = malloc(2 * T * H * D * 4); o->dk = malloc(2 * T * K * D * 4); o->dv = malloc(2 * T * K * D * 4);
     o->work = malloc(T * T * 4); o->sw = malloc(N * C * 4); o->dg = malloc(N * C * 4); o->du = malloc(N * C * 4);
     o->lse = malloc(N * 4); o->logits = malloc(CH * V * 4); o->dxc = malloc(N * C * 4);
