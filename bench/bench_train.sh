@@ -16,7 +16,8 @@
 # Per model and thread count, in this order: sgemm rate (system OpenBLAS, which
 # qlora-train links, and torch.mm) on the model's shapes; qlora-train with a dense
 # fp32 base; qlora-train with an NF4 base; transformers + PEFT (bench_train_hf.py
-# train; with more than one thread also a second time with OMP_WAIT_POLICY=passive,
+# train; again with torch.set_flush_denormal(True), the subnormal mode qlora-train
+# trains in by default; with more than one thread also with OMP_WAIT_POLICY=passive,
 # as qlora-train runs by default); the sgemm rate again (the row keeps the better one). Both stacks: LoRA r
 # R, alpha ALPHA, dropout 0, on q,k,v,o,gate,up,down; BATCH rows of SEQ tokens per
 # step, no gradient accumulation, no gradient checkpointing, fp32 compute, fp32
@@ -179,6 +180,12 @@ for model in $MODELS; do
           --threads "$th" --steps "$steps" --warmup "$warm" --batch "$BATCH" --seq "$SEQ" --r "$R" \
           --alpha "$ALPHA" 2> "$tmp/hf.log")" || { cat "$tmp/hf.log" >&2; exit 1; }
     results+=("$hf|transformers+PEFT|fp32 dense")
+    # qlora-train flushes subnormals to zero by default (training.flush_subnormals);
+    # the same mode in torch, so the ratio is not the subnormal handling alone
+    hf="$(OMP_NUM_THREADS="$th" "$PY" -W ignore "$HF" train --model "$mdir" --data "$tmp/long.jsonl" \
+          --threads "$th" --steps "$steps" --warmup "$warm" --batch "$BATCH" --seq "$SEQ" --r "$R" \
+          --alpha "$ALPHA" --flush-denormal 2> "$tmp/hf.log")" || { cat "$tmp/hf.log" >&2; exit 1; }
+    results+=("$hf|transformers+PEFT, set_flush_denormal(True)|fp32 dense")
     if [ "$th" -gt 1 ]; then
       # torch's OpenMP threads spin while waiting (GNU OpenMP's default); on a
       # shared machine that collapses, so the same run with passive waiting too,

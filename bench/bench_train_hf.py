@@ -4,6 +4,7 @@ LoRA fine-tuning steps of a Llama checkpoint on the CPU in fp32, timed.
 
     python bench/bench_train_hf.py train --model DIR --data FILE.jsonl --threads N
         [--steps 6] [--warmup 2] [--batch 4] [--seq 256] [--r 16] [--alpha 32] [--lr 2e-4]
+        [--flush-denormal]
     python bench/bench_train_hf.py sgemm --threads N --shapes M,N,K[;M,N,K...]
     python bench/bench_train_hf.py metrics --metrics out/metrics.jsonl --warmup 2
     python bench/bench_train_hf.py report --rows rows.jsonl
@@ -17,7 +18,9 @@ qlora-train's per-document attention), --batch rows per step, no gradient
 accumulation, no gradient checkpointing, global-norm clipping at 1.0,
 torch.optim.AdamW (betas 0.9/0.999, eps 1e-8, no weight decay, fp32 state),
 constant learning rate. A step is forward + backward + clip + optimizer step +
-zero_grad. tokens/s = batch x seq x timed steps / their wall time, the first
+zero_grad. --flush-denormal runs it with torch.set_flush_denormal(True), the
+subnormal mode qlora-train trains in by default (training.flush_subnormals).
+tokens/s = batch x seq x timed steps / their wall time, the first
 --warmup steps excluded. Peak memory is the process's ru_maxrss (what the whole
 Python process held, interpreter and torch included; rss_after_load_mib is the
 part before the first step). Prints one JSON line.
@@ -119,6 +122,8 @@ def cmd_train(a) -> int:
     from peft import LoraConfig, get_peft_model
 
     torch.set_num_threads(a.threads)
+    if a.flush_denormal and not torch.set_flush_denormal(True):
+        raise SystemExit("bench_train_hf.py: torch.set_flush_denormal(True) is not supported on this CPU")
     torch.manual_seed(0)
     tok = tokenizers.Tokenizer.from_file(os.path.join(a.model, "tokenizer.json"))
     with open(os.path.join(a.model, "config.json")) as fh:
@@ -247,6 +252,7 @@ def main() -> int:
     t.add_argument("--r", type=int, default=16)
     t.add_argument("--alpha", type=float, default=32)
     t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--flush-denormal", action="store_true")
     g = sub.add_parser("sgemm")
     g.add_argument("--threads", type=int, required=True)
     g.add_argument("--shapes", required=True)
