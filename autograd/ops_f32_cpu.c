@@ -3,6 +3,7 @@
  * ops_f64_cpu.c compiles the same text in double for the gradient checks. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 

@@ -3,6 +3,7 @@
  * ops_f32_cpu.c compiles the same text in float for training. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
