@@ -38,13 +38,20 @@ training:
 output:
   dir: $WORK/out
 YAML
-"$QT" "$WORK/ref.yaml" > "$WORK/train.log" 2>&1 || { cat "$WORK/train.log"; fail "training"; }
-losses "$WORK/out/metrics.jsonl" | awk '{print $2}' > "$WORK/ours.txt"
 tr -d ' \n' < "$GOLD/losses.json" | sed -E 's/.*"loss":\[([^]]*)\].*/\1/' | tr ',' '\n' > "$WORK/ref.txt"
-[ "$(wc -l < "$WORK/ours.txt")" -eq 20 ] || fail "expected 20 steps"
-paste "$WORK/ours.txt" "$WORK/ref.txt" | awk '
-  { d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > worst) worst = r;
-    printf "step %2d: qlora-train %.9f  transformers+PEFT %.9f  rel %.2e\n", NR, $1, $2, r }
-  END { printf "worst relative difference %.3e\n", worst; exit !(worst <= 1e-4) }' \
-  || fail "per-step losses differ from transformers + PEFT by more than 1e-4"
-pass "20 steps match transformers + PEFT within 1e-4"
+# both subnormal modes: flushed to zero (the default, training.flush_subnormals)
+# and IEEE; transformers + PEFT ran in IEEE mode
+for flush in true false; do
+  rm -rf "$WORK/out"
+  "$QT" "$WORK/ref.yaml" --set training.flush_subnormals=$flush > "$WORK/train.log" 2>&1 ||
+    { cat "$WORK/train.log"; fail "training (flush_subnormals $flush)"; }
+  losses "$WORK/out/metrics.jsonl" | awk '{print $2}' > "$WORK/ours.txt"
+  [ "$(wc -l < "$WORK/ours.txt")" -eq 20 ] || fail "expected 20 steps"
+  echo "training.flush_subnormals: $flush"
+  paste "$WORK/ours.txt" "$WORK/ref.txt" | awk '
+    { d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > worst) worst = r;
+      printf "step %2d: qlora-train %.9f  transformers+PEFT %.9f  rel %.2e\n", NR, $1, $2, r }
+    END { printf "worst relative difference %.3e\n", worst; exit !(worst <= 1e-4) }' \
+    || fail "per-step losses differ from transformers + PEFT by more than 1e-4 (flush_subnormals $flush)"
+done
+pass "20 steps match transformers + PEFT within 1e-4, subnormals flushed and IEEE"
