@@ -115,6 +115,17 @@ qt_status qt_session_config(qt_session *s, const qt_args *a) {
   if (!f) return qt_fail(QT_ERR_NOMEM, "out of memory");
   qt_config_write_yaml(&s->cfg, f);
   fclose(f);
+#ifdef QLORA_HAVE_CUDA
+  if (s->cfg.training.device == QT_DEVICE_AUTO) {
+    /* auto stays on the CPU until the GPU path has passed tools/gpu_suite.sh on a
+     * GPU (README, Status); say so instead of training on the CPU silently */
+    int n = 0;
+    if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0)
+      QT_LOGW("training.device: auto trains on the CPU although %d CUDA device%s present: the GPU path is "
+              "experimental (not yet validated on a GPU); set training.device: cuda to use it", n,
+              n == 1 ? " is" : "s are");
+  }
+#endif
   if (s->cfg.training.device == QT_DEVICE_CUDA) {
 #ifdef QLORA_HAVE_CUDA
     int n = 0;
