@@ -15,7 +15,7 @@ typedef float real;
 #define QT_GEMM cblas_sgemm
 
 /* The kernels run with floating-point exceptions untrapped (nothing here
- * enables traps), which lets GCC if-convert the compares in rexpd's range
+ * enables traps), which lets GCC if-convert the compares in rexpf's range
  * selects and the kernels' selects so that `#pragma omp simd` loops vectorise
  * (GCC 12 -O2 does not otherwise); rounding is unchanged (-fno-trapping-math
  * does not license reassociation or contraction). */

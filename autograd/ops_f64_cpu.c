@@ -11,7 +11,7 @@
 #include "common/status.h"
 
 typedef double real;
-#define QT_REAL_F64 1 /* exact libm exp in every kernel (common_cpu.inc rexpd) */
+#define QT_REAL_F64 1 /* exact libm exp in every kernel (common_cpu.inc rexp_real) */
 #define QT_OP(name) qt_op_##name##_cpu_f64
 #define QT_GEMM cblas_dgemm
 
