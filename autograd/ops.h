@@ -103,6 +103,8 @@ void qt_op_dropout_mask_cpu(uint8_t *mask, int64_t n, double p, uint64_t seed,
  * softmax, cross-entropy), exposed for its accuracy test: within 1 ulp of the
  * correctly rounded exp on [ln FLT_MIN, ln FLT_MAX]; 0 below, +inf above. */
 float qt_op_exp_cpu(float x);
+/* Its form for x <= 0 (softmax rows, cross-entropy): the same bits there. */
+float qt_op_exp_le0_cpu(float x);
 
 /* ---- RoPE, HF rotate_half (half-split) layout ------------------------------ */
 /* out (N, H, D) = x*cos + rotate_half(x)*sin, rotate_half(x) = cat(-x[D/2:], x[:D/2]);

@@ -34,3 +34,4 @@ typedef float real;
 #include "autograd/kernels/cross_entropy_cpu.inc"
 
 float qt_op_exp_cpu(float x) { return rexpf(x); }
+float qt_op_exp_le0_cpu(float x) { return rexpf_le0(x); }

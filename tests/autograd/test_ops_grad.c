@@ -580,6 +580,10 @@ static void test_exp_accuracy(void **st) {
       int32_t a, b;
       memcpy(&a, &got, 4);
       memcpy(&b, &want, 4);
+      if (sign) { /* the x <= 0 form: the same bits */
+        float le0 = qt_op_exp_le0_cpu(x);
+        assert_memory_equal(&le0, &got, 4);
+      }
       if (a != b) {
         if (a - b > 1 || b - a > 1) fprintf(stderr, "exp(%.9g): %.9g vs %.9g\n", x, got, want);
         assert_true(a - b <= 1 && b - a <= 1);
@@ -594,7 +598,9 @@ static void test_exp_accuracy(void **st) {
   assert_true(qt_op_exp_cpu(-87.4f) == 0.0f && qt_op_exp_cpu(-1000.0f) == 0.0f);
   assert_true(qt_op_exp_cpu(-INFINITY) == 0.0f);
   assert_true(isinf(qt_op_exp_cpu(88.8f)) && isinf(qt_op_exp_cpu(INFINITY)));
-  assert_true(isnan(qt_op_exp_cpu(NAN)));
+  assert_true(isnan(qt_op_exp_cpu(NAN)) && isnan(qt_op_exp_le0_cpu(NAN)));
+  assert_true(qt_op_exp_le0_cpu(-INFINITY) == 0.0f && qt_op_exp_le0_cpu(-100.0f) == 0.0f);
+  assert_true(qt_op_exp_le0_cpu(0.0f) == 1.0f && qt_op_exp_le0_cpu(-0.0f) == 1.0f);
   for (float x = -87.33654f; x < -87.0f; x = nextafterf(x, INFINITY)) { /* no subnormal results */
     float y = qt_op_exp_cpu(x);
     assert_true(y == 0.0f || y >= FLT_MIN);
