@@ -34,3 +34,17 @@ bool qt_fp_flush_subnormals(int threads) {
   bad += !qt_fp_flush_subnormals_here();
   return ok && bad == 0;
 }
+
+static void keep_here(void) {
+#ifdef QT_FP_HAVE_MXCSR
+  _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_OFF);
+  _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_OFF);
+#endif
+}
+
+void qt_fp_keep_subnormals(int threads) {
+  keep_here();
+  if (threads < 1) threads = 1;
+#pragma omp parallel num_threads(threads)
+  keep_here();
+}

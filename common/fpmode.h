@@ -29,3 +29,6 @@ bool qt_fp_flushing_subnormals(void);
 
 /* The calling thread and `threads` OpenMP threads (>= 1); false as above. */
 bool qt_fp_flush_subnormals(int threads);
+
+/* Back to IEEE subnormals on the calling thread and `threads` OpenMP threads. */
+void qt_fp_keep_subnormals(int threads);

@@ -271,17 +271,22 @@ extern int blas_thread_shutdown_(void) __attribute__((weak));
  * workers, which started when the library loaded and copied the mode of that
  * moment (a new thread copies its creator's); restarting them from here gives
  * them this one. */
-static void session_fp_mode(const qt_session *s) {
-  if (!s->cfg.training.flush_subnormals || qt_fp_flushing_subnormals()) return;
+static void restart_openblas_pool(void) {
   int nb = openblas_get_num_threads();
-  if (!qt_fp_flush_subnormals(omp_get_max_threads())) {
-    QT_LOGW("training.flush_subnormals: this CPU target has no flush-to-zero mode here; subnormals stay IEEE");
-    return;
-  }
   if (nb > 1 && openblas_get_parallel() == 1 && blas_thread_shutdown_) { /* 1: pthreads build */
     blas_thread_shutdown_();
     openblas_set_num_threads(nb);
   }
+}
+
+static void session_fp_mode(qt_session *s) {
+  if (!s->cfg.training.flush_subnormals || qt_fp_flushing_subnormals()) return;
+  if (!qt_fp_flush_subnormals(omp_get_max_threads())) {
+    QT_LOGW("training.flush_subnormals: this CPU target has no flush-to-zero mode here; subnormals stay IEEE");
+    return;
+  }
+  restart_openblas_pool();
+  s->fp_flushing = true;
 }
 
 qt_status qt_session_tape(qt_session *s, int64_t B, int64_t T, bool checkpointing, bool forward_only) {
@@ -358,6 +363,10 @@ qt_status qt_session_eval(qt_session *s, const qt_dataset *ds, qt_eval_result *r
 }
 
 void qt_session_free(qt_session *s) {
+  if (s->fp_flushing) { /* the threads leave in the mode they had */
+    qt_fp_keep_subnormals(omp_get_max_threads());
+    restart_openblas_pool();
+  }
   if (s->mt) qt_model_tape_free(&s->mt);
   if (s->lora) qt_lora_free(&s->lora);
   if (s->model) qt_model_free(&s->model);

@@ -49,6 +49,7 @@ typedef struct {
   qt_model_tape *mt;
   qt_prompt prompt;
   bool have_prompt;
+  bool fp_flushing;         /* this session turned on training.flush_subnormals */
 } qt_session;
 
 /* Loads the config (with --set overrides) and prints nothing. */

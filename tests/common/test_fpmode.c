@@ -48,6 +48,13 @@ static void test_flush(void **st) {
     assert_int_equal(after[t], 0);
     assert_true(flag[t]);
   }
+  qt_fp_keep_subnormals(4); /* and back: IEEE everywhere again */
+  assert_false(qt_fp_flushing_subnormals());
+  assert_int_equal(makes_subnormals(), 3);
+  int back[4] = {0};
+#pragma omp parallel num_threads(4)
+  back[omp_get_thread_num()] = makes_subnormals();
+  for (int t = 0; t < 4; t++) assert_int_equal(back[t], 3);
 #else
   assert_false(on);
   assert_int_equal(makes_subnormals(), 3);
