@@ -417,7 +417,10 @@ static void test_peft_roundtrip(void **st) {
   qt_lora_free(&l);
   /* The adapter qlora-train wrote for the PEFT check (ours_tiny_a/, checked by
    * make_model_fixtures.py --check-ours: peft_check.json) still loads and
-   * gives the logits PEFT was compared with. */
+   * gives the logits PEFT was compared with. Those logits were computed on
+   * another machine (its OpenBLAS kernels), so they are compared with a
+   * tolerance (PEFT itself agreed to 4.7e-7); the F32 and the BF16 copy of the
+   * adapter hold the same values, so on this machine they give the same bits. */
   qt_st_file f;
   ok(qt_st_open(GOLD "ours_tiny_a/ours.safetensors", &f));
   const qt_st_entry *ids = need(&f, "ids"), *lg = need(&f, "logits");
@@ -427,14 +430,19 @@ static void test_peft_roundtrip(void **st) {
   float *ref = f32_copy(lg);
   qt_lora *o = NULL;
   qt_model_batch b = {.ids = id, .targets = NULL, .pos = pos, .doc = doc, .B = 1, .T = N};
+  float *mine[2];
   for (int k = 0; k < 2; k++) {
     ok(qt_lora_load_peft(m, k ? GOLD "ours_tiny_a/adapter_bf16" : GOLD "ours_tiny_a/adapter",
                          false, 0, &o));
-    float *mine = logits_with(m, o, &b);
-    assert_memory_equal(mine, ref, (size_t)(N * m->V) * sizeof(float));
-    free(mine);
+    mine[k] = logits_with(m, o, &b);
+    double e = rel_err(mine[k], ref, N * m->V);
+    printf("ours_tiny_a adapter%s: logits vs the fixture rel %.3g\n", k ? "_bf16" : "", e);
+    assert_true(e <= 1e-5);
     qt_lora_free(&o);
   }
+  assert_memory_equal(mine[0], mine[1], (size_t)(N * m->V) * sizeof(float));
+  free(mine[0]);
+  free(mine[1]);
   uint8_t *js;
   size_t len;
   ok(qt_fs_read_file(GOLD "ours_tiny_a/peft_check.json", 1 << 20, &js, &len));
