@@ -90,6 +90,10 @@ static const tape_tensor *CT_(const qt_tape *t, int32_t id) {
 
 static qt_status new_tensor(qt_tape *t, tensor_kind kind, void *data, int64_t rows, int64_t cols,
                             bool rg, const char *name, int32_t *id) {
+  /* Out-parameters are written on every path (as qt_tape_init does): qt_fail's
+   * result is opaque, so without this GCC -O3 sees QT_TRY(new_tensor(...))
+   * fall through with *id unset (-Wmaybe-uninitialized at the callers). */
+  *id = -1;
   QT_ASSERT(rows >= 0 && cols >= 0);
   if (t->n_tensors >= t->cfg.max_tensors)
     return qt_fail(QT_ERR_NOMEM, "autograd: more than %d tensors on the tape; raise "
@@ -104,6 +108,7 @@ static qt_status new_tensor(qt_tape *t, tensor_kind kind, void *data, int64_t ro
 }
 
 static qt_status new_node(qt_tape *t, op_kind op, tape_node **out) {
+  *out = NULL; /* written on every path, see new_tensor */
   if (t->n_nodes >= t->cfg.max_nodes)
     return qt_fail(QT_ERR_NOMEM, "autograd: more than %d ops on the tape; raise "
                                  "qt_tape_config.max_nodes", (int)t->cfg.max_nodes);

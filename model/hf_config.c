@@ -124,10 +124,8 @@ static qt_status get_pos_double(const hf_ctx *cx, const cJSON *obj, const char *
 static qt_status get_bool(const hf_ctx *cx, const cJSON *obj, const char *key, const char *prefix, bool dflt,
                           bool *out) {
   const cJSON *v = get(obj, key);
-  if (v == NULL) {
-    *out = dflt;
-    return QT_OK;
-  }
+  *out = dflt; /* written on every path, like get_string */
+  if (v == NULL) return QT_OK;
   if (!cJSON_IsBool(v))
     return qt_fail(QT_ERR_FORMAT, "%s: key '%s%s' must be true or false, got %s", cx->label, prefix, key,
                    json_type_name(v));

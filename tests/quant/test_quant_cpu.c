@@ -349,8 +349,10 @@ static void test_from_bnb_errors(void **state) {
       "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float16\", \"shape\": [3, -5]}",
       "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float16\", \"shape\": [3, 6]}",
       "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float16\", \"shape\": [3, 5], \"nested_offset\": 0.1}",
-      "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float16\", \"shape\": [3, 5], "
-      "\"nested_blocksize\": 128, \"nested_offset\": 0.1}",
+      /* one entry split over two lines; the parentheses tell clang's
+       * -Wstring-concatenation that the missing comma is intended */
+      ("{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float16\", \"shape\": [3, 5], "
+       "\"nested_blocksize\": 128, \"nested_offset\": 0.1}"),
       "[1, 2]",
       "{\"quant_type\": ",
   };
