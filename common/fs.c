@@ -1,4 +1,6 @@
 /* common/fs.c — atomic file replacement, mkdir -p, directory fsync. */
+/* flock(2) is a BSD/Linux call, outside POSIX. */
+#define _DEFAULT_SOURCE 1
 #include "common/fs.h"
 
 #include <errno.h>
@@ -6,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -213,4 +216,56 @@ qt_status qt_fs_mkdir_p(const char *path) {
   }
   free(p);
   return s;
+}
+
+qt_status qt_fs_lock_dir(const char *dir, int *fd) {
+  *fd = -1;
+  QT_TRY(qt_fs_mkdir_p(dir));
+  size_t n = strlen(dir) + sizeof "/qlora-train.lock";
+  char *p = malloc(n);
+  if (!p) return qt_fail(QT_ERR_NOMEM, "%s: out of memory", dir);
+  snprintf(p, n, "%s/qlora-train.lock", dir);
+  int f = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (f < 0) {
+    qt_status s = qt_fail(QT_ERR_IO, "%s: cannot open the lock file: %s", p, strerror(errno));
+    free(p);
+    return s;
+  }
+  int r;
+  do r = flock(f, LOCK_EX | LOCK_NB);
+  while (r != 0 && errno == EINTR);
+  if (r != 0) {
+    int e = errno;
+    char pid[32] = "";
+    if (e == EWOULDBLOCK) {
+      ssize_t k = pread(f, pid, sizeof pid - 1, 0);
+      pid[k > 0 ? k : 0] = '\0';
+      pid[strcspn(pid, "\n")] = '\0';
+    }
+    close(f);
+    free(p);
+    if (e != EWOULDBLOCK) return qt_fail(QT_ERR_IO, "%s/qlora-train.lock: cannot lock: %s", dir, strerror(e));
+    return qt_fail(QT_ERR_BUSY,
+                   "output.dir %s is in use by another qlora-train (pid %s); use another output.dir or wait "
+                   "until it ends",
+                   dir, pid[0] ? pid : "unknown");
+  }
+  /* The pid is only for the message above; the lock itself is the flock. */
+  char buf[32];
+  int len = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  if (ftruncate(f, 0) != 0 || pwrite(f, buf, (size_t)len, 0) != len) {
+    qt_status s = qt_fail(QT_ERR_IO, "%s: cannot write: %s", p, strerror(errno));
+    close(f);
+    free(p);
+    return s;
+  }
+  free(p);
+  *fd = f;
+  return QT_OK;
+}
+
+void qt_fs_unlock_dir(int *fd) {
+  if (*fd < 0) return;
+  close(*fd); /* closing the last descriptor releases the flock */
+  *fd = -1;
 }

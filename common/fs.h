@@ -47,6 +47,17 @@ qt_status qt_fs_read_file(const char *path, size_t max_len, uint8_t **buf, size_
  * Existing directories are fine; an existing non-directory is an error. */
 qt_status qt_fs_mkdir_p(const char *path);
 
+/* One writer per directory: creates DIR (mkdir -p) and takes an exclusive
+ * flock(2) on DIR/qlora-train.lock, writing this process's pid into it. The
+ * kernel drops the lock when the process ends however it ends, so a run killed
+ * with SIGKILL leaves no stale lock (the file stays; it is only a handle).
+ * When another process holds it: QT_ERR_BUSY, "output.dir DIR is in use by
+ * another qlora-train (pid N); ...". *fd receives the descriptor to keep
+ * open while writing (-1 on error); qt_fs_unlock_dir releases it. */
+qt_status qt_fs_lock_dir(const char *dir, int *fd);
+/* Releases a lock from qt_fs_lock_dir (no-op for *fd < 0); sets *fd = -1. */
+void qt_fs_unlock_dir(int *fd);
+
 /* fsyncs the directory DIR (makes renames and creations inside it durable). */
 qt_status qt_fs_fsync_dir(const char *dir);
 /* fsyncs the directory that contains PATH ("." for a bare file name). */

@@ -21,6 +21,7 @@ const char *qt_status_name(qt_status s) {
     case QT_ERR_NUMERIC: return "numeric error";
     case QT_ERR_INTERRUPTED: return "interrupted";
     case QT_ERR_USAGE: return "usage error";
+    case QT_ERR_BUSY: return "busy";
   }
   return "unknown status";
 }

@@ -28,7 +28,8 @@ typedef enum {
   QT_ERR_CUDA,        /* a CUDA / cuBLASLt / cuRAND / NCCL call failed */
   QT_ERR_NUMERIC,     /* non-finite loss or gradients beyond the allowed policy */
   QT_ERR_INTERRUPTED, /* stopped by a signal after a clean save */
-  QT_ERR_USAGE        /* command-line usage error (exit status 2) */
+  QT_ERR_USAGE,       /* command-line usage error (exit status 2) */
+  QT_ERR_BUSY         /* held by another process (an output.dir in use) */
 } qt_status;
 
 /* Short stable name of a status, e.g. "format error". */

@@ -2,7 +2,11 @@
  * section 5). Each uses --checkpoint DIR (a qlora-train checkpoint or a PEFT
  * adapter directory) when given, else the newest complete checkpoint under
  * output.dir, else (eval, generate) the base model alone. */
+/* realpath(3) is XSI, outside the POSIX base the build selects. */
+#define _DEFAULT_SOURCE 1
 #include <cjson/cJSON.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -319,6 +323,34 @@ static qt_status export_merged(qt_session *s, const char *out, qt_cfg_dtype dt, 
   return r;
 }
 
+/* Whether PATH is DIR itself or lies below it, by real paths: PATH's nearest
+ * existing ancestor is resolved (symlinks, "..") and the rest appended. False
+ * when DIR does not exist (nothing to protect). */
+static bool path_inside(const char *dir, const char *path) {
+  char rd[PATH_MAX], cur[PATH_MAX], rp[PATH_MAX], tail[PATH_MAX] = "";
+  if (!realpath(dir, rd)) return false;
+  snprintf(cur, sizeof cur, "%s", path);
+  while (!realpath(cur, rp)) {
+    if (strcmp(cur, ".") == 0 || strcmp(cur, "/") == 0) return false; /* cwd gone */
+    char *slash = strrchr(cur, '/');
+    char t[PATH_MAX];
+    snprintf(t, sizeof t, "/%s%s", slash ? slash + 1 : cur, tail);
+    snprintf(tail, sizeof tail, "%s", t);
+    if (!slash) {
+      snprintf(cur, sizeof cur, ".");
+    } else if (slash == cur) {
+      snprintf(cur, sizeof cur, "/");
+    } else {
+      *slash = '\0';
+    }
+  }
+  char full[2 * PATH_MAX + 2];
+  snprintf(full, sizeof full, "%s%s", strcmp(rp, "/") == 0 ? "" : rp, tail);
+  size_t n = strlen(rd);
+  if (strcmp(rd, "/") == 0) return true;
+  return strncmp(full, rd, n) == 0 && (full[n] == '\0' || full[n] == '/');
+}
+
 qt_status qt_cmd_export(int argc, char **argv) {
   qt_args a;
   QT_TRY(qt_args_parse(argc, argv, QT_ARG_CHECKPOINT | QT_ARG_FORMAT | QT_ARG_OUT, &a));
@@ -332,6 +364,12 @@ qt_status qt_cmd_export(int argc, char **argv) {
       snprintf(out, sizeof out, "%s", a.out);
     else
       snprintf(out, sizeof out, "%s/export-%s", s.cfg.output.dir, merged ? "merged" : "peft");
+  }
+  /* Writing inside an output directory: one writer at a time there, as for
+   * training (a run in progress prunes and replaces what is under it). */
+  int lock = -1;
+  if (r == QT_OK && path_inside(s.cfg.output.dir, out)) r = qt_fs_lock_dir(s.cfg.output.dir, &lock);
+  if (r == QT_OK) {
     /* a merge onto the original weights needs them dense: load without quantizing */
     r = qt_session_load_model(&s);
   }
@@ -343,6 +381,7 @@ qt_status qt_cmd_export(int argc, char **argv) {
     r = export_merged(&s, out, s.cfg.export_.dtype, s.cfg.export_.merge_base);
   }
   if (r == QT_OK) fprintf(stderr, "qlora-train: wrote %s (%s)\n", out, merged ? "merged Hugging Face model" : "PEFT adapter");
+  qt_fs_unlock_dir(&lock);
   qt_session_free(&s);
   return r;
 }

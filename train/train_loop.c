@@ -804,7 +804,13 @@ qt_status qt_cmd_train(int argc, char **argv) {
   QT_TRY(qt_args_parse(argc, argv, 0, &a));
   qt_session s;
   qt_status r = qt_session_config(&s, &a);
+  /* One writer per output directory, taken before anything is loaded so a
+   * second run stops at once (two writers would prune each other's
+   * checkpoints and interleave metrics.jsonl). */
+  int lock = -1;
+  if (r == QT_OK) r = qt_fs_lock_dir(s.cfg.output.dir, &lock);
   if (r == QT_OK) r = train_main(&s, a.config_path);
+  qt_fs_unlock_dir(&lock);
   qt_session_free(&s);
   return r;
 }
