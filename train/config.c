@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
+#include "common/log.h"
 
 typedef enum { K_STR, K_PATH_OPT, K_INT, K_FLOAT, K_BOOL, K_ENUM, K_TARGETS } qt_cfg_kind;
 
@@ -669,25 +670,31 @@ static bool was_set(const bool *set, const char *section, const char *key) {
   return k && set[k - qt_cfg_keys];
 }
 
-static void validate(const qt_config *c, const bool *set, const char *label, qt_cfg_errors *e) {
+/* e: errors (the load fails); w: warnings (accepted, logged). */
+static void validate(const qt_config *c, const bool *set, const char *label, qt_cfg_errors *e,
+                     qt_cfg_errors *w) {
   for (int i = 0; i < N_KEYS; i++)
     if (qt_cfg_keys[i].required && !set[i])
       err_add(e, "%s: missing required key '%s.%s'", label, qt_cfg_keys[i].section, qt_cfg_keys[i].key);
   if (c->model.quant == QT_CFG_QUANT_NONE && c->model.double_quant && was_set(set, "model", "double_quant"))
-    err_add(e, "%s: model.double_quant: true needs model.quant nf4 or fp4 (quant is none)", label);
+    err_add(w, "%s: model.double_quant: true has no effect with model.quant none (bitsandbytes ignores "
+               "bnb_4bit_use_double_quant without 4-bit loading too)", label);
   if (c->training.eval_steps > 0 && c->data.eval[0] == '\0')
     err_add(e, "%s: training.eval_steps is %lld but data.eval is not set; give an eval file or set eval_steps to 0",
             label, (long long)c->training.eval_steps);
+  /* The HF Trainer accepts this: the learning rate is still rising when
+   * training ends (a common smoke test is max_steps=1). */
   if (c->training.max_steps > 0 && c->training.warmup_steps > c->training.max_steps)
-    err_add(e, "%s: training.warmup_steps (%lld) is larger than training.max_steps (%lld)", label,
+    err_add(w, "%s: training.warmup_steps (%lld) is larger than training.max_steps (%lld): "
+               "warmup never finishes, the learning rate never reaches training.learning_rate", label,
             (long long)c->training.warmup_steps, (long long)c->training.max_steps);
   if (c->training.min_lr_ratio > 0 && c->training.lr_scheduler != QT_SCHED_COSINE)
     err_add(e, "%s: training.min_lr_ratio applies only to lr_scheduler cosine", label);
   if (c->data.chat_template != QT_TPL_AUTO && c->data.format != QT_FMT_CHAT)
     err_add(e, "%s: data.chat_template applies only to data.format chat", label);
   if (c->data.train_on_prompt && c->data.format == QT_FMT_TEXT && was_set(set, "data", "train_on_prompt"))
-    err_add(e, "%s: data.train_on_prompt has no effect with data.format text (every token is trained on); "
-               "use format completion, alpaca or chat", label);
+    err_add(w, "%s: data.train_on_prompt has no effect with data.format text (every token is trained on; "
+               "axolotl accepts train_on_inputs with any type too)", label);
   if (c->export_.merge_base == QT_MERGE_NF4_ROUNDTRIP && c->model.quant == QT_CFG_QUANT_NONE)
     err_add(e, "%s: export.merge_base nf4_roundtrip needs model.quant nf4 or fp4", label);
 }
@@ -696,7 +703,7 @@ qt_status qt_config_load_string(const char *yaml, size_t len, const char *label,
                                 qt_config *cfg) {
   qt_config_defaults(cfg);
   bool set[N_KEYS] = {false};
-  qt_cfg_errors e = {0};
+  qt_cfg_errors e = {0}, w = {0};
   yaml_parser_t parser;
   yaml_document_t doc;
   if (!yaml_parser_initialize(&parser)) return qt_fail(QT_ERR_NOMEM, "%s: cannot create a YAML parser", label);
@@ -715,13 +722,23 @@ qt_status qt_config_load_string(const char *yaml, size_t len, const char *label,
     }
     yaml_document_delete(&doc);
     for (int i = 0; i < n_sets; i++) apply_set(sets[i], cfg, set, &e);
-    if (e.count == 0) validate(cfg, set, label, &e);
+    if (e.count == 0) validate(cfg, set, label, &e, &w);
   }
   yaml_parser_delete(&parser);
   if (e.count == 0) {
     free(e.buf);
+    if (w.buf) {
+      snprintf(cfg->warnings, sizeof cfg->warnings, "%s", w.buf);
+      for (char *line = w.buf, *nl; *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        *nl = '\0';
+        QT_LOGW("%s", line);
+      }
+    }
+    free(w.buf);
     return QT_OK;
   }
+  free(w.buf);
   if (e.len && e.buf[e.len - 1] == '\n') e.buf[--e.len] = '\0';
   qt_status s = qt_fail(QT_ERR_CONFIG, "%d problem%s in the config:\n%s%s", e.count, e.count == 1 ? "" : "s",
                         e.buf ? e.buf : "", e.count > 50 ? "\n(more not shown)" : "");

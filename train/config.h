@@ -102,6 +102,10 @@ typedef struct {
     qt_cfg_merge_base merge_base;   /* original */
     qt_cfg_dtype dtype;             /* bf16 */
   } export_;
+  /* Combinations that are accepted but probably not meant (the HF Trainer,
+   * axolotl and bitsandbytes accept them too), one per line: logged as
+   * warnings by the loader; not part of the effective config. */
+  char warnings[1024];
 } qt_config;
 
 /* Fills *cfg with the documented defaults (required paths empty). */
@@ -109,7 +113,9 @@ void qt_config_defaults(qt_config *cfg);
 
 /* Loads PATH over the defaults, then applies the `KEY=VALUE` overrides in
  * sets[0..n_sets), then validates. On error returns QT_ERR_CONFIG (or
- * QT_ERR_IO when the file cannot be read) with every problem listed. */
+ * QT_ERR_IO when the file cannot be read) with every problem listed. On
+ * success, accepted-but-odd combinations are logged as warnings and kept in
+ * cfg->warnings. */
 qt_status qt_config_load(const char *path, const char *const *sets, int n_sets, qt_config *cfg);
 
 /* Same, from an in-memory YAML text; `label` stands for the file name in
