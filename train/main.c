@@ -11,9 +11,37 @@
 #include "common/status.h"
 #include "train/cli.h"
 
+#include "qt_version.h" /* QLORA_GIT_COMMIT, written at build time */
+
 #ifndef QLORA_VERSION
 #define QLORA_VERSION "0.0.0"
 #endif
+#ifndef QLORA_BUILD_TYPE
+#define QLORA_BUILD_TYPE "unknown"
+#endif
+#ifndef QLORA_CUDA_ARCHS
+#define QLORA_CUDA_ARCHS ""
+#endif
+#ifndef QLORA_C_COMPILER
+#define QLORA_C_COMPILER "unknown"
+#endif
+
+/* What a bug report needs: version, commit, build type and compiler, the CUDA
+ * targets compiled in, and the BLAS kernels this CPU runs (they decide the
+ * last bits of every CPU result). */
+static void print_version(void) {
+  printf("qlora-train %s\n", QLORA_VERSION);
+  printf("commit: %s\n", QLORA_GIT_COMMIT);
+  printf("build: %s, %s\n", QLORA_BUILD_TYPE, QLORA_C_COMPILER);
+#ifdef QLORA_HAVE_CUDA
+  printf("cuda: yes, architectures %s\n", QLORA_CUDA_ARCHS);
+#else
+  printf("cuda: no\n");
+#endif
+  const char *core = openblas_get_corename();
+  const char *cfg = openblas_get_config();
+  printf("blas: core %s (%s)\n", core ? core : "unknown", cfg ? cfg : "OpenBLAS");
+}
 
 static void print_usage(FILE *f) {
   fputs(
@@ -77,7 +105,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (strcmp(cmd, "--version") == 0) {
-    printf("qlora-train %s\n", QLORA_VERSION);
+    print_version();
     return 0;
   }
   for (const qt_cli_command *c = qt_cli_commands; c->name; c++) {
