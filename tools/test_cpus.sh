@@ -39,9 +39,14 @@ if ! command -v qemu-x86_64 > /dev/null 2>&1; then
 fi
 for cpu in Nehalem Haswell; do
   echo "== test_cpus: qemu-x86_64 -cpu $cpu, unit tests"
+  # qemu runs AVX2 code ~10x slower than SSE code: under the Haswell model the
+  # stories260K golden checks (test_model_lora, ~10 min there) are left out;
+  # their kernels are the ones test_tape_decoder and test_model_lora_units run.
+  skip='^$'
+  [ "$cpu" = Haswell ] && skip='^test_model_lora$'
   # OMP_WAIT_POLICY set: qlora-train would otherwise restart itself natively.
   if QLORA_TEST_EMULATOR="qemu-x86_64 -cpu $cpu" OMP_WAIT_POLICY=passive \
-     ctest --test-dir "$B" --output-on-failure -j"$(nproc)" -L unit -LE "cuda|slow|e2e"; then
+     ctest --test-dir "$B" --output-on-failure -j"$(nproc)" -L unit -LE "cuda|slow|e2e" -E "$skip"; then
     runs=$((runs + 1))
   else
     failed+=("qemu -cpu $cpu")
