@@ -131,6 +131,19 @@ static int key_equal(const gemm_key *a, const gemm_key *b) {
          a->align_c == b->align_c;
 }
 
+/* One heuristic query for one algorithm: 1 when it offers one (*res). cuBLASLt
+ * says "nothing fits" in two ways, CUBLAS_STATUS_SUCCESS with no result or
+ * CUBLAS_STATUS_NOT_SUPPORTED outright (the same call fails that way in
+ * Comfy-Org/ComfyUI#7073; review cuda-2026-12-02 section 1 item 4), so both give
+ * 0 with *s and *nres telling which; any other *s is an error. */
+static int heuristic_pick(qt_gemm_cuda *g, gemm_plan *p, cublasLtMatmulPreference_t pref,
+                          cublasLtMatmulHeuristicResult_t *res, cublasStatus_t *s, int *nres) {
+  *nres = 0;
+  *s = cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, res,
+                                      nres);
+  return *s == CUBLAS_STATUS_SUCCESS && *nres >= 1 && res->state == CUBLAS_STATUS_SUCCESS;
+}
+
 /* Builds the descriptors and asks the heuristic for one algorithm. On failure
  * the plan is released (its slot stays free). */
 static qt_status plan_build(qt_gemm_cuda *g, gemm_plan *p, const gemm_key *k) {
@@ -146,7 +159,7 @@ static qt_status plan_build(qt_gemm_cuda *g, gemm_plan *p, const gemm_key *k) {
   uint64_t ws = g->workspace_bytes;
   uint32_t reduction;
   cublasLtMatmulHeuristicResult_t res;
-  int nres = 0;
+  int nres = 0, found, retried = 0;
 #define PLAN_TRY(call)                                                                     \
   do {                                                                                     \
     if ((s = (call)) != CUBLAS_STATUS_SUCCESS) {                                           \
@@ -178,30 +191,39 @@ static qt_status plan_build(qt_gemm_cuda *g, gemm_plan *p, const gemm_key *k) {
   /* Split-K partial sums in fp32 only: INPLACE and OUTPUT_TYPE reductions add
    * the parts in the output type, which for bf16 C would round each part to
    * bf16 (cublasLtReductionScheme_t). Should the heuristic offer nothing under
-   * that filter, it is asked again without it (the result stays deterministic:
-   * the plan is cached). */
+   * that filter (no result, or CUBLAS_STATUS_NOT_SUPPORTED), it is asked again
+   * without it (the result stays deterministic: the plan is cached). An fp32 C
+   * already allows every scheme, and the other preferences are facts (the
+   * pointers' alignment, the workspace there is), so there is nothing looser to
+   * ask for. */
   reduction = k->c_f32 ? (uint32_t)CUBLASLT_REDUCTION_SCHEME_MASK
                        : (uint32_t)CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
   PLAN_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
                                                 &reduction, sizeof reduction));
-  PLAN_TRY(cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, &res,
-                                          &nres));
-  if ((nres < 1 || res.state != CUBLAS_STATUS_SUCCESS) && !k->c_f32) {
+  found = heuristic_pick(g, p, pref, &res, &s, &nres);
+  if (!found && !k->c_f32 && (s == CUBLAS_STATUS_SUCCESS || s == CUBLAS_STATUS_NOT_SUPPORTED)) {
+    retried = 1;
     reduction = (uint32_t)CUBLASLT_REDUCTION_SCHEME_MASK;
     PLAN_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
                                                   &reduction, sizeof reduction));
-    nres = 0;
-    PLAN_TRY(cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1,
-                                            &res, &nres));
+    found = heuristic_pick(g, p, pref, &res, &s, &nres);
   }
-  if (nres < 1 || res.state != CUBLAS_STATUS_SUCCESS) {
+  if (!found) {
+    /* What the (last) query said: an error status, or success with no usable result. */
+    cublasStatus_t why = s != CUBLAS_STATUS_SUCCESS || nres < 1 ? s : res.state;
     st = qt_fail(QT_ERR_CUDA,
-                 "%s:%d: cuBLASLt has no algorithm for a bf16 GEMM M=%lld N=%lld K=%lld "
-                 "(ta=%d tb=%d lda=%lld ldb=%lld ldc=%lld fp32 C=%d, %llu bytes of "
-                 "workspace); give the GEMM context more workspace or report the shape",
+                 "%s:%d: cuBLASLt has no algorithm for the GEMM C (M x N) = op(A) op(B) with "
+                 "M=%lld N=%lld K=%lld, ta=%d tb=%d, lda=%lld ldb=%lld ldc=%lld, A and B bf16, "
+                 "C %s, compute fp32, alignment A/B/C %u/%u/%u bytes, %llu bytes of workspace: "
+                 "cublasLtMatmulAlgoGetHeuristic%s returned %s (%s)%s; give the GEMM context "
+                 "more workspace or report the shape",
                  __FILE__, __LINE__, (long long)k->M, (long long)k->N, (long long)k->K, k->ta,
-                 k->tb, (long long)k->lda, (long long)k->ldb, (long long)k->ldc, k->c_f32,
-                 (unsigned long long)ws);
+                 k->tb, (long long)k->lda, (long long)k->ldb, (long long)k->ldc,
+                 k->c_f32 ? "fp32" : "bf16", k->align_a, k->align_b, k->align_c,
+                 (unsigned long long)ws,
+                 retried ? " (also without the fp32 split-K reduction filter)" : "",
+                 cublasLtGetStatusName(why), cublasLtGetStatusString(why),
+                 s == CUBLAS_STATUS_SUCCESS && nres < 1 ? " with no result" : "");
     goto fail;
   }
   p->algo = res.algo;

@@ -11,11 +11,17 @@
 // table of qt_adamw_qmap (derived on the host from bitsandbytes' search).
 // Paged state: bitsandbytes functional.get_paged / cprefetch (formats.md 3.5):
 // cudaMallocManaged(..., cudaMemAttachHost), cudaMemPrefetchAsync to the device
-// before each update when cudaDevAttrConcurrentManagedAccess is set.
+// before each update. Refused (QT_ERR_UNSUPPORTED) on a device without
+// cudaDevAttrConcurrentManagedAccess, where kernels cannot touch it. Non-paged
+// state is managed memory attached globally, not plain cudaMalloc, because
+// adamw_cpu.c reads and writes the state through host pointers (the device copy
+// of the 8-bit maps, checkpoint save and load; optim.h).
 #include <cuda_runtime.h>
 #include <curand_kernel.h>
 #include <float.h>
 #include <stdint.h>
+
+#include "common/cuda_check.h"
 
 extern "C" {
 #include "optim/optim.h"
@@ -25,14 +31,6 @@ namespace {
 
 constexpr int kBlock = QT_ADAMW_BLOCK;  // 256 threads, one per value of an 8-bit block
 constexpr int kThreads32 = 256;
-
-qt_status check_launch(const char *what) {
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    return qt_fail(QT_ERR_CUDA, "optim: %s: %s (%s); check the GPU state (nvidia-smi)", what,
-                   cudaGetErrorString(e), cudaGetErrorName(e));
-  return QT_OK;
-}
 
 __device__ __forceinline__ float bf16_to_f32(uint16_t h) {
   return __uint_as_float((uint32_t)h << 16);
@@ -168,14 +166,16 @@ qt_status qt_adamw32_update_f32_cuda(float *p, const float *g, float *m, float *
                                      const qt_adamw_scalars *k) {
   if (n == 0) return QT_OK;
   k_adam32<float><<<grid32(n), kThreads32>>>(p, g, m, v, n, *k, 0, 0);
-  return check_launch("adamw32 f32 update");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 qt_status qt_adamw32_update_bf16_cuda(uint16_t *p, const float *g, float *m, float *v, int64_t n,
                                       const qt_adamw_scalars *k, uint64_t seed, uint32_t tensor) {
   if (n == 0) return QT_OK;
   k_adam32<uint16_t><<<grid32(n), kThreads32>>>(p, g, m, v, n, *k, seed, tensor);
-  return check_launch("adamw32 bf16 update");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 qt_status qt_adamw8_update_f32_cuda(float *p, const float *g, uint8_t *code1, uint8_t *code2,
@@ -186,7 +186,8 @@ qt_status qt_adamw8_update_f32_cuda(float *p, const float *g, uint8_t *code1, ui
   int64_t nb = (n + kBlock - 1) / kBlock;
   k_adam8<float><<<(unsigned)nb, kBlock>>>(p, g, code1, code2, absmax1, absmax2, qmap1, qmap2, n,
                                            *k, 0, 0);
-  return check_launch("adamw8 f32 update");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 qt_status qt_adamw8_update_bf16_cuda(uint16_t *p, const float *g, uint8_t *code1, uint8_t *code2,
@@ -197,24 +198,44 @@ qt_status qt_adamw8_update_bf16_cuda(uint16_t *p, const float *g, uint8_t *code1
   int64_t nb = (n + kBlock - 1) / kBlock;
   k_adam8<uint16_t><<<(unsigned)nb, kBlock>>>(p, g, code1, code2, absmax1, absmax2, qmap1, qmap2,
                                               n, *k, seed, tensor);
-  return check_launch("adamw8 bf16 update");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 qt_status qt_adamw_cuda_state_alloc(size_t bytes, bool paged, void **out) {
   *out = NULL;
-  cudaError_t e = cudaMallocManaged(out, bytes ? bytes : 64,
-                                    paged ? cudaMemAttachHost : cudaMemAttachGlobal);
+  if (paged) {
+    // Paged state is attached to the host (cudaMemAttachHost). Kernels may touch
+    // host-attached managed memory only where the device has concurrent managed
+    // access (Linux, Pascal and later); elsewhere (Windows, WSL, older GPUs) the
+    // first update would fault with an illegal address, as nothing here attaches
+    // the state to a stream (cudaStreamAttachMemAsync), and oversubscription,
+    // the point of paging, needs concurrent access anyway. So refuse up front.
+    int dev = 0, concurrent = 0;
+    QT_CUDA_CHECK(cudaGetDevice(&dev));
+    QT_CUDA_CHECK(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, dev));
+    if (!concurrent)
+      return qt_fail(QT_ERR_UNSUPPORTED,
+                     "optim: paged optimizer state needs concurrent managed access, and CUDA "
+                     "device %d reports cudaDevAttrConcurrentManagedAccess = 0 (Windows/WSL or "
+                     "a pre-Pascal GPU); use a non-paged optimizer (adamw_8bit or adamw_32bit)",
+                     dev);
+  }
+  const size_t n = bytes ? bytes : 64;
+  cudaError_t e = cudaMallocManaged(out, n, paged ? cudaMemAttachHost : cudaMemAttachGlobal);
   if (e != cudaSuccess) {
     *out = NULL;
-    return qt_fail(QT_ERR_CUDA, "optim: cannot allocate %.1f MiB of %s optimizer state: %s",
-                   (double)bytes / 1048576.0, paged ? "paged" : "managed", cudaGetErrorString(e));
+    return qt_fail(QT_ERR_CUDA, "optim: cannot allocate %.1f MiB of %s optimizer state: %s (%s)",
+                   (double)bytes / 1048576.0, paged ? "paged" : "managed", cudaGetErrorString(e),
+                   cudaGetErrorName(e));
   }
-  e = cudaMemset(*out, 0, bytes ? bytes : 64);
+  e = cudaMemset(*out, 0, n);
   if (e == cudaSuccess) e = cudaDeviceSynchronize();
   if (e != cudaSuccess) {
-    cudaFree(*out);
+    cudaFree(*out); /* already failing: the first error is the one reported */
     *out = NULL;
-    return qt_fail(QT_ERR_CUDA, "optim: cannot clear optimizer state: %s", cudaGetErrorString(e));
+    return qt_fail(QT_ERR_CUDA, "optim: cannot clear optimizer state: %s (%s)",
+                   cudaGetErrorString(e), cudaGetErrorName(e));
   }
   return QT_OK;
 }

@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common/cuda_check.h"
+
 extern "C" {
 #include "quant/quant.h"
 }
@@ -25,14 +27,6 @@ __constant__ float c_fp4[16] = {
     4.0f / 12.0f,  6.0f / 12.0f,     2.0f / 12.0f,  3.0f / 12.0f,
     -0.0f / 12.0f, -0.0625f / 12.0f, -8.0f / 12.0f, -12.0f / 12.0f,
     -4.0f / 12.0f, -6.0f / 12.0f,    -2.0f / 12.0f, -3.0f / 12.0f};
-
-qt_status check_launch(const char *what) {
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    return qt_fail(QT_ERR_CUDA, "quant: %s: %s; check the GPU state (nvidia-smi)", what,
-                   cudaGetErrorString(e));
-  return QT_OK;
-}
 
 // kernels.cu dQuantizeNF4 (same tree as quant_ref.c encode_nf4).
 __device__ __forceinline__ uint8_t enc_nf4(float x) {
@@ -212,7 +206,8 @@ qt_status quant4(qt_quant_type t, const T *x, int64_t n, int blocksize, uint8_t 
   int threads = blocksize / 2 < kThreads ? blocksize / 2 : kThreads;
   k_quant4<T><<<grid_for(nb, 1), threads, 0, (cudaStream_t)stream>>>((int)t, x, n, blocksize,
                                                                      packed, absmax, nb);
-  return check_launch("4-bit quantize");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 template <typename T>
@@ -222,7 +217,8 @@ qt_status dequant4(qt_quant_type t, const uint8_t *packed, const float *absmax, 
   if (n == 0) return QT_OK;
   k_dequant4<T><<<grid_for((n + 1) / 2, kThreads), kThreads, 0, (cudaStream_t)stream>>>(
       (int)t, packed, absmax, n, log2i(blocksize), out);
-  return check_launch("4-bit dequantize");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 }  // namespace
@@ -261,7 +257,8 @@ qt_status qt_quant_8bit_quantize_cuda(const float *code, const float *x, int64_t
   int threads = blocksize < kThreads ? 32 : kThreads;
   k_quant8<<<grid_for(nb, 1), threads, 0, (cudaStream_t)stream>>>(code, x, n, blocksize, 0.0f, q,
                                                                    absmax, nb);
-  return check_launch("8-bit quantize");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 qt_status qt_quant_8bit_dequantize_cuda(const float *code, const uint8_t *q, const float *absmax,
@@ -270,7 +267,8 @@ qt_status qt_quant_8bit_dequantize_cuda(const float *code, const uint8_t *q, con
   if (n == 0) return QT_OK;
   k_dequant8<<<grid_for(n, kThreads), kThreads, 0, (cudaStream_t)stream>>>(code, q, absmax, n,
                                                                             blocksize, 0.0f, 0, out);
-  return check_launch("8-bit dequantize");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 qt_status qt_quant_dq_compress_cuda(const float *code, const float *absmax, int64_t nb,
@@ -281,7 +279,8 @@ qt_status qt_quant_dq_compress_cuda(const float *code, const float *absmax, int6
   int64_t nnb = (nb + QT_QUANT_NESTED_BLOCKSIZE - 1) / QT_QUANT_NESTED_BLOCKSIZE;
   k_quant8<<<grid_for(nnb, 1), kThreads, 0, (cudaStream_t)stream>>>(
       code, absmax, nb, QT_QUANT_NESTED_BLOCKSIZE, offset, qabsmax, nested_absmax, nnb);
-  return check_launch("double-quant compress");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 qt_status qt_quant_dq_decompress_cuda(const float *code, const uint8_t *qabsmax,
@@ -291,7 +290,8 @@ qt_status qt_quant_dq_decompress_cuda(const float *code, const uint8_t *qabsmax,
   if (nb == 0) return QT_OK;
   k_dequant8<<<grid_for(nb, kThreads), kThreads, 0, (cudaStream_t)stream>>>(
       code, qabsmax, nested_absmax, nb, QT_QUANT_NESTED_BLOCKSIZE, offset, 1, absmax);
-  return check_launch("double-quant decompress");
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
 }
 
 }  // extern "C"

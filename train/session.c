@@ -117,7 +117,7 @@ qt_status qt_session_config(qt_session *s, const qt_args *a) {
   fclose(f);
 #ifdef QLORA_HAVE_CUDA
   if (s->cfg.training.device == QT_DEVICE_AUTO) {
-    /* auto stays on the CPU until the GPU path has passed tools/gpu_suite.sh on a
+    /* auto stays on the CPU until the GPU path has passed the GPU check (gpu_bundle.sh) on a
      * GPU (README, Status); say so instead of training on the CPU silently */
     int n = 0;
     if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0)

@@ -4,7 +4,7 @@
  * (the seed is printed), odd shapes (1, 5, 7, 63, 65, 127), bf16 inputs fed to
  * both sides (the CPU op gets the same values widened to fp32), NMSE plus
  * allclose, NaN fails, guard bytes around every device buffer an op writes.
- * Label `cuda`; exits 77 without a GPU. No benchmark here: tools/gpu_suite.sh
+ * Label `cuda`; exits 77 without a GPU. No benchmark here: the GPU check (tools/gpu_run.sh)
  * runs every `cuda`-labelled test (this one included) on a GPU machine.
  *
  * Tolerances (one reason each):
@@ -36,6 +36,7 @@
 #include "common/half.h"
 #include "common/status.h"
 #include "quant/quant.h"
+#include "tests/common/cuda_test_util.h"
 
 enum { GUARD = 256 };
 #define GUARD_BYTE 0xA5
@@ -492,11 +493,8 @@ static void case_cross_entropy(int64_t N, int64_t C, int64_t V, int64_t chunk, d
 }
 
 int main(void) {
-  int ndev = 0;
-  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-    fprintf(stderr, "test_ops_cuda_more: no CUDA device, skipped\n");
-    return 77;
-  }
+  int rc = ctu_gpu_check("test_ops_cuda_more");
+  if (rc != 0) return rc; /* 77: no GPU (skipped); 1: a GPU CUDA cannot use */
   rng_state = (uint64_t)time(NULL); /* fresh inputs each run; the seed is printed */
   fprintf(stderr, "test_ops_cuda_more: seed %llu\n", (unsigned long long)rng_state);
   OK(qt_gemm_cuda_create(&gemm, (size_t)32 << 20));

@@ -23,6 +23,7 @@
 #include "autograd/ops_cuda.h"
 #include "common/half.h"
 #include "common/status.h"
+#include "tests/common/cuda_test_util.h"
 
 enum { GUARD = 256 };
 #define GUARD_BYTE 0xA5
@@ -244,11 +245,8 @@ static void case_embedding(int64_t N, int64_t C, int64_t V) {
 }
 
 int main(void) {
-  int ndev = 0;
-  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-    fprintf(stderr, "test_ops_cuda_parity: no CUDA device, skipped\n");
-    return 77;
-  }
+  int rc = ctu_gpu_check("test_ops_cuda_parity");
+  if (rc != 0) return rc; /* 77: no GPU (skipped); 1: a GPU CUDA cannot use */
   rng_state = (uint64_t)time(NULL); /* fresh inputs each run; the seed is printed */
   fprintf(stderr, "test_ops_cuda_parity: seed %llu\n", (unsigned long long)rng_state);
   for (int i = 0; i < NS; i++)

@@ -12,6 +12,7 @@
 
 #include "common/cuda_check.h"
 #include "common/half.h"
+#include "cuda_test_util.h"
 #include "half_cases.h"
 
 /* in: (n,) fp32 patterns; out_b, out_h: (n,) bf16 / fp16 patterns */
@@ -58,9 +59,9 @@ static qt_status run(void) {
   QT_CUDA_CHECK_GOTO(st, done, cudaMalloc(&d_wh, sizeof wh));
   QT_CUDA_CHECK_GOTO(st, done, cudaMemcpy(d_in, cases, n * sizeof(float), cudaMemcpyHostToDevice));
   narrow<<<(unsigned)((n + 255) / 256), 256>>>(d_in, n, d_b, d_h);
-  QT_CUDA_CHECK_GOTO(st, done, cudaGetLastError());
+  QT_CUDA_CHECK_LAUNCH_GOTO(st, done);
   widen<<<65536 / 256, 256>>>(d_wb, d_wh);
-  QT_CUDA_CHECK_GOTO(st, done, cudaGetLastError());
+  QT_CUDA_CHECK_LAUNCH_GOTO(st, done);
   QT_CUDA_CHECK_GOTO(st, done, cudaMemcpy(gb, d_b, n * sizeof *gb, cudaMemcpyDeviceToHost));
   QT_CUDA_CHECK_GOTO(st, done, cudaMemcpy(gh, d_h, n * sizeof *gh, cudaMemcpyDeviceToHost));
   QT_CUDA_CHECK_GOTO(st, done, cudaMemcpy(wb, d_wb, sizeof wb, cudaMemcpyDeviceToHost));
@@ -94,12 +95,8 @@ done:
 }
 
 int main(void) {
-  int n_dev = 0;
-  cudaError_t e = cudaGetDeviceCount(&n_dev);
-  if (e != cudaSuccess || n_dev == 0) {
-    printf("no CUDA device (%s): skipped\n", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-    return 77;
-  }
+  int rc = ctu_gpu_check("test_half_cuda");
+  if (rc != 0) return rc; /* 77: no GPU (skipped); 1: a GPU CUDA cannot use */
   qt_status st = run();
   if (st != QT_OK) {
     fprintf(stderr, "test_half_cuda: %s\n", qt_error_message());

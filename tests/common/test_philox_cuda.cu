@@ -14,6 +14,7 @@
 
 #include "common/cuda_check.h"
 #include "common/philox.h"
+#include "cuda_test_util.h"
 
 enum { N_WORDS = 37, N_QUADS = 3, N_UNI = 11, N_NORM = 10, N_AFTER = 5 };
 enum { N_OUT = N_WORDS + 4 * N_QUADS + N_UNI + N_NORM + N_AFTER };
@@ -102,7 +103,7 @@ static qt_status run(int *failures) {
   QT_CUDA_CHECK_GOTO(st, done, cudaMalloc(&d_out, sizeof gpu));
   QT_CUDA_CHECK_GOTO(st, done, cudaMemcpy(d_cfg, cfg, sizeof cfg, cudaMemcpyHostToDevice));
   draw<<<(N_CFG + 127) / 128, 128>>>(d_cfg, N_CFG, d_out);
-  QT_CUDA_CHECK_GOTO(st, done, cudaGetLastError());
+  QT_CUDA_CHECK_LAUNCH_GOTO(st, done);
   QT_CUDA_CHECK_GOTO(st, done, cudaMemcpy(gpu, d_out, sizeof gpu, cudaMemcpyDeviceToHost));
 
   {
@@ -140,12 +141,8 @@ done:
 }
 
 int main(void) {
-  int n_dev = 0;
-  cudaError_t e = cudaGetDeviceCount(&n_dev);
-  if (e != cudaSuccess || n_dev == 0) {
-    printf("no CUDA device (%s): skipped\n", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-    return 77;
-  }
+  int rc = ctu_gpu_check("test_philox_cuda");
+  if (rc != 0) return rc; /* 77: no GPU (skipped); 1: a GPU CUDA cannot use */
   int failures = 0;
   qt_status st = run(&failures);
   if (st != QT_OK) {

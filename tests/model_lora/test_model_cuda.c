@@ -15,7 +15,7 @@
  * dropout steps give worst per-tensor NMSE 6.2e-3 / 6.6e-3, total 1.8e-3 /
  * 1.3e-3, while dropout itself moves the tape's gradients by NMSE 0.28; and
  * ignoring the masks on the GPU (NMSE 0.39), their keep_scale (0.14), the
- * saved xd in backward (0.24) or half of each mask (0.67) fails. Label `cuda`; exits 77 without a GPU (tools/gpu_suite.sh
+ * saved xd in backward (0.24) or half of each mask (0.67) fails. Label `cuda`; exits 77 without a GPU (the GPU check, tools/gpu_run.sh,
  * runs it on a GPU machine).
  *
  * Tolerances. The GPU stores weights, activations and gradients in bf16 and
@@ -58,8 +58,11 @@
 #include "lora/lora.h"
 #include "model/model.h"
 #include "model/model_cuda.h"
+#include "tests/common/cuda_test_util.h"
 
-#define STORIES QLORA_SHARED_DIR "/data/stories260K"
+/* stories260K: $QLORA_SHARED_DIR/data/stories260K, else the compiled-in
+ * QLORA_SHARED_DIR's (cuda_test_util.h); set first thing in main. */
+static char stories[4096];
 
 enum { BATCH_B = 2, BATCH_T = 64, RANK = 4 };
 
@@ -74,7 +77,8 @@ static int failures;
   do {                                                                                   \
     qt_status s_ = (call);                                                               \
     if (s_ != QT_OK) {                                                                   \
-      fprintf(stderr, "%s:%d: %s failed (status %d)\n", __FILE__, __LINE__, #call, (int)s_); \
+      fprintf(stderr, "%s:%d: %s failed (status %d): %s\n", __FILE__, __LINE__, #call,   \
+              (int)s_, qt_error_message());                                              \
       exit(1);                                                                           \
     }                                                                                    \
   } while (0)
@@ -109,7 +113,8 @@ static void make_batch(int32_t *ids, int32_t *labels, int32_t *pos, int32_t *doc
       "wave came and the castle fell down, but they laughed and built a new one."};
   static const int len[3] = {40, 24, 64}, row[3] = {0, 0, 1}, start[3] = {0, 40, 0};
   qt_tokenizer *tok = NULL;
-  OK(qt_tokenizer_load(STORIES "/tokenizer.json", &tok));
+  char tok_path[sizeof stories + 32];
+  OK(qt_tokenizer_load(ctu_path(tok_path, sizeof tok_path, stories, "tokenizer.json"), &tok));
   qt_token_ids v = {0};
   for (int d = 0; d < 3; d++) {
     encode(tok, text[d], (size_t)len[d], &v);
@@ -188,15 +193,14 @@ static void compare_grads(const char *what, float **gpu_grad, const qt_lora_tens
 }
 
 int main(void) {
-  int ndev = 0;
-  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-    printf("no CUDA device: skipped\n");
-    return 77;
-  }
+  int rc = ctu_gpu_check("test_model_cuda");
+  if (rc != 0) return rc; /* 77: no GPU (skipped); 1: a GPU CUDA cannot use */
+  ctu_path(stories, sizeof stories, ctu_shared_dir(), "data/stories260K");
+  printf("model: %s\n", stories);
   qt_model_load_opts lo = {.quant = QT_MODEL_QUANT_NF4, .double_quant = true, .blocksize = 64,
                            .threads = 1};
   qt_model *m = NULL;
-  OK(qt_model_load(STORIES, &lo, &m));
+  OK(qt_model_load(stories, &lo, &m));
   qt_lora *l = make_lora(m, 0);
 
   enum { N = BATCH_B * BATCH_T };

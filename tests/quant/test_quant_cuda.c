@@ -14,6 +14,7 @@
 
 #include "quant/quant.h"
 #include "quant_test_util.h"
+#include "tests/common/cuda_test_util.h"
 
 #define CK(call)                                                                       \
   do {                                                                                 \
@@ -162,11 +163,8 @@ static void test_8bit_and_double_quant(void **state) {
 }
 
 int main(void) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    printf("no CUDA device: skipped\n");
-    return 77;
-  }
+  int rc = ctu_gpu_check("test_quant_cuda");
+  if (rc != 0) return rc; /* 77: no GPU (skipped); 1: a GPU CUDA cannot use */
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_4bit),
       cmocka_unit_test(test_8bit_and_double_quant),
