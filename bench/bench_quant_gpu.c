@@ -14,6 +14,7 @@
 #include <cuda_runtime_api.h>
 
 #include "quant/quant.h"
+#include "tests/common/cuda_test_util.h"
 
 #define CK(call)                                                                  \
   do {                                                                            \
@@ -43,11 +44,8 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    printf("bench_quant_gpu: no CUDA device\n");
-    return 77;
-  }
+  int rc = ctu_gpu_check("bench_quant_gpu"); /* 77 only without a GPU; a broken CUDA setup fails */
+  if (rc != 0) return rc;
   struct cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   int64_t n = rows * cols, nb = qt_quant_nblocks(n, 64);
