@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# The GPU check, run from a bundle made by tools/gpu_bundle.sh (copied there as
+# run.sh). On a machine with an NVIDIA GPU it needs only bash, coreutils, tar,
+# gzip, the driver and the CUDA 13 runtime + cuBLAS/cuBLASLt libraries:
+#
+#   bash run.sh RESULTS_DIR
+#
+# In this order, each step with its own time limit, a failure stopping nothing:
+#   1. environment: GPU, driver, CUDA libraries found, libraries missing;
+#   2. every test labelled cuda, cheapest first, with QLORA_CUDA_SYNC=1 (each
+#      kernel checked where it is launched); exit 77 (skip) counts as FAILED:
+#      a GPU is present, so a skip means the test could not use it;
+#   3. the end-to-end comparison: 6 training steps on the GPU vs the CPU;
+#   4. compute-sanitizer memcheck on each failed test (when installed);
+#   5. the GPU benchmarks (bench/*_gpu): their `result:` lines.
+# About 8 minutes at most (DEADLINE_S, default 450 s for steps 2-5). Writes at
+# most 8 files, flat, into RESULTS_DIR: summary.md (the table of every step,
+# first), env.txt, tests.log, e2e.log, sanitizer.log, bench.log.
+# Exit status 0 when everything passed, 1 otherwise.
+#
+# Without a GPU it is a dry run: it says so, checks that every file and
+# library the run needs is present (the CUDA libraries only warn: they come
+# from the GPU machine) and that each test program starts and skips, and exits
+# 0 (1 when something is missing).
+set -uo pipefail
+[ $# -eq 1 ] || { echo "usage: bash run.sh RESULTS_DIR" >&2; exit 2; }
+B=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$1" || exit 2
+R=$(cd "$1" && pwd)
+T0=$(date +%s)
+DEADLINE=$((T0 + ${DEADLINE_S:-450}))
+X=$(mktemp -d "${TMPDIR:-/tmp}/qlora-gpu.XXXXXX")
+trap 'rm -rf "$X"' EXIT
+tar -C "$X" -xzf "$B/bundle.tar.gz" || { echo "run.sh: cannot unpack $B/bundle.tar.gz" >&2; exit 1; }
+: > "$R/env.txt"; : > "$R/tests.log"; : > "$R/e2e.log"; : > "$R/sanitizer.log"; : > "$R/bench.log"
+rows=()
+status=0
+row() { rows+=("| $1 | $2 | $3 | $4 |"); }
+left() { echo $((DEADLINE - $(date +%s))); }
+# limit WANT: a step's time limit, cut to what is left before the deadline
+limit() { local l; l=$(left); [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
+
+# ---- 1. environment and libraries ------------------------------------------------------
+find_lib() { # NAME: the directory holding it, from the usual places of a CUDA 13 install
+  local d p
+  p=$(ldconfig -p 2>/dev/null | awk -v n="$1" '$1 == n { print $NF; exit }')
+  [ -n "$p" ] && { dirname "$p"; return 0; }
+  for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+           /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/targets/x86_64-linux/lib /usr/local/lib /usr/lib/x86_64-linux-gnu \
+           /usr/local/cuda/lib; do
+    [ -e "$d/$1" ] && { echo "$d"; return 0; }
+  done
+  # CUDA from PyPI wheels (nvidia-cublas, nvidia-cuda-runtime), e.g. in a torch virtualenv
+  p=$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name "$1" -print 2>/dev/null | head -n 1)
+  [ -n "$p" ] && { dirname "$p"; return 0; }
+  return 1
+}
+libpath="$X/lib"
+cuda_missing=()
+for n in libcudart.so.13 libcublasLt.so.13 libcublas.so.13; do
+  if d=$(find_lib "$n"); then
+    case ":$libpath:" in *":$d:"*) ;; *) libpath="$libpath:$d" ;; esac
+    echo "found $n in $d" >> "$R/env.txt"
+  else
+    cuda_missing+=("$n")
+    echo "MISSING $n (the CUDA 13 runtime / cuBLAS of the GPU machine)" >> "$R/env.txt"
+  fi
+done
+export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The bundle's libstdc++/libgcc_s only where the system has none.
+for f in "$X"/bin/*; do ldd "$f" 2>/dev/null; done | grep -q 'libstdc++.so.6 => not found' \
+  && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$X/lib/compat"
+missing=$(for f in "$X"/bin/*; do ldd "$f" 2>/dev/null | awk -v f="$(basename "$f")" '/not found/ { print f ": " $1 }'; done | sort -u)
+other_missing=$(grep -vE ': (libcudart|libcublas|libcublasLt)\.so' <<< "$missing" | grep . || true)
+gpu=""
+if command -v nvidia-smi > /dev/null 2>&1; then gpu=$(nvidia-smi -L 2>/dev/null | grep -E '^GPU [0-9]+' || true); fi
+{
+  echo "== bundle"; head -n 3 "$X/MANIFEST"
+  echo "== host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(ldd --version 2>&1 | head -n 1)"
+  echo "== GPU"; [ -n "$gpu" ] && echo "$gpu" || echo "none (nvidia-smi: $(command -v nvidia-smi || echo 'not installed'))"
+  [ -n "$gpu" ] && nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,compute_cap,clocks.sm,clocks.max.sm --format=csv 2>&1
+  [ -n "$gpu" ] && nvidia-smi 2>&1 | head -n 12
+  echo "== LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  echo "== libraries not found"; [ -n "$missing" ] && echo "$missing" || echo "none"
+  echo "== compute-sanitizer: $(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || echo 'not found')"
+} >> "$R/env.txt" 2>&1
+env_note="GPU: ${gpu:-none}; libraries missing: $( [ -n "$missing" ] && echo "$missing" | tr '\n' ' ' || echo none)"
+row "environment" "$( [ -z "$other_missing" ] && echo ok || echo FAILED)" "$(( $(date +%s) - T0 ))" "$env_note"
+[ -z "$other_missing" ] || status=1
+
+# Every test program, cheapest first; any cuda test not in this list runs after them.
+order=(test_cuda_check test_half_cuda test_philox_cuda test_quant_cuda test_optim_adamw_cuda
+       test_ops_cuda_parity test_ops_cuda_more test_model_cuda)
+tests=()
+for t in "${order[@]}"; do [ -x "$X/bin/$t" ] && tests+=("$t"); done
+for f in "$X"/bin/test_*; do
+  t=$(basename "$f")
+  [[ " ${tests[*]} " == *" $t "* ]] || tests+=("$t")
+done
+export QLORA_SHARED_DIR="$X/shared" QLORA_TEST_DIR="$X/tests" OMP_WAIT_POLICY=passive
+
+if [ -z "$gpu" ]; then
+  # ---- dry run ------------------------------------------------------------------------
+  for t in "${tests[@]}"; do
+    s=$(date +%s)
+    timeout 60 "$X/bin/$t" > "$X/$t.out" 2>&1
+    rc=$?
+    cat "$X/$t.out" >> "$R/tests.log"
+    if [ ${#cuda_missing[@]} -gt 0 ]; then
+      row "$t" "not run" 0 "CUDA libraries missing here"
+    elif [ $rc -eq 77 ]; then
+      row "$t" "starts, skips (no GPU)" "$(( $(date +%s) - s ))" ""
+    elif [ $rc -eq 0 ]; then
+      row "$t" "passes (its checks need no GPU)" "$(( $(date +%s) - s ))" ""
+    else
+      row "$t" "FAILED (exit $rc without a GPU, want 77)" "$(( $(date +%s) - s ))" "$(tail -n 1 "$X/$t.out")"
+      status=1
+    fi
+  done
+  for f in tests/e2e/gpu_vs_cpu.sh tests/e2e/lib.sh shared/data/stories260K/config.json shared/data/tinystories/train.jsonl \
+           bin/qlora-train; do
+    [ -e "$X/$f" ] || { row "$f" "MISSING" 0 ""; status=1; }
+  done
+  n_bench=0
+  for f in "$X"/bin/*_gpu; do
+    [ -x "$f" ] || continue
+    n_bench=$((n_bench + 1))
+    b=$(basename "$f")
+    timeout 60 "$f" > "$X/$b.out" 2>&1
+    rc=$?
+    cat "$X/$b.out" >> "$R/bench.log"
+    if [ ${#cuda_missing[@]} -gt 0 ]; then
+      row "$b" "not run" 0 "CUDA libraries missing here"
+    elif [ $rc -eq 77 ]; then
+      row "$b" "starts, skips (no GPU)" 0 ""
+    else
+      row "$b" "FAILED (exit $rc without a GPU, want 77)" 0 "$(tail -n 1 "$X/$b.out")"
+      status=1
+    fi
+  done
+  [ "$n_bench" -gt 0 ] || { row "benchmarks" "MISSING" 0 "no bin/*_gpu in the bundle"; status=1; }
+  title="dry run: no GPU on this machine; files and libraries checked, nothing measured"
+else
+  # ---- 2. the cuda tests ----------------------------------------------------------------
+  failed_tests=()
+  for t in "${tests[@]}"; do
+    want=60
+    case $t in test_ops_cuda_more|test_model_cuda|test_optim_adamw_cuda) want=120 ;; esac
+    lim=$(limit $want)
+    if [ "$lim" -le 5 ]; then row "$t" "NOT RUN (out of time)" 0 ""; status=1; continue; fi
+    s=$(date +%s)
+    echo "===== $t (limit $lim s)" >> "$R/tests.log"
+    QLORA_CUDA_SYNC=1 timeout "$lim" "$X/bin/$t" > "$X/$t.out" 2>&1
+    rc=$?
+    cat "$X/$t.out" >> "$R/tests.log"
+    worst=$(grep -iE 'worst|max.*err|rel err|nmse' "$X/$t.out" | tail -n 1 | cut -c1-120)
+    case $rc in
+      0) res=PASSED ;;
+      77) res="FAILED (skipped although a GPU is present)" ;;
+      124) res="TIMEOUT ($lim s)" ;;
+      *) res="FAILED (exit $rc)" ;;
+    esac
+    if [ $rc -ne 0 ]; then
+      status=1
+      # memcheck only where a kernel may have run wrong (not where CUDA did not start)
+      [ $rc -ne 77 ] && failed_tests+=("$t")
+      worst="$worst $(grep -m1 -E 'ERROR|FAIL|failed|skipped' "$X/$t.out" | cut -c1-160)"
+    fi
+    row "$t" "$res" "$(( $(date +%s) - s ))" "$worst"
+  done
+  # ---- 3. GPU vs CPU training --------------------------------------------------------------
+  lim=$(limit 180)
+  s=$(date +%s)
+  timeout "$lim" bash "$X/tests/e2e/gpu_vs_cpu.sh" "$X/bin/qlora-train" "$X/shared" "$X/e2e" > "$R/e2e.log" 2>&1
+  rc=$?
+  case $rc in 0) res=PASSED ;; 77) res="FAILED (skipped)" ;; 124) res="TIMEOUT" ;; *) res="FAILED (exit $rc)" ;; esac
+  [ $rc -eq 0 ] || status=1
+  row "e2e_gpu_vs_cpu" "$res" "$(( $(date +%s) - s ))" "$(grep -E '^worst' "$R/e2e.log" | tail -n 1)"
+  # ---- 4. compute-sanitizer on what failed -----------------------------------------------
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  if [ ${#failed_tests[@]} -gt 0 ] && [ -z "$cs" ]; then
+    row "memcheck" "not run" 0 "compute-sanitizer not installed; failed: ${failed_tests[*]}"
+    failed_tests=()
+  fi
+  for t in "${failed_tests[@]}"; do
+    lim=$(limit 90)
+    [ "$lim" -gt 20 ] || { row "memcheck $t" "not run" 0 "out of time"; continue; }
+    s=$(date +%s)
+    echo "===== compute-sanitizer --tool memcheck $t" >> "$R/sanitizer.log"
+    timeout "$lim" "$cs" --tool memcheck --print-limit 20 "$X/bin/$t" >> "$R/sanitizer.log" 2>&1
+    row "memcheck $t" "exit $?" "$(( $(date +%s) - s ))" "$(grep -m1 -E 'Invalid|ERROR SUMMARY' "$R/sanitizer.log" | cut -c1-120)"
+  done
+  # ---- 5. benchmarks --------------------------------------------------------------------------
+  for f in "$X"/bin/*_gpu; do
+    [ -x "$f" ] || continue
+    b=$(basename "$f")
+    lim=$(limit 150)
+    [ "$lim" -gt 10 ] || { row "$b" "NOT RUN (out of time)" 0 ""; status=1; continue; }
+    s=$(date +%s)
+    echo "===== $b (limit $lim s)" >> "$R/bench.log"
+    (cd "$X" && timeout "$lim" "$f") > "$X/$b.out" 2>&1
+    rc=$?
+    cat "$X/$b.out" >> "$R/bench.log"
+    [ $rc -eq 0 ] || status=1
+    nres=$(grep -c '^result:' "$X/$b.out")
+    row "$b" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (exit $rc)")" "$(( $(date +%s) - s ))" \
+        "$([ "$nres" -gt 0 ] && echo "$nres result lines (below)" || tail -n 1 "$X/$b.out" | cut -c1-160)"
+  done
+  title="GPU run: ${gpu%% (*}"
+fi
+
+{
+  echo "# qlora-train GPU check: $( [ $status -eq 0 ] && echo PASSED || echo FAILED )"
+  echo
+  echo "$title; $(head -n 1 "$X/MANIFEST"); $(( $(date +%s) - T0 )) s in all"
+  echo
+  echo "| step | result | s | worst error / figures |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+  if grep -q '^result:' "$R/bench.log"; then
+    echo
+    echo "## benchmark results"
+    echo '```'
+    grep -E '^result:' "$R/bench.log" || true
+    echo '```'
+  fi
+  echo
+  echo "files: env.txt (GPU, driver, libraries), tests.log, e2e.log, sanitizer.log, bench.log"
+} > "$R/summary.md"
+cat "$R/summary.md"
+exit $status
