@@ -45,7 +45,9 @@ for cpu in Nehalem Haswell; do
   skip='^$'
   [ "$cpu" = Haswell ] && skip='^test_model_lora$'
   # OMP_WAIT_POLICY set: qlora-train would otherwise restart itself natively.
-  if QLORA_TEST_EMULATOR="qemu-x86_64 -cpu $cpu" OMP_WAIT_POLICY=passive \
+  # OPENBLAS_CORETYPE names the emulated CPU's kernels: a value preset for the
+  # host CPU (some machines set one) could name instructions qemu's model lacks.
+  if QLORA_TEST_EMULATOR="qemu-x86_64 -cpu $cpu" OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=$cpu \
      ctest --test-dir "$B" --output-on-failure -j"$(nproc)" -L unit -LE "cuda|slow|e2e" -E "$skip"; then
     runs=$((runs + 1))
   else
