@@ -151,6 +151,24 @@ const qt_batch *qt_loader_next(qt_loader *l) {
     }
   }
   b->n_rows = used > 0 ? row + 1 : row;
+  b->T = T;
+  if (l->o.pad_to_longest) {
+    int64_t w = 1;
+    for (int64_t r = 0; r < b->n_rows; r++)
+      for (int64_t c = T; c > w; c--)
+        if (b->doc[r * T + c - 1] >= 0) {
+          w = c;
+          break;
+        }
+    /* Row r moves from r*T to r*w (w <= T): forward, in increasing r. */
+    for (int64_t r = 1; r < B && w < T; r++) {
+      memmove(b->ids + r * w, b->ids + r * T, (size_t)w * sizeof *b->ids);
+      memmove(b->labels + r * w, b->labels + r * T, (size_t)w * sizeof *b->labels);
+      memmove(b->pos + r * w, b->pos + r * T, (size_t)w * sizeof *b->pos);
+      memmove(b->doc + r * w, b->doc + r * T, (size_t)w * sizeof *b->doc);
+    }
+    b->T = w;
+  }
   if (l->cur.pos == l->shard) {
     b->epoch_end = 1;
     l->cur.epoch++;

@@ -16,8 +16,8 @@
  * their sizes differ by at most one, so the trainer must cope with ranks
  * whose epochs end a batch apart. The loader refuses n < W.
  *
- * Rows (T = seq_len tokens; examples longer than T are cut to T).
- * - packing = 0: one example per row, padded to T.
+ * Rows (seq_len tokens; examples longer than seq_len are cut to seq_len).
+ * - packing = 0: one example per row, padded to seq_len.
  * - packing = 1: examples are appended to the current row in order while
  *   they fit; the first one that does not fit starts the next row (an
  *   example is never split, rows are padded at the end). Positions restart
@@ -30,6 +30,12 @@
  * document's last token is trained to predict the next document's first
  * token. Padding: ids = pad_id, labels -100, pos 0, doc -1 (excluded from
  * attention and loss).
+ *
+ * Batch width. With pad_to_longest the rows of a batch are cut to the longest
+ * row in it (batch.T <= seq_len), as the Hugging Face collators pad to the
+ * longest sequence of the batch and not to max_length: a micro-batch of
+ * 240-token examples in 512-token rows computes 240 columns, not 512. The
+ * arrays are then (B, batch.T), contiguous. Without it batch.T = seq_len.
  *
  * Batches hold up to `rows` rows from ONE epoch of this rank's shard; the
  * last batch of an epoch may hold fewer rows (n_rows < rows, the rest is
@@ -66,6 +72,7 @@ typedef struct {
   uint64_t seed;
   int rank, world_size; /* 0 <= rank < world_size */
   int32_t pad_id;     /* id written into padding (never a target) */
+  int pad_to_longest; /* cut each batch's rows to its longest row (see above) */
 } qt_loader_opts;
 
 typedef struct {
@@ -74,13 +81,15 @@ typedef struct {
 } qt_loader_cursor;
 
 typedef struct {
-  int64_t rows, seq_len; /* B, T (capacity; every array is (B, T) unless noted) */
+  int64_t rows, seq_len; /* B and the row capacity */
+  int64_t T;             /* this batch's row width (seq_len, or its longest row with
+                          * pad_to_longest); ids, labels, pos, doc are (B, T) */
   int64_t n_rows;        /* rows holding documents; rows n_rows..B-1 are padding */
   int32_t *ids;          /* (B, T) */
   int32_t *labels;       /* (B, T) -100 = no target; HF-aligned (see above) */
   int32_t *pos;          /* (B, T) position within the document */
   int32_t *doc;          /* (B, T) document index within the row, -1 = padding */
-  int64_t *example;      /* (B, T) dataset index of document d of row b at [b*T + d] */
+  int64_t *example;      /* (B, seq_len) dataset index of document d of row b at [b*seq_len + d] */
   int32_t *n_docs;       /* (B) documents in each row */
   int64_t n_tokens;      /* non-padding tokens in the batch */
   int64_t n_targets;     /* labels != -100 in the batch */

@@ -329,7 +329,8 @@ qt_status qt_session_eval(qt_session *s, const qt_dataset *ds, qt_eval_result *r
   qt_loader l;
   qt_loader_opts o = {.seq_len = s->cfg.data.seq_len, .rows = s->cfg.training.micro_batch_size, .packing = 0,
                       .shuffle = 0, .seed = 0, .rank = 0, .world_size = 1,
-                      .pad_id = qt_tokenizer_eos_id(s->tok) >= 0 ? qt_tokenizer_eos_id(s->tok) : 0};
+                      .pad_id = qt_tokenizer_eos_id(s->tok) >= 0 ? qt_tokenizer_eos_id(s->tok) : 0,
+                      .pad_to_longest = 1};
   QT_TRY(qt_loader_init(&l, ds, &o));
   int64_t N = o.rows * o.seq_len;
   int32_t *targets = malloc((size_t)N * sizeof *targets);
@@ -346,8 +347,8 @@ qt_status qt_session_eval(qt_session *s, const qt_dataset *ds, qt_eval_result *r
   qt_status st = QT_OK;
   for (;;) {
     const qt_batch *b = qt_loader_next(&l);
-    qt_model_targets_from_labels(b->labels, b->doc, b->rows, b->seq_len, targets);
-    qt_model_batch mb = {.ids = b->ids, .targets = targets, .pos = b->pos, .doc = b->doc, .B = b->rows, .T = b->seq_len};
+    qt_model_targets_from_labels(b->labels, b->doc, b->rows, b->T, targets);
+    qt_model_batch mb = {.ids = b->ids, .targets = targets, .pos = b->pos, .doc = b->doc, .B = b->rows, .T = b->T};
     double ls = 0;
     int64_t cnt = 0;
     st = qt_model_forward_backward(s->mt, adp, &mb, false, 0.0, &ls, &cnt);

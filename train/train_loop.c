@@ -411,7 +411,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   int32_t eos = qt_tokenizer_eos_id(s->tok);
   qt_loader_opts lo = {.seq_len = c->data.seq_len, .rows = c->training.micro_batch_size, .packing = c->data.packing,
                        .shuffle = c->data.shuffle, .seed = (uint64_t)c->training.seed, .rank = 0, .world_size = 1,
-                       .pad_id = eos >= 0 ? eos : 0};
+                       .pad_id = eos >= 0 ? eos : 0, .pad_to_longest = 1};
   if ((r = qt_loader_init(&loader, &train, &lo)) != QT_OK) goto out_data;
 
   /* total optimizer steps */
@@ -649,8 +649,8 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     int64_t step_targets = 0;
     for (int64_t a = 0; a < accum; a++) {
       const qt_batch *b = qt_loader_next(&loader);
-      qt_model_targets_from_labels(b->labels, b->doc, b->rows, b->seq_len, targets);
-      for (int64_t i = 0; i < b->rows * b->seq_len; i++) step_targets += targets[i] != -100;
+      qt_model_targets_from_labels(b->labels, b->doc, b->rows, b->T, targets);
+      for (int64_t i = 0; i < b->rows * b->T; i++) step_targets += targets[i] != -100;
     }
     if ((r = qt_loader_set_cursor(&loader, at)) != QT_OK) goto out_all;
     qt_lora_zero_grad(s->lora);
@@ -659,9 +659,9 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     double dloss = step_targets ? 1.0 / (double)step_targets : 0.0;
     for (int64_t a = 0; a < accum; a++) {
       const qt_batch *b = qt_loader_next(&loader);
-      qt_model_targets_from_labels(b->labels, b->doc, b->rows, b->seq_len, targets);
+      qt_model_targets_from_labels(b->labels, b->doc, b->rows, b->T, targets);
       qt_lora_set_step(s->lora, (uint64_t)(st.step * accum + a), c->lora.dropout > 0);
-      qt_model_batch mb = {.ids = b->ids, .targets = targets, .pos = b->pos, .doc = b->doc, .B = b->rows, .T = b->seq_len};
+      qt_model_batch mb = {.ids = b->ids, .targets = targets, .pos = b->pos, .doc = b->doc, .B = b->rows, .T = b->T};
       double ls = 0;
       int64_t cnt = 0;
       if (!use_cuda) {

@@ -363,6 +363,53 @@ static void test_dataset_hash(void **unused) {
   qt_dataset_free(&b);
 }
 
+/* pad_to_longest: every batch equals the seq_len-wide batch of an identical
+ * loader cut to the width of its longest row (which is full in some row), with
+ * the same counts; the cursor and the batches after it are unchanged. */
+static void test_pad_to_longest(void **unused) {
+  (void)unused;
+  qt_dataset ds;
+  make_dataset(&ds, 57, 40);
+  for (int packing = 0; packing <= 1; packing++)
+    for (int64_t rows = 1; rows <= 4; rows++) {
+      qt_loader_opts o = {.seq_len = 48, .rows = rows, .packing = packing, .shuffle = 1, .seed = 11,
+                          .rank = 0, .world_size = 1, .pad_id = -7};
+      qt_loader_opts ot = o;
+      ot.pad_to_longest = 1;
+      qt_loader a, t;
+      assert_int_equal(qt_loader_init(&a, &ds, &o), QT_OK);
+      assert_int_equal(qt_loader_init(&t, &ds, &ot), QT_OK);
+      int64_t narrower = 0;
+      for (int k = 0; k < 60; k++) {
+        const qt_batch *x = qt_loader_next(&a), *y = qt_loader_next(&t);
+        int64_t T = o.seq_len, w = y->T, longest = 1;
+        assert_int_equal(x->T, T);
+        for (int64_t r = 0; r < x->rows; r++)
+          for (int64_t c = 0; c < T; c++)
+            if (x->doc[r * T + c] >= 0 && c + 1 > longest) longest = c + 1;
+        assert_int_equal(w, longest);
+        narrower += w < T;
+        for (int64_t r = 0; r < x->rows; r++) {
+          assert_memory_equal(y->ids + r * w, x->ids + r * T, (size_t)w * sizeof *x->ids);
+          assert_memory_equal(y->labels + r * w, x->labels + r * T, (size_t)w * sizeof *x->labels);
+          assert_memory_equal(y->pos + r * w, x->pos + r * T, (size_t)w * sizeof *x->pos);
+          assert_memory_equal(y->doc + r * w, x->doc + r * T, (size_t)w * sizeof *x->doc);
+          for (int64_t c = w; c < T; c++) assert_int_equal(x->doc[r * T + c], -1); /* only padding cut */
+        }
+        assert_int_equal(y->n_rows, x->n_rows);
+        assert_int_equal(y->n_tokens, x->n_tokens);
+        assert_int_equal(y->n_targets, x->n_targets);
+        assert_int_equal(y->epoch_end, x->epoch_end);
+        qt_loader_cursor ca = qt_loader_get_cursor(&a), ct = qt_loader_get_cursor(&t);
+        assert_true(ca.epoch == ct.epoch && ca.pos == ct.pos);
+      }
+      if (!packing) assert_true(narrower > 0); /* examples of 1..40 tokens in 48-token rows */
+      qt_loader_free(&a);
+      qt_loader_free(&t);
+    }
+  qt_dataset_free(&ds);
+}
+
 static void test_bad_options(void **unused) {
   qt_dataset ds;
   make_dataset(&ds, 3, 5);
@@ -387,7 +434,7 @@ int main(void) {
       cmocka_unit_test(test_order_properties),   cmocka_unit_test(test_coverage_and_order),
       cmocka_unit_test(test_resume_every_point), cmocka_unit_test(test_cursor_any_position),
       cmocka_unit_test(test_eval_and_truncation), cmocka_unit_test(test_bad_options),
-      cmocka_unit_test(test_dataset_hash),
+      cmocka_unit_test(test_dataset_hash),        cmocka_unit_test(test_pad_to_longest),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
