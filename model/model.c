@@ -8,7 +8,6 @@
 
 #include "common/arena.h"
 #include "common/log.h"
-#include "common/philox.h"
 #include "common/safetensors.h"
 #include "model/model_internal.h"
 
@@ -280,19 +279,14 @@ struct qt_model_tape {
 };
 
 qt_tape *qt_model_tape_get(qt_model_tape *mt) { return mt->t; }
+const qt_model *qt_model_tape_model(const qt_model_tape *mt) { return mt->m; }
 
 /* qt_quant_weight_dequantize_f32 without its per-call absmax allocation
  * (nothing is allocated inside the step loop): the double-quantized absmax is
  * decompressed into the tape's scratch, then the 4-bit codes are expanded. */
 static qt_status fill_weight(void *ctx, void *dst) {
   const fill_ctx *f = ctx;
-  const qt_quant_weight *w = &f->lin->q;
-  const float *am = w->absmax;
-  if (w->nested) {
-    qt_quant_weight_absmax(w, f->absmax);
-    am = f->absmax;
-  }
-  qt_quant_4bit_dequantize(w->type, w->packed, am, w->n, w->blocksize, dst, f->m->threads);
+  qt_model_internal_dequant(&f->lin->q, f->absmax, dst, f->m->threads);
   return QT_OK;
 }
 
@@ -581,66 +575,4 @@ qt_status qt_model_logits(qt_model_tape *mt, const qt_model_adapter *adapter,
   qt_model_internal_logits(logits, qt_tape_data(mt->t, x), mt->m->lm_head, b->B * b->T,
                            mt->m->C, mt->m->V);
   return QT_OK;
-}
-
-qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
-                            const int32_t *prompt, int64_t n_prompt, int64_t max_new,
-                            double temperature, uint64_t seed, int32_t *out, int64_t *n_out) {
-  const qt_model *m = mt->m;
-  *n_out = 0;
-  if (n_prompt < 1) return qt_fail(QT_ERR_INVALID, "generate: the prompt is empty (give at least BOS)");
-  int64_t cap = n_prompt + max_new;
-  if (cap > mt->opts.max_T) cap = mt->opts.max_T;
-  if (cap > m->cfg.max_position_embeddings) cap = m->cfg.max_position_embeddings;
-  if (n_prompt > cap)
-    return qt_fail(QT_ERR_INVALID, "generate: prompt of %lld tokens exceeds %lld (tape / "
-                                   "max_position_embeddings)", (long long)n_prompt, (long long)cap);
-  int32_t *seq = malloc((size_t)cap * 3 * sizeof(int32_t));
-  float *logits = malloc((size_t)(cap * m->V) * sizeof(float));
-  if (!seq || !logits) {
-    free(seq);
-    free(logits);
-    return qt_fail(QT_ERR_NOMEM, "generate: cannot allocate %lld tokens of logits", (long long)cap);
-  }
-  int32_t *pos = seq + cap, *doc = seq + 2 * cap;
-  memcpy(seq, prompt, (size_t)n_prompt * sizeof(int32_t));
-  for (int64_t i = 0; i < cap; i++) {
-    pos[i] = (int32_t)i;
-    doc[i] = 0;
-  }
-  qt_philox rng;
-  qt_philox_init(&rng, seed, 0, 0);
-  int64_t n = n_prompt;
-  qt_status s = QT_OK;
-  while (n < cap && *n_out < max_new) {
-    qt_model_batch b = {.ids = seq, .targets = NULL, .pos = pos, .doc = doc, .B = 1, .T = n};
-    if ((s = qt_model_logits(mt, adapter, &b, logits)) != QT_OK) break;
-    const float *z = logits + (n - 1) * m->V;
-    int32_t next = 0;
-    if (temperature <= 0) {
-      for (int64_t v = 1; v < m->V; v++)
-        if (z[v] > z[next]) next = (int32_t)v;
-    } else {
-      double mx = z[0], sum = 0;
-      for (int64_t v = 1; v < m->V; v++) mx = z[v] > mx ? z[v] : mx;
-      for (int64_t v = 0; v < m->V; v++) sum += exp(((double)z[v] - mx) / temperature);
-      double r = (double)qt_philox_next_uniform(&rng) * sum, acc = 0;
-      next = (int32_t)(m->V - 1);
-      for (int64_t v = 0; v < m->V; v++) {
-        acc += exp(((double)z[v] - mx) / temperature);
-        if (r <= acc) { /* u in (0, 1]: r > 0, and acc ends at exactly sum */
-          next = (int32_t)v;
-          break;
-        }
-      }
-    }
-    seq[n++] = next;
-    out[(*n_out)++] = next;
-    bool eos = false;
-    for (int e = 0; e < m->cfg.n_eos; e++) eos = eos || m->cfg.eos_token_ids[e] == next;
-    if (eos) break;
-  }
-  free(seq);
-  free(logits);
-  return s;
 }

@@ -23,6 +23,10 @@
  * LoRA (lora/lora.h) plugs in through qt_model_adapter: the model asks it for
  * the branch of every (layer, projection) while recording.
  *
+ * Generation (qt_model_generate) does not use the tape's recording: a
+ * qt_model_decoder (model/decode.c) runs the same per-row math with a KV
+ * cache, one new position per token.
+ *
  * Ownership: qt_model owns everything it points to; qt_model_free releases it.
  * A qt_model is read-only after load (several tapes may use it, one thread each). */
 #ifndef QT_MODEL_MODEL_H
@@ -136,6 +140,8 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
                              qt_model_tape **out);
 void qt_model_tape_free(qt_model_tape **mt);
 qt_tape *qt_model_tape_get(qt_model_tape *mt);
+/* The model the tape was made for. */
+const qt_model *qt_model_tape_model(const qt_model_tape *mt);
 
 /* The arena sizes the tape was given (bytes): activations, gradients. */
 void qt_model_tape_arena_bytes(const qt_model_tape *mt, size_t *act, size_t *grad);
@@ -154,17 +160,63 @@ qt_status qt_model_forward_backward(qt_model_tape *mt, const qt_model_adapter *a
 qt_status qt_model_logits(qt_model_tape *mt, const qt_model_adapter *adapter,
                           const qt_model_batch *b, float *logits);
 
+/* ---- decoding with a KV cache (model/decode.c) ----------------------------- */
+
+/* An incremental forward for one sequence (batch of 1, positions 0, 1, ...,
+ * one document): each fed token's keys and values (after RoPE) stay in a
+ * per-layer cache, so a token costs one position's forward, not the whole
+ * sequence's. Per fed row it runs what decoder_layer records (rmsnorm, q/k/v
+ * with biases and the LoRA branch unmerged, RoPE from m->inv_freq at the
+ * absolute position, causal GQA over the cache, o, residual, rmsnorm,
+ * gate/up, SwiGLU, down, residual), with the same CPU kernels; then the final
+ * norm and lm_head for the LAST fed row only. Equal to qt_model_logits' last
+ * row of the whole sequence up to summation order (tested at 1e-5).
+ *
+ * The adapter's branches are resolved once at init through mt's tape (the
+ * LoRA must be attached to mt's tape and must not change while the decoder
+ * lives); dropout must be off (qt_lora_set_step(l, step, false)), else
+ * QT_ERR_UNSUPPORTED. The tape itself records nothing here: any size will do.
+ *
+ * Memory, planned at init, one allocation: K and V caches (L, cap, K, D) fp32
+ * each, row buffers for max_rows rows fed at once (the prompt), one
+ * dequantized base weight when the base is 4-bit (dequantized per use), the
+ * scores (H, cap). Nothing is allocated while feeding. */
+typedef struct qt_model_decoder qt_model_decoder;
+/* cap: positions the cache holds (<= max_position_embeddings); max_rows: the
+ * most tokens one feed may carry (1 <= max_rows <= cap). Borrows mt, the
+ * model and the adapter's tensors. */
+qt_status qt_model_decoder_init(qt_model_tape *mt, const qt_model_adapter *adapter, int64_t cap,
+                                int64_t max_rows, qt_model_decoder **out);
+void qt_model_decoder_free(qt_model_decoder **d);
+/* Appends ids (n, 1 <= n <= max_rows) at positions len .. len+n-1 and writes
+ * logits (V) of the last of them. QT_ERR_INVALID: an id outside the
+ * vocabulary or the cache full; QT_ERR_UNSUPPORTED: the sequence would grow
+ * past a layer's sliding window (not implemented, as in training). */
+qt_status qt_model_decoder_feed(qt_model_decoder *d, const int32_t *ids, int64_t n,
+                                float *logits);
+/* Positions fed so far. */
+int64_t qt_model_decoder_len(const qt_model_decoder *d);
+/* Bytes of the decoder's one allocation (caches + buffers), for the plan. */
+size_t qt_model_decoder_bytes(const qt_model_decoder *d);
+
 /* Sampling for `generate`: prompt (n_prompt ids, e.g. BOS + prompt tokens),
  * up to max_new tokens appended to out (max_new entries); stops after an EOS
  * of the config (which is kept) or at max_position_embeddings. temperature 0
  * = greedy (argmax, lowest id on ties); else softmax(logits / temperature)
- * sampled with Philox(seed) (common/philox.h, one uniform per token). Each
- * step recomputes the whole sequence (no KV cache): the same math as
- * training. The tape must hold max_T >= n_prompt + max_new. *n_out = tokens
- * written. */
+ * sampled with Philox(seed) (common/philox.h, one uniform per token). Uses a
+ * qt_model_decoder: the prompt is fed in one forward, then one position per
+ * new token. mt carries the adapter's tensors only (its arena size does not
+ * matter). *n_out = tokens written. */
 qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
                             const int32_t *prompt, int64_t n_prompt, int64_t max_new,
                             double temperature, uint64_t seed, int32_t *out, int64_t *n_out);
+/* The test oracle of qt_model_generate, not for callers: the same sampling,
+ * but every step recomputes the whole sequence with qt_model_logits (no
+ * cache; O(n^2) per token). The tape must hold max_T >= n_prompt + max_new. */
+qt_status qt_model_generate_recompute(qt_model_tape *mt, const qt_model_adapter *adapter,
+                                      const int32_t *prompt, int64_t n_prompt, int64_t max_new,
+                                      double temperature, uint64_t seed, int32_t *out,
+                                      int64_t *n_out);
 
 /* Dequantizes (or copies) a base linear into w (out, in) fp32. */
 qt_status qt_model_linear_weight(const qt_model *m, const qt_model_linear *lin, float *w);

@@ -73,7 +73,9 @@ qt_status qt_cmd_generate(int argc, char **argv) {
   if (r == QT_OK && (int64_t)ids.n >= max_pos)
     r = qt_fail(QT_ERR_INVALID, "the prompt has %zu tokens; the model allows %lld positions", ids.n, (long long)max_pos);
   if (r == QT_OK && (int64_t)ids.n + max_new > max_pos) max_new = max_pos - (int64_t)ids.n;
-  if (r == QT_OK) r = qt_session_tape(&s, 1, (int64_t)ids.n + (max_new > 0 ? max_new : 1), false, true);
+  /* The tape only carries the adapter's tensors: qt_model_generate decodes
+   * with its own KV cache, so one position is enough. */
+  if (r == QT_OK) r = qt_session_tape(&s, 1, 1, false, true);
   if (r == QT_OK) {
     out = malloc((size_t)(ids.n + (size_t)max_new + 1) * sizeof *out);
     if (!out) r = qt_fail(QT_ERR_NOMEM, "out of memory");

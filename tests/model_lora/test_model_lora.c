@@ -16,6 +16,8 @@
  *   merge           merged weights reproduce base + adapter logits (1e-5)
  *   linear_src      a 4-bit base via qt_tape_linear_src is bit-identical to
  *                   the same weights dequantized and used densely
+ *   decode_cache    KV-cache decoding: every step's last-row logits equal the
+ *                   full forward's (1e-5), generate equals the recompute oracle
  *   init, dropout, checkpointing, adapter_errors: see each test.
  *
  * `test_model_lora --write-peft-check DIR` writes DIR/adapter (qlora-train's
@@ -956,6 +958,157 @@ static void test_adapter_errors(void **st) {
   qt_model_free(&m);
 }
 
+/* ---- KV-cache decoding (model.h qt_model_decoder) ------------------------------ */
+
+enum { DEC_STEPS = 48 };
+
+/* A forward-only tape for 1 x T with room for a rank-r LoRA (attached when l). */
+static qt_model_tape *decode_tape(const qt_model *m, qt_lora *l, int64_t T) {
+  qt_model_tape_opts to = {.max_B = 1, .max_T = T, .forward_only = true, .lora_no_dropout = true,
+                           .max_lora_rank = l ? qt_lora_get_config(l)->r : 0};
+  qt_model_tape *mt = NULL;
+  ok(qt_model_tape_init(m, &to, &mt));
+  if (l) {
+    ok(qt_lora_attach(l, qt_model_tape_get(mt)));
+    qt_lora_set_step(l, 0, false);
+  }
+  return mt;
+}
+
+/* For one prompt of n_prompt random ids: at every one of DEC_STEPS decode
+ * steps the cached last-row logits equal the last row of qt_model_logits over
+ * the whole sequence (1e-5 relative); then greedy and sampled generation
+ * equal the recompute oracle's ids. */
+static void decode_case(const char *name, const qt_model *m, qt_lora *l, int64_t n_prompt) {
+  int64_t cap = n_prompt + DEC_STEPS;
+  qt_model_tape *mt = decode_tape(m, l, cap);
+  qt_model_adapter ad = l ? qt_lora_adapter(l) : (qt_model_adapter){0};
+  const qt_model_adapter *adp = l ? &ad : NULL;
+  int32_t *seq = malloc((size_t)cap * 3 * sizeof(int32_t)), *pos = seq + cap, *doc = seq + 2 * cap;
+  float *full = malloc((size_t)(cap * m->V) * sizeof(float)), *z = malloc((size_t)m->V * sizeof(float));
+  qt_philox rng;
+  qt_philox_init(&rng, 99 + (uint64_t)n_prompt, 0, 0);
+  for (int64_t i = 0; i < cap; i++) {
+    seq[i] = (int32_t)(qt_philox_next_uniform(&rng) * (float)(m->V - 1));
+    pos[i] = (int32_t)i;
+    doc[i] = 0;
+  }
+  qt_model_decoder *d = NULL;
+  ok(qt_model_decoder_init(mt, adp, cap, n_prompt, &d));
+  double worst = 0;
+  int64_t n = n_prompt;
+  ok(qt_model_decoder_feed(d, seq, n_prompt, z));
+  for (int step = 0;; step++) {
+    assert_int_equal(qt_model_decoder_len(d), n);
+    qt_model_batch b = {.ids = seq, .targets = NULL, .pos = pos, .doc = doc, .B = 1, .T = n};
+    ok(qt_model_logits(mt, adp, &b, full));
+    double e = rel_err(z, full + (n - 1) * m->V, m->V);
+    if (!(e <= 1e-5))
+      fail_msg("%s%s prompt %lld: decode step %d (position %lld): cached logits rel %.3g vs the "
+               "full forward", name, l ? " + LoRA" : "", (long long)n_prompt, step,
+               (long long)(n - 1), e);
+    if (e > worst) worst = e;
+    if (n == cap) break;
+    int32_t next = 0; /* greedy continuation (EOS is just a token here) */
+    for (int64_t v = 1; v < m->V; v++)
+      if (z[v] > z[next]) next = (int32_t)v;
+    seq[n++] = next;
+    ok(qt_model_decoder_feed(d, &next, 1, z));
+  }
+  /* the cache is full: one more token is refused */
+  assert_int_equal(qt_model_decoder_feed(d, seq, 1, z), QT_ERR_INVALID);
+  qt_error_clear();
+  qt_model_decoder_free(&d);
+  int32_t a[DEC_STEPS], r[DEC_STEPS];
+  int64_t na, nr, n_greedy = 0;
+  const double temps[2] = {0.0, 1.0};
+  for (int t = 0; t < 2; t++) {
+    ok(qt_model_generate(mt, adp, seq, n_prompt, DEC_STEPS, temps[t], 42, a, &na));
+    ok(qt_model_generate_recompute(mt, adp, seq, n_prompt, DEC_STEPS, temps[t], 42, r, &nr));
+    if (na != nr) fail_msg("%s: generate (T %g) wrote %lld tokens, the recompute oracle %lld",
+                           name, temps[t], (long long)na, (long long)nr);
+    for (int64_t i = 0; i < na; i++)
+      if (a[i] != r[i]) fail_msg("%s%s prompt %lld: generate (T %g) token %lld: %d, oracle %d",
+                                 name, l ? " + LoRA" : "", (long long)n_prompt, temps[t],
+                                 (long long)i, a[i], r[i]);
+    if (t == 0) n_greedy = na;
+  }
+  fprintf(stderr, "%s%s prompt %lld: %d decode steps, worst logits rel %.3g; generate == "
+                  "oracle (%lld greedy tokens, %lld sampled)\n", name, l ? " + LoRA" : "",
+          (long long)n_prompt, DEC_STEPS, worst, (long long)n_greedy, (long long)na);
+  free(seq);
+  free(full);
+  free(z);
+  qt_model_tape_free(&mt);
+}
+
+static void test_decode_cache(void **st) {
+  (void)st;
+  const struct {
+    const char *name, *dir;
+    qt_model_quant q;
+  } cs[] = {
+      {"tiny_a (llama, biases, GQA)", GOLD "tiny_a", QT_MODEL_QUANT_NONE},
+      {"tiny_b (qwen2, tied)", GOLD "tiny_b", QT_MODEL_QUANT_NONE},
+      {"tiny_nf4 (4-bit)", GOLD "tiny_nf4", QT_MODEL_QUANT_NF4},
+      {"stories260K", STORIES, QT_MODEL_QUANT_NONE},
+      {"stories260K nf4", STORIES, QT_MODEL_QUANT_NF4},
+  };
+  for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+    qt_model *m = load_model(cs[c].dir, cs[c].q);
+    qt_lora *l = fresh_lora(m, QT_LORA_ALL_LINEAR, 4, false, 11 + c);
+    for (int with = 0; with < 2; with++) {
+      decode_case(cs[c].name, m, with ? l : NULL, 1);
+      decode_case(cs[c].name, m, with ? l : NULL, 13);
+    }
+    qt_lora_free(&l);
+    qt_model_free(&m);
+  }
+}
+
+/* What the decoder refuses: LoRA dropout on, a sequence past a sliding window
+ * (tiny_c, mistral, window 16), ids outside the vocabulary, oversize feeds. */
+static void test_decode_errors(void **st) {
+  (void)st;
+  qt_model *m = load_model(GOLD "tiny_c", QT_MODEL_QUANT_NONE);
+  qt_lora_config c = {.r = 2, .alpha = 4, .dropout = 0.1, .targets = QT_LORA_ALL_LINEAR, .seed = 3};
+  qt_lora *l = NULL;
+  ok(qt_lora_init(m, &c, &l));
+  qt_model_tape *mt = decode_tape(m, l, 20);
+  qt_model_adapter ad = qt_lora_adapter(l);
+  qt_model_decoder *d = NULL;
+  qt_lora_set_step(l, 0, true);
+  assert_int_equal(qt_model_decoder_init(mt, &ad, 20, 4, &d), QT_ERR_UNSUPPORTED);
+  assert_null(d);
+  int32_t out[20];
+  int64_t n_out;
+  int32_t ids[17] = {1};
+  assert_int_equal(qt_model_generate(mt, &ad, ids, 1, 4, 0.0, 0, out, &n_out), QT_ERR_UNSUPPORTED);
+  qt_lora_set_step(l, 0, false);
+  assert_int_equal(qt_model_decoder_init(mt, &ad, m->cfg.max_position_embeddings + 1, 1, &d),
+                   QT_ERR_INVALID);
+  assert_int_equal(qt_model_decoder_init(mt, &ad, 8, 9, &d), QT_ERR_INVALID);
+  ok(qt_model_decoder_init(mt, &ad, 20, 4, &d));
+  float *z = malloc((size_t)m->V * sizeof(float));
+  ids[1] = (int32_t)m->V;
+  assert_int_equal(qt_model_decoder_feed(d, ids, 2, z), QT_ERR_INVALID);
+  assert_int_equal(qt_model_decoder_feed(d, ids, 5, z), QT_ERR_INVALID); /* > max_rows */
+  ids[1] = 3;
+  assert_int_equal(qt_model_decoder_len(d), 0);
+  for (int i = 0; i < 16; i++) ok(qt_model_decoder_feed(d, ids + 1, 1, z));
+  assert_int_equal(qt_model_decoder_feed(d, ids + 1, 1, z), QT_ERR_UNSUPPORTED); /* 17 > 16 */
+  qt_error_clear();
+  /* generate refuses a prompt longer than the window, as the tape does */
+  for (int i = 0; i < 17; i++) ids[i] = 3;
+  assert_int_equal(qt_model_generate(mt, &ad, ids, 17, 1, 0.0, 0, out, &n_out), QT_ERR_UNSUPPORTED);
+  qt_error_clear();
+  free(z);
+  qt_model_decoder_free(&d);
+  qt_model_tape_free(&mt);
+  qt_lora_free(&l);
+  qt_model_free(&m);
+}
+
 /* ---- writer for the PEFT check (not a test) -------------------------------- */
 
 static int write_peft_check(const char *dir) {
@@ -1008,6 +1161,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_adapter_errors), cmocka_unit_test(test_half_checkpoint),
       cmocka_unit_test(test_bad_batch),      cmocka_unit_test(test_tape_sizing),
       cmocka_unit_test(test_bnb_checkpoints),
+      cmocka_unit_test(test_decode_cache),   cmocka_unit_test(test_decode_errors),
   };
   if (argc == 2 && strcmp(argv[1], "--units") == 0) return cmocka_run_group_tests(units, NULL, NULL);
   if (argc != 1) {

@@ -1,0 +1,416 @@
+/* model/decode.c — incremental decoding with a KV cache, and `generate`
+ * (model.h documents the contract). The per-row math is decoder_layer's
+ * (model.c), through the same CPU kernels (model_internal.h); only attention
+ * differs in form: one query row against the cached keys, in plain loops with
+ * the numerics of the reference kernel (autograd/kernels/attention_cpu.inc
+ * attention_forward_ref: scores in fp32, max, exp and sum in double). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/philox.h"
+#include "model/model.h"
+#include "model/model_internal.h"
+
+/* One adapted linear, resolved from the adapter once. */
+typedef struct {
+  const float *A, *B; /* (R, In), (Out, R), the tape's fp32 compute copies */
+  int64_t R;
+  double scale;
+} decode_lora;
+
+struct qt_model_decoder {
+  const qt_model *m;
+  int64_t cap, max_rows, len;
+  decode_lora (*lora)[QT_PROJ_COUNT]; /* (L, 7); A == NULL: no branch */
+  int64_t max_rank;
+  /* carved from `block` */
+  float *kcache, *vcache; /* (L, cap, K, D) each, keys after RoPE */
+  float *h;               /* (max_rows, C) residual stream */
+  float *xn;              /* (max_rows, C) normed input of a block */
+  float *q;               /* (max_rows, H*D) queries after RoPE */
+  float *att;             /* (max_rows, H*D) attention output */
+  float *y;               /* (max_rows, C) o_proj / down_proj output */
+  float *g, *u, *sw;      /* (max_rows, F) gate, up, silu(gate) * up */
+  float *rstd;            /* (max_rows) */
+  float *lu;              /* (max_rows, max_rank) LoRA x A^T */
+  float *w;               /* (max out * in) a dequantized 4-bit base weight, or NULL */
+  float *absmax;          /* (max nblocks + 1) its decompressed absmax */
+  float *scores;          /* (H, cap) one query row's probabilities per head */
+  double *acc;            /* (H, D) the P.V accumulators per head */
+  int32_t *pos;           /* (max_rows) absolute positions of the fed rows */
+  void *block;
+  size_t bytes;
+};
+
+/* Bump-carves n bytes (64-byte aligned) from *at; with base NULL only counts. */
+static void *carve(char *base, size_t *at, size_t n) {
+  size_t off = (*at + 63) & ~(size_t)63;
+  *at = off + n;
+  return base ? base + off : NULL;
+}
+
+/* Lays the buffers out over base (NULL: measure); returns the bytes needed. */
+static size_t layout(qt_model_decoder *d, char *base, int64_t max_w, int64_t max_nb) {
+  const qt_model *m = d->m;
+  size_t at = 0, f = sizeof(float), R = (size_t)d->max_rows;
+  size_t kv = (size_t)(m->L * d->cap * m->K * m->D) * f;
+  d->kcache = carve(base, &at, kv);
+  d->vcache = carve(base, &at, kv);
+  d->h = carve(base, &at, R * (size_t)m->C * f);
+  d->xn = carve(base, &at, R * (size_t)m->C * f);
+  d->q = carve(base, &at, R * (size_t)(m->H * m->D) * f);
+  d->att = carve(base, &at, R * (size_t)(m->H * m->D) * f);
+  d->y = carve(base, &at, R * (size_t)m->C * f);
+  d->g = carve(base, &at, R * (size_t)m->F * f);
+  d->u = carve(base, &at, R * (size_t)m->F * f);
+  d->sw = carve(base, &at, R * (size_t)m->F * f);
+  d->rstd = carve(base, &at, R * f);
+  d->lu = carve(base, &at, R * (size_t)d->max_rank * f);
+  d->w = max_w > 0 ? carve(base, &at, (size_t)max_w * f) : NULL;
+  d->absmax = max_w > 0 ? carve(base, &at, (size_t)(max_nb + 1) * f) : NULL;
+  d->scores = carve(base, &at, (size_t)(m->H * d->cap) * f);
+  d->acc = carve(base, &at, (size_t)(m->H * m->D) * sizeof(double));
+  d->pos = carve(base, &at, R * sizeof(int32_t));
+  return at;
+}
+
+/* The adapter's branch of every (layer, proj), read through mt's tape. */
+static qt_status resolve_lora(qt_model_decoder *d, qt_model_tape *mt,
+                              const qt_model_adapter *adapter) {
+  const qt_model *m = d->m;
+  qt_tape *t = qt_model_tape_get(mt);
+  for (int64_t l = 0; l < m->L; l++)
+    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      d->lora[l][p] = (decode_lora){0};
+      if (!adapter || !adapter->branch) continue;
+      qt_tape_lora br;
+      bool has = false;
+      QT_TRY(adapter->branch(adapter->ctx, t, (int)l, (qt_proj)p, 1, &br, &has));
+      if (!has) continue;
+      if (br.mask)
+        return qt_fail(QT_ERR_UNSUPPORTED, "generate: the LoRA adapter has dropout on "
+                                           "(training mode); decoding runs it as model.eval() "
+                                           "does: call qt_lora_set_step(l, step, false) first");
+      const qt_model_linear *lin = &m->layers[l].proj[p];
+      int64_t R = qt_tape_rows(t, br.A);
+      QT_ASSERTF(qt_tape_cols(t, br.A) == lin->in && qt_tape_rows(t, br.B) == lin->out &&
+                     qt_tape_cols(t, br.B) == R,
+                 "decode: LoRA of %s does not match the linear's shape", lin->name);
+      d->lora[l][p] = (decode_lora){.A = qt_tape_data(t, br.A), .B = qt_tape_data(t, br.B),
+                                    .R = R, .scale = br.scale};
+      if (R > d->max_rank) d->max_rank = R;
+    }
+  return QT_OK;
+}
+
+qt_status qt_model_decoder_init(qt_model_tape *mt, const qt_model_adapter *adapter, int64_t cap,
+                                int64_t max_rows, qt_model_decoder **out) {
+  QT_ASSERT(mt && out);
+  *out = NULL;
+  const qt_model *m = qt_model_tape_model(mt);
+  if (cap < 1 || cap > m->cfg.max_position_embeddings || max_rows < 1 || max_rows > cap)
+    return qt_fail(QT_ERR_INVALID, "decode: a cache of %lld positions fed %lld at a time does "
+                                   "not fit 1 .. max_position_embeddings (%lld)",
+                   (long long)cap, (long long)max_rows,
+                   (long long)m->cfg.max_position_embeddings);
+  qt_model_decoder *d = calloc(1, sizeof *d);
+  if (!d) return qt_fail(QT_ERR_NOMEM, "decode: cannot allocate the decoder");
+  d->m = m;
+  d->cap = cap;
+  d->max_rows = max_rows;
+  d->lora = calloc((size_t)m->L, sizeof *d->lora);
+  qt_status s = d->lora ? resolve_lora(d, mt, adapter)
+                        : qt_fail(QT_ERR_NOMEM, "decode: cannot allocate the LoRA table");
+  int64_t max_w = 0, max_nb = 0;
+  for (int64_t l = 0; l < m->L; l++)
+    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      const qt_model_linear *lin = &m->layers[l].proj[p];
+      if (!lin->quantized) continue;
+      if (lin->out * lin->in > max_w) max_w = lin->out * lin->in;
+      if (lin->q.nblocks > max_nb) max_nb = lin->q.nblocks;
+    }
+  if (s == QT_OK) {
+    d->bytes = layout(d, NULL, max_w, max_nb);
+    d->block = malloc(d->bytes + 64);
+    if (!d->block)
+      s = qt_fail(QT_ERR_NOMEM, "decode: cannot allocate %.2f MiB for the KV cache (%lld "
+                                "positions) and buffers; lower --max-new-tokens",
+                  (double)d->bytes / 1048576.0, (long long)cap);
+  }
+  if (s != QT_OK) {
+    qt_model_decoder_free(&d);
+    return s;
+  }
+  /* 64-byte aligned base: the offsets carve() computed stay aligned */
+  char *base = (char *)d->block + ((64 - ((uintptr_t)d->block & 63)) & 63);
+  layout(d, base, max_w, max_nb);
+  *out = d;
+  return QT_OK;
+}
+
+void qt_model_decoder_free(qt_model_decoder **dp) {
+  if (!dp || !*dp) return;
+  free((*dp)->lora);
+  free((*dp)->block);
+  free(*dp);
+  *dp = NULL;
+}
+
+int64_t qt_model_decoder_len(const qt_model_decoder *d) { return d->len; }
+size_t qt_model_decoder_bytes(const qt_model_decoder *d) { return d->bytes; }
+
+/* y (n, out) = x (n, in) W^T + bias + LoRA, as model.c linear() records it:
+ * the base first (a 4-bit weight dequantized into d->w for this use), then
+ * the LoRA branch added. */
+static void linear(qt_model_decoder *d, int64_t l, qt_proj p, const float *x, int64_t n,
+                   float *y) {
+  const qt_model_linear *lin = &d->m->layers[l].proj[p];
+  const float *W = lin->dense;
+  if (lin->quantized) {
+    qt_model_internal_dequant(&lin->q, d->absmax, d->w, d->m->threads);
+    W = d->w;
+  }
+  qt_model_internal_linear(y, x, W, lin->bias, n, lin->in, lin->out);
+  const decode_lora *lo = &d->lora[l][p];
+  if (lo->A) qt_model_internal_lora(y, d->lu, x, lo->A, lo->B, lo->scale, n, lin->in, lin->out, lo->R);
+}
+
+/* att (n, H, D) for the fed rows i (positions len + i) of layer l: causal GQA
+ * over the cached keys and values 0 .. len + i (query head h reads kv head
+ * h / (H/K), transformers repeat_kv), scale D^-1/2. The numerics of
+ * attention_forward_ref (attention_cpu.inc): each score rounded to fp32, max,
+ * exp(s - max) rounded to fp32, double sum, P rounded to fp32, double P.V. */
+static void attend(qt_model_decoder *d, int64_t l, int64_t n) {
+  const qt_model *m = d->m;
+  int64_t H = m->H, K = m->K, D = m->D, rep = H / K;
+  const float *kc = d->kcache + l * d->cap * K * D; /* (cap, K, D) */
+  const float *vc = d->vcache + l * d->cap * K * D; /* (cap, K, D) */
+  double scale = 1.0 / sqrt((double)D);
+#pragma omp parallel for if (H * n * (d->len + n) * D >= 65536)
+  for (int64_t h = 0; h < H; h++) {
+    int64_t g = h / rep;
+    float *P = d->scores + h * d->cap; /* (cap) */
+    double *acc = d->acc + h * D;      /* (D) */
+    for (int64_t i = 0; i < n; i++) {
+      int64_t last = d->len + i;
+      const float *qi = d->q + (i * H + h) * D; /* (D) */
+      double mx = -INFINITY;
+      for (int64_t j = 0; j <= last; j++) {
+        const float *kj = kc + (j * K + g) * D; /* (D) */
+        double s = 0.0;
+        for (int64_t e = 0; e < D; e++) s += (double)qi[e] * kj[e];
+        P[j] = (float)(s * scale);
+        if (P[j] > mx) mx = P[j];
+      }
+      double sum = 0.0;
+      for (int64_t j = 0; j <= last; j++) {
+        P[j] = (float)exp((double)P[j] - mx);
+        sum += P[j];
+      }
+      for (int64_t e = 0; e < D; e++) acc[e] = 0.0;
+      for (int64_t j = 0; j <= last; j++) {
+        P[j] = (float)(P[j] / sum);
+        const float *vj = vc + (j * K + g) * D; /* (D) */
+        for (int64_t e = 0; e < D; e++) acc[e] += (double)P[j] * vj[e];
+      }
+      float *oi = d->att + (i * H + h) * D; /* (D) */
+      for (int64_t e = 0; e < D; e++) oi[e] = (float)acc[e];
+    }
+  }
+}
+
+qt_status qt_model_decoder_feed(qt_model_decoder *d, const int32_t *ids, int64_t n,
+                                float *logits) {
+  const qt_model *m = d->m;
+  if (n < 1 || n > d->max_rows || d->len + n > d->cap)
+    return qt_fail(QT_ERR_INVALID, "decode: %lld tokens do not fit (%lld of %lld positions "
+                                   "used, at most %lld per feed)",
+                   (long long)n, (long long)d->len, (long long)d->cap, (long long)d->max_rows);
+  for (int64_t i = 0; i < n; i++)
+    if (ids[i] < 0 || ids[i] >= m->V)
+      return qt_fail(QT_ERR_INVALID, "decode: token id %d is outside the vocabulary (%lld); "
+                                     "tokenizer and model do not match",
+                     (int)ids[i], (long long)m->V);
+  /* the same refusal as model.c check_batch: windows are not applied */
+  for (int64_t l = 0; l < m->L; l++)
+    if (m->cfg.layer_window && m->cfg.layer_window[l] > 0 && d->len + n > m->cfg.layer_window[l])
+      return qt_fail(QT_ERR_UNSUPPORTED, "decode: a sequence of %lld tokens exceeds the sliding "
+                                         "window (%lld) of layer %lld, which is not implemented; "
+                                         "generate at most %lld tokens in all",
+                     (long long)(d->len + n), (long long)m->cfg.layer_window[l], (long long)l,
+                     (long long)m->cfg.layer_window[l]);
+  int64_t C = m->C, KD = m->K * m->D, F = m->F;
+  double eps = m->cfg.rms_norm_eps;
+  for (int64_t i = 0; i < n; i++) {
+    memcpy(d->h + i * C, m->embed + (int64_t)ids[i] * C, (size_t)C * sizeof(float));
+    d->pos[i] = (int32_t)(d->len + i);
+  }
+  /* decoder_layer (model.c), rows len .. len+n-1 */
+  for (int64_t l = 0; l < m->L; l++) {
+    const qt_model_layer *ly = &m->layers[l];
+    float *kc = d->kcache + (l * d->cap + d->len) * KD; /* (n, K, D) the new rows' cache slots */
+    float *vc = d->vcache + (l * d->cap + d->len) * KD; /* (n, K, D) */
+    qt_model_internal_rmsnorm(d->xn, d->rstd, d->h, ly->input_norm, eps, n, C);
+    linear(d, l, QT_PROJ_Q, d->xn, n, d->q);
+    linear(d, l, QT_PROJ_K, d->xn, n, kc);
+    linear(d, l, QT_PROJ_V, d->xn, n, vc);
+    qt_model_internal_rope(d->q, d->q, d->pos, m->inv_freq, n, m->H, m->D);
+    qt_model_internal_rope(kc, kc, d->pos, m->inv_freq, n, m->K, m->D);
+    attend(d, l, n);
+    linear(d, l, QT_PROJ_O, d->att, n, d->y);
+    qt_model_internal_add(d->h, d->h, d->y, n * C);
+    qt_model_internal_rmsnorm(d->xn, d->rstd, d->h, ly->post_norm, eps, n, C);
+    linear(d, l, QT_PROJ_GATE, d->xn, n, d->g);
+    linear(d, l, QT_PROJ_UP, d->xn, n, d->u);
+    qt_model_internal_swiglu(d->sw, d->g, d->u, n * F);
+    linear(d, l, QT_PROJ_DOWN, d->sw, n, d->y);
+    qt_model_internal_add(d->h, d->h, d->y, n * C);
+  }
+  d->len += n;
+  /* final norm and lm_head (the embedding when tied) for the last row only */
+  qt_model_internal_rmsnorm(d->xn, d->rstd, d->h + (n - 1) * C, m->final_norm, eps, 1, C);
+  qt_model_internal_logits(logits, d->xn, m->lm_head, 1, C, m->V);
+  return QT_OK;
+}
+
+/* ---- generate ----------------------------------------------------------------- */
+
+/* The next-token logits z (V) of seq[0 .. n). */
+typedef qt_status (*next_logits_fn)(void *ctx, const int32_t *seq, int64_t n, float *z);
+
+/* Greedy (lowest id on ties) or Philox sampling of softmax(z / temperature). */
+static int32_t pick(const float *z, int64_t V, double temperature, qt_philox *rng) {
+  int32_t next = 0;
+  if (temperature <= 0) {
+    for (int64_t v = 1; v < V; v++)
+      if (z[v] > z[next]) next = (int32_t)v;
+    return next;
+  }
+  double mx = z[0], sum = 0;
+  for (int64_t v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+  for (int64_t v = 0; v < V; v++) sum += exp(((double)z[v] - mx) / temperature);
+  double r = (double)qt_philox_next_uniform(rng) * sum, acc = 0;
+  next = (int32_t)(V - 1);
+  for (int64_t v = 0; v < V; v++) {
+    acc += exp(((double)z[v] - mx) / temperature);
+    if (r <= acc) /* u in (0, 1]: r > 0, and acc ends at exactly sum */
+      return (int32_t)v;
+  }
+  return next;
+}
+
+/* The loop both generate paths share: seq (cap) holds the prompt; tokens are
+ * appended until max_new, cap or an EOS (kept). */
+static qt_status sample_loop(const qt_model *m, int32_t *seq, int64_t n_prompt, int64_t cap,
+                             int64_t max_new, double temperature, uint64_t seed,
+                             next_logits_fn next_logits, void *ctx, float *z, int32_t *out,
+                             int64_t *n_out) {
+  qt_philox rng;
+  qt_philox_init(&rng, seed, 0, 0);
+  int64_t n = n_prompt;
+  while (n < cap && *n_out < max_new) {
+    QT_TRY(next_logits(ctx, seq, n, z));
+    int32_t next = pick(z, m->V, temperature, &rng);
+    seq[n++] = next;
+    out[(*n_out)++] = next;
+    bool eos = false;
+    for (int e = 0; e < m->cfg.n_eos; e++) eos = eos || m->cfg.eos_token_ids[e] == next;
+    if (eos) break;
+  }
+  return QT_OK;
+}
+
+/* Positions a generation may use: prompt + max_new, at most max_position_embeddings. */
+static qt_status generate_cap(const qt_model *m, int64_t n_prompt, int64_t max_new,
+                              int64_t *cap) {
+  if (n_prompt < 1) return qt_fail(QT_ERR_INVALID, "generate: the prompt is empty (give at least BOS)");
+  *cap = n_prompt + max_new;
+  if (*cap > m->cfg.max_position_embeddings) *cap = m->cfg.max_position_embeddings;
+  if (n_prompt > *cap)
+    return qt_fail(QT_ERR_INVALID, "generate: prompt of %lld tokens exceeds %lld "
+                                   "(max_position_embeddings)", (long long)n_prompt, (long long)*cap);
+  return QT_OK;
+}
+
+/* Feeds the tokens of seq the cache has not seen (the whole prompt first). */
+static qt_status cached_logits(void *ctx, const int32_t *seq, int64_t n, float *z) {
+  qt_model_decoder *d = ctx;
+  int64_t have = qt_model_decoder_len(d);
+  return qt_model_decoder_feed(d, seq + have, n - have, z);
+}
+
+qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
+                            const int32_t *prompt, int64_t n_prompt, int64_t max_new,
+                            double temperature, uint64_t seed, int32_t *out, int64_t *n_out) {
+  const qt_model *m = qt_model_tape_model(mt);
+  *n_out = 0;
+  int64_t cap = 0;
+  QT_TRY(generate_cap(m, n_prompt, max_new, &cap));
+  if (cap == n_prompt) return QT_OK; /* nothing to generate */
+  qt_model_decoder *d = NULL;
+  QT_TRY(qt_model_decoder_init(mt, adapter, cap, n_prompt, &d));
+  int32_t *seq = malloc((size_t)cap * sizeof(int32_t));
+  float *z = malloc((size_t)m->V * sizeof(float));
+  qt_status s = QT_OK;
+  if (!seq || !z) s = qt_fail(QT_ERR_NOMEM, "generate: cannot allocate %lld tokens", (long long)cap);
+  if (s == QT_OK) {
+    QT_LOGI("generate: KV cache and buffers %.2f MiB (%lld positions, %lld layers)",
+            (double)qt_model_decoder_bytes(d) / 1048576.0, (long long)cap, (long long)m->L);
+    memcpy(seq, prompt, (size_t)n_prompt * sizeof(int32_t));
+    s = sample_loop(m, seq, n_prompt, cap, max_new, temperature, seed, cached_logits, d, z, out,
+                    n_out);
+  }
+  free(seq);
+  free(z);
+  qt_model_decoder_free(&d);
+  return s;
+}
+
+/* ---- the oracle: the whole sequence through the tape at every step ---------- */
+
+typedef struct {
+  qt_model_tape *mt;
+  const qt_model_adapter *adapter;
+  int32_t *pos, *doc; /* (cap) */
+  float *logits;      /* (cap, V) */
+} recompute_ctx;
+
+static qt_status recompute_logits(void *ctx, const int32_t *seq, int64_t n, float *z) {
+  recompute_ctx *c = ctx;
+  int64_t V = qt_model_tape_model(c->mt)->V;
+  qt_model_batch b = {.ids = seq, .targets = NULL, .pos = c->pos, .doc = c->doc, .B = 1, .T = n};
+  QT_TRY(qt_model_logits(c->mt, c->adapter, &b, c->logits));
+  memcpy(z, c->logits + (n - 1) * V, (size_t)V * sizeof(float));
+  return QT_OK;
+}
+
+qt_status qt_model_generate_recompute(qt_model_tape *mt, const qt_model_adapter *adapter,
+                                      const int32_t *prompt, int64_t n_prompt, int64_t max_new,
+                                      double temperature, uint64_t seed, int32_t *out,
+                                      int64_t *n_out) {
+  const qt_model *m = qt_model_tape_model(mt);
+  *n_out = 0;
+  int64_t cap = 0;
+  QT_TRY(generate_cap(m, n_prompt, max_new, &cap));
+  int32_t *ints = malloc((size_t)cap * 3 * sizeof(int32_t));
+  float *logits = malloc((size_t)((cap + 1) * m->V) * sizeof(float));
+  if (!ints || !logits) {
+    free(ints);
+    free(logits);
+    return qt_fail(QT_ERR_NOMEM, "generate: cannot allocate %lld tokens of logits", (long long)cap);
+  }
+  recompute_ctx c = {.mt = mt, .adapter = adapter, .pos = ints + cap, .doc = ints + 2 * cap,
+                     .logits = logits + m->V};
+  for (int64_t i = 0; i < cap; i++) {
+    c.pos[i] = (int32_t)i;
+    c.doc[i] = 0;
+  }
+  memcpy(ints, prompt, (size_t)n_prompt * sizeof(int32_t));
+  qt_status s = sample_loop(m, ints, n_prompt, cap, max_new, temperature, seed, recompute_logits,
+                            &c, logits, out, n_out);
+  free(ints);
+  free(logits);
+  return s;
+}
