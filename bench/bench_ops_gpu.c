@@ -63,8 +63,8 @@
  *
  * Output: a readable table, plus one machine-readable line per op and one for
  * the projection, each starting with "result:" and made of key=value fields:
- *   result: op=linear4 proj=gate_proj pass=fwd shape=2048x4096x14336 ms=0.4810 iters=20 tflops=500.1
- *   result: op=rmsnorm pass=fwd shape=2048x4096 ms=0.0150 iters=20 gbps=2241.0 copy_pct=64.5
+ *   result: op=linear4 proj=gate_proj pass=fwd shape=2048x4096x14336 ms=... iters=... tflops=...
+ *   result: op=rmsnorm pass=fwd shape=2048x4096 ms=... iters=... gbps=... copy_pct=...
  *   result: op=projection tokens=2048 layers=32 step_ms=... tok_s=... mfu=... share_attention=...
  * (shape: tokens x in x out for linears and LoRA.)
  *
