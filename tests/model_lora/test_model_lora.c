@@ -1144,8 +1144,9 @@ static int write_peft_check(const char *dir) {
   return 0;
 }
 
-/* Two groups, two CTest entries (each stays well under 20 s with ASan):
- * no argument = the transformers/PEFT golden checks, "--units" = the rest. */
+/* Three groups, three CTest entries (each stays well under 20 s with ASan):
+ * no argument = the transformers/PEFT golden checks, "--decode" = the KV-cache
+ * decoder against the full forward, "--units" = the rest. */
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--write-peft-check") == 0) return write_peft_check(argv[2]);
   const struct CMUnitTest golden[] = {
@@ -1161,11 +1162,14 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_adapter_errors), cmocka_unit_test(test_half_checkpoint),
       cmocka_unit_test(test_bad_batch),      cmocka_unit_test(test_tape_sizing),
       cmocka_unit_test(test_bnb_checkpoints),
-      cmocka_unit_test(test_decode_cache),   cmocka_unit_test(test_decode_errors),
+  };
+  const struct CMUnitTest decode[] = {
+      cmocka_unit_test(test_decode_cache), cmocka_unit_test(test_decode_errors),
   };
   if (argc == 2 && strcmp(argv[1], "--units") == 0) return cmocka_run_group_tests(units, NULL, NULL);
+  if (argc == 2 && strcmp(argv[1], "--decode") == 0) return cmocka_run_group_tests(decode, NULL, NULL);
   if (argc != 1) {
-    fprintf(stderr, "usage: test_model_lora [--units | --write-peft-check DIR]\n");
+    fprintf(stderr, "usage: test_model_lora [--units | --decode | --write-peft-check DIR]\n");
     return 2;
   }
   return cmocka_run_group_tests(golden, NULL, NULL);
