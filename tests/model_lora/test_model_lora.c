@@ -17,7 +17,7 @@
  *   linear_src      a 4-bit base via qt_tape_linear_src is bit-identical to
  *                   the same weights dequantized and used densely
  *   decode_cache    KV-cache decoding: every step's last-row logits equal the
- *                   full forward's (1e-5), generate equals the recompute oracle
+ *                   full forward's (3e-5), generate equals the recompute oracle
  *   init, dropout, checkpointing, adapter_errors: see each test.
  *
  * `test_model_lora --write-peft-check DIR` writes DIR/adapter (qlora-train's
@@ -977,7 +977,7 @@ static qt_model_tape *decode_tape(const qt_model *m, qt_lora *l, int64_t T) {
 
 /* For one prompt of n_prompt random ids: at every one of DEC_STEPS decode
  * steps the cached last-row logits equal the last row of qt_model_logits over
- * the whole sequence (1e-5 relative); then greedy and sampled generation
+ * the whole sequence (3e-5 relative); then greedy and sampled generation
  * equal the recompute oracle's ids. */
 static void decode_case(const char *name, const qt_model *m, qt_lora *l, int64_t n_prompt) {
   int64_t cap = n_prompt + DEC_STEPS;
@@ -1003,7 +1003,12 @@ static void decode_case(const char *name, const qt_model *m, qt_lora *l, int64_t
     qt_model_batch b = {.ids = seq, .targets = NULL, .pos = pos, .doc = doc, .B = 1, .T = n};
     ok(qt_model_logits(mt, adp, &b, full));
     double e = rel_err(z, full + (n - 1) * m->V, m->V);
-    if (!(e <= 1e-5))
+    /* One row through OpenBLAS's gemv-shaped paths against many rows through
+     * its gemm kernels: two fp32 summation orders through every layer. Worst
+     * seen 3.6e-6 with the SkylakeX kernels and 1.0e-5 with Prescott's
+     * (stories260K NF4 + LoRA); a wrong cache, position or mask is off by
+     * 1e-2 or more. */
+    if (!(e <= 3e-5))
       fail_msg("%s%s prompt %lld: decode step %d (position %lld): cached logits rel %.3g vs the "
                "full forward", name, l ? " + LoRA" : "", (long long)n_prompt, step,
                (long long)(n - 1), e);
