@@ -3,8 +3,9 @@
 # Used by the README and by .ci/run. The CUDA toolkit (nvcc, cuBLASLt, cuRAND,
 # NCCL) is expected to be installed already; without it the CPU backend builds.
 set -euo pipefail
+# Extra package names as arguments are installed too (tools/test_cpus.sh: qemu-user).
 pkgs=(build-essential cmake pkg-config libyaml-dev libcjson-dev libcmocka-dev
-      libopenblas-dev libpcre2-dev libutf8proc-dev libomp-dev clang)
+      libopenblas-dev libpcre2-dev libutf8proc-dev libomp-dev clang "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,7 +8,7 @@
 #    (x86-64-v2, no AVX: the baseline function clones, OpenBLAS's Nehalem
 #    kernels) and a Haswell (the AVX2 clones), so a result that depends on the
 #    CPU fails here and not on the next machine. qemu-user is installed from
-#    Debian's packages when missing.
+#    Debian's packages when missing (tools/setup.sh qemu-user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-build}
@@ -30,13 +30,7 @@ for c in "${cores[@]}"; do
     failed+=("OPENBLAS_CORETYPE=$c")
   fi
 done
-if ! command -v qemu-x86_64 > /dev/null 2>&1; then
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  echo "test_cpus: installing qemu-user"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-user > /dev/null
-fi
+command -v qemu-x86_64 > /dev/null 2>&1 || bash tools/setup.sh qemu-user
 for cpu in Nehalem Haswell; do
   echo "== test_cpus: qemu-x86_64 -cpu $cpu, unit tests"
   # qemu runs AVX2 code ~10x slower than SSE code: under the Haswell model the
