@@ -83,6 +83,11 @@ float qt_philox_uniform_from_u32(uint32_t u);
 void qt_philox_fill_u32(qt_philox *s, uint32_t *dst, size_t n);
 /* dst[i] = qt_philox_next_uniform(s), i < n. */
 void qt_philox_fill_uniform(qt_philox *s, float *dst, size_t n);
+/* Dropout keep mask: keep[i] = (curand_uniform of word i of the stream
+ * curand_init(seed, subsequence, 0)) > p, as 0/1 bytes, for i < n — the same
+ * bytes as n qt_philox_next_uniform calls, drawn many blocks at a time and
+ * threaded (OpenMP) for large n (common/philox_mask.c). */
+void qt_philox_keep_mask(uint8_t *keep, int64_t n, float p, uint64_t seed, uint64_t subsequence);
 
 #ifdef __cplusplus
 }

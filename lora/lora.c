@@ -194,13 +194,12 @@ void qt_lora_set_step(qt_lora *l, uint64_t step, bool training) {
 
 /* The keep mask (n = N * In bytes) of (step, layer, proj): 1 with probability
  * 1 - p. The one definition of the mask: the tape hook (branch) and
- * qt_lora_dropout_mask (the GPU path) both draw through here. */
+ * qt_lora_dropout_mask (the GPU path) both draw through here, and the bytes
+ * are qt_philox_keep_mask's (word i of the module's Philox stream). */
 static void fill_mask(const qt_lora *l, int layer, qt_proj p, int64_t n, uint8_t *m) {
-  qt_philox rng;
-  qt_philox_init(&rng, mix64(l->cfg.seed ^ mix64(l->step + 0x9E3779B97F4A7C15ull)),
-                 module_stream(layer, p), 0);
-  float pdrop = (float)l->cfg.dropout;
-  for (int64_t i = 0; i < n; i++) m[i] = qt_philox_next_uniform(&rng) > pdrop ? 1 : 0;
+  qt_philox_keep_mask(m, n, (float)l->cfg.dropout,
+                      mix64(l->cfg.seed ^ mix64(l->step + 0x9E3779B97F4A7C15ull)),
+                      module_stream(layer, p));
 }
 
 /* The hook's mask buffer of (layer, proj), grown to N * In, filled. */

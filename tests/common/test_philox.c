@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -180,6 +181,73 @@ static void test_normal(void **state) {
   assert_true(fabs(sum4 / N - 3) < 0.1); /* kurtosis of a normal */
 }
 
+/* qt_philox_keep_mask equals drawing one uniform at a time, for thresholds on
+ * both sides of the map's steps (p equal to a uniform value: equal is dropped),
+ * below the smallest uniform (keep all), lengths around the 64-word groups and
+ * the threaded chunks, and counters with high subsequence and seed bits; in the
+ * version QT_PHILOX_MASK selects (NULL: the CPU's widest). Returns the kept
+ * fraction of the 2^20-word masks at p = 0.05. */
+static double check_keep_mask(const char *version) {
+  if (version) setenv("QT_PHILOX_MASK", version, 1);
+  const float ps[] = {0.0f, 0.05f, 0.1f, 0.5f, 0.9999f, 1e-12f,
+                      qt_philox_uniform_from_u32(0x0CCCCCCDu), /* exactly a uniform */
+                      qt_philox_uniform_from_u32(0x80000001u), /* 0.5: a step of the map */
+                      nextafterf(qt_philox_uniform_from_u32(0x40000000u), 0.0f)};
+  const int64_t ns[] = {0, 1, 3, 63, 64, 65, 1000, 4096 + 7, 5 * 4096 * 4 + 13, 1 << 20};
+  const uint64_t seeds[] = {0, 2024, 0xFEDCBA9876543210ull};
+  const uint64_t subs[] = {0, 7, 0x123456789ABCull};
+  enum { NMAX = 1 << 20 };
+  static uint8_t fast[NMAX + 1], slow[NMAX];
+  long kept = 0, total = 0;
+  for (size_t a = 0; a < sizeof ps / sizeof ps[0]; a++)
+    for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+      for (size_t c = 0; c < sizeof seeds / sizeof seeds[0]; c++) {
+        uint64_t sub = subs[(a + b + c) % 3];
+        int64_t n = ns[b];
+        memset(fast, 0xAA, sizeof fast);
+        qt_philox_keep_mask(fast, n, ps[a], seeds[c], sub);
+        qt_philox s;
+        qt_philox_init(&s, seeds[c], sub, 0);
+        for (int64_t i = 0; i < n; i++) slow[i] = qt_philox_next_uniform(&s) > ps[a];
+        assert_memory_equal(fast, slow, (size_t)n);
+        assert_int_equal(fast[n], 0xAA); /* nothing written past n */
+        if (ps[a] == 0.05f && n == NMAX) {
+          for (int64_t i = 0; i < n; i++) kept += fast[i];
+          total += n;
+        }
+      }
+  /* words exactly at the threshold: p = uniform(w) for a word w that is the
+   * last of its float's words, so w itself is the largest dropped word */
+  qt_philox s;
+  qt_philox_init(&s, 2024, 7, 0);
+  int at = 0;
+  for (int64_t i = 0; i < 1 << 16 && at < 16; i++) {
+    uint32_t w = qt_philox_next_u32(&s);
+    if (w == UINT32_MAX || qt_philox_uniform_from_u32(w) == qt_philox_uniform_from_u32(w + 1))
+      continue;
+    float p = qt_philox_uniform_from_u32(w);
+    qt_philox_keep_mask(fast, i + 1, p, 2024, 7);
+    qt_philox r;
+    qt_philox_init(&r, 2024, 7, 0);
+    for (int64_t j = 0; j <= i; j++) slow[j] = qt_philox_next_uniform(&r) > p;
+    assert_int_equal(slow[i], 0);
+    assert_memory_equal(fast, slow, (size_t)(i + 1));
+    at++;
+  }
+  assert_int_equal(at, 16);
+  unsetenv("QT_PHILOX_MASK");
+  return (double)kept / (double)total;
+}
+
+static void test_keep_mask(void **state) {
+  (void)state;
+  const char *versions[] = {NULL, "avx2", "scalar"};
+  for (size_t v = 0; v < 3; v++) {
+    double rate = check_keep_mask(versions[v]);
+    assert_true(fabs(rate - 0.95) < 5 * sqrt(0.05 * 0.95 / (3.0 * (1 << 20))));
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_known_answers),
@@ -188,6 +256,7 @@ int main(void) {
       cmocka_unit_test(test_next4_order),
       cmocka_unit_test(test_uniform),
       cmocka_unit_test(test_normal),
+      cmocka_unit_test(test_keep_mask),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
