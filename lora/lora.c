@@ -26,6 +26,11 @@ struct qt_lora {
   bool training;
   uint8_t *(*mask)[QT_PROJ_COUNT]; /* (L, 7) buffers of mask_cap[l][p] bytes */
   int64_t (*mask_cap)[QT_PROJ_COUNT];
+  /* what mask[l][p] holds: the first mask_len bytes of step mask_step's mask
+   * (0: nothing). A checkpointed layer records its forward again in backward
+   * with the same step and N: the mask is reused, not drawn twice. */
+  int64_t (*mask_len)[QT_PROJ_COUNT];
+  uint64_t (*mask_step)[QT_PROJ_COUNT];
 };
 
 static const char *const TARGET[QT_PROJ_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
@@ -73,7 +78,9 @@ static qt_status lora_alloc(const qt_model *m, const qt_lora_config *cfg, qt_lor
   l->idx = calloc((size_t)m->L, sizeof *l->idx);
   l->mask = calloc((size_t)m->L, sizeof *l->mask);
   l->mask_cap = calloc((size_t)m->L, sizeof *l->mask_cap);
-  if (!l->t || !l->tape_id || !l->idx || !l->mask || !l->mask_cap) {
+  l->mask_len = calloc((size_t)m->L, sizeof *l->mask_len);
+  l->mask_step = calloc((size_t)m->L, sizeof *l->mask_step);
+  if (!l->t || !l->tape_id || !l->idx || !l->mask || !l->mask_cap || !l->mask_len || !l->mask_step) {
     size_t n = l->n;
     qt_lora_free(&l);
     return qt_fail(QT_ERR_NOMEM, "lora: cannot allocate %zu adapter tensors", n);
@@ -151,6 +158,8 @@ void qt_lora_free(qt_lora **lp) {
   free(l->idx);
   free(l->mask);
   free(l->mask_cap);
+  free(l->mask_len);
+  free(l->mask_step);
   free(l);
   *lp = NULL;
 }
@@ -202,10 +211,16 @@ static void fill_mask(const qt_lora *l, int layer, qt_proj p, int64_t n, uint8_t
                       module_stream(layer, p));
 }
 
-/* The hook's mask buffer of (layer, proj), grown to N * In, filled. */
+/* The hook's mask buffer of (layer, proj), grown to N * In, filled (unless it
+ * already holds this step's mask of that length). */
 static qt_status dropout_mask(qt_lora *l, int layer, qt_proj p, int64_t N, int64_t In,
                               const uint8_t **mask) {
   int64_t n = N * In;
+  if (n > 0 && l->mask_len[layer][p] == n && l->mask_step[layer][p] == l->step) {
+    *mask = l->mask[layer][p];
+    return QT_OK;
+  }
+  l->mask_len[layer][p] = 0;
   if (l->mask_cap[layer][p] < n) {
     uint8_t *b = realloc(l->mask[layer][p], (size_t)n);
     if (!b) return qt_fail(QT_ERR_NOMEM, "lora: cannot allocate a dropout mask of %lld bytes",
@@ -215,6 +230,8 @@ static qt_status dropout_mask(qt_lora *l, int layer, qt_proj p, int64_t N, int64
   }
   uint8_t *m = l->mask[layer][p];
   fill_mask(l, layer, p, n, m);
+  l->mask_len[layer][p] = n;
+  l->mask_step[layer][p] = l->step;
   *mask = m;
   return QT_OK;
 }

@@ -122,6 +122,29 @@ int main(void) {
   check(compared == 3 * m->L * (QT_PROJ_COUNT - 1), "every adapted module compared");
   check(fabs(frac - (1 - p)) < 5 * sd, "kept fraction 1 - p within 5 sigma");
 
+  /* The hook keeps a module's mask while the step and N stay (a checkpointed
+   * layer recorded again in backward): asked again it hands the same bytes; a
+   * new step, a new N, and a return to the old step each draw the right mask. */
+  {
+    const int64_t In = in_features(m, 1, QT_PROJ_UP);
+    const uint64_t seq[5] = {41, 41, 42, 41, 41};
+    const int64_t nseq[5] = {MAX_N, MAX_N, MAX_N, MAX_N, 37};
+    for (int k = 0; k < 5; k++) {
+      qt_lora_set_step(l, seq[k], true);
+      qt_tape_lora br;
+      bool has_hook = false, has = false;
+      double ks = 0;
+      OK(ad.branch(ad.ctx, tape, 1, QT_PROJ_UP, nseq[k], &br, &has_hook));
+      OK(qt_lora_dropout_mask(l, 1, QT_PROJ_UP, nseq[k], mine, &ks, &has));
+      check(has_hook && has && br.mask, "a mask while training");
+      if (has && br.mask && memcmp(mine, br.mask, (size_t)(nseq[k] * In)) != 0) {
+        fprintf(stderr, "FAIL: repeated ask %d (step %llu, N %lld): the hook's mask is stale\n", k,
+                (unsigned long long)seq[k], (long long)nseq[k]);
+        failures++;
+      }
+    }
+  }
+
   /* training off (model.eval()): no mask from either */
   qt_lora_set_step(l, 5, false);
   {
