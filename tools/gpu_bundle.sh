@@ -45,7 +45,7 @@ done
 cp "$BUILD_DIR/train/qlora-train" "$stage/bin/"
 for b in "$BUILD_DIR"/bench/*_gpu; do [ -x "$b" ] && cp "$b" "$stage/bin/"; done
 strip --strip-debug "$stage"/bin/* 2>/dev/null || true
-cp "$ROOT/tests/e2e/gpu_vs_cpu.sh" "$ROOT/tests/e2e/lib.sh" "$stage/tests/e2e/"
+cp "$ROOT/tests/e2e/gpu_vs_cpu.sh" "$ROOT/tests/e2e/mpi_nccl1.sh" "$ROOT/tests/e2e/lib.sh" "$stage/tests/e2e/"
 cp -r "$SHARED/data/stories260K" "$SHARED/data/tinystories" "$stage/shared/data/"
 
 # Shared libraries: everything ldd resolves, except glibc's own and CUDA's.
@@ -69,6 +69,7 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit-dirty"
   echo "qlora-train GPU bundle, commit $commit, built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n)"
   echo "CUDA architectures: ${CUDA_ARCHS:-90}; nvcc: $(nvcc --version | tail -n 1)"
   echo "needs on the GPU machine: bash, coreutils (timeout), tar, gzip, the NVIDIA driver, libcudart.so.13 + libcublasLt.so.13 + libcublas.so.13"
+  echo "optional there: libnccl.so.2 (the 1-rank NCCL check; 200+ MiB, not bundled, opened at run time) and mpirun"
   (cd "$stage" && find . -type f | sort | xargs du -k | awk '{ printf "%8d KiB  %s\n", $1, $2 }')
 } > "$stage/MANIFEST"
 tar -C "$stage" -czf "$OUT/bundle.tar.gz" .

@@ -10,7 +10,10 @@
 #   2. every test labelled cuda, cheapest first, with QLORA_CUDA_SYNC=1 (each
 #      kernel checked where it is launched); exit 77 (skip) counts as FAILED:
 #      a GPU is present, so a skip means the test could not use it;
-#   3. the end-to-end comparison: 6 training steps on the GPU vs the CPU;
+#   3. the end-to-end comparison: 6 training steps on the GPU vs the CPU; then
+#      the same GPU run with the gradient reduction through NCCL, one rank
+#      (tests/e2e/mpi_nccl1.sh: bit-identical; needs the machine's
+#      libnccl.so.2, "not run" without it);
 #   4. compute-sanitizer memcheck on each failed test (when installed);
 #   5. the GPU benchmarks (bench/*_gpu): their `result:` lines.
 # About 8 minutes at most (DEADLINE_S, default 450 s for steps 2-5). Writes at
@@ -66,6 +69,13 @@ for n in libcudart.so.13 libcublasLt.so.13 libcublas.so.13; do
     echo "MISSING $n (the CUDA 13 runtime / cuBLAS of the GPU machine)" >> "$R/env.txt"
   fi
 done
+# NCCL (optional, opened by qlora-train at run time): the machine's own.
+if d=$(find_lib libnccl.so.2); then
+  case ":$libpath:" in *":$d:"*) ;; *) libpath="$libpath:$d" ;; esac
+  echo "found libnccl.so.2 in $d" >> "$R/env.txt"
+else
+  echo "no libnccl.so.2 (optional: the 1-rank NCCL check is not run)" >> "$R/env.txt"
+fi
 export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The bundle's libstdc++/libgcc_s only where the system has none.
 for f in "$X"/bin/*; do ldd "$f" 2>/dev/null; done | grep -q 'libstdc++.so.6 => not found' \
@@ -122,7 +132,14 @@ if [ -z "$gpu" ]; then
     fi
   }
   for t in "${tests[@]}"; do dry_start "$X/bin/$t" "$R/tests.log" 1; done
-  for f in tests/e2e/gpu_vs_cpu.sh tests/e2e/lib.sh shared/data/stories260K/config.json shared/data/tinystories/train.jsonl \
+  # the 1-rank NCCL check starts and skips (77: no GPU)
+  s=$(date +%s)
+  timeout 60 bash "$X/tests/e2e/mpi_nccl1.sh" "$X/bin/qlora-train" "$X/shared" "$X/e2e-nccl" > "$X/nccl.out" 2>&1
+  rc=$?
+  cat "$X/nccl.out" >> "$R/e2e.log"
+  if [ $rc -eq 77 ]; then row "e2e_mpi_nccl1" "starts, skips (no GPU)" "$(( $(date +%s) - s ))" ""
+  else row "e2e_mpi_nccl1" "FAILED (exit $rc without a GPU, want 77)" "$(( $(date +%s) - s ))" "$(tail -n 1 "$X/nccl.out")"; status=1; fi
+  for f in tests/e2e/gpu_vs_cpu.sh tests/e2e/mpi_nccl1.sh tests/e2e/lib.sh shared/data/stories260K/config.json shared/data/tinystories/train.jsonl \
            bin/qlora-train; do
     [ -e "$X/$f" ] || { row "$f" "MISSING" 0 ""; status=1; }
   done
@@ -170,6 +187,20 @@ else
   case $rc in 0) res=PASSED ;; 77) res="FAILED (skipped)" ;; 124) res="TIMEOUT" ;; *) res="FAILED (exit $rc)" ;; esac
   [ $rc -eq 0 ] || status=1
   row "e2e_gpu_vs_cpu" "$res" "$(( $(date +%s) - s ))" "$(grep -E '^worst' "$R/e2e.log" | tail -n 1)"
+  # 1 rank with the NCCL reduction == the plain GPU run (bit for bit)
+  lim=$(limit 120)
+  s=$(date +%s)
+  echo "===== mpi_nccl1.sh (limit $lim s)" >> "$R/e2e.log"
+  timeout "$lim" bash "$X/tests/e2e/mpi_nccl1.sh" "$X/bin/qlora-train" "$X/shared" "$X/e2e-nccl" > "$X/nccl.out" 2>&1
+  rc=$?
+  cat "$X/nccl.out" >> "$R/e2e.log"
+  case $rc in
+    0) res=PASSED ;;
+    77) res="not run" ;; # no libnccl.so.2 on this machine: said in the note, not a failure of ours
+    124) res="TIMEOUT"; status=1 ;;
+    *) res="FAILED (exit $rc)"; status=1 ;;
+  esac
+  row "e2e_mpi_nccl1" "$res" "$(( $(date +%s) - s ))" "$(grep -E '^(PASS|FAIL|SKIP|note)' "$X/nccl.out" | tr '\n' ' ' | cut -c1-200)"
   # ---- 4. compute-sanitizer on what failed -----------------------------------------------
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
   if [ ${#failed_tests[@]} -gt 0 ] && [ -z "$cs" ]; then

@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "dist/dist.h"
 #include "train/cli.h"
 
 #include "qt_version.h" /* QLORA_GIT_COMMIT, written at build time */
@@ -40,7 +41,13 @@ static void print_version(void) {
 #endif
   const char *core = openblas_get_corename();
   const char *cfg = openblas_get_config();
-  printf("blas: core %s (%s)\n", core ? core : "unknown", cfg ? cfg : "OpenBLAS");
+  int par = openblas_get_parallel(); /* 0 sequential, 1 pthreads, 2 OpenMP */
+  printf("blas: core %s (threading %s; %s)\n", core ? core : "unknown",
+         par == 2 ? "openmp" : par == 1 ? "pthreads" : "none", cfg ? cfg : "OpenBLAS");
+  printf("multi-process: %s\n", qt_dist_backend());
+#ifdef QLORA_HAVE_CUDA
+  printf("nccl: %s\n", qt_dist_have_nccl() ? "yes (libnccl.so.2 loaded)" : "no (built without nccl.h, or libnccl.so.2 not found)");
+#endif
 }
 
 static void print_usage(FILE *f) {
@@ -93,19 +100,53 @@ static void prefer_passive_openmp(char **argv) {
   /* exec failed (no /proc): carry on with the default policy */
 }
 
+/* The exit of a command: with several ranks an error on any one takes the
+ * job down (MPI_Abort), naming the rank; a stop after a clean save is agreed
+ * by all ranks and ends them normally. */
+static int finish(qt_status s) {
+  const qt_dist *d = qt_dist_world();
+  if (d->world_size > 1 && s != QT_OK && s != QT_ERR_INTERRUPTED) {
+    fprintf(stderr, "qlora-train: rank %d of %d failed (%s); stopping all ranks\n", d->rank, d->world_size,
+            qt_status_name(s));
+    qt_dist_abort(qt_status_exit_code(s));
+  }
+  qt_dist_finalize();
+  return qt_status_exit_code(s);
+}
+
+/* The prefix of error messages: "qlora-train" or "qlora-train (rank 1 of 2)". */
+static const char *who(void) {
+  static char buf[64];
+  const qt_dist *d = qt_dist_world();
+  if (d->world_size == 1) return "qlora-train";
+  snprintf(buf, sizeof buf, "qlora-train (rank %d of %d)", d->rank, d->world_size);
+  return buf;
+}
+
 int main(int argc, char **argv) {
   prefer_passive_openmp(argv);
+  /* MPI only under a launcher (dist.h); ranks other than 0 print errors only */
+  qt_status ds = qt_dist_init(&argc, &argv);
+  if (ds != QT_OK) {
+    fprintf(stderr, "qlora-train: %s: %s\n", qt_status_name(ds), qt_error_message());
+    qt_dist_abort(1);
+    return 1;
+  }
+  if (qt_dist_world()->rank != 0) qt_log_set_level(QT_LOG_ERROR);
   if (argc < 2) {
     print_usage(stderr);
+    qt_dist_finalize();
     return 2;
   }
   const char *cmd = argv[1];
   if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
     print_usage(stdout);
+    qt_dist_finalize();
     return 0;
   }
   if (strcmp(cmd, "--version") == 0) {
     print_version();
+    qt_dist_finalize();
     return 0;
   }
   for (const qt_cli_command *c = qt_cli_commands; c->name; c++) {
@@ -125,9 +166,12 @@ int main(int argc, char **argv) {
   if (cmd[0] == '-') {
     fprintf(stderr, "qlora-train: unknown option '%s'\n", cmd);
     print_usage(stderr);
+    qt_dist_finalize();
     return 2;
   }
   qt_status s = qt_cli_train(argc - 1, argv + 1);
-  if (s != QT_OK) fprintf(stderr, "qlora-train: %s: %s\n", qt_status_name(s), qt_error_message());
-  return qt_status_exit_code(s);
+  /* the stop message after a clean save is rank 0's alone */
+  if (s != QT_OK && (s != QT_ERR_INTERRUPTED || qt_dist_world()->rank == 0))
+    fprintf(stderr, "%s: %s: %s\n", who(), qt_status_name(s), qt_error_message());
+  return finish(s);
 }

@@ -12,7 +12,21 @@
  * non-finite counters) or a pure function of (seed, step): dropout masks and
  * stochastic rounding are Philox streams keyed by them. So a run stopped after
  * step k and resumed produces the same per-step losses as one that never
- * stopped (tests/e2e). */
+ * stopped (tests/e2e).
+ *
+ * Data parallel (dist/dist.h, DESIGN.md section 9): with N ranks each loads
+ * the model and takes the strided shard `rank` of the one seeded order
+ * (data/loader.h), so a global step of N x micro_batch_size x GA examples
+ * covers the same examples for every N that divides it (without packing).
+ * The step's target count is summed over the ranks before backward, so every
+ * rank back-propagates with 1 / global_targets; after the last micro-batch
+ * the LoRA gradients are summed over ranks once, in rank order (same bits on
+ * every rank), and the norm, clipping, non-finite decision and optimizer step
+ * then run identically on every rank: the optimizer state never diverges and
+ * is not exchanged. Rank 0 alone evaluates and writes checkpoints,
+ * metrics.jsonl, report.html and the progress display. A stop (signal, test
+ * hook) on any rank is agreed by all at the end of the step. Dropout masks
+ * are keyed by the global micro-batch index (step * GA + a) * N + rank. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,6 +44,7 @@
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "data/loader.h"
+#include "dist/dist.h"
 #include "optim/optim.h"
 #include "train/checkpoint.h"
 #include "train/cli.h"
@@ -110,8 +125,11 @@ static qt_status model_fingerprint(const char *dir, char hex[65]) {
 /* Hash of the parts of the config a resumed run must share with the run that
  * wrote the checkpoint: output paths, logging/eval/save cadence, threads and
  * step counts may change; everything that shapes the math may not. */
-static void config_fingerprint(const qt_config *cfg, char hex[65]) {
+static void config_fingerprint(const qt_config *cfg, int world_size, char hex[65]) {
   qt_config c = *cfg;
+  /* the global batch is what shapes the math, not how it is split over the
+   * ranks: 2 ranks x GA 1 hash like 1 rank x GA 2 (and 1 rank as before) */
+  c.training.gradient_accumulation_steps *= world_size;
   qt_config d;
   qt_config_defaults(&d);
   c.output = d.output;
@@ -132,6 +150,18 @@ static void config_fingerprint(const qt_config *cfg, char hex[65]) {
     qt_config_write_yaml(&c, f);
     fclose(f);
   }
+  /* Keys added later to a section reset above print their default here; they
+   * are cut so that checkpoints written before them keep their fingerprint
+   * (export.gguf_type, 2026-12-02). */
+  static const char *const later[] = {"  gguf_type: auto\n"};
+  for (size_t k = 0; text && k < sizeof later / sizeof later[0]; k++) {
+    char *at = strstr(text, later[k]);
+    if (at) {
+      size_t n = strlen(later[k]);
+      memmove(at, at + n, len - (size_t)(at - text) - n + 1);
+      len -= n;
+    }
+  }
   qt_sha256_digest(text ? text : "", text ? len : 0, dg);
   free(text);
   hex_of(dg, hex);
@@ -143,7 +173,9 @@ typedef struct {
 
 typedef struct {
   int64_t step;
-  qt_loader_cursor cursor;
+  qt_loader_cursor cursor;  /* this rank's */
+  int world_size;           /* of the run that wrote the state */
+  qt_loader_cursor *cursors; /* (world_size) every rank's; owned; on rank 0 when writing, all ranks when read */
   int64_t tokens_seen;
   int nonfinite_consecutive;
   int64_t nonfinite_total;
@@ -157,8 +189,17 @@ static cJSON *state_json(const qt_train_state *s, int64_t total_steps, double ep
   cJSON_AddNumberToObject(o, "total_steps", (double)total_steps);
   cJSON_AddNumberToObject(o, "epoch", epoch);
   cJSON *cur = cJSON_AddObjectToObject(o, "data_cursor");
-  cJSON_AddNumberToObject(cur, "epoch", (double)s->cursor.epoch);
-  cJSON_AddNumberToObject(cur, "pos", (double)s->cursor.pos);
+  cJSON_AddNumberToObject(cur, "epoch", (double)s->cursors[0].epoch);
+  cJSON_AddNumberToObject(cur, "pos", (double)s->cursors[0].pos);
+  /* data parallel: one cursor per rank (rank 0's is also data_cursor) */
+  cJSON_AddNumberToObject(o, "world_size", s->world_size);
+  cJSON *curs = cJSON_AddArrayToObject(o, "data_cursors");
+  for (int r = 0; r < s->world_size; r++) {
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "epoch", (double)s->cursors[r].epoch);
+    cJSON_AddNumberToObject(e, "pos", (double)s->cursors[r].pos);
+    cJSON_AddItemToArray(curs, e);
+  }
   cJSON_AddNumberToObject(o, "tokens_seen", (double)s->tokens_seen);
   cJSON *rng = cJSON_AddObjectToObject(o, "rng");
   cJSON_AddNumberToObject(rng, "seed", (double)seed);
@@ -211,8 +252,57 @@ static qt_status read_state(const char *dir, qt_train_state *s) {
       !get_hash(h, "train_data", s->h.data) || !get_hash(h, "config", s->h.config))
     r = qt_fail(QT_ERR_FORMAT, "%s: missing or malformed fields (step, data_cursor, tokens_seen, nonfinite, hashes)", p);
   s->nonfinite_consecutive = (int)cons;
+  /* world_size and data_cursors: absent in checkpoints from before data parallel (one rank) */
+  int64_t ws = 1;
+  const cJSON *curs = o ? cJSON_GetObjectItemCaseSensitive(o, "data_cursors") : NULL;
+  if (r == QT_OK && cJSON_GetObjectItemCaseSensitive(o, "world_size") &&
+      (!get_i64(o, "world_size", &ws) || ws < 1 || ws > 1 << 20 || !cJSON_IsArray(curs) ||
+       cJSON_GetArraySize(curs) != ws))
+    r = qt_fail(QT_ERR_FORMAT, "%s: world_size must be a positive integer with one data_cursors entry per rank", p);
+  if (r == QT_OK) {
+    s->world_size = (int)ws;
+    s->cursors = calloc((size_t)ws, sizeof *s->cursors);
+    if (!s->cursors) r = qt_fail(QT_ERR_NOMEM, "out of memory");
+  }
+  for (int64_t i = 0; r == QT_OK && i < ws; i++) {
+    const cJSON *e = curs ? cJSON_GetArrayItem(curs, (int)i) : NULL;
+    if (!curs)
+      s->cursors[i] = s->cursor;
+    else if (!get_i64(e, "epoch", &s->cursors[i].epoch) || !get_i64(e, "pos", &s->cursors[i].pos))
+      r = qt_fail(QT_ERR_FORMAT, "%s: data_cursors[%lld] needs integer epoch and pos", p, (long long)i);
+  }
   cJSON_Delete(o);
   return r;
+}
+
+/* This rank's cursor from a checkpoint written by saved->world_size ranks.
+ * Same world size: the rank's own cursor (bit-exact resume). Another world
+ * size: the ranks' cursors must describe one global position P in one epoch
+ * (rank r delivered exactly the positions r, r+N, ... below P, which holds
+ * without packing, and with packing only when one rank wrote the
+ * checkpoint); the new rank r' of N' then continues after P with
+ * ceil((P - r') / N') examples of its shard done, so the next global step
+ * starts at example position P of the same order. */
+static qt_status resume_cursor(const qt_train_state *saved, const char *ckpt, int rank, int world,
+                               qt_loader_cursor *out) {
+  if (saved->world_size == world) {
+    *out = saved->cursors[rank];
+    return QT_OK;
+  }
+  int W = saved->world_size;
+  int64_t e = saved->cursors[0].epoch, P = 0;
+  for (int r = 0; r < W; r++) P += saved->cursors[r].pos;
+  for (int r = 0; r < W; r++) {
+    int64_t want = P > r ? (P - r + W - 1) / W : 0;
+    if (saved->cursors[r].epoch != e || saved->cursors[r].pos != want)
+      return qt_fail(QT_ERR_CONFIG, "%s: written by %d ranks whose data cursors are not one global position (rank %d "
+                     "is at epoch %lld, example %lld of its shard; with data.packing the ranks advance at different "
+                     "rates, and near an epoch's end they can be in different epochs): resume it with %d ranks",
+                     ckpt, W, r, (long long)saved->cursors[r].epoch, (long long)saved->cursors[r].pos, W);
+  }
+  out->epoch = e;
+  out->pos = P > rank ? (P - rank + world - 1) / world : 0;
+  return QT_OK;
 }
 
 /* ---- checkpoint write --------------------------------------------------- */
@@ -376,6 +466,30 @@ static void fmt_eta(double s, char *buf, size_t cap) {
     snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
 }
 
+/* Rank 0's checkpoint write, then its status to every rank: the others wait
+ * for the checkpoint to be complete (so that none exits, and makes the
+ * launcher kill rank 0, while it writes) and fail with it. */
+static qt_status checkpoint_all_ranks(const qt_saver *sv, qt_train_state *st, const qt_dist *d) {
+  int64_t mine[2] = {st->cursor.epoch, st->cursor.pos};
+  int64_t *all = d->rank == 0 ? calloc((size_t)d->world_size * 2, sizeof *all) : NULL;
+  if (d->rank == 0 && !all) return qt_fail(QT_ERR_NOMEM, "out of memory");
+  qt_status r = qt_dist_gather_i64(mine, 2, all, 0);
+  int64_t ok = 1;
+  if (r == QT_OK && d->rank == 0) {
+    for (int i = 0; i < d->world_size; i++) st->cursors[i] = (qt_loader_cursor){all[2 * i], all[2 * i + 1]};
+    r = write_checkpoint(sv, st);
+    ok = r == QT_OK;
+  }
+  free(all);
+  if (r != QT_OK && d->world_size == 1) return r;
+  /* a failed gather on one rank fails them all in MPI; the broadcast carries
+   * rank 0's write status */
+  if (r != QT_OK && d->rank == 0) return r; /* main() aborts the job, naming rank 0 and the error */
+  QT_TRY(qt_dist_bcast(&ok, sizeof ok, 0));
+  if (!ok) return qt_fail(QT_ERR_IO, "rank 0 could not write the checkpoint of step %lld", (long long)st->step);
+  return r;
+}
+
 static qt_status run_eval(qt_session *s, const qt_dataset *ev, int64_t step, qt_metrics *m, double *loss) {
   qt_eval_result r;
   QT_TRY(qt_session_eval(s, ev, &r));
@@ -395,7 +509,15 @@ static qt_status run_eval(qt_session *s, const qt_dataset *ev, int64_t step, qt_
 
 static qt_status train_main(qt_session *s, const char *config_path) {
   qt_config *c = &s->cfg;
-  fprintf(stderr, "qlora-train: effective config (%s):\n%s", config_path, s->config_text);
+  const qt_dist *dist = qt_dist_world();
+  const bool root = dist->rank == 0; /* the one writer */
+  const int world = dist->world_size;
+  qt_train_state st = {0};
+  if (root) fprintf(stderr, "qlora-train: effective config (%s):\n%s", config_path, s->config_text);
+  if (root && world > 1)
+    fprintf(stderr, "qlora-train: %d ranks (%s); global batch = %d ranks x %lld rows x %lld accumulation steps\n",
+            world, qt_dist_backend(), world, (long long)c->training.micro_batch_size,
+            (long long)c->training.gradient_accumulation_steps);
   QT_TRY(qt_session_load_model(s));
 
   qt_dataset train = {0}, eval = {0};
@@ -410,7 +532,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   qt_loader loader;
   int32_t eos = qt_tokenizer_eos_id(s->tok);
   qt_loader_opts lo = {.seq_len = c->data.seq_len, .rows = c->training.micro_batch_size, .packing = c->data.packing,
-                       .shuffle = c->data.shuffle, .seed = (uint64_t)c->training.seed, .rank = 0, .world_size = 1,
+                       .shuffle = c->data.shuffle, .seed = (uint64_t)c->training.seed, .rank = dist->rank, .world_size = world,
                        .pad_id = eos >= 0 ? eos : 0, .pad_to_longest = 1};
   if ((r = qt_loader_init(&loader, &train, &lo)) != QT_OK) goto out_data;
 
@@ -426,17 +548,21 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     }
     total_steps = (int64_t)ceil(micro / (double)accum - 1e-9);
     if (total_steps < 1) total_steps = 1;
+    /* shards differ by at most one example, so their batch counts by at most
+     * one: every rank runs the largest count (rank 0's) */
+    if ((r = qt_dist_max_i64(&total_steps, 1)) != QT_OK) goto out_loader;
   }
   int64_t epoch_batches;
   if ((r = qt_loader_epoch_batches(&loader, 0, &epoch_batches)) != QT_OK) goto out_loader;
 
   /* adapters: resume or fresh */
-  qt_train_state st = {0};
   char ckpt[4200] = "";
   bool resumed = false;
   if (strcmp(c->output.resume, "never") != 0) {
     bool found = false;
-    if (strcmp(c->output.resume, "auto") == 0) {
+    if (!root) {
+      /* rank 0 picks the checkpoint (below) and names it to the others */
+    } else if (strcmp(c->output.resume, "auto") == 0) {
       if ((r = qt_ckpt_find_latest(c->output.dir, ckpt, sizeof ckpt, &found)) != QT_OK) goto out_loader;
     } else {
       snprintf(ckpt, sizeof ckpt, "%s", c->output.resume);
@@ -446,7 +572,10 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       }
       found = true;
     }
-    resumed = found;
+    int64_t f = found;
+    if ((r = qt_dist_bcast(&f, sizeof f, 0)) != QT_OK || (r = qt_dist_bcast(ckpt, sizeof ckpt, 0)) != QT_OK)
+      goto out_loader;
+    resumed = f != 0;
   }
   qt_hashes now;
   if ((r = model_fingerprint(c->model.path, now.base)) != QT_OK) goto out_loader;
@@ -461,7 +590,20 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     hex_of(d, now.tokenizer);
     qt_dataset_hash(&train, d);
     hex_of(d, now.data);
-    config_fingerprint(c, now.config);
+    config_fingerprint(c, world, now.config);
+  }
+  if (world > 1) { /* every rank must train the same model on the same data with the same settings */
+    qt_hashes r0 = now;
+    if ((r = qt_dist_bcast(&r0, sizeof r0, 0)) != QT_OK) goto out_loader;
+    static const char *const what[4] = {"base model (model.path)", "tokenizer", "training data (data.train)",
+                                        "config (lora, data, training settings)"};
+    const char *a[4] = {r0.base, r0.tokenizer, r0.data, r0.config}, *b[4] = {now.base, now.tokenizer, now.data, now.config};
+    for (int i = 0; i < 4; i++)
+      if (strcmp(a[i], b[i]) != 0) {
+        r = qt_fail(QT_ERR_CONFIG, "%s: this rank's %s differs from rank 0's: give every rank the same files and "
+                    "config (on several nodes, the same paths with the same contents)", config_path, what[i]);
+        goto out_loader;
+      }
   }
   if (resumed) {
     QT_LOGI("resuming from %s", ckpt);
@@ -481,7 +623,20 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       QT_LOGW("%s: the %s changed since this checkpoint; resuming anyway (output.allow_resume_mismatch)", ckpt, what[i]);
     }
     if ((r = qt_session_load_lora(s, ckpt)) != QT_OK) goto out_loader;
-    if ((r = qt_loader_set_cursor(&loader, st.cursor)) != QT_OK) goto out_loader;
+    if ((r = resume_cursor(&st, ckpt, dist->rank, world, &st.cursor)) != QT_OK) goto out_loader;
+    int64_t at_example = 0;
+    for (int i = 0; i < st.world_size; i++) at_example += st.cursors[i].pos;
+    if (st.world_size != world && root)
+      QT_LOGW("%s: written by %d rank(s), resumed with %d: training continues at example %lld of epoch %lld's order "
+              "with a global batch of %d x %lld x %lld; the steps' losses are no longer bit-identical to a run "
+              "that kept %d rank(s) (another summation order)", ckpt, st.world_size, world,
+              (long long)at_example, (long long)st.cursor.epoch, world,
+              (long long)c->training.micro_batch_size, (long long)c->training.gradient_accumulation_steps,
+              st.world_size);
+    if ((r = qt_loader_set_cursor(&loader, st.cursor)) != QT_OK) {
+      qt_error_context("%s: data cursor of rank %d", ckpt, dist->rank);
+      goto out_loader;
+    }
   } else if (c->lora.init_adapter[0]) {
     if ((r = qt_session_load_lora(s, c->lora.init_adapter)) != QT_OK) {
       qt_error_context("lora.init_adapter");
@@ -500,6 +655,13 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     if ((r = qt_session_fresh_lora(s)) != QT_OK) goto out_loader;
   }
   st.h = now;
+  st.world_size = world;
+  free(st.cursors);
+  st.cursors = calloc((size_t)world, sizeof *st.cursors);
+  if (!st.cursors) {
+    r = qt_fail(QT_ERR_NOMEM, "out of memory");
+    goto out_loader;
+  }
   if ((r = qt_session_tape(s, c->training.micro_batch_size, c->data.seq_len, c->training.gradient_checkpointing, false)) != QT_OK)
     goto out_loader;
 
@@ -518,7 +680,12 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   qt_model_cuda *cctx = NULL;    /* weights and buffers on the GPU, made once */
   size_t n_cl = 0;
 #endif
-  qt_metrics met = {.f = NULL, .tty = isatty(2)};
+  qt_metrics met = {.f = NULL, .tty = root && isatty(2)};
+  float *flat_grad = NULL;       /* (lora_params) world > 1: the step's gradients, reduced over ranks */
+  qt_dist_reducer reducer = {0};
+#ifdef QLORA_HAVE_CUDA
+  qt_dist_nccl *nccl = NULL;     /* training.device cuda with NCCL: the reduction on the GPUs */
+#endif
   if (!numels || !params || !grads || !targets) {
     r = qt_fail(QT_ERR_NOMEM, "out of memory");
     goto out_all;
@@ -552,25 +719,37 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   qt_optim_nonfinite nonfinite = {.max_consecutive = (int)c->training.max_nonfinite_steps,
                                   .consecutive = st.nonfinite_consecutive, .skipped_total = st.nonfinite_total};
 
-  /* memory plan */
-  fprintf(stderr, "qlora-train: %lld examples (%lld target tokens), %lld batches per epoch, %lld optimizer steps; "
+  /* memory plan (rank 0 prints it; every rank checks its own memory) */
+  if (root) fprintf(stderr, "qlora-train: %lld examples (%lld target tokens), %lld batches per epoch, %lld optimizer steps; "
           "LoRA: %zu tensors, %lld parameters\n", (long long)train.n, (long long)train.n_targets,
           (long long)epoch_batches, (long long)total_steps, n_par, (long long)lora_params);
-  if ((r = qt_model_print_plan(s->model, s->mt, stderr)) != QT_OK) goto out_all;
+  if (root && (r = qt_model_print_plan(s->model, s->mt, stderr)) != QT_OK) goto out_all;
   size_t lora_bytes = (size_t)lora_params * (2 + 8 + (ts[0].master ? 4 : 0));
-  fprintf(stderr, "  LoRA adapters (bf16 + fp32 compute + fp32 grad%s): %.2f MiB; optimizer state (%d-bit): %.2f MiB\n",
+  /* test hook for the GPU suite: the NCCL reduction with one rank too (it must
+   * then change no bit: tools/gpu_run.sh compares with the plain GPU run) */
+  bool nccl_one = world == 1 && c->training.device == QT_DEVICE_CUDA && getenv("QLORA_TEST_NCCL") != NULL;
+  if (world > 1 || nccl_one) {
+    /* the step's gradients in one flat buffer, and the reduction's scratch */
+    if (!(flat_grad = malloc((size_t)(lora_params ? lora_params : 1) * sizeof *flat_grad))) {
+      r = qt_fail(QT_ERR_NOMEM, "out of memory (%lld floats for the gradient reduction)", (long long)lora_params);
+      goto out_all;
+    }
+    if ((r = qt_dist_reducer_init(&reducer, lora_params)) != QT_OK) goto out_all;
+    lora_bytes += (size_t)lora_params * 8;
+  }
+  if (root) fprintf(stderr, "  LoRA adapters (bf16 + fp32 compute + fp32 grad%s): %.2f MiB; optimizer state (%d-bit): %.2f MiB\n",
           ts[0].master ? " + fp32 master" : "", lora_bytes / 1048576.0, bits, qt_adamw_state_bytes(&opt) / 1048576.0);
   if ((r = qt_session_check_memory(s, lora_bytes + qt_adamw_state_bytes(&opt))) != QT_OK) goto out_all;
 
-  if ((r = qt_fs_mkdir_p(c->output.dir)) != QT_OK) goto out_all;
-  if (resumed && (r = trim_metrics(c->output.dir, st.step)) != QT_OK) goto out_all;
-  if (!resumed) {
+  if (root && (r = qt_fs_mkdir_p(c->output.dir)) != QT_OK) goto out_all;
+  if (root && resumed && (r = trim_metrics(c->output.dir, st.step)) != QT_OK) goto out_all;
+  if (root && !resumed) {
     char p[4200];
     snprintf(p, sizeof p, "%s/metrics.jsonl", c->output.dir);
     FILE *tf = fopen(p, "w");
     if (tf) fclose(tf);
   }
-  {
+  if (root) {
     char p[4200];
     snprintf(p, sizeof p, "%s/metrics.jsonl", c->output.dir);
     met.f = fopen(p, "a");
@@ -585,6 +764,10 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   signal(SIGTERM, on_signal);
   const char *stop_env = getenv("QLORA_TEST_STOP_AFTER_STEP"); /* test hook: behave as if signalled */
   int64_t stop_after = stop_env ? atoll(stop_env) : -1;
+  /* test hook: sleep this many ms after each step, so that tests can signal
+   * or kill a run of a tiny model in the middle on any machine */
+  const char *delay_env = getenv("QLORA_TEST_STEP_DELAY_MS");
+  long step_delay_ms = delay_env ? atol(delay_env) : 0;
   /* test hook: a NaN in the first gradient at these steps ("3" or "3-5") */
   const char *nan_env = getenv("QLORA_TEST_NAN_STEPS");
   int64_t nan_from = -1, nan_to = -1;
@@ -625,12 +808,30 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       r = qt_fail(QT_ERR_NOMEM, "out of memory (%lld bytes of LoRA dropout masks)", (long long)mask_bytes);
       goto out_all;
     }
+    /* one GPU per rank: the node-local rank's; NCCL reduces the gradients
+     * when libnccl.so.2 is there, else MPI on the host */
+    if (dist->mpi && (r = qt_dist_cuda_select_device()) != QT_OK) goto out_all;
+    if ((world > 1 || nccl_one) && qt_dist_have_nccl()) {
+      if ((r = qt_dist_nccl_init(lora_params, &nccl)) != QT_OK) {
+        qt_error_context("training.device cuda: NCCL communicator over %d rank(s)", world);
+        goto out_all;
+      }
+      if (root) fprintf(stderr, "qlora-train: gradients reduced with NCCL over %d rank(s)\n", world);
+    } else if (nccl_one) {
+      r = qt_fail(QT_ERR_UNSUPPORTED, "QLORA_TEST_NCCL: NCCL is not available to this qlora-train (built without "
+                  "nccl.h, or libnccl.so.2 not found)");
+      goto out_all;
+    } else if (world > 1 && root) {
+      QT_LOGW("NCCL is not available (built without nccl.h, or libnccl.so.2 not found): the GPUs' gradients are "
+              "reduced through MPI on the host");
+    }
     if ((r = qt_model_cuda_init(s->model, c->training.micro_batch_size, c->data.seq_len, max_r, &cctx)) != QT_OK) {
       qt_error_context("training.device cuda: uploading the model for micro-batches of %lld x %lld tokens",
                        (long long)c->training.micro_batch_size, (long long)c->data.seq_len);
       goto out_all;
     }
-    fprintf(stderr,
+    if (root)
+      fprintf(stderr,
             "qlora-train: training.device cuda: forward and backward on the GPU (experimental path): %.1f MiB "
             "device memory (weights, activations, gradients)%s\n",
             (double)qt_model_cuda_device_bytes(cctx) / 1048576.0,
@@ -639,6 +840,18 @@ static qt_status train_main(qt_session *s, const char *config_path) {
 #else
   QT_ASSERT(!use_cuda); /* refused by qt_session_config */
 #endif
+  /* a rank that hangs while alive ends the job after QLORA_DIST_TIMEOUT_S
+   * (default 1800 s) without progress (dist.h, watchdog) */
+  if (world > 1) {
+    const char *tv = getenv("QLORA_DIST_TIMEOUT_S");
+    char *end = NULL;
+    double timeout_s = tv ? strtod(tv, &end) : 1800.0;
+    if (tv && (end == tv || *end != '\0' || !(timeout_s >= 0))) {
+      r = qt_fail(QT_ERR_CONFIG, "QLORA_DIST_TIMEOUT_S=%s: want seconds (a number >= 0; 0 turns the watchdog off)", tv);
+      goto out_all;
+    }
+    if ((r = qt_dist_watchdog_start(timeout_s)) != QT_OK) goto out_all;
+  }
   double t_start = now_s(), t_last = t_start, last_eval = NAN;
   int64_t tokens_window = 0, start_step = st.step;
   if (st.step >= total_steps) QT_LOGI("the checkpoint is already at step %lld of %lld: nothing to train",
@@ -653,6 +866,8 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       for (int64_t i = 0; i < b->rows * b->T; i++) step_targets += targets[i] != -100;
     }
     if ((r = qt_loader_set_cursor(&loader, at)) != QT_OK) goto out_all;
+    int64_t rank_targets = step_targets;
+    if ((r = qt_dist_sum_i64(&step_targets, 1)) != QT_OK) goto out_all; /* the global count, before backward */
     qt_lora_zero_grad(s->lora);
     double loss_sum = 0;
     int64_t step_tokens = 0, count_all = 0;
@@ -660,7 +875,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     for (int64_t a = 0; a < accum; a++) {
       const qt_batch *b = qt_loader_next(&loader);
       qt_model_targets_from_labels(b->labels, b->doc, b->rows, b->T, targets);
-      qt_lora_set_step(s->lora, (uint64_t)(st.step * accum + a), c->lora.dropout > 0);
+      qt_lora_set_step(s->lora, (uint64_t)((st.step * accum + a) * world + dist->rank), c->lora.dropout > 0);
       qt_model_batch mb = {.ids = b->ids, .targets = targets, .pos = b->pos, .doc = b->doc, .B = b->rows, .T = b->T};
       double ls = 0;
       int64_t cnt = 0;
@@ -693,12 +908,36 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       count_all += cnt;
       step_tokens += b->n_tokens;
     }
-    QT_ASSERTF(count_all == step_targets, "target count %lld != %lld", (long long)count_all, (long long)step_targets);
+    QT_ASSERTF(count_all == rank_targets, "target count %lld != %lld", (long long)count_all, (long long)rank_targets);
+    if (world > 1 || nccl_one) {
+      /* once per optimizer step: the LoRA gradients and the loss summed over
+       * the ranks in rank order (dist.h), the same bits on every rank */
+      int64_t off = 0;
+      for (size_t i = 0; i < n_par; i++) {
+        memcpy(flat_grad + off, ts[i].grad, (size_t)numels[i] * sizeof *flat_grad);
+        off += numels[i];
+      }
+#ifdef QLORA_HAVE_CUDA
+      if (nccl)
+        r = qt_dist_nccl_sum(nccl, flat_grad);
+      else
+#endif
+        r = qt_dist_reducer_sum(&reducer, flat_grad);
+      if (r != QT_OK) goto out_all;
+      off = 0;
+      for (size_t i = 0; i < n_par; i++) {
+        memcpy(ts[i].grad, flat_grad + off, (size_t)numels[i] * sizeof *flat_grad);
+        off += numels[i];
+      }
+      if ((r = qt_dist_sum_f64(&loss_sum, 1)) != QT_OK || (r = qt_dist_sum_i64(&step_tokens, 1)) != QT_OK)
+        goto out_all;
+    }
     double loss = step_targets ? loss_sum / (double)step_targets : NAN;
     if (st.step + 1 >= nan_from && st.step + 1 <= nan_to) ts[0].grad[0] = NAN;
     double gnorm = qt_optim_global_norm(grads, n_par);
     bool skip = false;
     if (!isfinite(loss)) gnorm = NAN; /* a step without targets or with a non-finite loss is skipped too */
+    /* gnorm and loss are the same bits on every rank, so is this decision */
     if ((r = qt_optim_nonfinite_observe(&nonfinite, gnorm, &skip)) != QT_OK) {
       qt_error_context("step %lld (loss %g, gradient norm %g)", (long long)st.step + 1, loss, gnorm);
       goto out_all;
@@ -747,39 +986,55 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       bar[width] = '\0';
       fprintf(stderr, "\r[%s] %lld/%lld loss %.4f lr %.3g %.0f tok/s ETA %s mem %.0f MiB ", bar, (long long)st.step,
               (long long)total_steps, loss, lr, avg_tps, etas, peak_rss_mib());
-    } else if (st.step % c->training.logging_steps == 0 || st.step == total_steps) {
+    } else if (root && (st.step % c->training.logging_steps == 0 || st.step == total_steps)) {
       fprintf(stderr, "step %lld/%lld loss %.6f lr %.4g grad_norm %.4g %.0f tok/s ETA %s mem %.0f MiB\n",
               (long long)st.step, (long long)total_steps, loss, lr, gnorm, avg_tps, etas, peak_rss_mib());
     }
     bool last = st.step == total_steps;
-    if (have_eval && c->training.eval_steps > 0 && st.step % c->training.eval_steps == 0 && !last)
+    if (root && have_eval && c->training.eval_steps > 0 && st.step % c->training.eval_steps == 0 && !last)
       if ((r = run_eval(s, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
+    qt_dist_progress();
+    if (step_delay_ms > 0) nanosleep(&(struct timespec){step_delay_ms / 1000, (step_delay_ms % 1000) * 1000000L}, NULL);
     if (stop_after >= 0 && st.step >= stop_after) qt_stop_requested = SIGTERM;
+    if (world > 1) { /* a signal on any rank stops them all after this same step */
+      int64_t sig = qt_stop_requested;
+      if ((r = qt_dist_max_i64(&sig, 1)) != QT_OK) goto out_all;
+      qt_stop_requested = (sig_atomic_t)sig;
+    }
     bool periodic = c->output.save_steps > 0 && st.step % c->output.save_steps == 0;
     if (periodic || last || qt_stop_requested) {
       if (met.tty) fputc('\n', stderr);
-      if ((r = write_checkpoint(&saver, &st)) != QT_OK) goto out_all;
+      if ((r = checkpoint_all_ranks(&saver, &st, dist)) != QT_OK) goto out_all;
+      qt_dist_progress();
     }
     t_last = now_s(); /* evaluation and checkpoint time is not training throughput */
     if (qt_stop_requested && !last) {
-      fprintf(stderr, "qlora-train: stopped by signal %d after step %lld; checkpoint saved. Run the same command "
+      if (root)
+        fprintf(stderr, "qlora-train: stopped by signal %d after step %lld; checkpoint saved. Run the same command "
               "to resume.\n", (int)qt_stop_requested, (long long)st.step);
       r = qt_fail(QT_ERR_INTERRUPTED, "stopped after step %lld (checkpoint saved; run again to resume)", (long long)st.step);
       goto out_all;
     }
   }
+  qt_dist_watchdog_stop(); /* the steps are over: what follows is rank 0's alone */
   if (met.tty) fputc('\n', stderr);
-  if (have_eval && (r = run_eval(s, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
+  if (root && have_eval && (r = run_eval(s, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
   if (met.f) {
     fclose(met.f);
     met.f = NULL;
   }
-  if ((r = qt_report_write(c->output.dir, "qlora-train run")) != QT_OK) goto out_all;
-  fprintf(stderr, "qlora-train: done: %lld steps, %lld tokens, %.1f s; %s/report.html\n", (long long)st.step,
+  if (root && (r = qt_report_write(c->output.dir, world > 1 ? "qlora-train run (data parallel)" : "qlora-train run")) != QT_OK)
+    goto out_all;
+  if (root)
+    fprintf(stderr, "qlora-train: done: %lld steps, %lld tokens, %.1f s; %s/report.html\n", (long long)st.step,
           (long long)st.tokens_seen, now_s() - t_start, c->output.dir);
 
 out_all:
+  qt_dist_watchdog_stop();
+  free(flat_grad);
+  qt_dist_reducer_free(&reducer);
 #ifdef QLORA_HAVE_CUDA
+  qt_dist_nccl_free(&nccl);
   qt_model_cuda_free(&cctx);
   free(cl);
   free(cgrad);
@@ -792,6 +1047,7 @@ out_all:
   free(grads);
   free(targets);
 out_loader:
+  free(st.cursors);
   qt_loader_free(&loader);
 out_data:
   qt_dataset_free(&train);
@@ -808,7 +1064,7 @@ qt_status qt_cmd_train(int argc, char **argv) {
    * second run stops at once (two writers would prune each other's
    * checkpoints and interleave metrics.jsonl). */
   int lock = -1;
-  if (r == QT_OK) r = qt_fs_lock_dir(s.cfg.output.dir, &lock);
+  if (r == QT_OK && qt_dist_world()->rank == 0) r = qt_fs_lock_dir(s.cfg.output.dir, &lock); /* rank 0 writes */
   if (r == QT_OK) r = train_main(&s, a.config_path);
   qt_fs_unlock_dir(&lock);
   qt_session_free(&s);
