@@ -548,6 +548,87 @@ qt_status qt_prompt_render_chat(qt_prompt *p, const qt_record *r, const qt_text_
   return QT_OK;
 }
 
+/* ---- generation prompts ------------------------------------------------------ */
+
+static qt_status check_generation_messages(const qt_chat_msg *msgs, size_t n) {
+  if (!msgs || n == 0) return qt_fail(QT_ERR_FORMAT, "\"messages\" is empty");
+  for (size_t i = 0; i < n; i++) {
+    const qt_chat_msg *m = &msgs[i];
+    if (!m->role.s) return qt_fail(QT_ERR_FORMAT, "messages[%zu] has no \"role\"", i);
+    if (!m->content.s) return qt_fail(QT_ERR_FORMAT, "messages[%zu] has no \"content\"", i);
+    if (!str_eq(m->role, "assistant") && !str_eq(m->role, "user") && !str_eq(m->role, "system"))
+      return qt_fail(QT_ERR_FORMAT, "messages[%zu].role \"%.*s\" is not system, user or assistant",
+                     i, (int)(m->role.n > 40 ? 40 : m->role.n), m->role.s);
+  }
+  if (str_eq(msgs[n - 1].role, "assistant"))
+    return qt_fail(QT_ERR_FORMAT, "the last message is the assistant's: nothing to answer");
+  return QT_OK;
+}
+
+qt_status qt_prompt_render_generation(qt_prompt *p, const qt_chat_msg *msgs, size_t n,
+                                      const qt_text_buf **text) {
+  QT_ASSERT(p->chat != QT_CHAT_KIND_NONE);
+  QT_TRY(check_generation_messages(msgs, n));
+  qt_record r = {.msgs = msgs, .n_msgs = n};
+  p->render.n = 0;
+  QT_TRY(buf_append(&p->render, "", 0));
+  p->n_spans = 0;
+  size_t end = 0;
+  /* the whole render, separators after the last turn included, then the
+   * template's add_generation_prompt block */
+  switch (p->chat) {
+    case QT_CHAT_KIND_CHATML:
+      QT_TRY(render_chatml(p, &r, &end));
+      QT_TRY(buf_cstr(&p->render, "<|im_start|>assistant\n"));
+      break;
+    case QT_CHAT_KIND_QWEN3: /* enable_thinking undefined: no empty think block */
+      QT_TRY(render_qwen3(p, &r, &end));
+      QT_TRY(buf_cstr(&p->render, "<|im_start|>assistant\n"));
+      break;
+    case QT_CHAT_KIND_LLAMA3:
+      QT_TRY(render_llama3(p, &r, &end));
+      QT_TRY(buf_cstr(&p->render, k_l3_head));
+      QT_TRY(buf_cstr(&p->render, "assistant"));
+      QT_TRY(buf_cstr(&p->render, k_l3_head_end));
+      break;
+    case QT_CHAT_KIND_NONE: break;
+  }
+  *text = &p->render;
+  return QT_OK;
+}
+
+qt_status qt_prompt_encode_generation(qt_prompt *p, const qt_chat_msg *msgs, size_t n,
+                                      qt_token_ids *out) {
+  const qt_text_buf *t;
+  QT_TRY(qt_prompt_render_generation(p, msgs, n, &t));
+  QT_TRY(qt_tokenizer_encode(p->tok, t->s, t->n, 0, &p->enc));
+  size_t body = p->enc.n;
+  int bos = p->add_bos && !(body > 0 && p->enc.ids[0] == p->bos_id);
+  qt_token_ids tmp = *out;
+  size_t need = (size_t)bos + body;
+  if (tmp.cap < need) {
+    int32_t *ids = realloc(tmp.ids, need * sizeof *ids);
+    if (!ids) return qt_fail(QT_ERR_NOMEM, "out of memory for %zu prompt tokens", need);
+    tmp.ids = ids;
+    tmp.cap = need;
+  }
+  if (bos) tmp.ids[0] = p->bos_id;
+  memcpy(tmp.ids + bos, p->enc.ids, body * sizeof *tmp.ids);
+  tmp.n = need;
+  *out = tmp;
+  return QT_OK;
+}
+
+int32_t qt_prompt_end_of_turn_id(const qt_prompt *p) {
+  switch (p->chat) {
+    case QT_CHAT_KIND_CHATML:
+    case QT_CHAT_KIND_QWEN3: return qt_tokenizer_token_id(p->tok, k_im_end);
+    case QT_CHAT_KIND_LLAMA3: return qt_tokenizer_token_id(p->tok, k_l3_eot);
+    case QT_CHAT_KIND_NONE: break;
+  }
+  return -1;
+}
+
 /* ---- examples ---------------------------------------------------------------- */
 
 static qt_status count_tokens(qt_prompt *p, const char *s, size_t n, unsigned flags, size_t *out) {

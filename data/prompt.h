@@ -162,6 +162,25 @@ qt_status qt_prompt_build(qt_prompt *p, const qt_record *r, qt_example *out);
 qt_status qt_prompt_render_chat(qt_prompt *p, const qt_record *r, const qt_text_buf **text,
                                 const size_t **spans, size_t *n_spans);
 
+/* Generation (`qlora-train generate --chat`): msgs rendered with p's chat
+ * template as above but whole (the separator after the last turn kept), then
+ * the template's add_generation_prompt block: "<|im_start|>assistant\n"
+ * (chatml, qwen3 with enable_thinking unset) or
+ * "<|start_header_id|>assistant<|end_header_id|>\n\n" (llama3) — what
+ * apply_chat_template(msgs, add_generation_prompt=True) renders
+ * (tools/reference/make_generate_fixtures.py checks it). Any sequence of
+ * system/user/assistant messages ending in a non-assistant one; p must have a
+ * chat kind. text is valid until the next call on p. */
+qt_status qt_prompt_render_generation(qt_prompt *p, const qt_chat_msg *msgs, size_t n,
+                                      const qt_text_buf **text);
+/* The rendered text tokenized as chat training data is (one string,
+ * add_special_tokens=False, BOS prepended when the tokenizer adds one and
+ * the text lacks it), into out (overwritten). */
+qt_status qt_prompt_encode_generation(qt_prompt *p, const qt_chat_msg *msgs, size_t n,
+                                      qt_token_ids *out);
+/* The id of the template's end-of-turn token (<|im_end|>, <|eot_id|>), or -1. */
+int32_t qt_prompt_end_of_turn_id(const qt_prompt *p);
+
 /* Stable lower-case names ("text", "chatml", ...). */
 const char *qt_data_format_name(qt_data_format f);
 const char *qt_chat_kind_name(qt_chat_kind k);

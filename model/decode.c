@@ -4,14 +4,16 @@
  * differs in form: one query row against the cached keys, in plain loops with
  * the numerics of the reference kernel (autograd/kernels/attention_cpu.inc
  * attention_forward_ref: scores in fp32, max, exp and sum in double). */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
-#include "common/philox.h"
+#include "quant/gemv.h"
 #include "model/model.h"
 #include "model/model_internal.h"
+#include "model/sample.h"
 
 /* One adapted linear, resolved from the adapter once. */
 typedef struct {
@@ -36,10 +38,12 @@ struct qt_model_decoder {
   float *rstd;            /* (max_rows) */
   float *lu;              /* (max_rows, max_rank) LoRA x A^T */
   float *w;               /* (max out * in) a dequantized 4-bit base weight, or NULL */
+  float *xs;              /* (max(C, H*D, F) + 32) the fused 4-bit matvec's scratch */
   float *absmax;          /* (max nblocks + 1) its decompressed absmax */
   float *scores;          /* (H, cap) one query row's probabilities per head */
   double *acc;            /* (H, D) the P.V accumulators per head */
   int32_t *pos;           /* (max_rows) absolute positions of the fed rows */
+  int32_t *ids;           /* (cap) the ids fed so far (prefix reuse in generate) */
   void *block;
   size_t bytes;
 };
@@ -70,9 +74,13 @@ static size_t layout(qt_model_decoder *d, char *base, int64_t max_w, int64_t max
   d->lu = carve(base, &at, R * (size_t)d->max_rank * f);
   d->w = max_w > 0 ? carve(base, &at, (size_t)max_w * f) : NULL;
   d->absmax = max_w > 0 ? carve(base, &at, (size_t)(max_nb + 1) * f) : NULL;
+  int64_t max_in = m->C > m->F ? m->C : m->F;
+  if (m->H * m->D > max_in) max_in = m->H * m->D; /* o_proj's input */
+  d->xs = carve(base, &at, (size_t)(max_in + 32) * f);
   d->scores = carve(base, &at, (size_t)(m->H * d->cap) * f);
   d->acc = carve(base, &at, (size_t)(m->H * m->D) * sizeof(double));
   d->pos = carve(base, &at, R * sizeof(int32_t));
+  d->ids = carve(base, &at, (size_t)d->cap * sizeof(int32_t));
   return at;
 }
 
@@ -161,18 +169,42 @@ void qt_model_decoder_free(qt_model_decoder **dp) {
 int64_t qt_model_decoder_len(const qt_model_decoder *d) { return d->len; }
 size_t qt_model_decoder_bytes(const qt_model_decoder *d) { return d->bytes; }
 
+/* y (n, O) = x (n, In) W^T (+ bias) for a dense fp32 W (O, In): one row as a
+ * matrix-vector product (OpenBLAS sgemv streams W once; its sgemm with one
+ * row packs the whole matrix first, twice the memory traffic, which at a
+ * 128K vocabulary is most of a token's time), several as the tape's linear. */
+static void dense_rows(float *y, const float *x, const float *W, const float *bias, int64_t n,
+                       int64_t In, int64_t O) {
+  if (n > 1) {
+    qt_model_internal_linear(y, x, W, bias, n, In, O);
+    return;
+  }
+  if (bias) memcpy(y, bias, (size_t)O * sizeof(float));
+  cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)O, (blasint)In, 1.0f, W, (blasint)In, x, 1,
+              bias ? 1.0f : 0.0f, y, 1);
+}
+
 /* y (n, out) = x (n, in) W^T + bias + LoRA, as model.c linear() records it:
- * the base first (a 4-bit weight dequantized into d->w for this use), then
- * the LoRA branch added. */
+ * the base first, then the LoRA branch added (unmerged). A 4-bit base is
+ * dequantized into d->w for a prompt's rows; one row (each decoding step)
+ * reads the 4-bit codes directly (quant/gemv.h: no dequantized matrix, the
+ * sums rounded in another order, so equal to the rows path within fp32
+ * rounding, tested at 3e-5 against the full forward). */
 static void linear(qt_model_decoder *d, int64_t l, qt_proj p, const float *x, int64_t n,
                    float *y) {
   const qt_model_linear *lin = &d->m->layers[l].proj[p];
-  const float *W = lin->dense;
-  if (lin->quantized) {
-    qt_model_internal_dequant(&lin->q, d->absmax, d->w, d->m->threads);
-    W = d->w;
+  if (lin->quantized && n == 1) {
+    qt_quant_4bit_gemv(&lin->q, lin->out, lin->in, x, y, d->xs, d->m->threads);
+    if (lin->bias)
+      for (int64_t o = 0; o < lin->out; o++) y[o] += lin->bias[o];
+  } else {
+    const float *W = lin->dense;
+    if (lin->quantized) {
+      qt_model_internal_dequant(&lin->q, d->absmax, d->w, d->m->threads);
+      W = d->w;
+    }
+    dense_rows(y, x, W, lin->bias, n, lin->in, lin->out);
   }
-  qt_model_internal_linear(y, x, W, lin->bias, n, lin->in, lin->out);
   const decode_lora *lo = &d->lora[l][p];
   if (lo->A) qt_model_internal_lora(y, d->lu, x, lo->A, lo->B, lo->scale, n, lin->in, lin->out, lo->R);
 }
@@ -246,6 +278,7 @@ qt_status qt_model_decoder_feed(qt_model_decoder *d, const int32_t *ids, int64_t
   for (int64_t i = 0; i < n; i++) {
     memcpy(d->h + i * C, m->embed + (int64_t)ids[i] * C, (size_t)C * sizeof(float));
     d->pos[i] = (int32_t)(d->len + i);
+    d->ids[d->len + i] = ids[i];
   }
   /* decoder_layer (model.c), rows len .. len+n-1 */
   for (int64_t l = 0; l < m->L; l++) {
@@ -271,55 +304,82 @@ qt_status qt_model_decoder_feed(qt_model_decoder *d, const int32_t *ids, int64_t
   d->len += n;
   /* final norm and lm_head (the embedding when tied) for the last row only */
   qt_model_internal_rmsnorm(d->xn, d->rstd, d->h + (n - 1) * C, m->final_norm, eps, 1, C);
-  qt_model_internal_logits(logits, d->xn, m->lm_head, 1, C, m->V);
+  dense_rows(logits, d->xn, m->lm_head, NULL, 1, C, m->V);
   return QT_OK;
 }
 
+void qt_model_decoder_truncate(qt_model_decoder *d, int64_t len) {
+  QT_ASSERT(len >= 0 && len <= d->len);
+  d->len = len;
+}
+
+int64_t qt_model_decoder_cap(const qt_model_decoder *d) { return d->cap; }
+
 /* ---- generate ----------------------------------------------------------------- */
+
+static bool is_stop(const qt_generate_opts *g, int32_t id) {
+  for (int i = 0; i < g->n_stop_ids; i++)
+    if (g->stop_ids[i] == id) return true;
+  return false;
+}
 
 /* The next-token logits z (V) of seq[0 .. n). */
 typedef qt_status (*next_logits_fn)(void *ctx, const int32_t *seq, int64_t n, float *z);
 
-/* Greedy (lowest id on ties) or Philox sampling of softmax(z / temperature). */
-static int32_t pick(const float *z, int64_t V, double temperature, qt_philox *rng) {
-  int32_t next = 0;
-  if (temperature <= 0) {
-    for (int64_t v = 1; v < V; v++)
-      if (z[v] > z[next]) next = (int32_t)v;
-    return next;
-  }
-  double mx = z[0], sum = 0;
-  for (int64_t v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
-  for (int64_t v = 0; v < V; v++) sum += exp(((double)z[v] - mx) / temperature);
-  double r = (double)qt_philox_next_uniform(rng) * sum, acc = 0;
-  next = (int32_t)(V - 1);
-  for (int64_t v = 0; v < V; v++) {
-    acc += exp(((double)z[v] - mx) / temperature);
-    if (r <= acc) /* u in (0, 1]: r > 0, and acc ends at exactly sum */
-      return (int32_t)v;
-  }
-  return next;
-}
-
 /* The loop both generate paths share: seq (cap) holds the prompt; tokens are
- * appended until max_new, cap or an EOS (kept). */
-static qt_status sample_loop(const qt_model *m, int32_t *seq, int64_t n_prompt, int64_t cap,
-                             int64_t max_new, double temperature, uint64_t seed,
-                             next_logits_fn next_logits, void *ctx, float *z, int32_t *out,
-                             int64_t *n_out) {
-  qt_philox rng;
-  qt_philox_init(&rng, seed, 0, 0);
+ * appended until max_new, cap, a stop id (kept) or the callback's stop. */
+static qt_status sample_loop(qt_sampler *smp, int32_t *seq, int64_t n_prompt, int64_t cap,
+                             const qt_generate_opts *g, next_logits_fn next_logits, void *ctx,
+                             float *z, int32_t *out, int64_t *n_out) {
   int64_t n = n_prompt;
-  while (n < cap && *n_out < max_new) {
+  *n_out = 0;
+  while (n < cap && *n_out < g->max_new) {
     QT_TRY(next_logits(ctx, seq, n, z));
-    int32_t next = pick(z, m->V, temperature, &rng);
+    int32_t next = qt_sampler_next(smp, seq, n, z);
     seq[n++] = next;
     out[(*n_out)++] = next;
-    bool eos = false;
-    for (int e = 0; e < m->cfg.n_eos; e++) eos = eos || m->cfg.eos_token_ids[e] == next;
-    if (eos) break;
+    bool stop = is_stop(g, next);
+    if (g->on_token) QT_TRY(g->on_token(g->ctx, next, &stop));
+    if (stop) break;
   }
   return QT_OK;
+}
+
+/* Feeds the tokens of seq the cache has not seen, at most max_rows at a time. */
+static qt_status cached_logits(void *ctx, const int32_t *seq, int64_t n, float *z) {
+  qt_model_decoder *d = ctx;
+  while (d->len < n) {
+    int64_t k = n - d->len < d->max_rows ? n - d->len : d->max_rows;
+    QT_TRY(qt_model_decoder_feed(d, seq + d->len, k, z));
+  }
+  return QT_OK;
+}
+
+qt_status qt_model_decoder_generate(qt_model_decoder *d, qt_sampler *smp, const int32_t *prompt,
+                                    int64_t n_prompt, const qt_generate_opts *g, int32_t *out,
+                                    int64_t *n_out) {
+  *n_out = 0;
+  if (n_prompt < 1) return qt_fail(QT_ERR_INVALID, "generate: the prompt is empty (give at least BOS)");
+  if (n_prompt > d->cap)
+    return qt_fail(QT_ERR_INVALID, "generate: the prompt has %lld tokens; the cache holds %lld "
+                                   "positions", (long long)n_prompt, (long long)d->cap);
+  /* keep the cached prefix the prompt shares (a chat's earlier turns); at
+   * least the prompt's last token is fed again for its logits */
+  int64_t keep = 0;
+  while (keep < d->len && keep < n_prompt - 1 && d->ids[keep] == prompt[keep]) keep++;
+  d->len = keep;
+  int64_t cap = n_prompt + g->max_new < d->cap ? n_prompt + g->max_new : d->cap;
+  int32_t *seq = malloc((size_t)d->cap * sizeof(int32_t));
+  float *z = malloc((size_t)d->m->V * sizeof(float));
+  qt_status s = QT_OK;
+  if (!seq || !z) s = qt_fail(QT_ERR_NOMEM, "generate: cannot allocate %lld tokens", (long long)cap);
+  if (s == QT_OK) {
+    memcpy(seq, prompt, (size_t)n_prompt * sizeof(int32_t));
+    s = sample_loop(smp, seq, n_prompt, cap, g, cached_logits, d, z, out, n_out);
+  }
+  free(seq);
+  free(z);
+  return s;
 }
 
 /* Positions a generation may use: prompt + max_new, at most max_position_embeddings. */
@@ -334,11 +394,10 @@ static qt_status generate_cap(const qt_model *m, int64_t n_prompt, int64_t max_n
   return QT_OK;
 }
 
-/* Feeds the tokens of seq the cache has not seen (the whole prompt first). */
-static qt_status cached_logits(void *ctx, const int32_t *seq, int64_t n, float *z) {
-  qt_model_decoder *d = ctx;
-  int64_t have = qt_model_decoder_len(d);
-  return qt_model_decoder_feed(d, seq + have, n - have, z);
+/* The config's EOS ids as stop ids. */
+static void eos_opts(const qt_model *m, int64_t max_new, int32_t *ids, qt_generate_opts *g) {
+  for (int e = 0; e < m->cfg.n_eos; e++) ids[e] = (int32_t)m->cfg.eos_token_ids[e];
+  *g = (qt_generate_opts){.max_new = max_new, .stop_ids = ids, .n_stop_ids = m->cfg.n_eos};
 }
 
 qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
@@ -349,22 +408,21 @@ qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
   int64_t cap = 0;
   QT_TRY(generate_cap(m, n_prompt, max_new, &cap));
   if (cap == n_prompt) return QT_OK; /* nothing to generate */
+  qt_sample_opts so = qt_sample_opts_default();
+  so.temperature = temperature;
+  so.seed = seed;
+  qt_sampler smp;
+  QT_TRY(qt_sampler_init(&smp, &so, m->V));
   qt_model_decoder *d = NULL;
-  QT_TRY(qt_model_decoder_init(mt, adapter, cap, n_prompt, &d));
-  int32_t *seq = malloc((size_t)cap * sizeof(int32_t));
-  float *z = malloc((size_t)m->V * sizeof(float));
-  qt_status s = QT_OK;
-  if (!seq || !z) s = qt_fail(QT_ERR_NOMEM, "generate: cannot allocate %lld tokens", (long long)cap);
+  qt_status s = qt_model_decoder_init(mt, adapter, cap, n_prompt, &d);
   if (s == QT_OK) {
-    QT_LOGI("generate: KV cache and buffers %.2f MiB (%lld positions, %lld layers)",
-            (double)qt_model_decoder_bytes(d) / 1048576.0, (long long)cap, (long long)m->L);
-    memcpy(seq, prompt, (size_t)n_prompt * sizeof(int32_t));
-    s = sample_loop(m, seq, n_prompt, cap, max_new, temperature, seed, cached_logits, d, z, out,
-                    n_out);
+    int32_t eos[QT_HF_MAX_EOS];
+    qt_generate_opts g;
+    eos_opts(m, max_new, eos, &g);
+    s = qt_model_decoder_generate(d, &smp, prompt, n_prompt, &g, out, n_out);
   }
-  free(seq);
-  free(z);
   qt_model_decoder_free(&d);
+  qt_sampler_free(&smp);
   return s;
 }
 
@@ -388,17 +446,19 @@ static qt_status recompute_logits(void *ctx, const int32_t *seq, int64_t n, floa
 
 qt_status qt_model_generate_recompute(qt_model_tape *mt, const qt_model_adapter *adapter,
                                       const int32_t *prompt, int64_t n_prompt, int64_t max_new,
-                                      double temperature, uint64_t seed, int32_t *out,
-                                      int64_t *n_out) {
+                                      const qt_sample_opts *so, int32_t *out, int64_t *n_out) {
   const qt_model *m = qt_model_tape_model(mt);
   *n_out = 0;
   int64_t cap = 0;
   QT_TRY(generate_cap(m, n_prompt, max_new, &cap));
+  qt_sampler smp;
+  QT_TRY(qt_sampler_init(&smp, so, m->V));
   int32_t *ints = malloc((size_t)cap * 3 * sizeof(int32_t));
   float *logits = malloc((size_t)((cap + 1) * m->V) * sizeof(float));
   if (!ints || !logits) {
     free(ints);
     free(logits);
+    qt_sampler_free(&smp);
     return qt_fail(QT_ERR_NOMEM, "generate: cannot allocate %lld tokens of logits", (long long)cap);
   }
   recompute_ctx c = {.mt = mt, .adapter = adapter, .pos = ints + cap, .doc = ints + 2 * cap,
@@ -408,9 +468,12 @@ qt_status qt_model_generate_recompute(qt_model_tape *mt, const qt_model_adapter 
     c.doc[i] = 0;
   }
   memcpy(ints, prompt, (size_t)n_prompt * sizeof(int32_t));
-  qt_status s = sample_loop(m, ints, n_prompt, cap, max_new, temperature, seed, recompute_logits,
-                            &c, logits, out, n_out);
+  int32_t eos[QT_HF_MAX_EOS];
+  qt_generate_opts g;
+  eos_opts(m, max_new, eos, &g);
+  qt_status s = sample_loop(&smp, ints, n_prompt, cap, &g, recompute_logits, &c, logits, out, n_out);
   free(ints);
   free(logits);
+  qt_sampler_free(&smp);
   return s;
 }

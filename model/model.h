@@ -39,6 +39,7 @@
 #include "autograd/tape.h"
 #include "common/status.h"
 #include "model/hf_config.h"
+#include "model/sample.h"
 #include "quant/quant.h"
 
 typedef enum { QT_MODEL_QUANT_NONE = 0, QT_MODEL_QUANT_NF4, QT_MODEL_QUANT_FP4 } qt_model_quant;
@@ -199,24 +200,53 @@ int64_t qt_model_decoder_len(const qt_model_decoder *d);
 /* Bytes of the decoder's one allocation (caches + buffers), for the plan. */
 size_t qt_model_decoder_bytes(const qt_model_decoder *d);
 
-/* Sampling for `generate`: prompt (n_prompt ids, e.g. BOS + prompt tokens),
- * up to max_new tokens appended to out (max_new entries); stops after an EOS
- * of the config (which is kept) or at max_position_embeddings. temperature 0
- * = greedy (argmax, lowest id on ties); else softmax(logits / temperature)
- * sampled with Philox(seed) (common/philox.h, one uniform per token). Uses a
- * qt_model_decoder: the prompt is fed in one forward, then one position per
- * new token. mt carries the adapter's tensors only (its arena size does not
- * matter). *n_out = tokens written. */
+/* Rolls the cache back to its first len positions (len <= the current length). */
+void qt_model_decoder_truncate(qt_model_decoder *d, int64_t len);
+/* Positions the cache holds. */
+int64_t qt_model_decoder_cap(const qt_model_decoder *d);
+
+/* ---- generation (decode.c; token selection in model/sample.h) -------------- */
+
+typedef struct {
+  int64_t max_new;         /* at most this many new tokens */
+  const int32_t *stop_ids; /* ids that end generation (kept as the last token): EOS, end of turn */
+  int n_stop_ids;
+  /* Called after each new token (may be NULL); setting *stop ends generation
+   * with that token kept (stop strings, the caller's streaming). */
+  qt_status (*on_token)(void *ctx, int32_t id, bool *stop);
+  void *ctx;
+} qt_generate_opts;
+
+/* Generates with the decoder: the prompt (n_prompt >= 1 ids, BOS included
+ * when wanted) is fed in chunks of max_rows, reusing the longest prefix the
+ * cache already holds from an earlier call (a chat's previous turns), then
+ * one position per new token; each token is chosen by smp from the last
+ * row's logits and the whole sequence so far (repetition penalty). Stops at
+ * max_new, a stop id, the callback, or the cache's end. out (max_new) gets
+ * the new ids, *n_out how many. */
+qt_status qt_model_decoder_generate(qt_model_decoder *d, qt_sampler *smp, const int32_t *prompt,
+                                    int64_t n_prompt, const qt_generate_opts *g, int32_t *out,
+                                    int64_t *n_out);
+
+/* Plain generation (tests, simple callers): prompt (n_prompt ids, e.g. BOS +
+ * prompt tokens), up to max_new tokens appended to out (max_new entries);
+ * stops after an EOS of the config (which is kept) or at
+ * max_position_embeddings. temperature 0 = greedy (argmax, lowest id on
+ * ties); else softmax(logits / temperature) sampled with Philox(seed)
+ * (model/sample.h). A decoder sized for the prompt plus max_new: the prompt
+ * is fed in one forward, then one position per new token. mt carries the
+ * adapter's tensors only (its arena size does not matter). *n_out = tokens
+ * written. */
 qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
                             const int32_t *prompt, int64_t n_prompt, int64_t max_new,
                             double temperature, uint64_t seed, int32_t *out, int64_t *n_out);
-/* The test oracle of qt_model_generate, not for callers: the same sampling,
- * but every step recomputes the whole sequence with qt_model_logits (no
- * cache; O(n^2) per token). The tape must hold max_T >= n_prompt + max_new. */
+/* The test oracle of the decoder's generation, not for callers: the same
+ * selection (so: every processor), EOS stops, but every step recomputes the
+ * whole sequence with qt_model_logits (no cache; O(n^2) per token). The tape
+ * must hold max_T >= n_prompt + max_new. */
 qt_status qt_model_generate_recompute(qt_model_tape *mt, const qt_model_adapter *adapter,
                                       const int32_t *prompt, int64_t n_prompt, int64_t max_new,
-                                      double temperature, uint64_t seed, int32_t *out,
-                                      int64_t *n_out);
+                                      const qt_sample_opts *so, int32_t *out, int64_t *n_out);
 
 /* Dequantizes (or copies) a base linear into w (out, in) fp32. */
 qt_status qt_model_linear_weight(const qt_model *m, const qt_model_linear *lin, float *w);

@@ -1,5 +1,5 @@
-/* train/cmd_run.c — `qlora-train eval`, `generate` and `export` (DESIGN.md
- * section 5). Each uses --checkpoint DIR (a qlora-train checkpoint or a PEFT
+/* train/cmd_run.c — `qlora-train eval` and `export` (DESIGN.md section 5;
+ * generate: train/cmd_generate.c). Each uses --checkpoint DIR (a qlora-train checkpoint or a PEFT
  * adapter directory) when given, else the newest complete checkpoint under
  * output.dir, else (eval, generate) the base model alone. */
 /* realpath(3) is XSI, outside the POSIX base the build selects. */
@@ -48,55 +48,6 @@ qt_status qt_cmd_eval(int argc, char **argv) {
              (long long)er.tokens, (long long)er.examples);
   }
   if (have_ds) qt_dataset_free(&ds);
-  qt_session_free(&s);
-  return r;
-}
-
-/* ---- generate ---------------------------------------------------------------- */
-
-qt_status qt_cmd_generate(int argc, char **argv) {
-  qt_args a;
-  QT_TRY(qt_args_parse(argc, argv, QT_ARG_CHECKPOINT | QT_ARG_PROMPT | QT_ARG_MAX_NEW | QT_ARG_TEMPERATURE | QT_ARG_SEED,
-                       &a));
-  qt_session s;
-  qt_token_ids ids = {0};
-  qt_text_buf text = {0};
-  int32_t *out = NULL;
-  qt_status r = qt_session_config(&s, &a);
-  if (r == QT_OK) r = qt_session_load_model(&s);
-  if (r == QT_OK) r = qt_session_pick_adapter(&s, a.checkpoint, true);
-  unsigned flags = 0;
-  if (r == QT_OK && qt_tokenizer_bos_id(s.tok) >= 0) flags |= QT_TOK_ADD_BOS;
-  if (r == QT_OK) r = qt_tokenizer_encode(s.tok, a.prompt, strlen(a.prompt), flags, &ids);
-  int64_t max_pos = r == QT_OK ? s.model->cfg.max_position_embeddings : 0;
-  int64_t max_new = a.max_new_tokens;
-  if (r == QT_OK && (int64_t)ids.n >= max_pos)
-    r = qt_fail(QT_ERR_INVALID, "the prompt has %zu tokens; the model allows %lld positions", ids.n, (long long)max_pos);
-  if (r == QT_OK && (int64_t)ids.n + max_new > max_pos) max_new = max_pos - (int64_t)ids.n;
-  /* The tape only carries the adapter's tensors: qt_model_generate decodes
-   * with its own KV cache, so one position is enough. */
-  if (r == QT_OK) r = qt_session_tape(&s, 1, 1, false, true);
-  if (r == QT_OK) {
-    out = malloc((size_t)(ids.n + (size_t)max_new + 1) * sizeof *out);
-    if (!out) r = qt_fail(QT_ERR_NOMEM, "out of memory");
-  }
-  int64_t n_new = 0;
-  if (r == QT_OK) {
-    qt_model_adapter ad, *adp = NULL;
-    if (s.lora) {
-      qt_lora_set_step(s.lora, 0, false);
-      ad = qt_lora_adapter(s.lora);
-      adp = &ad;
-    }
-    uint64_t seed = a.seed_given ? a.seed : (uint64_t)s.cfg.training.seed;
-    memcpy(out, ids.ids, ids.n * sizeof *out);
-    r = qt_model_generate(s.mt, adp, ids.ids, (int64_t)ids.n, max_new, a.temperature, seed, out + ids.n, &n_new);
-  }
-  if (r == QT_OK) r = qt_tokenizer_decode(s.tok, out, ids.n + (size_t)n_new, 1, &text);
-  if (r == QT_OK) printf("%s\n", text.s);
-  free(out);
-  qt_token_ids_free(&ids);
-  qt_text_buf_free(&text);
   qt_session_free(&s);
   return r;
 }

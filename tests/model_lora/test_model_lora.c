@@ -1026,15 +1026,40 @@ static void decode_case(const char *name, const qt_model *m, qt_lora *l, int64_t
   qt_model_decoder_free(&d);
   int32_t a[DEC_STEPS], r[DEC_STEPS];
   int64_t na, nr, n_greedy = 0;
-  const double temps[2] = {0.0, 1.0};
-  for (int t = 0; t < 2; t++) {
-    ok(qt_model_generate(mt, adp, seq, n_prompt, DEC_STEPS, temps[t], 42, a, &na));
-    ok(qt_model_generate_recompute(mt, adp, seq, n_prompt, DEC_STEPS, temps[t], 42, r, &nr));
-    if (na != nr) fail_msg("%s: generate (T %g) wrote %lld tokens, the recompute oracle %lld",
-                           name, temps[t], (long long)na, (long long)nr);
+  /* greedy, plain sampling, and every processor at once (model/sample.h);
+   * the last through qt_model_decoder_generate with a decoder fed 5 rows at
+   * a time and reused for a second prompt sharing a prefix */
+  qt_sample_opts so[3] = {qt_sample_opts_default(), qt_sample_opts_default(),
+                          qt_sample_opts_default()};
+  so[1].temperature = 1.0;
+  so[2] = (qt_sample_opts){.temperature = 0.8, .top_k = 40, .top_p = 0.9, .min_p = 0.02,
+                           .repetition_penalty = 1.3, .seed = 42};
+  so[0].seed = so[1].seed = 42;
+  for (int t = 0; t < 3; t++) {
+    if (t < 2) {
+      ok(qt_model_generate(mt, adp, seq, n_prompt, DEC_STEPS, so[t].temperature, 42, a, &na));
+    } else {
+      qt_sampler smp;
+      ok(qt_sampler_init(&smp, &so[t], m->V));
+      ok(qt_model_decoder_init(mt, adp, cap, 5, &d));
+      int32_t eos[QT_HF_MAX_EOS];
+      for (int e = 0; e < m->cfg.n_eos; e++) eos[e] = (int32_t)m->cfg.eos_token_ids[e];
+      qt_generate_opts g = {.max_new = DEC_STEPS, .stop_ids = eos, .n_stop_ids = m->cfg.n_eos};
+      /* a first prompt diverging after one token leaves a cache to roll back */
+      int32_t other[3] = {seq[0], (seq[1 % n_prompt] + 1) % (int32_t)m->V, 7};
+      ok(qt_model_decoder_generate(d, &smp, other, 3, &g, a, &na));
+      qt_sampler_free(&smp);
+      ok(qt_sampler_init(&smp, &so[t], m->V));
+      ok(qt_model_decoder_generate(d, &smp, seq, n_prompt, &g, a, &na));
+      qt_sampler_free(&smp);
+      qt_model_decoder_free(&d);
+    }
+    ok(qt_model_generate_recompute(mt, adp, seq, n_prompt, DEC_STEPS, &so[t], r, &nr));
+    if (na != nr) fail_msg("%s: generate (case %d) wrote %lld tokens, the recompute oracle %lld",
+                           name, t, (long long)na, (long long)nr);
     for (int64_t i = 0; i < na; i++)
-      if (a[i] != r[i]) fail_msg("%s%s prompt %lld: generate (T %g) token %lld: %d, oracle %d",
-                                 name, l ? " + LoRA" : "", (long long)n_prompt, temps[t],
+      if (a[i] != r[i]) fail_msg("%s%s prompt %lld: generate (case %d) token %lld: %d, oracle %d",
+                                 name, l ? " + LoRA" : "", (long long)n_prompt, t,
                                  (long long)i, a[i], r[i]);
     if (t == 0) n_greedy = na;
   }
