@@ -17,7 +17,9 @@
 #include "common/half.h"
 #include "common/log.h"
 #include "common/safetensors.h"
+#include "train/checkpoint.h"
 #include "train/cli.h"
+#include "train/export_gguf.h"
 #include "train/session.h"
 
 /* ---- eval ---------------------------------------------------------------------- */
@@ -304,17 +306,55 @@ static bool path_inside(const char *dir, const char *path) {
   return strncmp(full, rd, n) == 0 && (full[n] == '\0' || full[n] == '/');
 }
 
+/* --format gguf|gguf-lora is taken out of argv here (qt_args_parse knows
+ * peft|merged); *format is the value of the last --format, or NULL. */
+static qt_status export_format_arg(int argc, char **argv, char **rest, int *n_rest, const char **format) {
+  *format = NULL;
+  *n_rest = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *v = NULL;
+    int skip = 0;
+    if (strcmp(argv[i], "--format") == 0) {
+      if (i + 1 == argc) return qt_fail(QT_ERR_USAGE, "--format needs a value");
+      v = argv[i + 1];
+      skip = 1;
+    } else if (strncmp(argv[i], "--format=", 9) == 0) {
+      v = argv[i] + 9;
+    }
+    if (!v) {
+      rest[(*n_rest)++] = argv[i];
+      continue;
+    }
+    if (strcmp(v, "peft") != 0 && strcmp(v, "merged") != 0 && strcmp(v, "gguf") != 0 && strcmp(v, "gguf-lora") != 0)
+      return qt_fail(QT_ERR_USAGE, "--format must be peft, merged, gguf or gguf-lora, not '%s'", v);
+    *format = v;
+    i += skip;
+  }
+  return QT_OK;
+}
+
 qt_status qt_cmd_export(int argc, char **argv) {
   qt_args a;
-  QT_TRY(qt_args_parse(argc, argv, QT_ARG_CHECKPOINT | QT_ARG_FORMAT | QT_ARG_OUT, &a));
+  const char *format;
+  int n_rest;
+  char **rest = calloc((size_t)argc + 1, sizeof *rest);
+  if (!rest) return qt_fail(QT_ERR_NOMEM, "out of memory");
+  qt_status r = export_format_arg(argc, argv, rest, &n_rest, &format);
+  if (r == QT_OK) r = qt_args_parse(n_rest, rest, QT_ARG_CHECKPOINT | QT_ARG_OUT, &a);
+  free(rest);
+  QT_TRY(r);
+  a.format = format;
+  bool gguf = format && strcmp(format, "gguf") == 0, gguf_lora = format && strcmp(format, "gguf-lora") == 0;
   qt_session s;
-  qt_status r = qt_session_config(&s, &a);
+  r = qt_session_config(&s, &a);
   bool merged = false;
   char out[4200];
   if (r == QT_OK) {
     merged = a.format ? strcmp(a.format, "merged") == 0 : s.cfg.export_.format == QT_EXPORT_MERGED;
     if (a.out)
       snprintf(out, sizeof out, "%s", a.out);
+    else if (gguf || gguf_lora)
+      snprintf(out, sizeof out, "%s/export-%s.gguf", s.cfg.output.dir, gguf ? "model" : "lora");
     else
       snprintf(out, sizeof out, "%s/export-%s", s.cfg.output.dir, merged ? "merged" : "peft");
   }
@@ -322,18 +362,41 @@ qt_status qt_cmd_export(int argc, char **argv) {
    * training (a run in progress prunes and replaces what is under it). */
   int lock = -1;
   if (r == QT_OK && path_inside(s.cfg.output.dir, out)) r = qt_fs_lock_dir(s.cfg.output.dir, &lock);
-  if (r == QT_OK) {
+  /* gguf without an adapter (no --checkpoint, none under output.dir) converts
+   * the base model alone, straight from its dense checkpoint: no model load */
+  bool base_only = false;
+  qt_hf_config hc;
+  memset(&hc, 0, sizeof hc);
+  if (r == QT_OK && gguf && !a.checkpoint) {
+    char latest[4200];
+    bool found = false;
+    r = qt_ckpt_find_latest(s.cfg.output.dir, latest, sizeof latest, &found);
+    if (r == QT_OK) r = qt_hf_config_load(s.cfg.model.path, &hc);
+    base_only = r == QT_OK && !found && !hc.quant.present;
+    if (base_only) QT_LOGI("no checkpoint under '%s': converting the base model alone", s.cfg.output.dir);
+  }
+  if (r == QT_OK && base_only) {
+    r = qt_export_gguf(&s, &hc, out, false);
+  } else if (r == QT_OK) {
+    /* GGUF keeps an F32 adapter's values as they are (not rounded to the
+     * bf16 training storage), as convert_lora_to_gguf.py does */
+    if (gguf || gguf_lora) s.cfg.lora.master_weights = QT_MASTER_FP32;
     /* a merge onto the original weights needs them dense: load without quantizing */
     r = qt_session_load_model(&s);
+    if (r == QT_OK) r = qt_session_pick_adapter(&s, a.checkpoint, gguf);
+    if (r == QT_OK && (gguf || gguf_lora)) {
+      r = qt_export_gguf(&s, &s.model->cfg, out, gguf_lora);
+    } else if (r == QT_OK && !merged) {
+      qt_dtype dt = dtype_st(s.cfg.export_.dtype);
+      r = qt_lora_save_peft(s.lora, out, s.cfg.model.path, dt);
+    } else if (r == QT_OK) {
+      r = export_merged(&s, out, s.cfg.export_.dtype, s.cfg.export_.merge_base);
+    }
   }
-  if (r == QT_OK) r = qt_session_pick_adapter(&s, a.checkpoint, false);
-  if (r == QT_OK && !merged) {
-    qt_dtype dt = dtype_st(s.cfg.export_.dtype);
-    r = qt_lora_save_peft(s.lora, out, s.cfg.model.path, dt);
-  } else if (r == QT_OK) {
-    r = export_merged(&s, out, s.cfg.export_.dtype, s.cfg.export_.merge_base);
-  }
-  if (r == QT_OK) fprintf(stderr, "qlora-train: wrote %s (%s)\n", out, merged ? "merged Hugging Face model" : "PEFT adapter");
+  if (r == QT_OK)
+    fprintf(stderr, "qlora-train: wrote %s (%s)\n", out,
+            gguf ? "GGUF model" : gguf_lora ? "GGUF LoRA adapter" : merged ? "merged Hugging Face model" : "PEFT adapter");
+  qt_hf_config_free(&hc);
   qt_fs_unlock_dir(&lock);
   qt_session_free(&s);
   return r;

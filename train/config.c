@@ -40,6 +40,7 @@ static const char *const optim_names[] = {"paged_adamw_8bit", "adamw_8bit", "pag
                                           "adamw_32bit", NULL};
 static const char *const export_names[] = {"peft", "merged", NULL};
 static const char *const merge_names[] = {"original", "nf4_roundtrip", NULL};
+static const char *const gguf_type_names[] = {"auto", "f32", "f16", "bf16", "q8_0", "q4_k_m", NULL};
 
 #define OFF(field) offsetof(qt_config, field)
 #define BIG 9.0e15 /* integers stay exact in a double up to 2^53 */
@@ -96,6 +97,7 @@ static const qt_cfg_key qt_cfg_keys[] = {
     {"export", "format", K_ENUM, OFF(export_.format), 0, 0, 0, 0, export_names, false},
     {"export", "merge_base", K_ENUM, OFF(export_.merge_base), 0, 0, 0, 0, merge_names, false},
     {"export", "dtype", K_ENUM, OFF(export_.dtype), 0, 0, 0, 0, dtype_names, false},
+    {"export", "gguf_type", K_ENUM, OFF(export_.gguf_type), 0, 0, 0, 0, gguf_type_names, false},
 };
 enum { N_KEYS = sizeof qt_cfg_keys / sizeof qt_cfg_keys[0] };
 static const char *const qt_cfg_sections[] = {"model", "lora", "data", "training", "output", "export", NULL};
@@ -158,6 +160,7 @@ void qt_config_defaults(qt_config *c) {
   c->export_.format = QT_EXPORT_PEFT;
   c->export_.merge_base = QT_MERGE_ORIGINAL;
   c->export_.dtype = QT_CDT_BF16;
+  c->export_.gguf_type = QT_GGUF_T_AUTO;
 }
 
 /* ---- error collection ------------------------------------------------------ */

@@ -32,6 +32,11 @@ typedef enum {
 } qt_cfg_optimizer;
 typedef enum { QT_EXPORT_PEFT = 0, QT_EXPORT_MERGED } qt_cfg_export_format;
 typedef enum { QT_MERGE_ORIGINAL = 0, QT_MERGE_NF4_ROUNDTRIP } qt_cfg_merge_base;
+/* export.gguf_type: tensor types of a GGUF export; auto = q8_0 for
+ * --format gguf, f32 for --format gguf-lora */
+typedef enum {
+  QT_GGUF_T_AUTO = 0, QT_GGUF_T_F32, QT_GGUF_T_F16, QT_GGUF_T_BF16, QT_GGUF_T_Q8_0, QT_GGUF_T_Q4_K_M
+} qt_cfg_gguf_type;
 
 /* LoRA target projections, as a bit set. */
 enum {
@@ -101,6 +106,7 @@ typedef struct {
     qt_cfg_export_format format;    /* peft */
     qt_cfg_merge_base merge_base;   /* original */
     qt_cfg_dtype dtype;             /* bf16 */
+    qt_cfg_gguf_type gguf_type;     /* auto */
   } export_;
   /* Combinations that are accepted but probably not meant (the HF Trainer,
    * axolotl and bitsandbytes accept them too), one per line: logged as
