@@ -156,13 +156,13 @@ int main(int argc, char **argv) {
       qt_status s = c->run(argc - 2, argv + 2);
       if (s != QT_OK) {
         if (s == QT_ERR_USAGE) {
-          fprintf(stderr, "qlora-train %s: %s\n", c->name, qt_error_message());
+          fprintf(stderr, "%s %s: %s\n", who(), c->name, qt_error_message());
           fprintf(stderr, "usage: qlora-train %s\n", c->usage);
         } else {
-          fprintf(stderr, "qlora-train: %s: %s\n", qt_status_name(s), qt_error_message());
+          fprintf(stderr, "%s: %s: %s\n", who(), qt_status_name(s), qt_error_message());
         }
       }
-      return qt_status_exit_code(s);
+      return finish(s);
     }
   }
   if (cmd[0] == '-') {
