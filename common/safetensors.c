@@ -11,6 +11,9 @@
  * not by the quirks of a library (cJSON keeps duplicates, matches keys
  * case-insensitively, saturates valueint, treats all bytes <= 0x20 as
  * whitespace and accepts raw control characters in strings). */
+/* madvise(MADV_DONTNEED) in qt_st_model_release: Linux/BSD, not POSIX (glibc
+ * makes posix_madvise(POSIX_MADV_DONTNEED) a no-op). */
+#define _DEFAULT_SOURCE 1
 #include "common/safetensors.h"
 
 #include <errno.h>
@@ -1486,4 +1489,20 @@ qt_status qt_st_write(const char *path, const qt_st_write_tensor *tensors, size_
   free(w);
   free(hdr.p);
   return s;
+}
+
+void qt_st_model_release(const qt_st_model *m, const qt_st_entry *e) {
+  if (!m || !e || e->end <= e->begin) return;
+  for (size_t k = 0; k < m->n_files; k++) {
+    const qt_st_file *f = &m->files[k];
+    const uint8_t *lo = f->map, *hi = lo ? lo + f->map_len : NULL;
+    if (!lo || e->data < lo || e->data >= hi) continue;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) return;
+    uintptr_t a = (uintptr_t)e->data, b = a + (uintptr_t)(e->end - e->begin);
+    uintptr_t start = (a + (uintptr_t)page - 1) & ~((uintptr_t)page - 1); /* whole pages inside */
+    uintptr_t stop = b & ~((uintptr_t)page - 1);
+    if (stop > start) (void)madvise((void *)start, stop - start, MADV_DONTNEED);
+    return;
+  }
 }

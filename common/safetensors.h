@@ -91,6 +91,13 @@ typedef struct {
 qt_status qt_st_model_open(const char *path, qt_st_model *out);
 void qt_st_model_close(qt_st_model *m);
 const qt_st_entry *qt_st_model_find(const qt_st_model *m, const char *name);
+/* Drops the entry's bytes from this process's resident memory once the caller
+ * has converted them (madvise MADV_DONTNEED on the whole pages inside the
+ * entry, for entries of a mapped file only; the mapping is private and never
+ * written, so reading the entry again faults the same bytes back in from the
+ * file). Loading a model tensor by tensor this way keeps the mapped checkpoint
+ * out of the peak RSS. A no-op for in-memory parses and on failure. */
+void qt_st_model_release(const qt_st_model *m, const qt_st_entry *e);
 
 /* Writer. Tensors are laid out like the reference writer (sorted by dtype
  * alignment, descending, then by name; header space-padded to a multiple of 8),

@@ -48,6 +48,9 @@ static qt_status load_dense(const qt_st_model *st, const char *dir, const char *
   float *p = malloc((size_t)n * sizeof(float));
   if (!p) return qt_fail(QT_ERR_NOMEM, "%s: cannot allocate %lld floats for %s", dir, (long long)n, name);
   qt_status s = qt_st_entry_to_f32(e, p);
+  /* the converted bytes leave the resident set: the mapped checkpoint never
+   * adds up in RAM while the model is built one tensor at a time */
+  qt_st_model_release(st, e);
   if (s != QT_OK) {
     free(p);
     return s;
