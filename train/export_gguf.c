@@ -187,7 +187,9 @@ static qt_status source_weight(const qt_st_model *src, const char *name, int64_t
   const qt_st_entry *e = qt_st_model_find(src, name);
   *found = false;
   if (!e || (e->dtype != QT_F32 && e->dtype != QT_F16 && e->dtype != QT_BF16) || qt_st_entry_numel(e) != n) return QT_OK;
-  QT_TRY(qt_st_entry_to_f32(e, w));
+  qt_status r = qt_st_entry_to_f32(e, w);
+  qt_st_model_release(src, e); /* read once: its mapped pages leave the resident set */
+  QT_TRY(r);
   *found = true;
   return QT_OK;
 }
