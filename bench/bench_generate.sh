@@ -7,7 +7,8 @@
 #
 #   bench/bench_generate.sh QLORA_TRAIN MODEL_DIR [NEW_TOKENS=256] [THREADS=2] [ROUNDS=2]
 #
-# MODEL_DIR: e.g. the Llama-3.2-1B-shaped model of bench/bench_generate_model.py.
+# MODEL_DIR: e.g. the Llama-3.2-1B-shaped model of
+#   bench/make_random_llama.py MODEL_DIR --shape llama3.2-1b
 # PY (default ~/.cache/qlora-train/venv-ref/bin/python) runs bench_generate_hf.py.
 # Prints one line per run and a summary: tokens/s after the first token (the
 # decode rate), and mean ms per token over tokens 1-32 and the last 32.

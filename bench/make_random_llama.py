@@ -1,34 +1,63 @@
 #!/usr/bin/env python3
-"""bench/make_random_llama.py — write a randomly initialised Llama of about 100M
-parameters (fp32 safetensors + the Llama-2 tokenizer) for bench/bench_train.sh.
+"""bench/make_random_llama.py — write a randomly initialised Llama (fp32
+safetensors + a real tokenizer) for the benchmarks.
 
-    /work/venv-ref/bin/python bench/make_random_llama.py OUT_DIR
+    ~/.cache/qlora-train/venv-ref/bin/python bench/make_random_llama.py OUT_DIR [--shape SHAPE]
 
-Shape: hidden 768, 12 layers, 12 heads (head_dim 64, no GQA), intermediate 2048,
-vocab 32000 (the Llama-2 tokenizer in ../shared/data/tokenizers/llama2), untied
-lm_head as Llama-2: 85.0M decoder linear + 2 x 24.6M embedding/lm_head = 134.1M
-parameters in all, 109.6M in matmuls. Weights come from transformers' own
-initialiser (normal, std = initializer_range 0.02) under torch.manual_seed(0).
-The model is written OUTSIDE the repository (never commit weights); when OUT_DIR
-already holds a config.json and model.safetensors it is left as it is.
+SHAPE 134m (default; bench/bench_train.sh): hidden 768, 12 layers, 12 heads
+(head_dim 64, no GQA), intermediate 2048, vocab 32000 (the Llama-2 tokenizer in
+../shared/data/tokenizers/llama2), untied lm_head as Llama-2: 85.0M decoder
+linear + 2 x 24.6M embedding/lm_head = 134.1M parameters in all, 109.6M in
+matmuls.
 
-Needs torch and transformers: the reference virtualenv (/work/venv-ref, or
-tools/reference/setup_venv.sh).
+SHAPE llama3.2-1b (bench/bench_generate.sh; meta-llama/Llama-3.2-1B's
+config.json): hidden 2048, 16 layers, 32 heads of 64 with 8 KV heads,
+intermediate 8192, vocab 128256 (the Llama-3 tokenizer), tied embeddings,
+llama3 RoPE scaling (factor 32, theta 500000), 131072 positions: 1.236 B
+parameters (0.973 B in the decoder linears, 0.263 B embedding).
+
+Weights come from transformers' own initialiser (normal, std =
+initializer_range 0.02) under torch.manual_seed(0). The model is written
+OUTSIDE the repository (never commit weights); when OUT_DIR already holds a
+config.json and model.safetensors it is left as it is.
+
+Needs torch and transformers: the reference virtualenv
+(tools/reference/setup_venv.sh).
 """
+import argparse
 import json
 import os
 import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TOKENIZER_DIR = os.path.join(HERE, "..", "..", "shared", "data", "tokenizers", "llama2")
+TOKENIZERS = os.path.join(HERE, "..", "..", "shared", "data", "tokenizers")
+
+# shape -> (tokenizer folder, LlamaConfig arguments)
+SHAPES = {
+    "134m": ("llama2", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                            num_key_value_heads=12, intermediate_size=2048, vocab_size=32000,
+                            max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                            hidden_act="silu", tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                            initializer_range=0.02)),
+    "llama3.2-1b": ("llama3", dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                                   num_key_value_heads=8, head_dim=64, intermediate_size=8192,
+                                   vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                                   hidden_act="silu", tie_word_embeddings=True, bos_token_id=128000,
+                                   eos_token_id=128001, initializer_range=0.02,
+                                   rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                                    "factor": 32.0, "low_freq_factor": 1.0,
+                                                    "high_freq_factor": 4.0,
+                                                    "original_max_position_embeddings": 8192})),
+}
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    out = os.path.abspath(sys.argv[1])
+    ap = argparse.ArgumentParser(description="write a random Llama for the benchmarks")
+    ap.add_argument("out")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="134m")
+    a = ap.parse_args()
+    out = os.path.abspath(a.out)
     repo = os.path.abspath(os.path.join(HERE, ".."))
     if out == repo or out.startswith(repo + os.sep):
         print(f"make_random_llama.py: {out} is inside the repository; write model weights elsewhere",
@@ -42,25 +71,24 @@ def main() -> int:
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
-                      intermediate_size=2048, vocab_size=32000, max_position_embeddings=2048,
-                      rms_norm_eps=1e-5, rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False,
-                      bos_token_id=1, eos_token_id=2, initializer_range=0.02)
+    tok, kw = SHAPES[a.shape]
+    cfg = LlamaConfig(**kw)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(torch.float32)
     n = sum(p.numel() for p in model.parameters())
     os.makedirs(out, exist_ok=True)
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, max_shard_size="20GB")
     for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(TOKENIZER_DIR, f), os.path.join(tmp, f))
+        shutil.copy(os.path.join(TOKENIZERS, tok, f), os.path.join(tmp, f))
     with open(os.path.join(tmp, "bench_meta.json"), "w") as fh:
-        json.dump({"params": n, "seed": 0, "torch": torch.__version__, "transformers": transformers.__version__}, fh)
+        json.dump({"params": n, "seed": 0, "shape": a.shape, "torch": torch.__version__,
+                   "transformers": transformers.__version__}, fh)
     for f in os.listdir(tmp):
         os.replace(os.path.join(tmp, f), os.path.join(out, f))
     os.rmdir(tmp)
-    print(f"make_random_llama.py: wrote {out} ({n / 1e6:.1f}M parameters)")
+    print(f"make_random_llama.py: wrote {out} ({a.shape}, {n / 1e6:.1f}M parameters)")
     return 0
 
 
