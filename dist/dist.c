@@ -16,6 +16,14 @@
 #include <mpi.h>
 #endif
 
+void qt_dist_ordered_sum(const float *recv, int world, int64_t m, float *out) {
+  for (int64_t k = 0; k < m; k++) {
+    double s = 0;
+    for (int j = 0; j < world; j++) s += (double)recv[(size_t)j * (size_t)m + (size_t)k];
+    out[k] = (float)s;
+  }
+}
+
 /* The world is process state, as MPI_COMM_WORLD is (dist.h). */
 static qt_dist qt_world = {.rank = 0, .world_size = 1, .local_rank = 0, .local_size = 1, .mpi = false};
 #ifdef QLORA_HAVE_MPI
@@ -159,12 +167,7 @@ qt_status qt_dist_reducer_sum(qt_dist_reducer *r, float *buf) {
   /* all-to-all: rank j gets slice j of every rank's buffer */
   int *rcounts = r->counts + W, *rdispls = r->displs + W;
   MPI_TRY(MPI_Alltoallv(buf, r->counts, r->displs, MPI_FLOAT, r->recv, rcounts, rdispls, MPI_FLOAT, MPI_COMM_WORLD));
-  float *out = buf + r->displs[me];
-  for (int k = 0; k < mine; k++) {
-    double s = 0;
-    for (int j = 0; j < W; j++) s += (double)r->recv[(size_t)j * (size_t)mine + (size_t)k];
-    out[k] = (float)s;
-  }
+  qt_dist_ordered_sum(r->recv, W, mine, buf + r->displs[me]);
   MPI_TRY(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, r->counts, r->displs, MPI_FLOAT, MPI_COMM_WORLD));
   return QT_OK;
 }

@@ -119,6 +119,13 @@ void qt_dist_watchdog_stop(void);
  * accumulate, so the reduction uploads the step's sum once, reduces it on
  * the GPUs and downloads it (2 copies of n floats per optimizer step). */
 bool qt_dist_have_nccl(void);
+/* out[k] = the sum over j = 0 .. world-1, in that order, of recv[j m + k], in
+ * double, rounded once to float: the reduction's arithmetic, on the CPU
+ * (qt_dist_reducer_sum) and, in qt_dist_cuda_ordered_sum, by the GPU kernel
+ * that qt_dist_nccl_sum launches (on host buffers, for its parity test,
+ * tests/dist/test_dist_cuda.c; CUDA builds only). */
+void qt_dist_ordered_sum(const float *recv, int world, int64_t m, float *out);
+qt_status qt_dist_cuda_ordered_sum(const float *recv, int world, int64_t m, float *out);
 qt_status qt_dist_cuda_select_device(void);
 typedef struct qt_dist_nccl qt_dist_nccl;
 qt_status qt_dist_nccl_init(int64_t n, qt_dist_nccl **out);

@@ -30,6 +30,37 @@ extern "C" qt_status qt_dist_cuda_select_device(void) {
   return QT_OK;
 }
 
+/* out[k] = sum over j in rank order of recv[j * m + k], in double, rounded once
+ * (the same additions as qt_dist_reducer_sum on the host). */
+__global__ void ordered_sum_kernel(const float *recv, int world, int64_t m, float *out) {
+  int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= m) return;
+  double s = 0;
+  for (int j = 0; j < world; j++) s += (double)recv[(int64_t)j * m + k];
+  out[k] = (float)s;
+}
+
+extern "C" qt_status qt_dist_cuda_ordered_sum(const float *recv, int world, int64_t m, float *out) {
+  if (m <= 0 || world <= 0) return QT_OK;
+  float *d_recv = NULL, *d_out = NULL;
+  qt_status r = QT_OK;
+  size_t nin = (size_t)world * (size_t)m;
+  QT_CUDA_CHECK_GOTO(r, done, cudaMalloc((void **)&d_recv, nin * sizeof(float)));
+  QT_CUDA_CHECK_GOTO(r, done, cudaMalloc((void **)&d_out, (size_t)m * sizeof(float)));
+  QT_CUDA_CHECK_GOTO(r, done, cudaMemcpy(d_recv, recv, nin * sizeof(float), cudaMemcpyHostToDevice));
+  {
+    int threads = 256;
+    unsigned blocks = (unsigned)((m + threads - 1) / threads);
+    ordered_sum_kernel<<<blocks, threads>>>(d_recv, world, m, d_out);
+  }
+  QT_CUDA_CHECK_LAUNCH_GOTO(r, done);
+  QT_CUDA_CHECK_GOTO(r, done, cudaMemcpy(out, d_out, (size_t)m * sizeof(float), cudaMemcpyDeviceToHost));
+done:
+  cudaFree(d_recv);
+  cudaFree(d_out);
+  return r;
+}
+
 #ifdef QLORA_HAVE_NCCL
 
 /* The NCCL functions used, from libnccl.so.2 (see above). */
@@ -92,16 +123,6 @@ struct qt_dist_nccl {
 };
 
 extern "C" bool qt_dist_have_nccl(void) { return nccl_load(); }
-
-/* out[k] = sum over j in rank order of recv[j * m + k], in double, rounded once
- * (the same additions as qt_dist_reducer_sum on the host). */
-__global__ void ordered_sum_kernel(const float *recv, int world, int64_t m, float *out) {
-  int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (k >= m) return;
-  double s = 0;
-  for (int j = 0; j < world; j++) s += (double)recv[(int64_t)j * m + k];
-  out[k] = (float)s;
-}
 
 extern "C" qt_status qt_dist_nccl_init(int64_t n, qt_dist_nccl **out) {
   const qt_dist *w = qt_dist_world();

@@ -99,7 +99,7 @@ row "environment" "$( [ -z "$other_missing" ] && echo ok || echo FAILED)" "$(( $
 [ -z "$other_missing" ] || status=1
 
 # Every test program, cheapest first; any cuda test not in this list runs after them.
-order=(test_cuda_check test_half_cuda test_philox_cuda test_quant_cuda test_optim_adamw_cuda
+order=(test_cuda_check test_half_cuda test_philox_cuda test_dist_cuda test_quant_cuda test_optim_adamw_cuda
        test_ops_cuda_parity test_ops_cuda_more test_model_cuda)
 tests=()
 for t in "${order[@]}"; do [ -x "$X/bin/$t" ] && tests+=("$t"); done
