@@ -17,9 +17,15 @@
  *    the query heads of the kv group) per key, so every gradient element is
  *    written once by one warp: no atomics, fixed summation order.
  * Dot products: per-lane partial sums then a butterfly (__shfl_xor_sync), which
- * gives every lane the same, order-fixed result. */
+ * gives every lane the same, order-fixed result.
+ * Options (ops.h qt_att_opts): scale; a sliding window bounds each key loop
+ * (query i: keys max(0, i - window + 1) .. i; key j: queries j .. j + window - 1);
+ * soft-capping s -> c tanh(s / c) of the fp32 scaled score, in double (the same
+ * helper as the CPU kernels, attention_mask.h), with the chain-rule factor
+ * 1 - tanh^2 on dS in backward. */
 #include <math.h>
 
+#include "autograd/kernels/attention_mask.h"
 #include "autograd/kernels/cuda_common.cuh"
 #include "autograd/ops_cuda.h"
 
@@ -51,11 +57,20 @@ static __device__ __forceinline__ float dot_lane(const float *r, const uint16_t 
   return warp_allsum(s);
 }
 
+/* The fp32 scaled score s after soft-capping (softcap > 0), tanh in double. */
+static __device__ __forceinline__ float att_cap(float s, double softcap) {
+  return softcap > 0 ? (float)qt_att_softcap((double)s, softcap) : s;
+}
+/* d capped / d s at the fp32 scaled score s (1 without capping). */
+static __device__ __forceinline__ float att_cap_grad(float s, double softcap) {
+  return softcap > 0 ? (float)qt_att_softcap_grad((double)s, softcap) : 1.0f;
+}
+
 /* One warp per (b, h, i). out (B*T, H, D) ; lse (B, H, T) */
 __global__ void attention_forward_kernel(uint16_t *out, float *lse, const uint16_t *q,
                                          const uint16_t *k, const uint16_t *v, const int32_t *doc,
                                          int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
-                                         float scale) {
+                                         float scale, int64_t window, double softcap) {
   int lane = threadIdx.x & 31;
   int64_t w = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
   if (w >= B * H * T) return; /* whole warps only: blockDim is a multiple of 32 */
@@ -67,10 +82,10 @@ __global__ void attention_forward_kernel(uint16_t *out, float *lse, const uint16
   for (int t = 0; t < ATT_PER_LANE; t++) acc[t] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   int32_t di = db[i];
-  for (int64_t j = 0; j <= i; j++) {
-    if (db[j] != di) continue;
+  for (int64_t j = qt_att_key_start(0, i, window); j <= i; j++) {
+    if (!qt_att_visible(i, j, di, db[j], window)) continue;
     const int64_t kv = ((b * T + j) * K + g) * D;
-    float s = scale * dot_lane(qr, k + kv, lane, D);
+    float s = att_cap(scale * dot_lane(qr, k + kv, lane, D), softcap);
     float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn); /* expf(-inf) = 0 */
     l = l * corr + p;
 #pragma unroll
@@ -95,7 +110,8 @@ __global__ void attention_forward_kernel(uint16_t *out, float *lse, const uint16
 __global__ void attention_dq_kernel(uint16_t *dq, int acc, float *delta, const uint16_t *dout,
                                     const float *lse, const uint16_t *q, const uint16_t *k,
                                     const uint16_t *v, const int32_t *doc, int64_t B, int64_t T,
-                                    int64_t H, int64_t K, int64_t D, float scale) {
+                                    int64_t H, int64_t K, int64_t D, float scale, int64_t window,
+                                    double softcap) {
   int lane = threadIdx.x & 31;
   int64_t w = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
   if (w >= B * H * T) return;
@@ -107,21 +123,23 @@ __global__ void attention_dq_kernel(uint16_t *dq, int acc, float *delta, const u
   load_lane(dor, dout + qo, lane, D);
   float li = lse[bh * T + i], dsum = 0.0f;
   int32_t di = db[i];
-  for (int64_t j = 0; j <= i; j++) { /* delta_i = sum_j P_ij (do_i . v_j) */
-    if (db[j] != di) continue;
+  int64_t j0 = qt_att_key_start(0, i, window);
+  for (int64_t j = j0; j <= i; j++) { /* delta_i = sum_j P_ij (do_i . v_j) */
+    if (!qt_att_visible(i, j, di, db[j], window)) continue;
     const int64_t kv = ((b * T + j) * K + g) * D;
-    float p = expf(scale * dot_lane(qr, k + kv, lane, D) - li);
+    float p = expf(att_cap(scale * dot_lane(qr, k + kv, lane, D), softcap) - li);
     dsum += p * dot_lane(dor, v + kv, lane, D);
   }
   if (lane == 0) delta[bh * T + i] = dsum;
   if (!dq) return;
 #pragma unroll
   for (int t = 0; t < ATT_PER_LANE; t++) a[t] = 0.0f;
-  for (int64_t j = 0; j <= i; j++) { /* dq_i = scale sum_j P_ij (dP_ij - delta_i) k_j */
-    if (db[j] != di) continue;
+  for (int64_t j = j0; j <= i; j++) { /* dq_i = scale sum_j P_ij (dP_ij - delta_i) c'(s_ij) k_j */
+    if (!qt_att_visible(i, j, di, db[j], window)) continue;
     const int64_t kv = ((b * T + j) * K + g) * D;
-    float p = expf(scale * dot_lane(qr, k + kv, lane, D) - li);
-    float ds = p * (dot_lane(dor, v + kv, lane, D) - dsum);
+    float s = scale * dot_lane(qr, k + kv, lane, D);
+    float p = expf(att_cap(s, softcap) - li);
+    float ds = p * (dot_lane(dor, v + kv, lane, D) - dsum) * att_cap_grad(s, softcap);
 #pragma unroll
     for (int t = 0; t < ATT_PER_LANE; t++) {
       int64_t d = lane + 32 * t;
@@ -140,7 +158,7 @@ __global__ void attention_dkv_kernel(uint16_t *dk, uint16_t *dv, int acc, const 
                                      const uint16_t *dout, const float *lse, const uint16_t *q,
                                      const uint16_t *k, const uint16_t *v, const int32_t *doc,
                                      int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
-                                     float scale) {
+                                     float scale, int64_t window, double softcap) {
   int lane = threadIdx.x & 31;
   int64_t w = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
   if (w >= B * K * T) return;
@@ -153,13 +171,17 @@ __global__ void attention_dkv_kernel(uint16_t *dk, uint16_t *dv, int acc, const 
 #pragma unroll
   for (int t = 0; t < ATT_PER_LANE; t++) ak[t] = av[t] = 0.0f;
   int32_t dj = db[j];
+  int64_t i1 = window > 0 && j + window < T ? j + window : T; /* queries j .. i1-1 may see j */
   for (int64_t r = 0; r < rep; r++) {
     int64_t h = g * rep + r, bh = b * H + h;
-    for (int64_t i = j; i < T; i++) {
-      if (db[i] != dj) continue;
+    for (int64_t i = j; i < i1; i++) {
+      if (!qt_att_visible(i, j, db[i], dj, window)) continue;
       const int64_t qo = ((b * T + i) * H + h) * D;
-      float p = expf(scale * dot_lane(kr, q + qo, lane, D) - lse[bh * T + i]);
-      float ds = dk ? p * (dot_lane(vr, dout + qo, lane, D) - delta[bh * T + i]) : 0.0f;
+      float s = scale * dot_lane(kr, q + qo, lane, D);
+      float p = expf(att_cap(s, softcap) - lse[bh * T + i]);
+      float ds = dk ? p * (dot_lane(vr, dout + qo, lane, D) - delta[bh * T + i]) *
+                          att_cap_grad(s, softcap)
+                    : 0.0f;
 #pragma unroll
       for (int t = 0; t < ATT_PER_LANE; t++) {
         int64_t d = lane + 32 * t;
@@ -179,14 +201,22 @@ __global__ void attention_dkv_kernel(uint16_t *dk, uint16_t *dv, int acc, const 
   }
 }
 
-static qt_status attention_check(int64_t T, int64_t H, int64_t K, int64_t D) {
+static qt_status attention_check(int64_t T, int64_t H, int64_t K, int64_t D,
+                                 const qt_att_opts *o) {
   QT_ASSERT(K > 0 && H > 0 && H % K == 0 && D > 0 && T >= 0);
+  QT_ASSERT(!o || (o->scale >= 0 && isfinite(o->scale) && o->window >= 0 && o->softcap >= 0 &&
+                   isfinite(o->softcap)));
   if (D > ATT_MAXD)
     return qt_fail(QT_ERR_UNSUPPORTED,
                    "autograd/attention_cuda.cu: head_dim %lld > %d is not supported by the CUDA "
                    "attention kernel; use the CPU backend for this model",
                    (long long)D, ATT_MAXD);
   return QT_OK;
+}
+
+/* The score scale: opts->scale, or head_dim^-0.5. */
+static float attention_scale(const qt_att_opts *o, int64_t D) {
+  return (float)(o && o->scale > 0 ? o->scale : 1.0 / sqrt((double)D));
 }
 
 static unsigned attention_grid(int64_t warps) {
@@ -197,12 +227,15 @@ static unsigned attention_grid(int64_t warps) {
 extern "C" qt_status qt_op_attention_forward_cuda(uint16_t *out, float *lse, const uint16_t *q,
                                                   const uint16_t *k, const uint16_t *v,
                                                   const int32_t *doc, int64_t B, int64_t T,
-                                                  int64_t H, int64_t K, int64_t D, void *stream) {
-  QT_TRY(attention_check(T, H, K, D));
+                                                  int64_t H, int64_t K, int64_t D, void *stream,
+                                                  const qt_att_opts *opts) {
+  QT_TRY(attention_check(T, H, K, D, opts));
   if (B * T == 0) return QT_OK;
-  float scale = (float)(1.0 / sqrt((double)D)); /* head_dim^-0.5 */
+  float scale = attention_scale(opts, D);
+  int64_t window = opts ? opts->window : 0;
+  double softcap = opts ? opts->softcap : 0.0;
   attention_forward_kernel<<<attention_grid(B * H * T), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
-      out, lse, q, k, v, doc, B, T, H, K, D, scale);
+      out, lse, q, k, v, doc, B, T, H, K, D, scale, window, softcap);
   QT_CUDA_CHECK_LAUNCH();
   return QT_OK;
 }
@@ -213,18 +246,20 @@ extern "C" qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, u
                                                    const uint16_t *k, const uint16_t *v,
                                                    const int32_t *doc, int64_t B, int64_t T,
                                                    int64_t H, int64_t K, int64_t D,
-                                                   void *stream) {
-  QT_TRY(attention_check(T, H, K, D));
+                                                   void *stream, const qt_att_opts *opts) {
+  QT_TRY(attention_check(T, H, K, D, opts));
   if (B * T == 0 || (!dq && !dk && !dv)) return QT_OK;
-  float scale = (float)(1.0 / sqrt((double)D));
+  float scale = attention_scale(opts, D);
+  int64_t window = opts ? opts->window : 0;
+  double softcap = opts ? opts->softcap : 0.0;
   if (dq || dk) { /* delta is needed by dk; dq comes from the same pass */
     attention_dq_kernel<<<attention_grid(B * H * T), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
-        dq, acc, delta, dout, lse, q, k, v, doc, B, T, H, K, D, scale);
+        dq, acc, delta, dout, lse, q, k, v, doc, B, T, H, K, D, scale, window, softcap);
     QT_CUDA_CHECK_LAUNCH();
   }
   if (dk || dv) {
     attention_dkv_kernel<<<attention_grid(B * K * T), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
-        dk, dv, acc, delta, dout, lse, q, k, v, doc, B, T, H, K, D, scale);
+        dk, dv, acc, delta, dout, lse, q, k, v, doc, B, T, H, K, D, scale, window, softcap);
     QT_CUDA_CHECK_LAUNCH();
   }
   return QT_OK;

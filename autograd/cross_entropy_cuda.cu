@@ -7,7 +7,11 @@
  * block per row for max / sum-exp (fixed-order block reductions), then for the
  * gradient dz (nc, V) bf16 and dx = dz W (cuBLASLt). The summed loss is a
  * separate single-block kernel over the per-row losses in a fixed order (double),
- * so it does not depend on chunking or scheduling. No atomics. */
+ * so it does not depend on chunking or scheduling. No atomics.
+ * Soft-capping (softcap > 0, gemma2 final_logit_softcapping): each row's fp32
+ * logits are capped in place, z -> cap tanh(z / cap) (softcap_1: the CPU's
+ * formula, tanh in double), before max / sum-exp, and the gradient is multiplied
+ * by 1 - (zc / cap)^2 = d tanh. */
 #include <math.h>
 
 #include "autograd/kernels/cuda_common.cuh"
@@ -37,13 +41,18 @@ static __device__ float block_max(float v) {
   return t;
 }
 
+/* One logit capped as kernels/cross_entropy_cpu.inc softcap_1 does it. */
+static __device__ __forceinline__ float softcap_1(float z, float cap) {
+  return (float)tanh((double)(z / cap)) * cap;
+}
+
 /* One block per row r of the chunk: lse[r] (when lse), rowloss[r]; with dz, also
  * dz = softmax - onehot (the gradient for dloss = 1, fused path).
  * z (nc, V) fp32 ; dz (nc, V) bf16 or NULL. */
-__global__ void ce_forward_rows_kernel(float *lse, double *rowloss, uint16_t *dz, const float *z,
-                                       const int32_t *targets, int64_t V) {
+__global__ void ce_forward_rows_kernel(float *lse, double *rowloss, uint16_t *dz, float *z,
+                                       const int32_t *targets, int64_t V, float cap) {
   int64_t r = blockIdx.x;
-  const float *zr = z + r * V;
+  float *zr = z + r * V;
   int32_t t = targets[r];
   if (t == QT_IGNORE_INDEX) { /* uniform over the block */
     if (threadIdx.x == 0) {
@@ -55,6 +64,10 @@ __global__ void ce_forward_rows_kernel(float *lse, double *rowloss, uint16_t *dz
     return;
   }
   if (t < 0 || t >= V) __trap(); /* programmer bug: targets are validated upstream */
+  if (cap > 0.0f) {
+    for (int64_t c = threadIdx.x; c < V; c += blockDim.x) zr[c] = softcap_1(zr[c], cap);
+    __syncthreads(); /* zr[t] is read by thread 0 below */
+  }
   float mx = -INFINITY;
   for (int64_t c = threadIdx.x; c < V; c += blockDim.x) mx = fmaxf(mx, zr[c]);
   mx = block_max(mx);
@@ -66,19 +79,37 @@ __global__ void ce_forward_rows_kernel(float *lse, double *rowloss, uint16_t *dz
     if (lse) lse[r] = l;
     rowloss[r] = (double)l - (double)zr[t];
   }
-  if (dz)
+  if (dz && cap > 0.0f) {
+    for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
+      float th = zr[c] / cap;
+      dz[r * V + c] = to_bf16((expf(zr[c] - l) - (c == t ? 1.0f : 0.0f)) * (1.0f - th * th));
+    }
+  } else if (dz) {
     for (int64_t c = threadIdx.x; c < V; c += blockDim.x)
       dz[r * V + c] = to_bf16(expf(zr[c] - l) - (c == t ? 1.0f : 0.0f));
+  }
 }
 
-/* One block per row: dz = dloss (exp(z - lse) - onehot), 0 for ignored rows. */
+/* One block per row: dz = dloss (exp(z - lse) - onehot), 0 for ignored rows;
+ * with cap > 0 of the capped z, times 1 - (zc / cap)^2. */
 __global__ void ce_backward_rows_kernel(uint16_t *dz, float dloss, const float *z,
-                                        const float *lse, const int32_t *targets, int64_t V) {
+                                        const float *lse, const int32_t *targets, int64_t V,
+                                        float cap) {
   int64_t r = blockIdx.x;
   const float *zr = z + r * V;
   int32_t t = targets[r];
   if (t != QT_IGNORE_INDEX && (t < 0 || t >= V)) __trap();
   float l = lse[r];
+  if (cap > 0.0f) {
+    for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
+      float zc = softcap_1(zr[c], cap), th = zc / cap;
+      float g = t == QT_IGNORE_INDEX
+                    ? 0.0f
+                    : (dloss * expf(zc - l) - (c == t ? dloss : 0.0f)) * (1.0f - th * th);
+      dz[r * V + c] = to_bf16(g);
+    }
+    return;
+  }
   for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
     float g = t == QT_IGNORE_INDEX ? 0.0f : dloss * expf(zr[c] - l) - (c == t ? dloss : 0.0f);
     dz[r * V + c] = to_bf16(g);
@@ -124,8 +155,9 @@ __global__ void scaled_add_kernel(uint16_t *dx, int acc, const uint16_t *src, fl
 static qt_status ce_forward(uint16_t *dx1, double *loss, int64_t *count, float *lse,
                             double *rowloss, float *logits, uint16_t *dz, int64_t chunk_rows,
                             const uint16_t *x, const uint16_t *W, const int32_t *targets,
-                            int64_t N, int64_t C, int64_t V, qt_gemm_cuda *g, void *stream) {
-  QT_ASSERT(chunk_rows > 0 && V > 0 && C > 0 && N >= 0);
+                            int64_t N, int64_t C, int64_t V, double softcap, qt_gemm_cuda *g,
+                            void *stream) {
+  QT_ASSERT(chunk_rows > 0 && V > 0 && C > 0 && N >= 0 && softcap >= 0);
   QT_ASSERT(!dx1 || dz);
   cudaStream_t s = (cudaStream_t)stream;
   for (int64_t n0 = 0; n0 < N; n0 += chunk_rows) {
@@ -135,7 +167,8 @@ static qt_status ce_forward(uint16_t *dx1, double *loss, int64_t *count, float *
                             stream));
     ce_forward_rows_kernel<<<(unsigned)nc, QT_AG_BLOCK, 0, s>>>(lse ? lse + n0 : NULL, rowloss + n0,
                                                                  dx1 ? dz : NULL, logits,
-                                                                 targets + n0, V);
+                                                                 targets + n0, V,
+                                                                 (float)softcap);
     QT_CUDA_CHECK_LAUNCH();
     if (dx1) /* dx1 (nc, C) = dz (nc, V) W (V, C) */
       QT_TRY(qt_gemm_cuda_run(g, 0, 0, nc, C, V, 1.0f, dz, V, W, C, 0.0f, dx1 + n0 * C, 0, C,
@@ -151,9 +184,10 @@ extern "C" qt_status qt_op_cross_entropy_forward_cuda(double *loss, int64_t *cou
                                                       int64_t chunk_rows, const uint16_t *x,
                                                       const uint16_t *W, const int32_t *targets,
                                                       int64_t N, int64_t C, int64_t V,
-                                                      qt_gemm_cuda *g, void *stream) {
+                                                      double softcap, qt_gemm_cuda *g,
+                                                      void *stream) {
   return ce_forward(NULL, loss, count, lse, rowloss, logits, NULL, chunk_rows, x, W, targets, N, C,
-                    V, g, stream);
+                    V, softcap, g, stream);
 }
 
 extern "C" qt_status qt_op_cross_entropy_fused_cuda(uint16_t *dx1, double *loss, int64_t *count,
@@ -161,11 +195,12 @@ extern "C" qt_status qt_op_cross_entropy_fused_cuda(uint16_t *dx1, double *loss,
                                                     int64_t chunk_rows, const uint16_t *x,
                                                     const uint16_t *W, const int32_t *targets,
                                                     int64_t N, int64_t C, int64_t V,
-                                                    qt_gemm_cuda *g, void *stream) {
+                                                    double softcap, qt_gemm_cuda *g,
+                                                    void *stream) {
   QT_ASSERT(dx1 != NULL && dz != NULL && chunk_rows > 0);
   /* lse is not saved on the fused path: backward needs no logits recompute. */
   return ce_forward(dx1, loss, count, NULL, rowloss, logits, dz, chunk_rows, x, W, targets, N, C,
-                    V, g, stream);
+                    V, softcap, g, stream);
 }
 
 extern "C" qt_status qt_op_cross_entropy_backward_cuda(uint16_t *dx, int acc, float *logits,
@@ -173,16 +208,17 @@ extern "C" qt_status qt_op_cross_entropy_backward_cuda(uint16_t *dx, int acc, fl
                                                        double dloss, const float *lse,
                                                        const uint16_t *x, const uint16_t *W,
                                                        const int32_t *targets, int64_t N,
-                                                       int64_t C, int64_t V, qt_gemm_cuda *g,
-                                                       void *stream) {
-  QT_ASSERT(chunk_rows > 0 && V > 0 && C > 0 && N >= 0);
+                                                       int64_t C, int64_t V, double softcap,
+                                                       qt_gemm_cuda *g, void *stream) {
+  QT_ASSERT(chunk_rows > 0 && V > 0 && C > 0 && N >= 0 && softcap >= 0);
   cudaStream_t s = (cudaStream_t)stream;
   for (int64_t n0 = 0; n0 < N; n0 += chunk_rows) {
     int64_t nc = N - n0 < chunk_rows ? N - n0 : chunk_rows;
     QT_TRY(qt_gemm_cuda_run(g, 0, 1, nc, V, C, 1.0f, x + n0 * C, C, W, C, 0.0f, logits, 1, V,
                             stream));
     ce_backward_rows_kernel<<<(unsigned)nc, QT_AG_BLOCK, 0, s>>>(dz, (float)dloss, logits,
-                                                                  lse + n0, targets + n0, V);
+                                                                  lse + n0, targets + n0, V,
+                                                                  (float)softcap);
     QT_CUDA_CHECK_LAUNCH();
     /* dx (nc, C) (+)= dz (nc, V) W (V, C) */
     QT_TRY(qt_gemm_cuda_run(g, 0, 0, nc, C, V, 1.0f, dz, V, W, C, acc ? 1.0f : 0.0f, dx + n0 * C,

@@ -34,6 +34,7 @@
 
 #include <stdint.h>
 
+#include "common/rope_type.h"
 #include "common/status.h"
 
 /* Label value that cross-entropy ignores (torch.nn.functional.cross_entropy
@@ -119,12 +120,8 @@ void qt_op_rope_forward_cpu(float *out, const float *x, const int32_t *pos,
 void qt_op_rope_backward_cpu(float *dx, int acc, const float *dout, const int32_t *pos,
                              const float *inv_freq, int64_t N, int64_t H, int64_t D);
 
-/* RoPE scaling of inv_freq, as transformers modeling_rope_utils computes it. */
-typedef enum {
-  QT_ROPE_DEFAULT = 0, /* inv_freq = 1 / theta^(2j/D) */
-  QT_ROPE_LINEAR,      /* default / factor (_compute_linear_scaling_rope_parameters) */
-  QT_ROPE_LLAMA3       /* _compute_llama3_parameters: wavelength-banded scaling */
-} qt_rope_type;
+/* RoPE scaling of inv_freq, as transformers modeling_rope_utils computes it
+ * (qt_rope_type: common/rope_type.h). */
 typedef struct {
   qt_rope_type type;
   double theta;           /* rope_theta */
@@ -137,35 +134,66 @@ typedef struct {
 void qt_rope_inv_freq(float *inv_freq, const qt_rope_config *cfg, int64_t D);
 
 /* ---- causal grouped-query attention over packed rows ---------------------- */
+/* Options of the attention op; a NULL pointer, or all fields 0, is plain causal
+ * GQA with scale head_dim^-1/2 (the Llama behaviour, bit for bit).
+ *  - scale: gemma's query_pre_attn_scalar^-1/2, for instance.
+ *  - window: sliding-window attention as transformers masking_utils
+ *    sliding_window_overlay: key j is visible from query i iff j > i - window
+ *    (on top of causal and the per-document mask). Positions are token indices
+ *    within the packed row; documents are contiguous runs there, so this is the
+ *    position difference within the document.
+ *  - softcap: gemma2 attn_logit_softcapping (transformers
+ *    models/gemma2/modeling_gemma2.py eager_attention_forward): the scaled
+ *    scores become softcap * tanh(scores / softcap) before masking and softmax.
+ * The per-element rule and the softcap formula are the inline helpers of
+ * autograd/kernels/attention_mask.h, shared by the CPU and CUDA kernels. */
+typedef struct {
+  double scale;    /* score scale; 0 = head_dim^-1/2 */
+  int64_t window;  /* sliding window: query i sees key j only if i - j < window; 0 = none */
+  double softcap;  /* scores -> softcap * tanh(scores / softcap) before masking; 0 = none */
+} qt_att_opts;
+
 /* For row b, query head h (kv head h / (H/K), transformers repeat_kv), token i:
- *   s_j = scale * q_i . k_j for j <= i with doc[b,j] == doc[b,i], scale = D^-1/2
+ *   s_j = scale * q_i . k_j (rounded to `real`), then when softcap > 0
+ *   s_j = softcap * tanh(s_j / softcap) (tanh in double from the rounded score,
+ *   the result rounded to `real`), for the visible keys j: j <= i,
+ *   doc[b,j] == doc[b,i] and (window == 0 or i - j < window)
  *   P = softmax(s) (fp32 storage, double accumulation), out_i = sum_j P_j v_j
  * A token never attends across documents or rows.
  * q (B*T, H, D) ; k, v (B*T, K, D) ; doc (B*T) document ids, equal within a
  * document ; P (B, H, T, T) saved for backward: the probabilities, and 0 for the
  * masked keys that the block products read (rows whose documents are
- * contiguous runs: keys up to the end of the query's 64-row tile; other rows:
- * all); the rest is not written (the _ref version writes 0 everywhere) ;
- * out (B*T, H, D). H % K == 0. */
+ * contiguous runs: keys from the start of the query's 64-row tile's key range,
+ * max(document start, tile start - window + 1), up to the end of the tile;
+ * other rows: all); the rest is not written (the _ref version writes 0
+ * everywhere) ; out (B*T, H, D). H % K == 0. opts: NULL = defaults (above).
+ * With a window the products cover only the keys a tile can see, so a row
+ * costs O(T (window + 64) D) instead of O(T^2 D). */
 void qt_op_attention_forward_cpu(float *out, float *P, const float *q, const float *k,
                                  const float *v, const int32_t *doc, int64_t B, int64_t T,
-                                 int64_t H, int64_t K, int64_t D);
+                                 int64_t H, int64_t K, int64_t D, const qt_att_opts *opts);
 /* dq (B*T, H, D), dk, dv (B*T, K, D) (+)= ... (each may be NULL when not needed) ;
- * work (T, T) scratch. */
+ * work scratch of qt_op_attention_work_elems(T, opts) elements: (T, T), or
+ * (2, T, T) with softcap (backward recomputes the raw scores of a tile for the
+ * tanh derivative: d raw = d capped * (1 - tanh^2)). opts as given to forward. */
 void qt_op_attention_backward_cpu(float *dq, float *dk, float *dv, int acc, float *work,
                                   const float *dout, const float *P, const float *q,
                                   const float *k, const float *v, const int32_t *doc,
-                                  int64_t B, int64_t T, int64_t H, int64_t K, int64_t D);
+                                  int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
+                                  const qt_att_opts *opts);
+/* Elements of the GEMM backward's work buffer (either twin). */
+int64_t qt_op_attention_work_elems(int64_t T, const qt_att_opts *opts);
 /* The same in plain loops (double dot products, one OpenMP task per row and
  * head): the reference the GEMM version above is tested against. D <= 1024.
  * Backward work is (B*K, T). */
 void qt_op_attention_forward_ref_cpu(float *out, float *P, const float *q, const float *k,
                                      const float *v, const int32_t *doc, int64_t B, int64_t T,
-                                     int64_t H, int64_t K, int64_t D);
+                                     int64_t H, int64_t K, int64_t D, const qt_att_opts *opts);
 void qt_op_attention_backward_ref_cpu(float *dq, float *dk, float *dv, int acc, float *work,
                                       const float *dout, const float *P, const float *q,
                                       const float *k, const float *v, const int32_t *doc,
-                                      int64_t B, int64_t T, int64_t H, int64_t K, int64_t D);
+                                      int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
+                                      const qt_att_opts *opts);
 
 /* Document ids and positions from segment starts (flash-attention cu_seqlens):
  * starts (n_docs + 1) with starts[0] = 0, strictly increasing, starts[n_docs] = N;
@@ -183,6 +211,32 @@ void qt_op_swiglu_forward_cpu(float *out, const float *gate, const float *up, in
 void qt_op_swiglu_backward_cpu(float *dgate, float *dup, int acc, const float *dout,
                                const float *gate, const float *up, int64_t n);
 
+/* ---- GeGLU (gemma: gelu_pytorch_tanh) ------------------------------------- */
+/* out (N, F) = gelu_tanh(gate) * up, gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+ * = torch.nn.functional.gelu(g, approximate="tanh"). gelu and its derivative
+ * are evaluated in double in both twins (kernels/geglu_cpu.inc), then rounded. */
+void qt_op_geglu_forward_cpu(float *out, const float *gate, const float *up, int64_t n);
+/* dgate, dup (N, F) (+)= ... (each may be NULL) */
+void qt_op_geglu_backward_cpu(float *dgate, float *dup, int acc, const float *dout,
+                              const float *gate, const float *up, int64_t n);
+
+/* ---- column slice (phi3's fused qkv_proj / gate_up_proj split) ------------ */
+/* out (N, W) = x (N, C)[:, c0:c0+W] ; 0 <= c0, c0 + W <= C (asserted) */
+void qt_op_slice_cols_forward_cpu(float *out, const float *x, int64_t N, int64_t C, int64_t c0,
+                                  int64_t W);
+/* acc = 1: dx (N, C)[:, c0:c0+W] += dout (N, W), the rest of dx untouched;
+ * acc = 0: dx = dout inside the slice and 0 outside (the whole of dx is written,
+ * so later contributions of other consumers of x may add to it). */
+void qt_op_slice_cols_backward_cpu(float *dx, int acc, const float *dout, int64_t N, int64_t C,
+                                   int64_t c0, int64_t W);
+
+/* ---- final-logit soft-capping (gemma2 final_logit_softcapping) ----------- */
+/* z (n) -> cap * tanh(z / cap) in place, as transformers Gemma2ForCausalLM.forward
+ * (logits / cap, tanh, * cap in the logits' dtype; tanh in double here, rounded).
+ * cap > 0 (asserted). The same per-element bits as the cross-entropy's cap, so
+ * eval logits and training losses agree. */
+void qt_op_softcap_cpu(float *z, int64_t n, double cap);
+
 /* ---- fused lm_head + cross-entropy, chunked over rows ---------------------- */
 /* For rows n with targets[n] != QT_IGNORE_INDEX: loss_n = logsumexp(z_n) - z_n[targets[n]],
  * z_n = x_n W^T (V). targets are already shifted (targets[n] is the token that
@@ -191,17 +245,20 @@ void qt_op_swiglu_backward_cpu(float *dgate, float *dup, int acc, const float *d
  * logits (chunk_rows, V) scratch, so (N, V) is never stored.
  * lse (N) saved for backward (0 for ignored rows). *count = number of targets.
  * Returns the summed loss (double accumulation, in row order).
- * x (N, C) ; W (V, C) frozen ; targets (N) in [0, V) or QT_IGNORE_INDEX (asserted). */
+ * x (N, C) ; W (V, C) frozen ; targets (N) in [0, V) or QT_IGNORE_INDEX (asserted).
+ * softcap > 0: the logits are soft-capped first, z -> softcap * tanh(z / softcap)
+ * (qt_op_softcap_cpu's bits; gemma2 final_logit_softcapping), and the gradients
+ * below go through the tanh; softcap = 0: no cap (the uncapped code, bit for bit). */
 double qt_op_cross_entropy_forward_cpu(float *lse, int64_t *count, float *logits,
                                        int64_t chunk_rows, const float *x, const float *W,
                                        const int32_t *targets, int64_t N, int64_t C,
-                                       int64_t V);
+                                       int64_t V, double softcap);
 /* dx (N, C) (+)= dloss * d(sum loss)/dx: per chunk the logits are recomputed,
  * turned into (softmax - onehot) * dloss (0 for ignored rows) and multiplied by W. */
 void qt_op_cross_entropy_backward_cpu(float *dx, int acc, float *logits, int64_t chunk_rows,
                                       double dloss, const float *lse, const float *x,
                                       const float *W, const int32_t *targets, int64_t N,
-                                      int64_t C, int64_t V);
+                                      int64_t C, int64_t V, double softcap);
 
 /* The forward and the gradient in one pass: returns the summed loss and writes
  * dx1 (N, C) = d(sum loss)/dx (for dloss = 1), so backward needs no logits
@@ -210,7 +267,8 @@ void qt_op_cross_entropy_backward_cpu(float *dx, int acc, float *logits, int64_t
  * + backward, and one (N, C) buffer; wasted when no backward follows (eval). */
 double qt_op_cross_entropy_fused_cpu(float *dx1, int64_t *count, float *logits, double *rowloss,
                                      int64_t chunk_rows, const float *x, const float *W,
-                                     const int32_t *targets, int64_t N, int64_t C, int64_t V);
+                                     const int32_t *targets, int64_t N, int64_t C, int64_t V,
+                                     double softcap);
 /* dx (n) (+)= alpha * src */
 void qt_op_scaled_add_cpu(float *dx, int acc, const float *src, double alpha, int64_t n);
 
@@ -242,36 +300,46 @@ void qt_op_rope_backward_cpu_f64(double *dx, int acc, const double *dout, const 
                                  const float *inv_freq, int64_t N, int64_t H, int64_t D);
 void qt_op_attention_forward_cpu_f64(double *out, double *P, const double *q, const double *k,
                                      const double *v, const int32_t *doc, int64_t B,
-                                     int64_t T, int64_t H, int64_t K, int64_t D);
+                                     int64_t T, int64_t H, int64_t K, int64_t D,
+                                     const qt_att_opts *opts);
 void qt_op_attention_backward_cpu_f64(double *dq, double *dk, double *dv, int acc,
                                       double *work, const double *dout, const double *P,
                                       const double *q, const double *k, const double *v,
                                       const int32_t *doc, int64_t B, int64_t T, int64_t H,
-                                      int64_t K, int64_t D);
+                                      int64_t K, int64_t D, const qt_att_opts *opts);
 void qt_op_attention_forward_ref_cpu_f64(double *out, double *P, const double *q,
                                          const double *k, const double *v, const int32_t *doc,
-                                         int64_t B, int64_t T, int64_t H, int64_t K, int64_t D);
+                                         int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
+                                         const qt_att_opts *opts);
 void qt_op_attention_backward_ref_cpu_f64(double *dq, double *dk, double *dv, int acc,
                                           double *work, const double *dout, const double *P,
                                           const double *q, const double *k, const double *v,
                                           const int32_t *doc, int64_t B, int64_t T, int64_t H,
-                                          int64_t K, int64_t D);
+                                          int64_t K, int64_t D, const qt_att_opts *opts);
 void qt_op_swiglu_forward_cpu_f64(double *out, const double *gate, const double *up, int64_t n);
 void qt_op_swiglu_backward_cpu_f64(double *dgate, double *dup, int acc, const double *dout,
                                    const double *gate, const double *up, int64_t n);
+void qt_op_geglu_forward_cpu_f64(double *out, const double *gate, const double *up, int64_t n);
+void qt_op_geglu_backward_cpu_f64(double *dgate, double *dup, int acc, const double *dout,
+                                  const double *gate, const double *up, int64_t n);
+void qt_op_slice_cols_forward_cpu_f64(double *out, const double *x, int64_t N, int64_t C,
+                                      int64_t c0, int64_t W);
+void qt_op_slice_cols_backward_cpu_f64(double *dx, int acc, const double *dout, int64_t N,
+                                       int64_t C, int64_t c0, int64_t W);
+void qt_op_softcap_cpu_f64(double *z, int64_t n, double cap);
 double qt_op_cross_entropy_forward_cpu_f64(double *lse, int64_t *count, double *logits,
                                            int64_t chunk_rows, const double *x,
                                            const double *W, const int32_t *targets,
-                                           int64_t N, int64_t C, int64_t V);
+                                           int64_t N, int64_t C, int64_t V, double softcap);
 double qt_op_cross_entropy_fused_cpu_f64(double *dx1, int64_t *count, double *logits,
                                          double *rowloss, int64_t chunk_rows, const double *x,
                                          const double *W, const int32_t *targets, int64_t N,
-                                         int64_t C, int64_t V);
+                                         int64_t C, int64_t V, double softcap);
 void qt_op_scaled_add_cpu_f64(double *dx, int acc, const double *src, double alpha, int64_t n);
 void qt_op_cross_entropy_backward_cpu_f64(double *dx, int acc, double *logits,
                                           int64_t chunk_rows, double dloss, const double *lse,
                                           const double *x, const double *W,
                                           const int32_t *targets, int64_t N, int64_t C,
-                                          int64_t V);
+                                          int64_t V, double softcap);
 
 #endif

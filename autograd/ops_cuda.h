@@ -25,6 +25,7 @@
 extern "C" {
 #endif
 #include "quant/quant.h" /* no C++ guards of its own (quant_cuda.cu wraps it too) */
+#include "autograd/ops.h"  /* qt_att_opts; no C++ guards of its own either */
 
 /* out (N, C) = wte[ids] ; ids (N) device int32 in [0, V) (out of range traps:
  * a programmer bug, ids are validated by the data loader) ; wte (V, C) */
@@ -52,6 +53,21 @@ qt_status qt_op_swiglu_forward_cuda(uint16_t *out, const uint16_t *gate, const u
 qt_status qt_op_swiglu_backward_cuda(uint16_t *dgate, uint16_t *dup, int acc,
                                      const uint16_t *dout, const uint16_t *gate,
                                      const uint16_t *up, int64_t n, void *stream);
+
+/* out (N, F) = gelu_tanh(gate) * up (gelu rounded to bf16 before the product) ;
+ * dgate, dup (+)= ... (each may be NULL). fp32 arithmetic. */
+qt_status qt_op_geglu_forward_cuda(uint16_t *out, const uint16_t *gate, const uint16_t *up,
+                                   int64_t n, void *stream);
+qt_status qt_op_geglu_backward_cuda(uint16_t *dgate, uint16_t *dup, int acc,
+                                    const uint16_t *dout, const uint16_t *gate,
+                                    const uint16_t *up, int64_t n, void *stream);
+
+/* out (N, W) = x (N, C)[:, c0:c0+W] ; backward as qt_op_slice_cols_backward_cpu
+ * (acc = 0 writes all of dx, 0 outside the slice) */
+qt_status qt_op_slice_cols_forward_cuda(uint16_t *out, const uint16_t *x, int64_t N, int64_t C,
+                                        int64_t c0, int64_t W, void *stream);
+qt_status qt_op_slice_cols_backward_cuda(uint16_t *dx, int acc, const uint16_t *dout, int64_t N,
+                                         int64_t C, int64_t c0, int64_t W, void *stream);
 
 /* out (N, H, D) = RoPE(x) ; pos (N) device int32 ; inv_freq (D/2) device fp32 */
 qt_status qt_op_rope_forward_cuda(uint16_t *out, const uint16_t *x, const int32_t *pos,
@@ -130,21 +146,26 @@ qt_status qt_op_lora_backward_cuda(uint16_t *dx, int acc, uint16_t *dA, uint16_t
                                    qt_gemm_cuda *g, void *stream);
 
 /* Causal GQA attention over packed rows with per-document masking, as
- * qt_op_attention_forward_cpu (same q, k, v, doc, out layouts), except that the
- * probabilities are not stored: lse (B, H, T) fp32 = logsumexp of each query's
- * scaled scores is saved instead and backward recomputes P from it.
- * D <= 256 (QT_ERR_UNSUPPORTED beyond). */
+ * qt_op_attention_forward_cpu (same q, k, v, doc, out layouts, the same
+ * options: scale, sliding window, logit soft-capping; opts is a host pointer,
+ * NULL = defaults), except that the probabilities are not stored: lse (B, H, T)
+ * fp32 = logsumexp of each query's (capped) scaled scores is saved instead and
+ * backward recomputes P from it. The mask rule and the softcap formula are the
+ * helpers of autograd/kernels/attention_mask.h (softcap: tanh in double from
+ * the fp32 score). D <= 256 (QT_ERR_UNSUPPORTED beyond). */
 qt_status qt_op_attention_forward_cuda(uint16_t *out, float *lse, const uint16_t *q,
                                        const uint16_t *k, const uint16_t *v, const int32_t *doc,
                                        int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
-                                       void *stream);
+                                       void *stream, const qt_att_opts *opts);
 /* dq (B*T, H, D), dk, dv (B*T, K, D) (+)= ... (each may be NULL) ;
- * delta (B, H, T) fp32 scratch (sum_j P_ij dP_ij, written by the dq pass). */
+ * delta (B, H, T) fp32 scratch (sum_j P_ij dP_ij, written by the dq pass) ;
+ * opts as given to forward. */
 qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, uint16_t *dv, int acc,
                                         float *delta, const uint16_t *dout, const float *lse,
                                         const uint16_t *q, const uint16_t *k, const uint16_t *v,
                                         const int32_t *doc, int64_t B, int64_t T, int64_t H,
-                                        int64_t K, int64_t D, void *stream);
+                                        int64_t K, int64_t D, void *stream,
+                                        const qt_att_opts *opts);
 
 /* Fused lm_head + cross-entropy, chunked over rows, as
  * qt_op_cross_entropy_forward_cpu: logits (chunk_rows, V) fp32 scratch (the
@@ -153,26 +174,32 @@ qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, uint16_t *dv
  * *loss (device double) = summed loss (double, a fixed order independent of
  * chunking), *count (device int64) =
  * number of targets. targets (N) device, in [0, V) or QT_IGNORE_INDEX (out of
- * range traps: a programmer bug, like the embedding's ids). */
+ * range traps: a programmer bug, like the embedding's ids).
+ * softcap > 0: the fp32 logits are soft-capped in place first (z -> softcap *
+ * tanh(z / softcap), tanh in double as the CPU's qt_op_softcap_cpu) and the
+ * gradients go through the tanh; 0 = none (the uncapped kernels' numerics). */
 qt_status qt_op_cross_entropy_forward_cuda(double *loss, int64_t *count, float *lse,
                                            double *rowloss, float *logits, int64_t chunk_rows,
                                            const uint16_t *x, const uint16_t *W,
                                            const int32_t *targets, int64_t N, int64_t C,
-                                           int64_t V, qt_gemm_cuda *g, void *stream);
+                                           int64_t V, double softcap, qt_gemm_cuda *g,
+                                           void *stream);
 /* dx (N, C) (+)= dloss * d(sum loss)/dx (dloss on the host): logits recomputed
  * per chunk, dz (chunk_rows, V) bf16 scratch = dloss (softmax - onehot). */
 qt_status qt_op_cross_entropy_backward_cuda(uint16_t *dx, int acc, float *logits, uint16_t *dz,
                                             int64_t chunk_rows, double dloss, const float *lse,
                                             const uint16_t *x, const uint16_t *W,
                                             const int32_t *targets, int64_t N, int64_t C,
-                                            int64_t V, qt_gemm_cuda *g, void *stream);
+                                            int64_t V, double softcap, qt_gemm_cuda *g,
+                                            void *stream);
 /* Forward and gradient in one pass, as qt_op_cross_entropy_fused_cpu:
  * dx1 (N, C) = d(sum loss)/dx, *loss and *count on the device as above. */
 qt_status qt_op_cross_entropy_fused_cuda(uint16_t *dx1, double *loss, int64_t *count,
                                          float *logits, uint16_t *dz, double *rowloss,
                                          int64_t chunk_rows, const uint16_t *x,
                                          const uint16_t *W, const int32_t *targets, int64_t N,
-                                         int64_t C, int64_t V, qt_gemm_cuda *g, void *stream);
+                                         int64_t C, int64_t V, double softcap, qt_gemm_cuda *g,
+                                         void *stream);
 /* dx (n) (+)= alpha * src */
 qt_status qt_op_scaled_add_cuda(uint16_t *dx, int acc, const uint16_t *src, double alpha,
                                 int64_t n, void *stream);

@@ -31,7 +31,14 @@ typedef float real;
 #include "autograd/kernels/rope_cpu.inc"
 #include "autograd/kernels/attention_cpu.inc"
 #include "autograd/kernels/swiglu_cpu.inc"
+#include "autograd/kernels/geglu_cpu.inc"
+#include "autograd/kernels/slice_cpu.inc"
 #include "autograd/kernels/cross_entropy_cpu.inc"
 
 float qt_op_exp_cpu(float x) { return rexpf(x); }
 float qt_op_exp_le0_cpu(float x) { return rexpf_le0(x); }
+
+/* Defined once (here, not in the twins' shared text): both twins need the same count. */
+int64_t qt_op_attention_work_elems(int64_t T, const qt_att_opts *opts) {
+  return (opts && opts->softcap > 0 ? 2 : 1) * T * T;
+}

@@ -24,4 +24,6 @@ typedef double real;
 #include "autograd/kernels/rope_cpu.inc"
 #include "autograd/kernels/attention_cpu.inc"
 #include "autograd/kernels/swiglu_cpu.inc"
+#include "autograd/kernels/geglu_cpu.inc"
+#include "autograd/kernels/slice_cpu.inc"
 #include "autograd/kernels/cross_entropy_cpu.inc"

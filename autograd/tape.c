@@ -30,7 +30,7 @@ typedef struct {
 
 typedef enum {
   OP_EMBEDDING, OP_RMSNORM, OP_ADD, OP_LINEAR, OP_ROPE, OP_ATTENTION, OP_SWIGLU,
-  OP_CROSS_ENTROPY, OP_LAYER, OP_LINEAR_SRC
+  OP_CROSS_ENTROPY, OP_LAYER, OP_LINEAR_SRC, OP_GEGLU, OP_SCALE, OP_SLICE_COLS
 } op_kind;
 
 typedef struct {
@@ -43,9 +43,12 @@ typedef struct {
   const float *inv_freq;
   double eps;
   int64_t B, T, H, K, D;
+  qt_att_opts att;        /* OP_ATTENTION options (a copy; zeros = defaults) */
   qt_tape_layer_fn fn;    /* OP_LAYER */
   void *ctx;
   qt_tape_weight_src wsrc; /* OP_LINEAR_SRC: the base weight, materialized on demand */
+  double alpha;           /* OP_SCALE factor | OP_CROSS_ENTROPY softcap (0 = none) */
+  int64_t c0;             /* OP_SLICE_COLS first column (the width is out's cols) */
 } tape_node;
 
 struct qt_tape {
@@ -254,13 +257,18 @@ qt_status qt_tape_embedding(qt_tape *t, int32_t wte, const int32_t *ids, int64_t
   return QT_OK;
 }
 
-qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t *out) {
+/* RMSNorm over `heads` groups of D = cols / heads per row: the rmsnorm kernels
+ * on (N * heads, D) rows (heads = 1: over the whole row). */
+static qt_status rmsnorm_record(qt_tape *t, int32_t x, int32_t w, double eps, int64_t heads,
+                                int32_t *out) {
   const tape_tensor *X = T_(t, x), *W = T_(t, w);
   QT_ASSERTF(W->kind == KIND_FROZEN, "autograd: norm weight %s must be frozen", W->name);
-  QT_ASSERT(W->rows * W->cols == X->cols);
-  int64_t N = X->rows, C = X->cols;
+  QT_ASSERTF(heads >= 1 && X->cols % heads == 0 && W->rows * W->cols == X->cols / heads,
+             "autograd: norm weight %s has %lld values, x has %lld columns in %lld heads",
+             W->name, (long long)(W->rows * W->cols), (long long)X->cols, (long long)heads);
+  int64_t N = X->rows * heads, C = X->cols / heads;
   int32_t y;
-  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, C, X->requires_grad, "rmsnorm", &y));
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, X->rows, X->cols, X->requires_grad, "rmsnorm", &y));
   void *rstd;
   QT_TRY(arena_alloc(&t->act, "rmsnorm rstd", (size_t)N * t->es, &rstd));
   X = T_(t, x);
@@ -272,8 +280,18 @@ qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t 
   n->out = y;
   n->saved0 = rstd;
   n->eps = eps;
+  n->H = heads;
   *out = y;
   return QT_OK;
+}
+
+qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t *out) {
+  return rmsnorm_record(t, x, w, eps, 1, out);
+}
+
+qt_status qt_tape_rmsnorm_heads(qt_tape *t, int32_t x, int32_t w, double eps, int64_t heads,
+                                int32_t *out) {
+  return rmsnorm_record(t, x, w, eps, heads, out);
 }
 
 qt_status qt_tape_add(qt_tape *t, int32_t a, int32_t b, int32_t *out) {
@@ -432,6 +450,13 @@ qt_status qt_tape_rope(qt_tape *t, int32_t x, int64_t H, int64_t D, const int32_
 
 qt_status qt_tape_attention(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t B, int64_t T,
                             int64_t H, int64_t K, int64_t D, const int32_t *doc, int32_t *out) {
+  return qt_tape_attention_ex(t, q, k, v, B, T, H, K, D, doc, NULL, out);
+}
+
+qt_status qt_tape_attention_ex(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t B, int64_t T,
+                               int64_t H, int64_t K, int64_t D, const int32_t *doc,
+                               const qt_att_opts *opts, int32_t *out) {
+  qt_att_opts att = opts ? *opts : (qt_att_opts){0};
   const tape_tensor *Q = T_(t, q), *Kt = T_(t, k), *Vt = T_(t, v);
   QT_ASSERT(Q->rows == B * T && Kt->rows == B * T && Vt->rows == B * T);
   QT_ASSERT(Q->cols == H * D && Kt->cols == K * D && Vt->cols == K * D && K > 0 && H % K == 0);
@@ -441,7 +466,7 @@ qt_status qt_tape_attention(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t
   void *P;
   QT_TRY(arena_alloc(&t->act, "attention probabilities", (size_t)(B * H * T * T) * t->es, &P));
   KRUN(t, qt_op_attention_forward_cpu, T_(t, y)->data, P, T_(t, q)->data, T_(t, k)->data,
-        T_(t, v)->data, doc, B, T, H, K, D);
+        T_(t, v)->data, doc, B, T, H, K, D, &att);
   tape_node *n;
   QT_TRY(new_node(t, OP_ATTENTION, &n));
   n->in[0] = q;
@@ -455,6 +480,7 @@ qt_status qt_tape_attention(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t
   n->H = H;
   n->K = K;
   n->D = D;
+  n->att = att;
   *out = y;
   return QT_OK;
 }
@@ -476,8 +502,67 @@ qt_status qt_tape_swiglu(qt_tape *t, int32_t gate, int32_t up, int32_t *out) {
   return QT_OK;
 }
 
+qt_status qt_tape_geglu(qt_tape *t, int32_t gate, int32_t up, int32_t *out) {
+  const tape_tensor *G = T_(t, gate), *U = T_(t, up);
+  QT_ASSERT(G->rows == U->rows && G->cols == U->cols);
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, G->rows, G->cols,
+                    G->requires_grad || U->requires_grad, "geglu", &y));
+  KRUN(t, qt_op_geglu_forward_cpu, T_(t, y)->data, T_(t, gate)->data, T_(t, up)->data,
+        G->rows * G->cols);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_GEGLU, &n));
+  n->in[0] = gate;
+  n->in[1] = up;
+  n->out = y;
+  *out = y;
+  return QT_OK;
+}
+
+/* out = x * s, through qt_op_scaled_add_cpu with acc = 0 (the factor rounded to
+ * the tape's dtype, then one multiply). */
+qt_status qt_tape_scale(qt_tape *t, int32_t x, double s, int32_t *out) {
+  const tape_tensor *X = T_(t, x);
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, X->rows, X->cols, X->requires_grad, "scale", &y));
+  X = T_(t, x);
+  KRUN(t, qt_op_scaled_add_cpu, T_(t, y)->data, 0, X->data, s, X->rows * X->cols);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_SCALE, &n));
+  n->in[0] = x;
+  n->out = y;
+  n->alpha = s;
+  *out = y;
+  return QT_OK;
+}
+
+qt_status qt_tape_slice_cols(qt_tape *t, int32_t x, int64_t c0, int64_t width, int32_t *out) {
+  const tape_tensor *X = T_(t, x);
+  QT_ASSERTF(c0 >= 0 && width >= 1 && c0 + width <= X->cols,
+             "autograd: columns [%lld, %lld) of %s outside its %lld", (long long)c0,
+             (long long)(c0 + width), X->name, (long long)X->cols);
+  int32_t y;
+  QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, X->rows, width, X->requires_grad, "slice", &y));
+  X = T_(t, x);
+  KRUN(t, qt_op_slice_cols_forward_cpu, T_(t, y)->data, X->data, X->rows, X->cols, c0, width);
+  tape_node *n;
+  QT_TRY(new_node(t, OP_SLICE_COLS, &n));
+  n->in[0] = x;
+  n->out = y;
+  n->c0 = c0;
+  *out = y;
+  return QT_OK;
+}
+
 qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t *targets,
                                 int32_t *loss, double *loss_sum, int64_t *count) {
+  return qt_tape_cross_entropy_ex(t, x, W, targets, 0.0, loss, loss_sum, count);
+}
+
+qt_status qt_tape_cross_entropy_ex(qt_tape *t, int32_t x, int32_t W, const int32_t *targets,
+                                   double softcap, int32_t *loss, double *loss_sum,
+                                   int64_t *count) {
+  QT_ASSERTF(softcap >= 0, "autograd: cross-entropy softcap %g must be >= 0", softcap);
   const tape_tensor *X = T_(t, x), *Wt = T_(t, W);
   QT_ASSERTF(Wt->kind == KIND_FROZEN, "autograd: lm_head %s must be frozen", Wt->name);
   QT_ASSERT(Wt->cols == X->cols);
@@ -503,10 +588,10 @@ qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t 
     for (int64_t n = 0; n < N; n++) cnt += targets[n] != QT_IGNORE_INDEX;
   } else if (fused) {
     sum = KCALL(t, qt_op_cross_entropy_fused_cpu, saved, &cnt, logits, rowloss, chunk,
-                T_(t, x)->data, T_(t, W)->data, targets, N, C, V);
+                T_(t, x)->data, T_(t, W)->data, targets, N, C, V, softcap);
   } else {
     sum = KCALL(t, qt_op_cross_entropy_forward_cpu, saved, &cnt, logits, chunk, T_(t, x)->data,
-                T_(t, W)->data, targets, N, C, V);
+                T_(t, W)->data, targets, N, C, V, softcap);
   }
   qt_arena_rewind(&t->act, mark); /* the logits chunk is work, not kept */
   if (t->measuring)
@@ -524,6 +609,7 @@ qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t 
   n->saved1 = fused ? saved : NULL; /* dx1 (N, C) */
   n->ints = targets;
   n->T = chunk;
+  n->alpha = softcap;
   *loss = y;
   *loss_sum = sum;
   *count = cnt;
@@ -654,12 +740,12 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
   switch (nd->op) {
   case OP_EMBEDDING:
     break; /* the table is frozen; its output never requires a gradient */
-  case OP_RMSNORM: {
+  case OP_RMSNORM: { /* over nd->H heads per row (1: the whole row) */
     const tape_tensor *X = T_(t, nd->in[0]);
     if (!X->requires_grad) break;
     QT_TRY(grad_target(t, nd->in[0], &g, &acc));
     KRUN(t, qt_op_rmsnorm_backward_cpu, g, acc, dy, X->data, T_(t, nd->in[1])->data,
-          nd->saved0, X->rows, X->cols);
+          nd->saved0, X->rows * nd->H, X->cols / nd->H);
     break;
   }
   case OP_ADD:
@@ -693,7 +779,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     for (int i = 0; i < 3; i++)
       if (needs(t, nd->in[i])) QT_TRY(grad_target(t, nd->in[i], &d[i], &a[i]));
     void *work;
-    QT_TRY(work_alloc(t, (size_t)(nd->T * nd->T), &work));
+    QT_TRY(work_alloc(t, (size_t)qt_op_attention_work_elems(nd->T, &nd->att), &work));
     /* The kernel takes one flag for all three; give it per input when they differ. */
     int acc_all = a[0] || a[1] || a[2];
     if (acc_all && !(a[0] == (d[0] != NULL) && a[1] == (d[1] != NULL) && a[2] == (d[2] != NULL))) {
@@ -703,12 +789,12 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
         dd[i] = d[i];
         KRUN(t, qt_op_attention_backward_cpu, dd[0], dd[1], dd[2], a[i], work, dy, nd->saved0,
               T_(t, nd->in[0])->data, T_(t, nd->in[1])->data, T_(t, nd->in[2])->data, nd->ints,
-              nd->B, nd->T, nd->H, nd->K, nd->D);
+              nd->B, nd->T, nd->H, nd->K, nd->D, &nd->att);
       }
     } else {
       KRUN(t, qt_op_attention_backward_cpu, d[0], d[1], d[2], acc_all, work, dy, nd->saved0,
             T_(t, nd->in[0])->data, T_(t, nd->in[1])->data, T_(t, nd->in[2])->data, nd->ints,
-            nd->B, nd->T, nd->H, nd->K, nd->D);
+            nd->B, nd->T, nd->H, nd->K, nd->D, &nd->att);
     }
     break;
   }
@@ -739,7 +825,39 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     }
     QT_TRY(work_alloc(t, (size_t)(nd->T * W->rows), &logits));
     KRUN(t, qt_op_cross_entropy_backward_cpu, g, acc, logits, nd->T, dloss, nd->saved0, X->data,
-          W->data, nd->ints, X->rows, X->cols, W->rows);
+          W->data, nd->ints, X->rows, X->cols, W->rows, nd->alpha);
+    break;
+  }
+  case OP_GEGLU: {
+    const tape_tensor *G = T_(t, nd->in[0]), *U = T_(t, nd->in[1]);
+    void *dg = NULL, *du = NULL;
+    int ag = 0, au = 0;
+    if (G->requires_grad) QT_TRY(grad_target(t, nd->in[0], &dg, &ag));
+    if (U->requires_grad) QT_TRY(grad_target(t, nd->in[1], &du, &au));
+    if (dg && du && ag != au) {
+      KRUN(t, qt_op_geglu_backward_cpu, dg, NULL, ag, dy, G->data, U->data, G->rows * G->cols);
+      KRUN(t, qt_op_geglu_backward_cpu, NULL, du, au, dy, G->data, U->data, G->rows * G->cols);
+    } else {
+      KRUN(t, qt_op_geglu_backward_cpu, dg, du, ag || au, dy, G->data, U->data,
+            G->rows * G->cols);
+    }
+    break;
+  }
+  case OP_SCALE: {
+    const tape_tensor *X = T_(t, nd->in[0]);
+    if (!X->requires_grad) break;
+    QT_TRY(grad_target(t, nd->in[0], &g, &acc));
+    KRUN(t, qt_op_scaled_add_cpu, g, acc, dy, nd->alpha, X->rows * X->cols);
+    break;
+  }
+  case OP_SLICE_COLS: {
+    /* The first contribution (acc = 0) writes all of dx, zeros outside the
+     * slice, so the other consumers of x (the other slices of a fused qkv, or
+     * any op) add to a defined buffer in whatever order backward visits them. */
+    const tape_tensor *X = T_(t, nd->in[0]);
+    if (!X->requires_grad) break;
+    QT_TRY(grad_target(t, nd->in[0], &g, &acc));
+    KRUN(t, qt_op_slice_cols_backward_cpu, g, acc, dy, X->rows, X->cols, nd->c0, Y->cols);
     break;
   }
   case OP_LAYER:

@@ -51,6 +51,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "autograd/ops.h" /* qt_att_opts */
 #include "common/arena.h"
 #include "common/status.h"
 #include "common/tensor.h"
@@ -104,6 +105,12 @@ void qt_tape_reset(qt_tape *t);
 qt_status qt_tape_embedding(qt_tape *t, int32_t wte, const int32_t *ids, int64_t N, int32_t *out);
 /* out = RMSNorm(x) * w; x (N, C); w (1, C) frozen */
 qt_status qt_tape_rmsnorm(qt_tape *t, int32_t x, int32_t w, double eps, int32_t *out);
+/* Per-head RMSNorm (qwen3 / gemma3 q_norm, k_norm: over head_dim, one weight
+ * shared by all heads): x (N, heads*D) normed over each head's D values,
+ * out = RMSNorm(x[:, h*D:(h+1)*D]) * w; w (1, D) frozen (no gradient, as
+ * qt_tape_rmsnorm). The rmsnorm kernels over N*heads rows of D. */
+qt_status qt_tape_rmsnorm_heads(qt_tape *t, int32_t x, int32_t w, double eps, int64_t heads,
+                                int32_t *out);
 /* out = a + b (same shape) */
 qt_status qt_tape_add(qt_tape *t, int32_t a, int32_t b, int32_t *out);
 
@@ -144,13 +151,36 @@ qt_status qt_tape_rope(qt_tape *t, int32_t x, int64_t H, int64_t D, const int32_
  * doc (B*T) document ids, borrowed */
 qt_status qt_tape_attention(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t B, int64_t T,
                             int64_t H, int64_t K, int64_t D, const int32_t *doc, int32_t *out);
+/* The same with attention options (scale, sliding window, logit soft-capping;
+ * ops.h qt_att_opts), copied into the node (NULL = defaults, i.e.
+ * qt_tape_attention). A checkpointed layer replays its ops on recompute, so the
+ * layer function passes the same opts again. */
+qt_status qt_tape_attention_ex(qt_tape *t, int32_t q, int32_t k, int32_t v, int64_t B, int64_t T,
+                               int64_t H, int64_t K, int64_t D, const int32_t *doc,
+                               const qt_att_opts *opts, int32_t *out);
 /* out = silu(gate) * up */
 qt_status qt_tape_swiglu(qt_tape *t, int32_t gate, int32_t up, int32_t *out);
+/* out = gelu_tanh(gate) * up (gemma's gelu_pytorch_tanh; ops.h qt_op_geglu_forward_cpu) */
+qt_status qt_tape_geglu(qt_tape *t, int32_t gate, int32_t up, int32_t *out);
+/* out = x * s, s rounded to the tape's dtype first (gemma's embedding scale:
+ * pass (double)(float)sqrt(C) for transformers' tensor(C ** 0.5, dtype)) ;
+ * dx = s * dout */
+qt_status qt_tape_scale(qt_tape *t, int32_t x, double s, int32_t *out);
+/* out (N, width) = x (N, C)[:, c0:c0+width] (phi3's fused qkv / gate_up split).
+ * Backward adds dout into those columns of dx; x may feed any number of slices
+ * and other ops (the first contribution to dx writes zeros outside its slice). */
+qt_status qt_tape_slice_cols(qt_tape *t, int32_t x, int64_t c0, int64_t width, int32_t *out);
 /* loss (1, 1) = sum over targets != -100 of CE(x W^T); x (N, C); W (V, C) frozen
  * (lm_head, or the embedding table when tied); targets (N) shifted, borrowed.
  * *loss_sum gets the summed loss, *count the number of targets. */
 qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t *targets,
                                 int32_t *loss, double *loss_sum, int64_t *count);
+/* The same with final-logit soft-capping (gemma2 final_logit_softcapping):
+ * logits -> softcap * tanh(logits / softcap) before the loss, the gradient
+ * through the tanh; softcap = 0 is qt_tape_cross_entropy exactly. */
+qt_status qt_tape_cross_entropy_ex(qt_tape *t, int32_t x, int32_t W, const int32_t *targets,
+                                   double softcap, int32_t *loss, double *loss_sum,
+                                   int64_t *count);
 
 /* A layer: records ops on t mapping `in` to *out (same shape). */
 typedef qt_status (*qt_tape_layer_fn)(qt_tape *t, void *ctx, int32_t in, int32_t *out);

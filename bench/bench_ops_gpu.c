@@ -425,11 +425,11 @@ static qt_status op_rope_k_bwd(bench *b) {
 }
 static qt_status op_attention_fwd(bench *b) {
   return qt_op_attention_forward_cuda(b->att, b->lse, b->qr, b->kr, b->v, b->doc, 1, b->T, NH,
-                                      NKV, HDIM, NULL);
+                                      NKV, HDIM, NULL, NULL);
 }
 static qt_status op_attention_bwd(bench *b) { /* lse from the forward with the same docs */
   return qt_op_attention_backward_cuda(b->dqr, b->dkr, b->dv, 0, b->delta, b->datt, b->lse, b->qr,
-                                       b->kr, b->v, b->doc, 1, b->T, NH, NKV, HDIM, NULL);
+                                       b->kr, b->v, b->doc, 1, b->T, NH, NKV, HDIM, NULL, NULL);
 }
 static qt_status op_embedding(bench *b) {
   return qt_op_embedding_forward_cuda(b->emb, b->ids, b->W, b->N, HID, VOCAB, NULL);
@@ -437,17 +437,17 @@ static qt_status op_embedding(bench *b) {
 static qt_status op_ce_fwd(bench *b) {
   return qt_op_cross_entropy_forward_cuda(b->loss, b->count, b->ce_lse, b->rowloss, b->logits,
                                           b->chunk, b->xf, b->W, b->targets, b->N, HID, VOCAB,
-                                          b->g, NULL);
+                                          0.0, b->g, NULL);
 }
 static qt_status op_ce_bwd(bench *b) { /* dloss = 1 / tokens (mean loss) */
   return qt_op_cross_entropy_backward_cuda(b->dxf, 0, b->logits, b->dz, b->chunk,
                                            1.0 / (double)b->N, b->ce_lse, b->xf, b->W, b->targets,
-                                           b->N, HID, VOCAB, b->g, NULL);
+                                           b->N, HID, VOCAB, 0.0, b->g, NULL);
 }
 static qt_status op_ce_fused(bench *b) {
   return qt_op_cross_entropy_fused_cuda(b->dx1, b->loss, b->count, b->logits, b->dz, b->rowloss,
-                                        b->chunk, b->xf, b->W, b->targets, b->N, HID, VOCAB, b->g,
-                                        NULL);
+                                        b->chunk, b->xf, b->W, b->targets, b->N, HID, VOCAB, 0.0,
+                                        b->g, NULL);
 }
 static qt_status op_scaled_add(bench *b) {
   return qt_op_scaled_add_cuda(b->dxf, 0, b->dx1, 1.0 / (double)b->N, b->N * HID, NULL);

@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/rope_type.h"
 #include "common/status.h"
 #include "common/tensor.h"
 

@@ -441,7 +441,7 @@ qt_status layer_forward(qt_model_cuda *c, dev_layer *ly, uint16_t *out) {
   QT_TRY(qt_op_rope_forward_cuda(ly->qr, c->q, c->pos, c->inv_freq, N, c->H, c->D, NULL));
   QT_TRY(qt_op_rope_forward_cuda(ly->kr, c->k, c->pos, c->inv_freq, N, c->K, c->D, NULL));
   QT_TRY(qt_op_attention_forward_cuda(ly->a, ly->lse, ly->qr, ly->kr, ly->v, c->doc, c->B, c->T,
-                                      c->H, c->K, c->D, NULL));
+                                      c->H, c->K, c->D, NULL, NULL));
   QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_O], c->tmp_c, ly->a));
   QT_TRY(qt_op_add_forward_cuda(ly->h, ly->x, c->tmp_c, N * C, NULL));
   QT_TRY(qt_op_rmsnorm_forward_cuda(ly->n2, ly->rstd2, ly->h, ly->norm_post, c->eps, N, C, NULL));
@@ -467,7 +467,7 @@ qt_status layer_backward(qt_model_cuda *c, dev_layer *ly) {
   QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_O], c->da, 0, c->dX, ly->a));
   QT_TRY(qt_op_attention_backward_cuda(c->dqr, c->dkr, c->dv, 0, c->delta, c->da, ly->lse,
                                        ly->qr, ly->kr, ly->v, c->doc, c->B, c->T, c->H, c->K,
-                                       c->D, NULL));
+                                       c->D, NULL, NULL));
   QT_TRY(qt_op_rope_backward_cuda(c->dq, 0, c->dqr, c->pos, c->inv_freq, N, c->H, c->D, NULL));
   QT_TRY(qt_op_rope_backward_cuda(c->dk, 0, c->dkr, c->pos, c->inv_freq, N, c->K, c->D, NULL));
   QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_Q], c->dn, 0, c->dq, ly->n1));
@@ -493,14 +493,14 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
                                     NULL));
   QT_TRY(qt_op_cross_entropy_forward_cuda(c->loss, c->count, c->ce_lse, c->rowloss, c->logits,
                                           c->chunk, c->xf, c->lm_head, c->targets, N, C, c->V,
-                                          c->g, NULL));
+                                          0.0, c->g, NULL));
   QT_CUDA_CHECK(cudaMemcpy(loss_sum, c->loss, sizeof(double), cudaMemcpyDeviceToHost));
   QT_CUDA_CHECK(cudaMemcpy(count, c->count, sizeof(int64_t), cudaMemcpyDeviceToHost));
   if (n_lora == 0) return QT_OK;
   /* backward: loss -> final norm -> layers, last first */
   QT_TRY(qt_op_cross_entropy_backward_cuda(c->dxf, 0, c->logits, c->dz, c->chunk, dloss,
                                            c->ce_lse, c->xf, c->lm_head, c->targets, N, C, c->V,
-                                           c->g, NULL));
+                                           0.0, c->g, NULL));
   QT_TRY(qt_op_rmsnorm_backward_cuda(c->dX, 0, c->dxf, c->x_out, c->final_norm, c->rstdf, N, C,
                                      NULL));
   for (int64_t l = L - 1; l >= 0; l--) QT_TRY(layer_backward(c, &c->layers[l]));

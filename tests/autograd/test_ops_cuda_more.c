@@ -319,7 +319,10 @@ static void make_docs(int32_t *doc, int64_t B, int64_t T, int scattered) {
   }
 }
 
-static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D, int scattered) {
+/* o: attention options (scale, sliding window, softcap), NULL = defaults; the
+ * CPU GEMM version with the same options is the reference. */
+static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D, int scattered,
+                           const qt_att_opts *o) {
   int64_t nq = B * T * H * D, nk = B * T * K * D;
   uint16_t *q16, *k16, *v16, *do16, *zq16, *zk16, *zv16;
   float *q, *k, *v, *dout, *zq, *zk, *zv;
@@ -333,17 +336,20 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
   int32_t *doc = xmalloc((size_t)(B * T) * 4);
   make_docs(doc, B, T, scattered);
   float *out = xmalloc((size_t)nq * 4), *P = xmalloc((size_t)(B * H * T * T) * 4);
-  float *work = xmalloc((size_t)(T * T) * 4);
+  float *work = xmalloc((size_t)qt_op_attention_work_elems(T, o) * 4);
   float *dq = xmalloc((size_t)nq * 4), *dk = xmalloc((size_t)nk * 4), *dv = xmalloc((size_t)nk * 4);
-  qt_op_attention_forward_cpu(out, P, q, k, v, doc, B, T, H, K, D);
+  qt_op_attention_forward_cpu(out, P, q, k, v, doc, B, T, H, K, D, o);
   dbuf dQ = upload(q16, (size_t)nq * 2), dK = upload(k16, (size_t)nk * 2);
   dbuf dV = upload(v16, (size_t)nk * 2), dDO = upload(do16, (size_t)nq * 2);
   dbuf dDoc = upload(doc, (size_t)(B * T) * 4);
   dbuf dO = dalloc((size_t)nq * 2), dL = dalloc((size_t)(B * H * T) * 4);
   dbuf dDelta = dalloc((size_t)(B * H * T) * 4);
-  fprintf(stderr, "  attention B=%lld T=%lld H=%lld K=%lld D=%lld%s\n", (long long)B, (long long)T,
+  fprintf(stderr, "  attention B=%lld T=%lld H=%lld K=%lld D=%lld%s", (long long)B, (long long)T,
           (long long)H, (long long)K, (long long)D, scattered ? " scattered docs" : "");
-  OK(qt_op_attention_forward_cuda(dO.d, dL.d, dQ.d, dK.d, dV.d, dDoc.d, B, T, H, K, D, NULL));
+  if (o)
+    fprintf(stderr, " scale %g window %lld softcap %g", o->scale, (long long)o->window, o->softcap);
+  fprintf(stderr, "\n");
+  OK(qt_op_attention_forward_cuda(dO.d, dL.d, dQ.d, dK.d, dV.d, dDoc.d, B, T, H, K, D, NULL, o));
   CK(cudaDeviceSynchronize());
   compare("attention forward", &dO, out, nq);
   for (int acc = 0; acc < 2; acc++) {
@@ -352,9 +358,9 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
     memcpy(dq, zq, (size_t)nq * 4);
     memcpy(dk, zk, (size_t)nk * 4);
     memcpy(dv, zv, (size_t)nk * 4);
-    qt_op_attention_backward_cpu(dq, dk, dv, acc, work, dout, P, q, k, v, doc, B, T, H, K, D);
+    qt_op_attention_backward_cpu(dq, dk, dv, acc, work, dout, P, q, k, v, doc, B, T, H, K, D, o);
     OK(qt_op_attention_backward_cuda(gq.d, gk.d, gv.d, acc, dDelta.d, dDO.d, dL.d, dQ.d, dK.d,
-                                     dV.d, dDoc.d, B, T, H, K, D, NULL));
+                                     dV.d, dDoc.d, B, T, H, K, D, NULL, o));
     CK(cudaDeviceSynchronize());
     compare(acc ? "attention dq (acc)" : "attention dq", &gq, dq, nq);
     compare(acc ? "attention dk (acc)" : "attention dk", &gk, dk, nk);
@@ -362,14 +368,14 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
     if (!acc) { /* determinism: the same call again gives the same bits */
       dbuf hq = dalloc((size_t)nq * 2), hk = dalloc((size_t)nk * 2), hv = dalloc((size_t)nk * 2);
       OK(qt_op_attention_backward_cuda(hq.d, hk.d, hv.d, 0, dDelta.d, dDO.d, dL.d, dQ.d, dK.d,
-                                       dV.d, dDoc.d, B, T, H, K, D, NULL));
+                                       dV.d, dDoc.d, B, T, H, K, D, NULL, o));
       CK(cudaDeviceSynchronize());
       compare_bits("attention dq twice", &gq, &hq);
       compare_bits("attention dk twice", &gk, &hk);
       compare_bits("attention dv twice", &gv, &hv);
       /* only dv requested (dq, dk NULL): the same dv */
       OK(qt_op_attention_backward_cuda(NULL, NULL, hv.d, 0, dDelta.d, dDO.d, dL.d, dQ.d, dK.d,
-                                       dV.d, dDoc.d, B, T, H, K, D, NULL));
+                                       dV.d, dDoc.d, B, T, H, K, D, NULL, o));
       CK(cudaDeviceSynchronize());
       compare_bits("attention dv alone", &gv, &hv);
       dcheck_free(&hq, "dq 2"); dcheck_free(&hk, "dk 2"); dcheck_free(&hv, "dv 2");
@@ -402,7 +408,8 @@ static void check_loss(const char *what, double gpu, int64_t gcount, double ref,
   }
 }
 
-static void case_cross_entropy(int64_t N, int64_t C, int64_t V, int64_t chunk, double p_ignore) {
+static void case_cross_entropy(int64_t N, int64_t C, int64_t V, int64_t chunk, double p_ignore,
+                               double softcap) {
   uint16_t *x16, *w16, *z16;
   float *x, *w, *z;
   rnd_bf16(N * C, -1, 1, &x16, &x);
@@ -415,7 +422,8 @@ static void case_cross_entropy(int64_t N, int64_t C, int64_t V, int64_t chunk, d
   float *dx = xmalloc((size_t)(N * C) * 4), *dx1 = xmalloc((size_t)(N * C) * 4);
   double *rowloss = xmalloc((size_t)chunk * 8);
   int64_t count = 0;
-  double loss = qt_op_cross_entropy_forward_cpu(lse, &count, logits, chunk, x, w, tg, N, C, V);
+  double loss = qt_op_cross_entropy_forward_cpu(lse, &count, logits, chunk, x, w, tg, N, C, V,
+                                                softcap);
   /* sum of |row loss| from the per-row values the fused op leaves (for the tolerance) */
   double abs_rows = 0;
   for (int64_t n = 0; n < N; n++) {
@@ -424,14 +432,14 @@ static void case_cross_entropy(int64_t N, int64_t C, int64_t V, int64_t chunk, d
     for (int64_t c = 0; c < C; c++) zt += (double)x[n * C + c] * w[(int64_t)tg[n] * C + c];
     abs_rows += fabs((double)lse[n] - zt);
   }
-  fprintf(stderr, "  cross-entropy N=%lld C=%lld V=%lld chunk=%lld targets=%lld\n", (long long)N,
-          (long long)C, (long long)V, (long long)chunk, (long long)count);
+  fprintf(stderr, "  cross-entropy N=%lld C=%lld V=%lld chunk=%lld targets=%lld softcap=%g\n",
+          (long long)N, (long long)C, (long long)V, (long long)chunk, (long long)count, softcap);
   dbuf dX = upload(x16, (size_t)(N * C) * 2), dW = upload(w16, (size_t)(V * C) * 2);
   dbuf dT = upload(tg, (size_t)N * 4), dLse = dalloc((size_t)N * 4);
   dbuf dRow = dalloc((size_t)N * 8), dLog = dalloc((size_t)(chunk * V) * 4);
   dbuf dDz = dalloc((size_t)(chunk * V) * 2), dLoss = dalloc(8), dCnt = dalloc(8);
   OK(qt_op_cross_entropy_forward_cuda(dLoss.d, dCnt.d, dLse.d, dRow.d, dLog.d, chunk, dX.d, dW.d,
-                                      dT.d, N, C, V, gemm, NULL));
+                                      dT.d, N, C, V, softcap, gemm, NULL));
   CK(cudaDeviceSynchronize());
   int64_t gcount;
   double gloss = read_loss(&dLoss, &gcount, &dCnt);
@@ -439,7 +447,7 @@ static void case_cross_entropy(int64_t N, int64_t C, int64_t V, int64_t chunk, d
   compare_f32("cross-entropy lse", &dLse, lse, N, 1e-5);
   /* determinism: a second forward gives the same bits */
   OK(qt_op_cross_entropy_forward_cuda(dLoss.d, dCnt.d, dLse.d, dRow.d, dLog.d, chunk, dX.d, dW.d,
-                                      dT.d, N, C, V, gemm, NULL));
+                                      dT.d, N, C, V, softcap, gemm, NULL));
   CK(cudaDeviceSynchronize());
   int64_t gcount2;
   double gloss2 = read_loss(&dLoss, &gcount2, &dCnt);
@@ -451,9 +459,10 @@ static void case_cross_entropy(int64_t N, int64_t C, int64_t V, int64_t chunk, d
   for (int acc = 0; acc < 2; acc++) {
     dbuf gX = upload(z16, (size_t)(N * C) * 2);
     memcpy(dx, z, (size_t)(N * C) * 4);
-    qt_op_cross_entropy_backward_cpu(dx, acc, logits, chunk, dloss, lse, x, w, tg, N, C, V);
+    qt_op_cross_entropy_backward_cpu(dx, acc, logits, chunk, dloss, lse, x, w, tg, N, C, V,
+                                     softcap);
     OK(qt_op_cross_entropy_backward_cuda(gX.d, acc, dLog.d, dDz.d, chunk, dloss, dLse.d, dX.d,
-                                         dW.d, dT.d, N, C, V, gemm, NULL));
+                                         dW.d, dT.d, N, C, V, softcap, gemm, NULL));
     CK(cudaDeviceSynchronize());
     compare(acc ? "cross-entropy backward dx (acc)" : "cross-entropy backward dx", &gX, dx, N * C);
     dcheck_free(&gX, "cross-entropy dx");
@@ -461,10 +470,10 @@ static void case_cross_entropy(int64_t N, int64_t C, int64_t V, int64_t chunk, d
   /* fused: loss + dx1, then dx (+)= dloss dx1 */
   int64_t fcount = 0;
   double floss = qt_op_cross_entropy_fused_cpu(dx1, &fcount, logits, rowloss, chunk, x, w, tg, N,
-                                               C, V);
+                                               C, V, softcap);
   dbuf gX1 = dalloc((size_t)(N * C) * 2);
   OK(qt_op_cross_entropy_fused_cuda(gX1.d, dLoss.d, dCnt.d, dLog.d, dDz.d, dRow.d, chunk, dX.d,
-                                    dW.d, dT.d, N, C, V, gemm, NULL));
+                                    dW.d, dT.d, N, C, V, softcap, gemm, NULL));
   CK(cudaDeviceSynchronize());
   gloss = read_loss(&dLoss, &gcount, &dCnt);
   check_loss("cross-entropy fused loss", gloss, gcount, floss, fcount, abs_rows);
@@ -517,8 +526,18 @@ int main(void) {
                             {1, 65, 6, 2, 63}, {3, 63, 2, 1, 128}, {1, 127, 8, 8, 32},
                             {2, 33, 4, 4, 256}, {1, 64, 3, 3, 65}};
   for (int i = 0; i < 8; i++)
-    for (int sc = 0; sc < 2; sc++) case_attention(att[i][0], att[i][1], att[i][2], att[i][3], att[i][4], sc);
-  if (qt_op_attention_forward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, 1, 1, 1, 1, 257, NULL) !=
+    for (int sc = 0; sc < 2; sc++)
+      case_attention(att[i][0], att[i][1], att[i][2], att[i][3], att[i][4], sc, NULL);
+  /* options: scale, sliding window (2, < T, >= T), softcap, each alone and together */
+  const qt_att_opts att_opts[] = {{0.3, 7, 0.0}, {0.0, 0, 2.0}, {0.0, 16, 5.0}, {0.2, 2, 1.0},
+                                  {0.0, 200, 0.0}};
+  const int att_opt_shapes[] = {1, 3, 4, 5, 6};
+  for (int i = 0; i < 5; i++)
+    for (int j = 0; j < 5; j++) {
+      const int64_t *a = att[att_opt_shapes[i]];
+      case_attention(a[0], a[1], a[2], a[3], a[4], (i + j) % 2, &att_opts[j]);
+    }
+  if (qt_op_attention_forward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, 1, 1, 1, 1, 257, NULL, NULL) !=
       QT_ERR_UNSUPPORTED) {
     fprintf(stderr, "FAIL attention: head_dim 257 not refused\n");
     failures++;
@@ -526,8 +545,11 @@ int main(void) {
 
   const int64_t ce[][4] = {{1, 1, 1, 1}, {5, 7, 63, 2}, {7, 63, 1000, 7}, {63, 65, 127, 5},
                            {65, 5, 1000, 64}, {127, 65, 1000, 13}, {7, 64, 50257, 3}};
-  for (int i = 0; i < 7; i++) case_cross_entropy(ce[i][0], ce[i][1], ce[i][2], ce[i][3], 0.25);
-  case_cross_entropy(5, 7, 11, 2, 1.0); /* every row ignored: loss 0, count 0, dx 0 */
+  for (int i = 0; i < 7; i++) case_cross_entropy(ce[i][0], ce[i][1], ce[i][2], ce[i][3], 0.25, 0.0);
+  case_cross_entropy(5, 7, 11, 2, 1.0, 0.0); /* every row ignored: loss 0, count 0, dx 0 */
+  /* gemma2 final-logit soft-capping (cap 30 as gemma2; cap 0.5 with logits beyond it) */
+  case_cross_entropy(37, 64, 1000, 16, 0.25, 30.0);
+  case_cross_entropy(19, 96, 517, 7, 0.1, 0.5);
 
   OK(qt_gemm_cuda_free(gemm));
   if (failures) {

@@ -26,7 +26,9 @@
 #include <omp.h>
 
 #include "ag_test_util.h"
+#include "autograd/kernels/attention_mask.h"
 #include "autograd/ops.h"
+#include "autograd/tape.h"
 #include "common/philox.h"
 
 enum { MAXIN = 4 };
@@ -267,12 +269,12 @@ static void test_rope(void **st) {
 /* ---- attention (GQA, packed documents) ---- */
 static void att_fwd(op_case *c) {
   qt_op_attention_forward_cpu_f64(c->out, c->aux2, c->in[0], c->in[1], c->in[2], c->aux, c->d[0],
-                                  c->d[1], c->d[2], c->d[3], c->d[4]);
+                                  c->d[1], c->d[2], c->d[3], c->d[4], NULL);
 }
 static void att_bwd(op_case *c, double **g, int acc) {
   double *work = malloc((size_t)(c->d[1] * c->d[1]) * 8); /* (T, T) */
   qt_op_attention_backward_cpu_f64(g[0], g[1], g[2], acc, work, c->r, c->aux2, c->in[0], c->in[1],
-                                   c->in[2], c->aux, c->d[0], c->d[1], c->d[2], c->d[3], c->d[4]);
+                                   c->in[2], c->aux, c->d[0], c->d[1], c->d[2], c->d[3], c->d[4], NULL);
   free(work);
 }
 static void test_attention(void **st) {
@@ -315,12 +317,12 @@ static void test_attention_doc_isolation(void **st) {
   for (int t = 0; t < T; t++) doc[t] = t < split ? 0 : 1;
   double *q = rnd(&r, T * H * D, -1, 1), *k = rnd(&r, T * K * D, -1, 1), *v = rnd(&r, T * K * D, -1, 1);
   double *o1 = malloc(T * H * D * 8), *o2 = malloc(T * H * D * 8), *P = malloc(B * H * T * T * 8);
-  qt_op_attention_forward_cpu_f64(o1, P, q, k, v, doc, B, T, H, K, D);
+  qt_op_attention_forward_cpu_f64(o1, P, q, k, v, doc, B, T, H, K, D, NULL);
   for (int64_t i = 0; i < split * K * D; i++) {
     k[i] += 0.5;
     v[i] -= 0.25;
   }
-  qt_op_attention_forward_cpu_f64(o2, P, q, k, v, doc, B, T, H, K, D);
+  qt_op_attention_forward_cpu_f64(o2, P, q, k, v, doc, B, T, H, K, D, NULL);
   assert_memory_equal(o1 + split * H * D, o2 + split * H * D, (size_t)((T - split) * H * D) * 8);
   assert_memory_not_equal(o1, o2, (size_t)(split * H * D) * 8);
   /* The first token of document 2 attends only to itself: out = its own v. */
@@ -354,13 +356,13 @@ static void ce_fwd(op_case *c) {
   int64_t N = c->d[0], C = c->d[1], V = c->d[2], chunk = c->d[3], cnt;
   double *lse = c->aux2, *logits = lse + N;
   c->out[0] = qt_op_cross_entropy_forward_cpu_f64(lse, &cnt, logits, chunk, c->in[0], c->in[1],
-                                                  c->aux, N, C, V);
+                                                  c->aux, N, C, V, 0.0);
 }
 static void ce_bwd(op_case *c, double **g, int acc) {
   int64_t N = c->d[0], C = c->d[1], V = c->d[2], chunk = c->d[3];
   double *lse = c->aux2, *logits = lse + N;
   qt_op_cross_entropy_backward_cpu_f64(g[0], acc, logits, chunk, c->r[0], lse, c->in[0], c->in[1],
-                                       c->aux, N, C, V);
+                                       c->aux, N, C, V, 0.0);
 }
 static void test_cross_entropy(void **st) {
   (void)st;
@@ -411,10 +413,10 @@ static void test_cross_entropy_chunks(void **st) {
   for (size_t i = 0; i < 4; i++) {
     double *lse = malloc(N * 8), *logits = malloc((size_t)(chunks[i] * V) * 8), *dx = malloc(N * C * 8);
     int64_t cnt = -1;
-    double got = qt_op_cross_entropy_forward_cpu_f64(lse, &cnt, logits, chunks[i], x, W, tg, N, C, V);
+    double got = qt_op_cross_entropy_forward_cpu_f64(lse, &cnt, logits, chunks[i], x, W, tg, N, C, V, 0.0);
     assert_int_equal(cnt, want_cnt);
     assert_true(fabs(got - want) <= 1e-12 * fabs(want));
-    qt_op_cross_entropy_backward_cpu_f64(dx, 0, logits, chunks[i], 1.0, lse, x, W, tg, N, C, V);
+    qt_op_cross_entropy_backward_cpu_f64(dx, 0, logits, chunks[i], 1.0, lse, x, W, tg, N, C, V, 0.0);
     for (int64_t c = 0; c < C; c++) assert_true(dx[6 * C + c] == 0.0);
     free(lse); free(logits); free(dx);
   }
@@ -497,11 +499,11 @@ static void test_attention_gemm_vs_ref(void **st) {
       dq[m] = rnd(&r, nq, 0, 0); dk[m] = rnd(&r, nk, 0, 0); dv[m] = rnd(&r, nk, 0, 0);
       for (int acc = 0; acc < 2; acc++) { /* acc pass adds the same again: 2x */
         if (m == 0) {
-          qt_op_attention_forward_ref_cpu_f64(o[m], P[m], q, k, v, doc, B, T, H, K, D);
-          qt_op_attention_backward_ref_cpu_f64(dq[m], dk[m], dv[m], acc, work, dout, P[m], q, k, v, doc, B, T, H, K, D);
+          qt_op_attention_forward_ref_cpu_f64(o[m], P[m], q, k, v, doc, B, T, H, K, D, NULL);
+          qt_op_attention_backward_ref_cpu_f64(dq[m], dk[m], dv[m], acc, work, dout, P[m], q, k, v, doc, B, T, H, K, D, NULL);
         } else {
-          qt_op_attention_forward_cpu_f64(o[m], P[m], q, k, v, doc, B, T, H, K, D);
-          qt_op_attention_backward_cpu_f64(dq[m], dk[m], dv[m], acc, work, dout, P[m], q, k, v, doc, B, T, H, K, D);
+          qt_op_attention_forward_cpu_f64(o[m], P[m], q, k, v, doc, B, T, H, K, D, NULL);
+          qt_op_attention_backward_cpu_f64(dq[m], dk[m], dv[m], acc, work, dout, P[m], q, k, v, doc, B, T, H, K, D, NULL);
         }
       }
     }
@@ -516,8 +518,8 @@ static void test_attention_gemm_vs_ref(void **st) {
     float *dvf = malloc(nk * 4), *wf = malloc((size_t)(T * T) * 4);
     for (int64_t i = 0; i < nq; i++) { qf[i] = (float)q[i]; dof[i] = (float)dout[i]; }
     for (int64_t i = 0; i < nk; i++) { kf[i] = (float)k[i]; vf[i] = (float)v[i]; }
-    qt_op_attention_forward_cpu(of, Pf, qf, kf, vf, doc, B, T, H, K, D);
-    qt_op_attention_backward_cpu(dqf, dkf, dvf, 0, wf, dof, Pf, qf, kf, vf, doc, B, T, H, K, D);
+    qt_op_attention_forward_cpu(of, Pf, qf, kf, vf, doc, B, T, H, K, D, NULL);
+    qt_op_attention_backward_cpu(dqf, dkf, dvf, 0, wf, dof, Pf, qf, kf, vf, doc, B, T, H, K, D, NULL);
     double *tmp = malloc((size_t)(nq > nk ? nq : nk) * 8);
     for (int64_t i = 0; i < nq; i++) tmp[i] = of[i];
     assert_true(ag_rel_err(tmp, o[0], nq) < 1e-5);
@@ -531,6 +533,428 @@ static void test_attention_gemm_vs_ref(void **st) {
     for (int m = 0; m < 2; m++) { free(o[m]); free(P[m]); free(dq[m]); free(dk[m]); free(dv[m]); }
     free(work); free(q); free(k); free(v); free(dout); free(doc);
   }
+}
+
+/* ---- attention options: scale, sliding window, logit soft-capping ---- */
+
+/* The per-element helpers (autograd/kernels/attention_mask.h) that the CPU and
+ * CUDA kernels share, against their definitions: transformers masking_utils
+ * (causal_mask_function: kv_idx <= q_idx; sliding_window_overlay: kv_idx >
+ * q_idx - sliding_window; packed_sequence_mask_function: same sequence id) and
+ * gemma2's c * tanh(s / c), whose derivative is checked by central differences. */
+static void test_attention_mask_helpers(void **st) {
+  (void)st;
+  const int64_t windows[] = {0, 1, 2, 3, 7, 100};
+  for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+    int64_t win = windows[w];
+    for (int64_t i = 0; i < 20; i++) {
+      int64_t seen = 0;
+      for (int64_t j = 0; j < 20; j++) {
+        for (int32_t dj = 0; dj < 2; dj++) {
+          int want = j <= i && dj == 0 && (win == 0 || j > i - win);
+          assert_int_equal(qt_att_visible(i, j, 0, dj, win), want);
+          seen += want;
+        }
+      }
+      /* one document: min(i + 1, window) keys, the first at qt_att_key_start */
+      assert_int_equal(seen, win == 0 || i + 1 < win ? i + 1 : win);
+      assert_int_equal(qt_att_key_start(0, i, win), i + 1 - seen);
+      assert_int_equal(qt_att_key_start(5, i, win), i + 1 - seen > 5 ? i + 1 - seen : 5);
+    }
+  }
+  assert_true(qt_att_softcap(3.25, 0.0) == 3.25);
+  assert_true(qt_att_softcap_grad(3.25, 0.0) == 1.0);
+  const double caps[] = {0.5, 1.0, 2.5, 30.0, 50.0};
+  for (size_t c = 0; c < sizeof caps / sizeof caps[0]; c++)
+    for (double s = -60; s <= 60; s += 0.75) {
+      double cap = caps[c];
+      assert_true(qt_att_softcap(s, cap) == cap * tanh(s / cap));
+      assert_true(fabs(qt_att_softcap(s, cap)) <= cap);
+      double h = 1e-5 * cap;
+      double fd = (qt_att_softcap(s + h, cap) - qt_att_softcap(s - h, cap)) / (2 * h);
+      assert_true(fabs(fd - qt_att_softcap_grad(s, cap)) < 1e-8);
+    }
+}
+
+/* ag_rel_err, except against a reference that is zero up to rounding (dq and
+ * dk with window 1: a softmax over one key is constant), where the RMS of the
+ * difference is returned: rounding noise over an exact zero has no relative size. */
+static double att_err(const double *got, const double *want, int64_t n) {
+  double rms = ag_norm(want, n) / sqrt((double)(n > 0 ? n : 1));
+  if (rms < 1e-12) {
+    double d = 0;
+    for (int64_t i = 0; i < n; i++) d += (got[i] - want[i]) * (got[i] - want[i]);
+    return sqrt(d / (double)n);
+  }
+  return ag_rel_err(got, want, n);
+}
+
+/* Options of one test case; doc modes: 0 contiguous documents of random
+ * lengths (packing), 1 one document, 2 non-contiguous ids (0 0 1 1 0 0 ...). */
+static void att_make_docs(int32_t *doc, int64_t B, int64_t T, int mode, ag_rng *r) {
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0, d = 0; t < T; t++) {
+      if (mode == 0 && t > 0 && ag_unif(r, 0, 1) < 0.05) d++;
+      doc[b * T + t] = (int32_t)(b * 100 + (mode == 2 ? (t / 2) % 2 : d));
+    }
+}
+
+/* The GEMM version with options against the plain reference, forward and
+ * backward, both twins, with windows 1, 2, < T, = 64 (a tile), >= T, soft-capping
+ * and non-default scales, on odd T crossing 64-row tiles, GQA and packed rows.
+ * Also: window 1 gives out_i = v_i exactly (each query sees only itself), and a
+ * window >= T gives the same bits as no window. */
+static void test_attention_opts_gemm_vs_ref(void **st) {
+  (void)st;
+  /* B, T, H, K, D, doc mode */
+  const int64_t shapes[][6] = {{2, 67, 4, 2, 8, 0}, {1, 130, 2, 1, 4, 0}, {2, 13, 4, 2, 3, 2},
+                               {1, 130, 2, 2, 5, 1}, {1, 1, 1, 1, 2, 1}};
+  double worst32 = 0;
+  int cases = 0;
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    int64_t B = shapes[s][0], T = shapes[s][1], H = shapes[s][2], K = shapes[s][3];
+    int64_t D = shapes[s][4];
+    /* scale, window, softcap */
+    const qt_att_opts optv[] = {{0, 1, 0},     {0, 2, 0},      {0.3, 5, 0},     {0, 64, 2.0},
+                                {0, T - 1, 0}, {0, T, 1.5},    {0.2, T + 7, 0}, {0, 0, 1.0},
+                                {0.4, 0, 0},   {0, 65, 0},     {0.3, 3, 2.5},   {0.7, 17, 0.8}};
+    for (size_t o = 0; o < sizeof optv / sizeof optv[0]; o++) {
+      const qt_att_opts *op = &optv[o];
+      ag_rng r = {s * 100 + o + 900};
+      int64_t nq = B * T * H * D, nk = B * T * K * D, nP = B * H * T * T;
+      int32_t *doc = malloc((size_t)(B * T) * 4);
+      att_make_docs(doc, B, T, (int)shapes[s][5], &r);
+      double *q = rnd(&r, nq, -2, 2), *k = rnd(&r, nk, -2, 2), *v = rnd(&r, nk, -1, 1);
+      double *dout = rnd(&r, nq, -1, 1);
+      for (int64_t i = 0; i < nq; i++) { q[i] = (float)q[i]; dout[i] = (float)dout[i]; }
+      for (int64_t i = 0; i < nk; i++) { k[i] = (float)k[i]; v[i] = (float)v[i]; }
+      double *o2[2], *P[2], *dq[2], *dk[2], *dv[2];
+      int64_t nw = qt_op_attention_work_elems(T, op) + B * K * T;
+      double *work = malloc((size_t)nw * 8);
+      for (int m = 0; m < 2; m++) {
+        o2[m] = malloc(nq * 8); P[m] = calloc((size_t)nP, 8);
+        dq[m] = rnd(&r, nq, 0, 0); dk[m] = rnd(&r, nk, 0, 0); dv[m] = rnd(&r, nk, 0, 0);
+        for (int acc = 0; acc < 2; acc++) { /* acc pass adds the same again: 2x */
+          if (m == 0) {
+            qt_op_attention_forward_ref_cpu_f64(o2[m], P[m], q, k, v, doc, B, T, H, K, D, op);
+            qt_op_attention_backward_ref_cpu_f64(dq[m], dk[m], dv[m], acc, work, dout, P[m], q, k,
+                                                 v, doc, B, T, H, K, D, op);
+          } else {
+            qt_op_attention_forward_cpu_f64(o2[m], P[m], q, k, v, doc, B, T, H, K, D, op);
+            qt_op_attention_backward_cpu_f64(dq[m], dk[m], dv[m], acc, work, dout, P[m], q, k, v,
+                                             doc, B, T, H, K, D, op);
+          }
+        }
+      }
+      double e[5] = {ag_rel_err(o2[0], o2[1], nq), ag_rel_err(P[0], P[1], nP),
+                     ag_rel_err(dq[0], dq[1], nq), ag_rel_err(dk[0], dk[1], nk),
+                     ag_rel_err(dv[0], dv[1], nk)};
+      if (e[0] >= 1e-13 || e[1] >= 1e-13 || e[2] >= 1e-12 || e[3] >= 1e-12 || e[4] >= 1e-12)
+        fprintf(stderr, "shape %zu opts (%g, %lld, %g): f64 gemm vs ref %.3g %.3g %.3g %.3g %.3g\n",
+                s, op->scale, (long long)op->window, op->softcap, e[0], e[1], e[2], e[3], e[4]);
+      assert_true(e[0] < 1e-13 && e[1] < 1e-13);
+      assert_true(e[2] < 1e-12 && e[3] < 1e-12 && e[4] < 1e-12);
+      if (op->window == 1) /* each query sees only its own key: P = 1, out = v */
+        for (int64_t n = 0; n < B * T; n++)
+          for (int64_t h = 0; h < H; h++)
+            for (int64_t d = 0; d < D; d++) {
+              double want = v[(n * K + h / (H / K)) * D + d];
+              assert_true(o2[0][(n * H + h) * D + d] == want);
+              assert_true(o2[1][(n * H + h) * D + d] == want);
+            }
+      if (op->window >= T) { /* no effect: the bits of window 0 */
+        qt_att_opts nw0 = *op;
+        nw0.window = 0;
+        double *o3 = malloc(nq * 8), *P3 = calloc((size_t)nP, 8);
+        qt_op_attention_forward_cpu_f64(o3, P3, q, k, v, doc, B, T, H, K, D, &nw0);
+        assert_memory_equal(o3, o2[1], (size_t)nq * 8);
+        free(o3); free(P3);
+      }
+      /* fp32: the GEMM version and the reference against the fp64 reference */
+      float *qf = malloc(nq * 4), *kf = malloc(nk * 4), *vf = malloc(nk * 4), *dof = malloc(nq * 4);
+      float *of = malloc(nq * 4), *Pf = calloc((size_t)nP, 4), *dqf = malloc(nq * 4);
+      float *dkf = malloc(nk * 4), *dvf = malloc(nk * 4), *wf = malloc((size_t)nw * 4);
+      double *tmp = malloc((size_t)(nq > nk ? nq : nk) * 8);
+      for (int64_t i = 0; i < nq; i++) { qf[i] = (float)q[i]; dof[i] = (float)dout[i]; }
+      for (int64_t i = 0; i < nk; i++) { kf[i] = (float)k[i]; vf[i] = (float)v[i]; }
+      for (int ref = 0; ref < 2; ref++) {
+        if (ref) {
+          qt_op_attention_forward_ref_cpu(of, Pf, qf, kf, vf, doc, B, T, H, K, D, op);
+          qt_op_attention_backward_ref_cpu(dqf, dkf, dvf, 0, wf, dof, Pf, qf, kf, vf, doc, B, T, H,
+                                           K, D, op);
+        } else {
+          qt_op_attention_forward_cpu(of, Pf, qf, kf, vf, doc, B, T, H, K, D, op);
+          qt_op_attention_backward_cpu(dqf, dkf, dvf, 0, wf, dof, Pf, qf, kf, vf, doc, B, T, H, K,
+                                       D, op);
+        }
+        double ef[4];
+        for (int64_t i = 0; i < nq; i++) tmp[i] = of[i];
+        ef[0] = att_err(tmp, o2[0], nq);
+        for (int64_t i = 0; i < nq; i++) tmp[i] = 2.0 * dqf[i];
+        ef[1] = att_err(tmp, dq[0], nq);
+        for (int64_t i = 0; i < nk; i++) tmp[i] = 2.0 * dkf[i];
+        ef[2] = att_err(tmp, dk[0], nk);
+        for (int64_t i = 0; i < nk; i++) tmp[i] = 2.0 * dvf[i];
+        ef[3] = att_err(tmp, dv[0], nk);
+        for (int j = 0; j < 4; j++) {
+          if (ef[j] >= 1e-5)
+            fprintf(stderr, "shape %zu opts (%g, %lld, %g) fp32 %s: rel err %d %.3g\n", s,
+                    op->scale, (long long)op->window, op->softcap, ref ? "ref" : "gemm", j, ef[j]);
+          assert_true(ef[j] < 1e-5);
+          if (ef[j] > worst32) worst32 = ef[j];
+        }
+      }
+      cases++;
+      free(tmp); free(qf); free(kf); free(vf); free(dof); free(of); free(Pf); free(dqf); free(dkf);
+      free(dvf); free(wf);
+      for (int m = 0; m < 2; m++) { free(o2[m]); free(P[m]); free(dq[m]); free(dk[m]); free(dv[m]); }
+      free(work); free(q); free(k); free(v); free(dout); free(doc);
+    }
+  }
+  fprintf(stderr, "attention options: %d cases, worst fp32 rel err vs fp64 ref %.3g\n", cases,
+          worst32);
+}
+
+/* Finite differences through the options (f64): the reference and the GEMM version. */
+typedef struct {
+  const int32_t *doc;
+  qt_att_opts o;
+  int ref;
+  double *P;
+} att_opts_aux;
+static void atto_fwd(op_case *c) {
+  const att_opts_aux *a = c->aux;
+  (a->ref ? qt_op_attention_forward_ref_cpu_f64 : qt_op_attention_forward_cpu_f64)(
+      c->out, a->P, c->in[0], c->in[1], c->in[2], a->doc, c->d[0], c->d[1], c->d[2], c->d[3],
+      c->d[4], &a->o);
+}
+static void atto_bwd(op_case *c, double **g, int acc) {
+  const att_opts_aux *a = c->aux;
+  int64_t T = c->d[1];
+  double *work = malloc((size_t)(qt_op_attention_work_elems(T, &a->o) + c->d[0] * c->d[3] * T) * 8);
+  (a->ref ? qt_op_attention_backward_ref_cpu_f64 : qt_op_attention_backward_cpu_f64)(
+      g[0], g[1], g[2], acc, work, c->r, a->P, c->in[0], c->in[1], c->in[2], a->doc, c->d[0], T,
+      c->d[2], c->d[3], c->d[4], &a->o);
+  free(work);
+}
+static void test_attention_opts_grad(void **st) {
+  (void)st;
+  /* B, T, H, K, D, doc mode ; scale, window, softcap */
+  const int64_t shapes[][6] = {{1, 9, 2, 1, 3, 0}, {2, 70, 2, 2, 2, 0}, {1, 11, 4, 2, 2, 2}};
+  const qt_att_opts optv[] = {{0.4, 3, 1.5}, {0, 5, 2.0}, {0.9, 4, 0.7}};
+  for (size_t s = 0; s < 3; s++)
+    for (int ref = 0; ref < 2; ref++) {
+      int64_t B = shapes[s][0], T = shapes[s][1], H = shapes[s][2], K = shapes[s][3];
+      int64_t D = shapes[s][4];
+      ag_rng r = {s + 4000};
+      int32_t *doc = malloc((size_t)(B * T) * 4);
+      att_make_docs(doc, B, T, (int)shapes[s][5], &r);
+      att_opts_aux a = {.doc = doc, .o = optv[s], .ref = ref,
+                        .P = malloc((size_t)(B * H * T * T) * 8)};
+      op_case c = {.name = ref ? "attention_ref opts" : "attention opts", .n_in = 3,
+                   .in = {rnd(&r, B * T * H * D, -1.5, 1.5), rnd(&r, B * T * K * D, -1.5, 1.5),
+                          rnd(&r, B * T * K * D, -1, 1)},
+                   .in_n = {B * T * H * D, B * T * K * D, B * T * K * D}, .check = {1, 1, 1},
+                   .out = malloc(B * T * H * D * 8), .out_n = B * T * H * D, .fwd = atto_fwd,
+                   .bwd = atto_bwd, .d = {B, T, H, K, D, (int64_t)s}, .aux = &a};
+      run_case(&c);
+      free(doc);
+      free(a.P);
+      free_case(&c);
+    }
+}
+
+/* Against transformers itself (tests/golden/autograd/attention_opts.txt,
+ * tools/reference/make_autograd_fixtures.py attention_opts_fixture): gemma2
+ * eager_attention_forward with a masking_utils causal + sliding-window +
+ * packed-sequence mask, on fp32-representable inputs. transformers runs the
+ * softmax in fp32, so agreement is at fp32 level; the bounds are those of the
+ * model golden test (test_tape_decoder.c): 1e-5 for the output, 1e-4 for the
+ * gradients, relative; a wrong window, mask or cap is O(1). */
+static double *att_read_vals(FILE *f, const char *name, int64_t n) {
+  char w[16];
+  long long m;
+  assert_int_equal(fscanf(f, "%15s %lld", w, &m), 2);
+  assert_string_equal(w, name);
+  assert_int_equal(m, n);
+  double *x = malloc((size_t)n * 8);
+  for (int64_t i = 0; i < n; i++) assert_int_equal(fscanf(f, "%lf", &x[i]), 1);
+  return x;
+}
+static void att_draw(double *x, int64_t n, uint64_t seed, double lo, double hi) {
+  ag_rng r = {seed};
+  for (int64_t i = 0; i < n; i++) x[i] = (float)ag_unif(&r, lo, hi);
+}
+static void test_attention_opts_golden(void **st) {
+  (void)st;
+  char path[512], line[512];
+  snprintf(path, sizeof path, "%s/golden/autograd/attention_opts.txt", QLORA_TEST_DIR);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  assert_non_null(fgets(line, sizeof line, f)); /* '# ...' provenance */
+  assert_true(line[0] == '#');
+  long long B, T, H, K, D, window, seed;
+  double scale, softcap, worst[2][4] = {{0}};
+  int cases = 0;
+  while (fscanf(f, " case %lld %lld %lld %lld %lld %lf %lld %lf %lld", &B, &T, &H, &K, &D, &scale,
+                &window, &softcap, &seed) == 9) {
+    qt_att_opts o = {.scale = scale, .window = window, .softcap = softcap};
+    int64_t nq = B * T * H * D, nk = B * T * K * D;
+    char w[8];
+    assert_int_equal(fscanf(f, "%7s", w), 1);
+    assert_string_equal(w, "doc");
+    int32_t *doc = malloc((size_t)(B * T) * 4);
+    for (int64_t n = 0; n < B * T; n++) assert_int_equal(fscanf(f, "%d", &doc[n]), 1);
+    double *want[4];
+    want[0] = att_read_vals(f, "out", nq);
+    want[1] = att_read_vals(f, "dq", nq);
+    want[2] = att_read_vals(f, "dk", nk);
+    want[3] = att_read_vals(f, "dv", nk);
+    double *q = malloc(nq * 8), *k = malloc(nk * 8), *v = malloc(nk * 8), *dout = malloc(nq * 8);
+    att_draw(q, nq, (uint64_t)seed * 10 + 0, -2, 2);
+    att_draw(k, nk, (uint64_t)seed * 10 + 1, -2, 2);
+    att_draw(v, nk, (uint64_t)seed * 10 + 2, -1, 1);
+    att_draw(dout, nq, (uint64_t)seed * 10 + 3, -1, 1);
+    int64_t nw = qt_op_attention_work_elems(T, &o) + B * K * T;
+    double *got[4] = {malloc(nq * 8), malloc(nq * 8), malloc(nk * 8), malloc(nk * 8)};
+    double *P = malloc((size_t)(B * H * T * T) * 8), *work = malloc((size_t)nw * 8);
+    float *qf = malloc(nq * 4), *kf = malloc(nk * 4), *vf = malloc(nk * 4), *dof = malloc(nq * 4);
+    float *gf[4] = {malloc(nq * 4), malloc(nq * 4), malloc(nk * 4), malloc(nk * 4)};
+    float *Pf = malloc((size_t)(B * H * T * T) * 4), *wf = malloc((size_t)nw * 4);
+    for (int64_t i = 0; i < nq; i++) { qf[i] = (float)q[i]; dof[i] = (float)dout[i]; }
+    for (int64_t i = 0; i < nk; i++) { kf[i] = (float)k[i]; vf[i] = (float)v[i]; }
+    int64_t n4[4] = {nq, nq, nk, nk};
+    /* versions: fp64 reference, fp64 GEMM, fp32 GEMM (training), fp32 reference */
+    for (int ver = 0; ver < 4; ver++) {
+      if (ver == 0) {
+        qt_op_attention_forward_ref_cpu_f64(got[0], P, q, k, v, doc, B, T, H, K, D, &o);
+        qt_op_attention_backward_ref_cpu_f64(got[1], got[2], got[3], 0, work, dout, P, q, k, v,
+                                             doc, B, T, H, K, D, &o);
+      } else if (ver == 1) {
+        qt_op_attention_forward_cpu_f64(got[0], P, q, k, v, doc, B, T, H, K, D, &o);
+        qt_op_attention_backward_cpu_f64(got[1], got[2], got[3], 0, work, dout, P, q, k, v, doc,
+                                         B, T, H, K, D, &o);
+      } else {
+        (ver == 2 ? qt_op_attention_forward_cpu : qt_op_attention_forward_ref_cpu)(
+            gf[0], Pf, qf, kf, vf, doc, B, T, H, K, D, &o);
+        (ver == 2 ? qt_op_attention_backward_cpu : qt_op_attention_backward_ref_cpu)(
+            gf[1], gf[2], gf[3], 0, wf, dof, Pf, qf, kf, vf, doc, B, T, H, K, D, &o);
+        for (int j = 0; j < 4; j++)
+          for (int64_t i = 0; i < n4[j]; i++) got[j][i] = gf[j][i];
+      }
+      for (int j = 0; j < 4; j++) {
+        double e = att_err(got[j], want[j], n4[j]);
+        double bound = j == 0 ? 1e-5 : 1e-4;
+        if (e >= bound || getenv("AG_VERBOSE"))
+          fprintf(stderr, "attention golden case %d version %d tensor %d: rel err %.3g\n", cases,
+                  ver, j, e);
+        assert_true(e < bound);
+        if (e > worst[ver >= 2][j]) worst[ver >= 2][j] = e;
+      }
+    }
+    cases++;
+    for (int j = 0; j < 4; j++) { free(want[j]); free(got[j]); free(gf[j]); }
+    free(q); free(k); free(v); free(dout); free(P); free(work); free(qf); free(kf); free(vf);
+    free(dof); free(Pf); free(wf); free(doc);
+  }
+  fclose(f);
+  fprintf(stderr, "attention options vs transformers (%d cases), worst rel err out/dq/dk/dv: "
+          "fp64 %.3g %.3g %.3g %.3g, fp32 %.3g %.3g %.3g %.3g\n", cases, worst[0][0], worst[0][1],
+          worst[0][2], worst[0][3], worst[1][0], worst[1][1], worst[1][2], worst[1][3]);
+  assert_int_equal(cases, 5);
+}
+
+/* The tape records the options (qt_tape_attention_ex): its forward equals the
+ * op with the same options bit for bit, a checkpointed layer replays them on
+ * recompute (gradients bit-identical to the plain recording), the options do
+ * change the gradients, and a measuring tape accounts for the softcap backward's
+ * larger work buffer (a real tape of exactly the measured size runs). */
+typedef struct {
+  int32_t k, v;
+  const int32_t *doc;
+  const qt_att_opts *o;
+  int64_t B, T, H, D;
+} att_layer_ctx;
+static qt_status att_layer_fn(qt_tape *t, void *ctx, int32_t in, int32_t *out) {
+  const att_layer_ctx *c = ctx;
+  return qt_tape_attention_ex(t, in, c->k, c->v, c->B, c->T, c->H, c->H, c->D, c->doc, c->o, out);
+}
+typedef struct {
+  qt_tape_stats stats;
+  double loss;
+} att_tape_run;
+static att_tape_run att_tape_step(bool measure, size_t act, size_t grad, bool ckpt,
+                                  const qt_att_opts *o, const float *q, const float *k,
+                                  const float *v, const float *W, float *gq, float *gk, float *gv,
+                                  float *att_out) {
+  enum { B = 2, T = 70, H = 2, D = 4, V = 5 };
+  static int32_t doc[B * T], targets[B * T];
+  for (int n = 0; n < B * T; n++) {
+    doc[n] = n / T * 10 + (n % T >= 40);
+    targets[n] = n % V;
+  }
+  static float zero[B * T * H * D];
+  qt_tape *t;
+  qt_tape_config cfg = {.act_bytes = act, .grad_bytes = grad, .max_tensors = 32, .max_nodes = 16,
+                        .ce_chunk_rows = 16};
+  assert_int_equal((measure ? qt_tape_init_measure : qt_tape_init)(&t, QT_F32, &cfg), QT_OK);
+  int32_t iq, ik, iv, iw, iz, x, y, loss;
+  memset(gq, 0, sizeof(float) * B * T * H * D);
+  memset(gk, 0, sizeof(float) * B * T * H * D);
+  memset(gv, 0, sizeof(float) * B * T * H * D);
+  assert_int_equal(qt_tape_trainable(t, "q", (void *)q, gq, B * T, H * D, &iq), QT_OK);
+  assert_int_equal(qt_tape_trainable(t, "k", (void *)k, gk, B * T, H * D, &ik), QT_OK);
+  assert_int_equal(qt_tape_trainable(t, "v", (void *)v, gv, B * T, H * D, &iv), QT_OK);
+  assert_int_equal(qt_tape_frozen(t, "W", W, V, H * D, &iw), QT_OK);
+  assert_int_equal(qt_tape_constant(t, zero, B * T, H * D, &iz), QT_OK);
+  assert_int_equal(qt_tape_add(t, iq, iz, &x), QT_OK); /* an activation for the layer input */
+  att_layer_ctx c = {.k = ik, .v = iv, .doc = doc, .o = o, .B = B, .T = T, .H = H, .D = D};
+  assert_int_equal(qt_tape_layer(t, att_layer_fn, &c, x, ckpt, &y), QT_OK);
+  if (att_out && !measure) memcpy(att_out, qt_tape_data(t, y), sizeof(float) * B * T * H * D);
+  double sum;
+  int64_t cnt;
+  assert_int_equal(qt_tape_cross_entropy(t, y, iw, targets, &loss, &sum, &cnt), QT_OK);
+  assert_int_equal(qt_tape_backward(t, loss, 1.0 / (double)cnt), QT_OK);
+  att_tape_run r = {qt_tape_get_stats(t), sum};
+  qt_tape_free(&t);
+  return r;
+}
+static void test_attention_opts_tape(void **st) {
+  (void)st;
+  enum { B = 2, T = 70, H = 2, D = 4, V = 5, N = B * T * H * D };
+  ag_rng r = {31337};
+  float *q = malloc(N * 4), *k = malloc(N * 4), *v = malloc(N * 4), *W = malloc(V * H * D * 4);
+  for (int i = 0; i < N; i++) {
+    q[i] = (float)ag_unif(&r, -2, 2);
+    k[i] = (float)ag_unif(&r, -2, 2);
+    v[i] = (float)ag_unif(&r, -1, 1);
+  }
+  for (int i = 0; i < V * H * D; i++) W[i] = (float)ag_unif(&r, -1, 1);
+  const qt_att_opts opts = {.scale = 0.3, .window = 9, .softcap = 1.5};
+  float *g[2][3], *att = malloc(N * 4), *att_op = malloc(N * 4), *P = malloc(B * H * T * T * 4);
+  for (int c = 0; c < 2; c++)
+    for (int j = 0; j < 3; j++) g[c][j] = malloc(N * 4);
+  att_tape_run meas = att_tape_step(true, 0, 0, true, &opts, q, k, v, W, g[0][0], g[0][1], g[0][2], NULL);
+  for (int ckpt = 0; ckpt < 2; ckpt++) { /* ckpt on: arenas of exactly the measured size */
+    att_tape_run run = att_tape_step(false, ckpt ? meas.stats.act_peak : 1 << 22,
+                                     ckpt ? meas.stats.grad_peak : 1 << 22, ckpt == 1, &opts, q, k,
+                                     v, W, g[ckpt][0], g[ckpt][1], g[ckpt][2], att);
+    assert_true(run.loss > 0);
+    if (ckpt) assert_int_equal(run.stats.act_peak, meas.stats.act_peak);
+  }
+  int32_t doc[B * T];
+  for (int n = 0; n < B * T; n++) doc[n] = n / T * 10 + (n % T >= 40);
+  qt_op_attention_forward_cpu(att_op, P, q, k, v, doc, B, T, H, H, D, &opts);
+  assert_memory_equal(att, att_op, N * 4);
+  for (int j = 0; j < 3; j++) assert_memory_equal(g[0][j], g[1][j], N * 4);
+  /* the defaults give other gradients */
+  float *h[3] = {malloc(N * 4), malloc(N * 4), malloc(N * 4)};
+  att_tape_step(false, 1 << 22, 1 << 22, false, NULL, q, k, v, W, h[0], h[1], h[2], NULL);
+  assert_memory_not_equal(h[0], g[0][0], N * 4);
+  for (int j = 0; j < 3; j++) free(h[j]);
+  for (int c = 0; c < 2; c++)
+    for (int j = 0; j < 3; j++) free(g[c][j]);
+  free(q); free(k); free(v); free(W); free(att); free(att_op); free(P);
 }
 
 /* Dropout masks: word i of the Philox stream (seed, subsequence) decides
@@ -625,13 +1049,13 @@ static void det_step(det_run *o, const float *x, const float *w, const float *q,
   enum { N = 300, C = 257, T = 150, H = 4, K = 2, D = 16, V = 700, CH = 64 };
   qt_op_rmsnorm_forward_cpu(o->out, o->rstd, x, w, 1e-5, N, C);
   qt_op_rmsnorm_backward_cpu(o->dx, 0, dy, x, w, o->rstd, N, C);
-  qt_op_attention_forward_cpu(o->att, o->P, q, k, v, doc, 2, T, H, K, D);
-  qt_op_attention_backward_cpu(o->dq, o->dk, o->dv, 0, o->work, dy, o->P, q, k, v, doc, 2, T, H, K, D);
+  qt_op_attention_forward_cpu(o->att, o->P, q, k, v, doc, 2, T, H, K, D, NULL);
+  qt_op_attention_backward_cpu(o->dq, o->dk, o->dv, 0, o->work, dy, o->P, q, k, v, doc, 2, T, H, K, D, NULL);
   qt_op_swiglu_forward_cpu(o->sw, x, dy, N * C);
   qt_op_swiglu_backward_cpu(o->dg, o->du, 0, dy, x, w, C);
   int64_t cnt;
-  o->loss = qt_op_cross_entropy_forward_cpu(o->lse, &cnt, o->logits, CH, x, W, tg, N, C, V);
-  qt_op_cross_entropy_backward_cpu(o->dxc, 0, o->logits, CH, 1.0 / (double)cnt, o->lse, x, W, tg, N, C, V);
+  o->loss = qt_op_cross_entropy_forward_cpu(o->lse, &cnt, o->logits, CH, x, W, tg, N, C, V, 0.0);
+  qt_op_cross_entropy_backward_cpu(o->dxc, 0, o->logits, CH, 1.0 / (double)cnt, o->lse, x, W, tg, N, C, V, 0.0);
 }
 
 static void test_thread_determinism(void **st) {
@@ -705,7 +1129,7 @@ static void cef_fwd(op_case *c) {
   int64_t N = c->d[0], C = c->d[1], V = c->d[2], chunk = c->d[3], cnt;
   double *dx1 = c->aux2, *logits = dx1 + N * C, *rowloss = logits + chunk * V;
   c->out[0] = qt_op_cross_entropy_fused_cpu_f64(dx1, &cnt, logits, rowloss, chunk, c->in[0],
-                                                c->in[1], c->aux, N, C, V);
+                                                c->in[1], c->aux, N, C, V, 0.0);
 }
 static void cef_bwd(op_case *c, double **g, int acc) {
   qt_op_scaled_add_cpu_f64(g[0], acc, c->aux2, c->r[0], c->d[0] * c->d[1]);
@@ -728,7 +1152,7 @@ static void test_cross_entropy_fused(void **st) {
     /* the same loss as the plain forward */
     double *lse = malloc((size_t)N * 8), *logits = malloc((size_t)(chunk * V) * 8);
     int64_t cnt;
-    double plain = qt_op_cross_entropy_forward_cpu_f64(lse, &cnt, logits, chunk, c.in[0], c.in[1], tg, N, C, V);
+    double plain = qt_op_cross_entropy_forward_cpu_f64(lse, &cnt, logits, chunk, c.in[0], c.in[1], tg, N, C, V, 0.0);
     cef_fwd(&c);
     assert_true(fabs(plain - c.out[0]) <= 1e-13 * fabs(plain));
     free(lse); free(logits); free(tg); free(c.aux2);
@@ -760,6 +1184,11 @@ int main(void) {
       cmocka_unit_test(test_rope),           cmocka_unit_test(test_rope_inv_freq_golden),           cmocka_unit_test(test_attention),
       cmocka_unit_test(test_attention_doc_isolation),
       cmocka_unit_test(test_attention_gemm_vs_ref),
+      cmocka_unit_test(test_attention_mask_helpers),
+      cmocka_unit_test(test_attention_opts_gemm_vs_ref),
+      cmocka_unit_test(test_attention_opts_grad),
+      cmocka_unit_test(test_attention_opts_golden),
+      cmocka_unit_test(test_attention_opts_tape),
       cmocka_unit_test(test_doc_ids_from_starts),
       cmocka_unit_test(test_swiglu),         cmocka_unit_test(test_cross_entropy),
       cmocka_unit_test(test_cross_entropy_chunks),

@@ -28,6 +28,42 @@ llama_lora_{untied,tied}.txt — loss and every LoRA gradient of a two-layer
     'ids|labels|doc ...' (per packed token; labels unshifted, -100 = ignored),
     'loss_sum x', 'count n', 'grad name n' followed by n values.
 Values are written with 17 significant digits.
+
+attention_opts.txt — the attention op's options (scale, sliding window, logit
+  soft-capping; autograd/ops.h qt_att_opts) against transformers itself:
+  models/gemma2/modeling_gemma2.py eager_attention_forward (scores * scaling,
+  softcap * tanh(scores / softcap), + mask, softmax in float32, repeat_kv GQA)
+  with the additive mask from masking_utils.eager_mask over
+  and_masks(causal_mask_function, sliding_window_overlay(window),
+  packed_sequence_mask_function(doc)) (window 0: no overlay), inputs float64
+  holding fp32-representable values, gradients of sum(out * dout) by autograd.
+  Per case: 'case B T H K D scale window softcap seed' (scale 0: transformers'
+  default head_dim^-0.5, softcap 0: None), 'doc ...' (B*T ids), then
+  'out n', 'dq n', 'dk n', 'dv n' each followed by n values in the C layouts
+  q, out (B*T, H, D), k, v (B*T, K, D). Inputs are not stored: q, k from
+  splitmix64 seeds seed*10+0, +1 in [-2, 2), v, dout from +2, +3 in [-1, 1),
+  each value rounded to fp32 (tests/autograd/test_ops_grad.c draws the same).
+
+family_ops.txt — the ops the Qwen3 / Gemma 2/3 / Phi-3 families add
+  (tests/autograd/test_ops_family.c), in float64 from inputs holding
+  fp32-representable values:
+  'geglu n seed': transformers ACT2FN["gelu_pytorch_tanh"] (GemmaMLP's act_fn,
+    torch gelu approximate="tanh") of gate times up; gate from splitmix64 seed*10+0
+    in [-GMAX, GMAX) (GMAX on the 'range' line), up +1 in [-2, 2), dout +2 in
+    [-1, 1); then 'out n', 'dgate n', 'dup n' (gradients of sum(out * dout)).
+  'rmsnorm_heads N H D eps seed': transformers Qwen3RMSNorm(D) over
+    x.view(N, H, D) (Qwen3Attention.q_norm): its forward's formula in float64
+    (the module itself casts to float32 inside; the fixture checks that it agrees
+    to fp32 accuracy); x from seed*10+0 in [-2, 2), w +1 in [0.5, 1.5), dout +2 in
+    [-1, 1); then 'out n', 'dx n'.
+  'ce_softcap N C V cap seed': Gemma2ForCausalLM.forward's final-logit
+    soft-capping (logits / cap, tanh, * cap) of x W^T, then cross_entropy(...,
+    ignore_index=-100, reduction="sum"); x from seed*10+0, W +1, both in
+    [-1, 1); 'targets ...' (N, -100 = ignored); then 'loss_sum x', 'count n',
+    'zc n' (the capped logits, (N, V)), 'dx n' (d loss_sum / dx).
+
+Run with fixture names as arguments (rope_inv_freq, llama_lora, attention_opts,
+family_ops) to write only those.
 """
 import os
 import sys
@@ -183,8 +219,163 @@ def llama_fixture(tied, base_seed):
                                    "loss_mean": total.item(), "count": count})
 
 
+# Must match tests/autograd/test_ops_grad.c test_attention_opts_golden.
+# (B, T, H, K, D, scale, window, softcap, seed, document lengths per row)
+ATT_CASES = [
+    (2, 67, 4, 2, 4, 0.3, 5, 2.0, 11, [[30, 37], [10, 20, 37]]),
+    (1, 130, 2, 1, 8, 0.0, 40, 5.0, 12, [[100, 30]]),
+    (1, 20, 3, 3, 4, 0.5, 0, 1.0, 13, [[20]]),
+    (1, 33, 2, 1, 6, 0.0, 7, 0.0, 14, [[12, 21]]),
+    (1, 70, 2, 1, 8, 0.25, 1, 3.0, 15, [[70]]),
+]
+
+
+class _AttnModule:
+    """What eager_attention_forward reads from its module argument."""
+
+    def __init__(self, head_dim, groups):
+        self.head_dim = head_dim
+        self.num_key_value_groups = groups
+        self.training = False
+
+
+def attention_opts_fixture():
+    from transformers.masking_utils import (and_masks, causal_mask_function, eager_mask,
+                                            packed_sequence_mask_function,
+                                            sliding_window_overlay)
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    lines = ["# attention options vs transformers %s gemma2 eager_attention_forward, torch %s"
+             % (transformers.__version__, torch.__version__)]
+    for Bc, Tc, Hc, Kc, Dc, scale, window, softcap, seed, lens in ATT_CASES:
+        assert len(lens) == Bc and all(sum(r) == Tc for r in lens)
+        doc = []
+        for b, row in enumerate(lens):
+            for d, n in enumerate(row):
+                doc += [b * 100 + d] * n
+
+        def draw(off, n, lo, hi):
+            v = torch.tensor(splitmix_fill(seed * 10 + off, n, lo, hi), dtype=torch.float32)
+            return v.to(torch.float64)
+
+        q = draw(0, Bc * Tc * Hc * Dc, -2.0, 2.0).view(Bc, Tc, Hc, Dc).requires_grad_()
+        k = draw(1, Bc * Tc * Kc * Dc, -2.0, 2.0).view(Bc, Tc, Kc, Dc).requires_grad_()
+        v = draw(2, Bc * Tc * Kc * Dc, -1.0, 1.0).view(Bc, Tc, Kc, Dc).requires_grad_()
+        dout = draw(3, Bc * Tc * Hc * Dc, -1.0, 1.0).view(Bc, Tc, Hc, Dc)
+        fns = [causal_mask_function]
+        if window > 0:
+            fns.append(sliding_window_overlay(window))
+        fns.append(packed_sequence_mask_function(torch.tensor(doc).view(Bc, Tc)))
+        mask = eager_mask(batch_size=Bc, q_length=Tc, kv_length=Tc,
+                          mask_function=and_masks(*fns), dtype=torch.float64)
+        out, _ = eager_attention_forward(
+            _AttnModule(Dc, Hc // Kc), q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            mask, dropout=0.0, scaling=scale if scale > 0 else None,
+            softcap=softcap if softcap > 0 else None)
+        assert tuple(out.shape) == (Bc, Tc, Hc, Dc)
+        (out * dout).sum().backward()
+        lines.append("case %d %d %d %d %d %r %d %r %d"
+                     % (Bc, Tc, Hc, Kc, Dc, scale, window, softcap, seed))
+        lines.append("doc " + " ".join(map(str, doc)))
+        for name, t in [("out", out.detach()), ("dq", q.grad), ("dk", k.grad), ("dv", v.grad)]:
+            vals = t.reshape(-1).tolist()
+            lines.append("%s %d" % (name, len(vals)))
+            lines.append(" ".join("%.17g" % x for x in vals))
+    with open(os.path.join(golden_dir("autograd"), "attention_opts.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    write_meta("autograd", "attention_opts", {"script": "tools/reference/make_autograd_fixtures.py",
+                                              "cases": len(ATT_CASES)})
+
+
+# Must match tests/autograd/test_ops_family.c.
+GEGLU_CASES = [(1000, 21, 6.0), (257, 22, 14.0)]          # (n, seed, gate range)
+RMSH_CASES = [(5, 3, 8, 1e-6, 31), (7, 2, 17, 1e-5, 32)]  # (N, H, D, eps, seed)
+CE_CASES = [(9, 12, 37, 2.0, 41), (6, 16, 29, 0.5, 42), (5, 8, 23, 30.0, 43)]  # (N, C, V, cap, seed)
+
+
+def family_ops_fixture():
+    from transformers.activations import ACT2FN
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    def draw(seed, off, n, lo, hi):
+        v = torch.tensor(splitmix_fill(seed * 10 + off, n, lo, hi), dtype=torch.float32)
+        return v.to(torch.float64)
+
+    def put(lines, name, t):
+        vals = t.reshape(-1).tolist()
+        lines.append("%s %d" % (name, len(vals)))
+        lines.append(" ".join("%.17g" % x for x in vals))
+
+    lines = ["# family ops (GeGLU, per-head RMSNorm, CE with final-logit soft-capping), float64; "
+             "transformers %s, torch %s" % (transformers.__version__, torch.__version__)]
+    act = ACT2FN["gelu_pytorch_tanh"]
+    for n, seed, gmax in GEGLU_CASES:
+        gate = draw(seed, 0, n, -gmax, gmax).requires_grad_()
+        up = draw(seed, 1, n, -2.0, 2.0).requires_grad_()
+        dout = draw(seed, 2, n, -1.0, 1.0)
+        out = act(gate) * up
+        (out * dout).sum().backward()
+        lines.append("geglu %d %d" % (n, seed))
+        lines.append("range %r" % gmax)
+        put(lines, "out", out.detach())
+        put(lines, "dgate", gate.grad)
+        put(lines, "dup", up.grad)
+    for N, H, D, eps, seed in RMSH_CASES:
+        x = draw(seed, 0, N * H * D, -2.0, 2.0).view(N, H * D).requires_grad_()
+        norm = Qwen3RMSNorm(D, eps=eps).to(torch.float64)
+        with torch.no_grad():
+            norm.weight.copy_(draw(seed, 1, D, 0.5, 1.5))
+        dout = draw(seed, 2, N * H * D, -1.0, 1.0)
+        # Qwen3RMSNorm.forward without its hidden_states.to(torch.float32)
+        xv = x.view(N, H, D)
+        variance = xv.pow(2).mean(-1, keepdim=True)
+        out = (norm.weight * (xv * torch.rsqrt(variance + eps))).reshape(N, H * D)
+        with torch.no_grad():
+            mod = norm(xv).reshape(N, H * D)
+            assert mod.dtype == torch.float64
+            assert ((mod - out).abs() <= 1e-6 * (1 + out.abs())).all()
+        (out * dout.view(N, H * D)).sum().backward()
+        lines.append("rmsnorm_heads %d %d %d %r %d" % (N, H, D, eps, seed))
+        put(lines, "out", out.detach())
+        put(lines, "dx", x.grad)
+    for N, C, V, cap, seed in CE_CASES:
+        x = draw(seed, 0, N * C, -1.0, 1.0).view(N, C).requires_grad_()
+        W = draw(seed, 1, V * C, -1.0, 1.0).view(V, C)
+        targets = [int(v * V) % V for v in splitmix_fill(seed * 10 + 2, N, 0.0, 1.0)]
+        targets[1] = -100
+        # transformers models/gemma2/modeling_gemma2.py Gemma2ForCausalLM.forward
+        logits = x @ W.T
+        logits = logits / cap
+        logits = torch.tanh(logits)
+        logits = logits * cap
+        tg = torch.tensor(targets)
+        # loss_utils ForCausalLMLoss's cross-entropy, kept in float64 (its
+        # logits.float() would round this reference to fp32)
+        loss = torch.nn.functional.cross_entropy(logits, tg, ignore_index=-100, reduction="sum")
+        loss.backward()
+        lines.append("ce_softcap %d %d %d %r %d" % (N, C, V, cap, seed))
+        lines.append("targets " + " ".join(map(str, targets)))
+        lines.append("loss_sum %.17g" % loss.item())
+        lines.append("count %d" % sum(1 for t in targets if t != -100))
+        put(lines, "zc", logits.detach())
+        put(lines, "dx", x.grad)
+    with open(os.path.join(golden_dir("autograd"), "family_ops.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    write_meta("autograd", "family_ops", {"script": "tools/reference/make_autograd_fixtures.py",
+                                          "geglu_cases": len(GEGLU_CASES),
+                                          "rmsnorm_heads_cases": len(RMSH_CASES),
+                                          "ce_softcap_cases": len(CE_CASES)})
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    rope_fixture()
-    llama_fixture(False, 5)
-    llama_fixture(True, 6)
+    only = set(sys.argv[1:])
+    if not only or "rope_inv_freq" in only:
+        rope_fixture()
+    if not only or "llama_lora" in only:
+        llama_fixture(False, 5)
+        llama_fixture(True, 6)
+    if not only or "attention_opts" in only:
+        attention_opts_fixture()
+    if not only or "family_ops" in only:
+        family_ops_fixture()
