@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <math.h>
 
 #include <cjson/cJSON.h>
 
@@ -72,11 +73,51 @@ static void check_str(const char *cs, const char *key, const char *got, const cJ
   if (strcmp(got, v->valuestring) != 0) fail_msg("%s: %s = '%s', transformers says '%s'", cs, key, got, v->valuestring);
 }
 
+static void check_rope(const char *cs, const char *what, const qt_hf_rope *r, const cJSON *rope) {
+  char key[64];
+  snprintf(key, sizeof key, "%s.type", what);
+  check_str(cs, key, qt_rope_type_name(r->type), item(rope, "type"));
+  snprintf(key, sizeof key, "%s.theta", what);
+  check_double(cs, key, r->theta, item(rope, "theta"));
+  snprintf(key, sizeof key, "%s.factor", what);
+  if (r->type != QT_ROPE_DEFAULT) check_double(cs, key, r->factor, item(rope, "factor"));
+  else assert_true(r->factor == 1.0);
+  if (r->type == QT_ROPE_LLAMA3) {
+    check_double(cs, "rope.low_freq_factor", r->low_freq_factor, item(rope, "low_freq_factor"));
+    check_double(cs, "rope.high_freq_factor", r->high_freq_factor, item(rope, "high_freq_factor"));
+    check_int(cs, "rope.original_max_position_embeddings", r->original_max_position_embeddings,
+              want_int(rope, "original_max_position_embeddings"));
+  }
+}
+
+/* A soft-cap: null in expected.json is none (0). */
+static void check_cap(const char *cs, const char *key, double got, const cJSON *v) {
+  if (cJSON_IsNull(v)) {
+    if (got != 0.0) fail_msg("%s: %s = %g, transformers says none", cs, key, got);
+  } else {
+    check_double(cs, key, got, v);
+  }
+}
+
 static void check_case(const char *cs, const char *config_path, const char *expected_path) {
-  qt_hf_config c;
-  qt_status s = qt_hf_config_load(config_path, &c);
-  if (s != QT_OK) fail_msg("%s: %s", cs, qt_error_message());
   cJSON *exp = read_json(expected_path);
+  qt_hf_config c;
+  qt_error_clear();
+  qt_status s = qt_hf_config_load(config_path, &c);
+  const cJSON *want_err = cJSON_GetObjectItemCaseSensitive(exp, "expect_error");
+  if (want_err != NULL) {
+    /* transformers loads it (expected.json records what it resolves); we refuse. */
+    assert_true(cJSON_IsString(want_err));
+    if (s == QT_OK) fail_msg("%s: accepted, want %s", cs, want_err->valuestring);
+    if (strcmp(want_err->valuestring, "unsupported") != 0 || s != QT_ERR_UNSUPPORTED)
+      fail_msg("%s: status %s, want %s: %s", cs, qt_status_name(s), want_err->valuestring, qt_error_message());
+    const char *msg = item(exp, "expect_message")->valuestring;
+    if (strstr(qt_error_message(), msg) == NULL || strstr(qt_error_message(), config_path) == NULL)
+      fail_msg("%s: message '%s' lacks '%s' or the file name", cs, qt_error_message(), msg);
+    cJSON_Delete(exp);
+    return;
+  }
+  if (s != QT_OK) fail_msg("%s: %s", cs, qt_error_message());
 
   check_str(cs, "model_type", qt_hf_arch_name(c.arch), item(exp, "model_type"));
   check_int(cs, "hidden_size", c.hidden_size, want_int(exp, "hidden_size"));
@@ -88,18 +129,42 @@ static void check_case(const char *cs, const char *config_path, const char *expe
   check_int(cs, "vocab_size", c.vocab_size, want_int(exp, "vocab_size"));
   check_int(cs, "max_position_embeddings", c.max_position_embeddings, want_int(exp, "max_position_embeddings"));
   check_double(cs, "rms_norm_eps", c.rms_norm_eps, item(exp, "rms_norm_eps"));
-  check_str(cs, "hidden_act", "silu", item(exp, "hidden_act"));
+  check_str(cs, "hidden_act", c.act == QT_HF_ACT_SILU ? "silu" : "gelu_pytorch_tanh", item(exp, "hidden_act"));
 
-  const cJSON *rope = item(exp, "rope");
-  check_str(cs, "rope.type", qt_rope_type_name(c.rope.type), item(rope, "type"));
-  check_double(cs, "rope.theta", c.rope.theta, item(rope, "theta"));
-  if (c.rope.type != QT_ROPE_DEFAULT) check_double(cs, "rope.factor", c.rope.factor, item(rope, "factor"));
-  else assert_true(c.rope.factor == 1.0);
-  if (c.rope.type == QT_ROPE_LLAMA3) {
-    check_double(cs, "rope.low_freq_factor", c.rope.low_freq_factor, item(rope, "low_freq_factor"));
-    check_double(cs, "rope.high_freq_factor", c.rope.high_freq_factor, item(rope, "high_freq_factor"));
-    check_int(cs, "rope.original_max_position_embeddings", c.rope.original_max_position_embeddings,
-              want_int(rope, "original_max_position_embeddings"));
+  check_rope(cs, "rope", &c.rope, item(exp, "rope"));
+  const cJSON *rl = item(exp, "rope_local");
+  if (cJSON_IsNull(rl)) {
+    if (c.has_rope_local) fail_msg("%s: has a rope of sliding layers, transformers has one rope", cs);
+  } else {
+    if (!c.has_rope_local) fail_msg("%s: no rope of sliding layers, transformers has one", cs);
+    check_rope(cs, "rope_local", &c.rope_local, rl);
+  }
+
+  check_bool(cs, exp, "fused_qkv", c.fused_qkv);
+  check_bool(cs, exp, "fused_gate_up", c.fused_gate_up);
+  check_bool(cs, exp, "qk_norm", c.qk_norm);
+  check_bool(cs, exp, "norm_plus_one", c.norm_plus_one);
+  check_bool(cs, exp, "sandwich_norm", c.sandwich_norm);
+  /* transformers' scalar_embed_scale: hidden_size**0.5 when the model scales, 1.0 otherwise. */
+  const cJSON *es = item(exp, "embed_scale");
+  assert_true(cJSON_IsNumber(es));
+  if (c.embed_scale != (es->valuedouble != 1.0))
+    fail_msg("%s: embed_scale = %d, transformers scales by %g", cs, c.embed_scale, es->valuedouble);
+  if (c.embed_scale) check_double(cs, "embed_scale value", sqrt((double)c.hidden_size), es);
+  check_double(cs, "attn_scale", c.attn_scale, item(exp, "attn_scale"));
+  check_cap(cs, "attn_softcap", c.attn_softcap, item(exp, "attn_softcap"));
+  check_cap(cs, "final_softcap", c.final_softcap, item(exp, "final_softcap"));
+  /* The decoder's prefix in a checkpoint save_pretrained wrote, and lm_head.weight
+   * written exactly when untied (when the case was small enough to save). */
+  const cJSON *wp = cJSON_GetObjectItemCaseSensitive(exp, "weight_prefix");
+  if (wp != NULL) {
+    check_str(cs, "weight_prefix", c.weight_prefix, wp);
+    const cJSON *lh = item(exp, "lm_head_saved");
+    if ((bool)cJSON_IsTrue(lh) != !c.tie_word_embeddings)
+      fail_msg("%s: tie_word_embeddings = %d but the saved checkpoint %s lm_head.weight", cs, c.tie_word_embeddings,
+               cJSON_IsTrue(lh) ? "has" : "lacks");
+  } else {
+    assert_string_equal(c.weight_prefix, "model.");
   }
 
   check_bool(cs, exp, "tie_word_embeddings", c.tie_word_embeddings);
@@ -115,6 +180,13 @@ static void check_case(const char *cs, const char *config_path, const char *expe
   } else {
     assert_true(c.has_bos);
     check_int(cs, "bos_token_id", c.bos_token_id, (int64_t)bos->valuedouble);
+  }
+  const cJSON *pad = item(exp, "pad_token_id");
+  if (cJSON_IsNull(pad)) {
+    if (c.has_pad) fail_msg("%s: pad_token_id = %lld, transformers says none", cs, (long long)c.pad_token_id);
+  } else {
+    if (!c.has_pad) fail_msg("%s: no pad_token_id, transformers says %g", cs, pad->valuedouble);
+    check_int(cs, "pad_token_id", c.pad_token_id, (int64_t)pad->valuedouble);
   }
   const cJSON *eos = item(exp, "eos_token_ids");
   check_int(cs, "number of eos ids", c.n_eos, cJSON_GetArraySize(eos));
@@ -310,6 +382,53 @@ static const bad_case BAD[] = {
     {0, "quantization_config",
      "{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, \"llm_int8_skip_modules\": \"lm_head\"}", 0, 0,
      QT_ERR_FORMAT, "key 'quantization_config.llm_int8_skip_modules' must be a list of strings, got a string"},
+    /* ---- qwen3 / gemma2 / gemma3 / phi3 */
+    {0, "model_type", "\"qwen3\"", "rope_parameters", "{\"full_attention\": {\"rope_type\": \"default\"}}",
+     QT_ERR_UNSUPPORTED, "key 'rope_parameters' holds per-layer-type RoPE parameters; only one set is supported for qwen3"},
+    {0, "model_type", "\"gemma2\"", "hidden_activation", "\"gelu\"", QT_ERR_UNSUPPORTED,
+     "key 'hidden_activation' = 'gelu' is not supported; supported: silu, gelu_pytorch_tanh"},
+    {0, "model_type", "\"gemma2\"", "use_bidirectional_attention", "true", QT_ERR_UNSUPPORTED,
+     "key 'use_bidirectional_attention' is true: bidirectional attention is not supported"},
+    {0, "model_type", "\"gemma2\"", "attn_logit_softcapping", "-50", QT_ERR_FORMAT,
+     "key 'attn_logit_softcapping' must be a finite number > 0, got -50"},
+    {0, "model_type", "\"gemma2\"", "query_pre_attn_scalar", "\"256\"", QT_ERR_FORMAT,
+     "key 'query_pre_attn_scalar' must be a number, got a string"},
+    /* validate_architecture: hidden % heads even when head_dim is given. */
+    {"{\"model_type\": \"gemma2\", \"hidden_size\": 64, \"intermediate_size\": 172, \"num_hidden_layers\": 2,"
+     " \"num_attention_heads\": 6, \"num_key_value_heads\": 6, \"head_dim\": 16, \"vocab_size\": 512}",
+     0, 0, 0, 0, QT_ERR_FORMAT, "key 'hidden_size' (64) is not a multiple of 'num_attention_heads' (6)"},
+    {0, "model_type", "\"gemma3_text\"", "sliding_window_pattern", "0", QT_ERR_FORMAT,
+     "key 'sliding_window_pattern' must be in [1,"},
+    /* transformers 5.24 merges rope_scaling into {"rope_type": "default"}: "type" is ignored. */
+    {0, "model_type", "\"gemma3_text\"", "rope_scaling", "{\"type\": \"linear\", \"factor\": 8.0}", QT_ERR_FORMAT,
+     "key 'rope_scaling.type' = 'linear' is ignored by transformers here"},
+    {0, "model_type", "\"gemma3_text\"", "rope_parameters", "{\"rope_type\": \"linear\", \"factor\": 8.0}",
+     QT_ERR_FORMAT, "key 'rope_parameters.rope_type': gemma3 keeps one RoPE dict per layer type"},
+    {0, "model_type", "\"gemma3_text\"", "rope_parameters", "{\"sliding_attention\": {\"rope_type\": \"yarn\"}}",
+     QT_ERR_UNSUPPORTED, "key 'rope_parameters.sliding_attention.rope_type': rope type 'yarn' is not supported"},
+    {0, "model_type", "\"gemma3_text\"", "rope_local_base_freq", "0", QT_ERR_FORMAT,
+     "key 'rope_local_base_freq' must be a finite number > 0, got 0"},
+    /* The text model of a multimodal gemma3 config: keys named with their prefix. */
+    {"{\"model_type\": \"gemma3\", \"text_config\": {\"hidden_size\": \"64\"}}", 0, 0, 0, 0, QT_ERR_FORMAT,
+     "key 'text_config.hidden_size' must be an integer, got a string"},
+    {"{\"model_type\": \"gemma3\", \"text_config\": {\"model_type\": \"llama\"}}", 0, 0, 0, 0, QT_ERR_UNSUPPORTED,
+     "key 'text_config.model_type' = 'llama' is not supported; supported: gemma3_text"},
+    {"{\"model_type\": \"gemma3\", \"text_config\": [1]}", 0, 0, 0, 0, QT_ERR_FORMAT,
+     "key 'text_config' must be an object, got an array"},
+    {"{\"model_type\": \"gemma3\", \"text_config\": {\"sliding_window_pattern\": -1}}", 0, 0, 0, 0, QT_ERR_FORMAT,
+     "key 'text_config.sliding_window_pattern' must be in [1,"},
+    {"{\"model_type\": \"gemma3\", \"eos_token_id\": \"1\", \"text_config\": {}}", 0, 0, 0, 0, QT_ERR_FORMAT,
+     "key 'eos_token_id' must be an integer or a list of integers, got a string"},
+    {"{\"model_type\": \"gemma3\", \"text_config\": {\"eos_token_id\": \"1\"}}", 0, 0, 0, 0, QT_ERR_FORMAT,
+     "key 'text_config.eos_token_id' must be an integer or a list of integers, got a string"},
+    {0, "model_type", "\"phi3\"", "rope_scaling", "{\"type\": \"linear\", \"factor\": 2.0}", QT_ERR_UNSUPPORTED,
+     "key 'rope_scaling.type': rope type 'linear' is not supported; supported: default"},
+    {0, "model_type", "\"phi3\"", "rope_parameters",
+     "{\"rope_type\": \"longrope\", \"partial_rotary_factor\": 0.75, \"rope_theta\": 10000.0}", QT_ERR_UNSUPPORTED,
+     "key 'rope_parameters.partial_rotary_factor' is 0.75: partial rotary embeddings (phi-4-mini) are not supported"},
+    {0, "model_type", "\"phi3\"", "partial_rotary_factor", "\"0.5\"", QT_ERR_FORMAT,
+     "key 'partial_rotary_factor' must be a number, got a string"},
+    {0, "model_type", "\"phi3\"", "sliding_window", "0", QT_ERR_FORMAT, "key 'sliding_window' must be in [1,"},
 };
 
 static void set_key(cJSON *root, const char *key, const char *value) {
@@ -380,6 +499,41 @@ static void test_trailing_nul(void **state) {
   qt_hf_config_free(&c);
 }
 
+/* A gemma3 config with no text_config: every Gemma3TextConfig default (the
+ * sizes too), the outer tie flag, and the text_config's token ids. */
+static void test_gemma3_defaults(void **state) {
+  (void)state;
+  const char *j = "{\"model_type\": \"gemma3\", \"tie_word_embeddings\": false}";
+  qt_hf_config c;
+  assert_int_equal(qt_hf_config_parse(j, strlen(j), "g3.json", &c), QT_OK);
+  assert_int_equal(c.arch, QT_HF_GEMMA3);
+  assert_int_equal(c.hidden_size, 2304);
+  assert_int_equal(c.intermediate_size, 9216);
+  assert_int_equal(c.num_hidden_layers, 26);
+  assert_int_equal(c.num_attention_heads, 8);
+  assert_int_equal(c.num_key_value_heads, 4);
+  assert_int_equal(c.head_dim, 256);
+  assert_int_equal(c.vocab_size, 262208);
+  assert_int_equal(c.max_position_embeddings, 131072);
+  assert_false(c.tie_word_embeddings);
+  assert_true(c.has_bos && c.bos_token_id == 2 && c.n_eos == 1 && c.eos_token_ids[0] == 1);
+  assert_true(c.has_pad && c.pad_token_id == 0);
+  assert_true(c.attn_scale == 0.0625 && c.attn_softcap == 0.0 && c.final_softcap == 0.0);
+  assert_true(c.rope.theta == 1e6 && c.rope_local.theta == 1e4 && c.has_rope_local);
+  for (int i = 0; i < 26; i++) assert_int_equal(c.layer_window[i], (i + 1) % 6 ? 4096 : 0);
+  assert_string_equal(c.weight_prefix, "language_model.model.");
+  assert_int_equal(c.act, QT_HF_ACT_GELU_TANH);
+  qt_hf_config_free(&c);
+  /* gemma2: softcaps 50 / 30 by default, null switches them off. */
+  j = "{\"model_type\": \"gemma2\", \"hidden_size\": 64, \"intermediate_size\": 172, \"num_hidden_layers\": 3,"
+      " \"num_attention_heads\": 4, \"vocab_size\": 512, \"final_logit_softcapping\": null}";
+  assert_int_equal(qt_hf_config_parse(j, strlen(j), "g2.json", &c), QT_OK);
+  assert_true(c.attn_softcap == 50.0 && c.final_softcap == 0.0);
+  assert_true(c.layer_window[0] == 4096 && c.layer_window[1] == 0 && c.layer_window[2] == 4096);
+  assert_true(c.tie_word_embeddings && c.num_key_value_heads == 4 && c.head_dim == 256);
+  qt_hf_config_free(&c);
+}
+
 static void test_load_errors(void **state) {
   (void)state;
   qt_hf_config c;
@@ -393,7 +547,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_cases), cmocka_unit_test(test_stories260k), cmocka_unit_test(test_base_is_valid),
       cmocka_unit_test(test_bad_configs),  cmocka_unit_test(test_load_errors),
-      cmocka_unit_test(test_trailing_nul),
+      cmocka_unit_test(test_trailing_nul), cmocka_unit_test(test_gemma3_defaults),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
