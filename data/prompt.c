@@ -26,6 +26,9 @@ static const char k_im_end[] = "<|im_end|>";
 static const char k_l3_head[] = "<|start_header_id|>";
 static const char k_l3_head_end[] = "<|end_header_id|>\n\n";
 static const char k_l3_eot[] = "<|eot_id|>";
+static const char k_gemma_start[] = "<start_of_turn>";
+static const char k_gemma_end[] = "<end_of_turn>";
+static const char k_phi3_end[] = "<|end|>";
 
 enum { CONFIG_MAX_BYTES = 64 << 20, TOKENIZER_MAX_BYTES = 1 << 30 };
 
@@ -45,6 +48,8 @@ const char *qt_chat_kind_name(qt_chat_kind k) {
     case QT_CHAT_KIND_CHATML: return "chatml";
     case QT_CHAT_KIND_QWEN3: return "qwen3";
     case QT_CHAT_KIND_LLAMA3: return "llama3";
+    case QT_CHAT_KIND_GEMMA: return "gemma";
+    case QT_CHAT_KIND_PHI3: return "phi3";
   }
   return "?";
 }
@@ -270,12 +275,27 @@ static qt_status post_processor_adds_bos(const char *tokjson, const char *bos, i
   return QT_OK;
 }
 
-static qt_chat_kind detect_template(const char *tpl) {
+static qt_chat_kind detect_template(const char *tpl, unsigned *flags) {
+  *flags = 0;
   if (strstr(tpl, "<|im_start|>")) {
     if (strstr(tpl, "</think>") && strstr(tpl, "reasoning_content")) return QT_CHAT_KIND_QWEN3;
     return QT_CHAT_KIND_CHATML;
   }
   if (strstr(tpl, "<|start_header_id|>")) return QT_CHAT_KIND_LLAMA3;
+  if (strstr(tpl, "<start_of_turn>")) {
+    /* google/gemma-2-2b-it raises on a leading system message; Gemma-3's
+     * template prefixes it to the first user turn instead. */
+    if (strstr(tpl, "System role not supported")) *flags = QT_CHAT_FLAG_NO_SYSTEM;
+    return QT_CHAT_KIND_GEMMA;
+  }
+  /* Phi-3-mini-4k / Phi-3.5-mini-instruct. The April 2024 Phi-3-mini and
+   * Phi-3-medium templates, which drop system messages and glue
+   * "<|assistant|>\n" to every user turn, have no "<|system|>" and are not
+   * recognized. */
+  if (strstr(tpl, "<|user|>") && strstr(tpl, "<|end|>") && strstr(tpl, "<|system|>")) {
+    if (strstr(tpl, "'system' and message['content']")) *flags = QT_CHAT_FLAG_SKIP_EMPTY_SYSTEM;
+    return QT_CHAT_KIND_PHI3;
+  }
   return QT_CHAT_KIND_NONE;
 }
 
@@ -360,20 +380,25 @@ qt_status qt_prompt_init(qt_prompt *p, qt_tokenizer *tok, const char *tokenizer_
       p->chat = QT_CHAT_KIND_CHATML;
     } else if (choice == QT_CHAT_LLAMA3) {
       p->chat = QT_CHAT_KIND_LLAMA3;
+    } else if (choice == QT_CHAT_GEMMA) {
+      p->chat = QT_CHAT_KIND_GEMMA;
+    } else if (choice == QT_CHAT_PHI3) {
+      p->chat = QT_CHAT_KIND_PHI3;
     } else {
       const char *tpl = cfg ? config_template(cfg) : NULL;
       if (!tpl) {
         s = qt_fail(QT_ERR_CONFIG,
                     "%s/tokenizer_config.json: no chat_template; data.format chat needs one: set "
-                    "data.chat_template to chatml or llama3", dir);
+                    "data.chat_template to chatml, llama3, gemma or phi3", dir);
         goto done;
       }
-      p->chat = detect_template(tpl);
+      p->chat = detect_template(tpl, &p->chat_flags);
       if (p->chat == QT_CHAT_KIND_NONE) {
         s = qt_fail(QT_ERR_UNSUPPORTED,
-                    "%s/tokenizer_config.json: chat_template is neither ChatML (<|im_start|>) nor "
-                    "Llama-3 (<|start_header_id|>); set data.chat_template to chatml or llama3 to "
-                    "force one", dir);
+                    "%s/tokenizer_config.json: chat_template is none of ChatML (<|im_start|>), "
+                    "Llama-3 (<|start_header_id|>), Gemma (<start_of_turn>) or Phi-3 (<|system|>, "
+                    "<|user|>, <|end|>); set data.chat_template to chatml, llama3, gemma or phi3 "
+                    "to force one", dir);
         goto done;
       }
     }
@@ -525,6 +550,76 @@ static qt_status render_llama3(qt_prompt *p, const qt_record *r, size_t *end) {
   return QT_OK;
 }
 
+/* Render of the Gemma chat templates: google/gemma-2-2b-it's and
+ * google/gemma-3's (sources: tools/reference/make_dataset_fixtures.py), which
+ * differ only in the leading system message. */
+static qt_status render_gemma(qt_prompt *p, const qt_record *r, size_t *end) {
+  qt_text_buf *b = &p->render;
+  const qt_chat_msg *ms = r->msgs;
+  size_t first = 0;
+  QT_TRY(buf_cstr(b, p->bos_text));
+  if (str_eq(ms[0].role, "system")) {
+    if (p->chat_flags & QT_CHAT_FLAG_NO_SYSTEM)
+      return qt_fail(QT_ERR_FORMAT,
+                     "messages[0] is a system message, which the Gemma-2 chat template rejects "
+                     "('System role not supported'); put it into the first user message, or set "
+                     "data.chat_template: gemma for Gemma-3's template, which prefixes it");
+    first = 1;
+  }
+  for (size_t i = first; i < r->n_msgs; i++) {
+    const qt_chat_msg *m = &ms[i];
+    size_t k = i - first; /* loop.index0 over loop_messages */
+    int user = str_eq(m->role, "user");
+    if (user != (k % 2 == 0))
+      return qt_fail(QT_ERR_FORMAT,
+                     "messages[%zu] is \"%.*s\" where the Gemma chat template expects %s "
+                     "('Conversation roles must alternate user/assistant/user/assistant/...', "
+                     "after an optional leading system message%s)",
+                     i, (int)(m->role.n > 40 ? 40 : m->role.n), m->role.s,
+                     k % 2 == 0 ? "user" : "a non-user turn",
+                     (p->chat_flags & QT_CHAT_FLAG_NO_SYSTEM) ? ", which Gemma-2 rejects" : "");
+    int asst = str_eq(m->role, "assistant");
+    QT_TRY(buf_cstr(b, k_gemma_start));
+    if (asst) QT_TRY(buf_cstr(b, "model"));
+    else QT_TRY(buf_str(b, m->role));
+    QT_TRY(buf_cstr(b, "\n"));
+    if (k == 0 && first) { /* Gemma-3: first_user_prefix, untrimmed */
+      QT_TRY(buf_str(b, ms[0].content));
+      QT_TRY(buf_cstr(b, "\n\n"));
+    }
+    size_t a = b->n;
+    QT_TRY(buf_str(b, py_strip(m->content)));
+    QT_TRY(buf_cstr(b, k_gemma_end));
+    if (asst) QT_TRY(span_push(p, a, b->n));
+    *end = b->n;
+    QT_TRY(buf_cstr(b, "\n"));
+  }
+  return QT_OK;
+}
+
+/* Render of microsoft/Phi-3-mini-4k-instruct's and Phi-3.5-mini-instruct's
+ * templates (the latter skips a system message with empty content). */
+static qt_status render_phi3(qt_prompt *p, const qt_record *r, size_t *end) {
+  qt_text_buf *b = &p->render;
+  for (size_t i = 0; i < r->n_msgs; i++) {
+    const qt_chat_msg *m = &r->msgs[i];
+    int asst = str_eq(m->role, "assistant");
+    if (str_eq(m->role, "system") && m->content.n == 0 &&
+        (p->chat_flags & QT_CHAT_FLAG_SKIP_EMPTY_SYSTEM))
+      continue;
+    QT_TRY(buf_cstr(b, "<|"));
+    QT_TRY(buf_str(b, m->role));
+    QT_TRY(buf_cstr(b, "|>\n"));
+    size_t a = b->n;
+    QT_TRY(buf_str(b, m->content));
+    QT_TRY(buf_cstr(b, k_phi3_end));
+    if (asst) QT_TRY(span_push(p, a, b->n));
+    *end = b->n;
+    QT_TRY(buf_cstr(b, "\n"));
+  }
+  return QT_OK;
+}
+
 qt_status qt_prompt_render_chat(qt_prompt *p, const qt_record *r, const qt_text_buf **text,
                                 const size_t **spans, size_t *n_spans) {
   QT_ASSERT(p->format == QT_DATA_FMT_CHAT);
@@ -537,6 +632,8 @@ qt_status qt_prompt_render_chat(qt_prompt *p, const qt_record *r, const qt_text_
     case QT_CHAT_KIND_CHATML: QT_TRY(render_chatml(p, r, &end)); break;
     case QT_CHAT_KIND_QWEN3: QT_TRY(render_qwen3(p, r, &end)); break;
     case QT_CHAT_KIND_LLAMA3: QT_TRY(render_llama3(p, r, &end)); break;
+    case QT_CHAT_KIND_GEMMA: QT_TRY(render_gemma(p, r, &end)); break;
+    case QT_CHAT_KIND_PHI3: QT_TRY(render_phi3(p, r, &end)); break;
     case QT_CHAT_KIND_NONE: QT_ASSERTF(0, "chat format without a template kind");
   }
   /* Drop what follows the last message's end-of-turn token. */
@@ -591,6 +688,14 @@ qt_status qt_prompt_render_generation(qt_prompt *p, const qt_chat_msg *msgs, siz
       QT_TRY(buf_cstr(&p->render, "assistant"));
       QT_TRY(buf_cstr(&p->render, k_l3_head_end));
       break;
+    case QT_CHAT_KIND_GEMMA:
+      QT_TRY(render_gemma(p, &r, &end));
+      QT_TRY(buf_cstr(&p->render, "<start_of_turn>model\n"));
+      break;
+    case QT_CHAT_KIND_PHI3:
+      QT_TRY(render_phi3(p, &r, &end));
+      QT_TRY(buf_cstr(&p->render, "<|assistant|>\n"));
+      break;
     case QT_CHAT_KIND_NONE: break;
   }
   *text = &p->render;
@@ -624,6 +729,8 @@ int32_t qt_prompt_end_of_turn_id(const qt_prompt *p) {
     case QT_CHAT_KIND_CHATML:
     case QT_CHAT_KIND_QWEN3: return qt_tokenizer_token_id(p->tok, k_im_end);
     case QT_CHAT_KIND_LLAMA3: return qt_tokenizer_token_id(p->tok, k_l3_eot);
+    case QT_CHAT_KIND_GEMMA: return qt_tokenizer_token_id(p->tok, k_gemma_end);
+    case QT_CHAT_KIND_PHI3: return qt_tokenizer_token_id(p->tok, k_phi3_end);
     case QT_CHAT_KIND_NONE: break;
   }
   return -1;

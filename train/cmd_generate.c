@@ -313,6 +313,8 @@ static qt_chat_choice chat_choice(const qt_config *c) {
   switch (c->data.chat_template) {
     case QT_TPL_CHATML: return QT_CHAT_CHATML;
     case QT_TPL_LLAMA3: return QT_CHAT_LLAMA3;
+    case QT_TPL_GEMMA: return QT_CHAT_GEMMA;
+    case QT_TPL_PHI3: return QT_CHAT_PHI3;
     case QT_TPL_AUTO: break;
   }
   return QT_CHAT_AUTO;

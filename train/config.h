@@ -24,7 +24,7 @@ typedef enum { QT_CFG_QUANT_NF4 = 0, QT_CFG_QUANT_FP4, QT_CFG_QUANT_NONE } qt_cf
 typedef enum { QT_CDT_BF16 = 0, QT_CDT_FP16, QT_CDT_FP32 } qt_cfg_dtype;
 typedef enum { QT_MASTER_NONE = 0, QT_MASTER_FP32 } qt_cfg_master;
 typedef enum { QT_FMT_TEXT = 0, QT_FMT_COMPLETION, QT_FMT_ALPACA, QT_FMT_CHAT } qt_cfg_format;
-typedef enum { QT_TPL_AUTO = 0, QT_TPL_CHATML, QT_TPL_LLAMA3 } qt_cfg_chat_template;
+typedef enum { QT_TPL_AUTO = 0, QT_TPL_CHATML, QT_TPL_LLAMA3, QT_TPL_GEMMA, QT_TPL_PHI3 } qt_cfg_chat_template;
 typedef enum { QT_DEVICE_AUTO = 0, QT_DEVICE_CPU, QT_DEVICE_CUDA } qt_cfg_device;
 typedef enum { QT_SCHED_CONSTANT = 0, QT_SCHED_LINEAR, QT_SCHED_COSINE } qt_cfg_sched;
 typedef enum {
