@@ -34,7 +34,8 @@ struct qt_lora {
 };
 
 static const char *const TARGET[QT_PROJ_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                  "gate_proj", "up_proj", "down_proj"};
+                                                  "gate_proj", "up_proj", "down_proj",
+                                                  "qkv_proj", "gate_up_proj"};
 
 bool qt_lora_target_from_name(const char *name, unsigned *bit) {
   for (int p = 0; p < QT_PROJ_COUNT; p++)
@@ -45,14 +46,25 @@ bool qt_lora_target_from_name(const char *name, unsigned *bit) {
   return false;
 }
 
-/* The Philox subsequence of a module's tensor (and of its dropout masks). */
-static uint64_t module_stream(int layer, qt_proj p) { return (uint64_t)layer * 8u + (uint64_t)p; }
+/* The Philox subsequence of a module's tensor (and of its dropout masks); a
+ * fused projection uses the stream of the one whose place it takes. */
+static uint64_t module_stream(int layer, qt_proj p) {
+  return (uint64_t)layer * 8u + (uint64_t)qt_proj_slot(p);
+}
 
 /* splitmix64 finalizer: mixes (seed, step) into one Philox key. */
 static uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
+}
+
+unsigned qt_lora_resolve_targets(const qt_model *m, unsigned targets) {
+  if (targets != QT_LORA_ALL_LINEAR) return targets;
+  unsigned present = 0;
+  for (int p = 0; p < QT_PROJ_COUNT; p++)
+    if (qt_model_has_proj(m, (qt_proj)p)) present |= 1u << p;
+  return present;
 }
 
 static qt_status lora_alloc(const qt_model *m, const qt_lora_config *cfg, qt_lora **out) {
@@ -64,14 +76,31 @@ static qt_status lora_alloc(const qt_model *m, const qt_lora_config *cfg, qt_lor
     return qt_fail(QT_ERR_INVALID, "lora.alpha must be a positive number (got %g)", cfg->alpha);
   if ((cfg->targets & QT_LORA_ALL_LINEAR) == 0 || (cfg->targets & ~QT_LORA_ALL_LINEAR))
     return qt_fail(QT_ERR_INVALID, "lora.target_modules selects no projection");
+  /* all-linear: the projections this family has; a named module it lacks is
+   * an error, as PEFT's "Target modules {...} not found in the base model" */
+  unsigned present = qt_lora_resolve_targets(m, QT_LORA_ALL_LINEAR);
+  unsigned targets = qt_lora_resolve_targets(m, cfg->targets);
+  for (int p = 0; p < QT_PROJ_COUNT; p++)
+    if (((targets & ~present) >> p) & 1u) {
+      char have[160] = "";
+      for (int q = 0; q < QT_PROJ_COUNT; q++)
+        if ((present >> q) & 1u) {
+          size_t n = strlen(have);
+          snprintf(have + n, sizeof have - n, "%s%s", n ? ", " : "", TARGET[q]);
+        }
+      return qt_fail(QT_ERR_CONFIG, "lora.target_modules: %s is not a module of this %s model; "
+                                    "its linears are %s (or write all-linear)",
+                     TARGET[p], qt_hf_arch_name(m->cfg.arch), have);
+    }
   qt_lora *l = calloc(1, sizeof *l);
   if (!l) return qt_fail(QT_ERR_NOMEM, "lora: cannot allocate");
   l->cfg = *cfg;
+  l->cfg.targets = targets;
   /* PEFT layer.py update_layer: scaling = lora_alpha / r, or / sqrt(r) with use_rslora. */
   l->scale = cfg->use_rslora ? cfg->alpha / sqrt((double)cfg->r) : cfg->alpha / (double)cfg->r;
   l->L = m->L;
   int per_layer = 0;
-  for (int p = 0; p < QT_PROJ_COUNT; p++) per_layer += (cfg->targets >> p) & 1u;
+  for (int p = 0; p < QT_PROJ_COUNT; p++) per_layer += (targets >> p) & 1u;
   l->n = (size_t)(2 * per_layer * m->L);
   l->t = calloc(l->n, sizeof *l->t);
   l->tape_id = calloc(l->n, sizeof *l->tape_id);
@@ -89,7 +118,7 @@ static qt_status lora_alloc(const qt_model *m, const qt_lora_config *cfg, qt_lor
   for (int64_t layer = 0; layer < m->L; layer++)
     for (int p = 0; p < QT_PROJ_COUNT; p++) {
       l->idx[layer][p] = -1;
-      if (!((cfg->targets >> p) & 1u)) continue;
+      if (!((targets >> p) & 1u)) continue;
       const qt_model_linear *lin = &m->layers[layer].proj[p];
       l->idx[layer][p] = (int32_t)k;
       for (int isB = 0; isB < 2; isB++, k++) {
@@ -99,8 +128,9 @@ static qt_status lora_alloc(const qt_model *m, const qt_lora_config *cfg, qt_lor
         t->is_B = isB;
         t->rows = isB ? lin->out : cfg->r;
         t->cols = isB ? cfg->r : lin->in;
-        snprintf(t->name, sizeof t->name, "base_model.model.model.layers.%lld.%s.%s.lora_%c.weight",
-                 (long long)layer, qt_proj_block((qt_proj)p), TARGET[p], isB ? 'B' : 'A');
+        /* PEFT's key: base_model.model. + the module's name in the base model */
+        snprintf(t->name, sizeof t->name, "base_model.model.%s.lora_%c.weight", lin->name,
+                 isB ? 'B' : 'A');
         size_t n = (size_t)(t->rows * t->cols);
         t->bf16 = calloc(n, sizeof *t->bf16);
         t->data = calloc(n, sizeof *t->data);

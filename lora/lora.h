@@ -45,15 +45,19 @@ typedef struct {
   double alpha;           /* lora_alpha */
   double dropout;         /* lora_dropout in [0, 1) */
   bool use_rslora;        /* scale alpha / sqrt(r) */
-  unsigned targets;       /* bit (1u << qt_proj) per target module; QT_LORA_ALL_LINEAR = all 7 */
+  unsigned targets;       /* bit (1u << qt_proj) per target module; QT_LORA_ALL_LINEAR = every
+                           * projection the model has (qt_lora_get_config gives them resolved) */
   bool master_fp32;       /* keep fp32 master weights beside the bf16 storage */
   uint64_t seed;          /* init and dropout seed */
 } qt_lora_config;
 
 #define QT_LORA_ALL_LINEAR ((1u << QT_PROJ_COUNT) - 1u)
 
-/* "q_proj" ... "down_proj" -> bit; false when unknown. */
+/* "q_proj" ... "down_proj", "qkv_proj", "gate_up_proj" -> bit; false when unknown. */
 bool qt_lora_target_from_name(const char *name, unsigned *bit);
+/* targets as a LoRA on m has them: QT_LORA_ALL_LINEAR -> the projections m
+ * has; others unchanged (a module m lacks is refused by qt_lora_init). */
+unsigned qt_lora_resolve_targets(const qt_model *m, unsigned targets);
 
 /* One trainable tensor (lora_A or lora_B of one module). */
 typedef struct {

@@ -35,7 +35,9 @@ struct qt_model_decoder {
   float *att;             /* (max_rows, H*D) attention output */
   float *y;               /* (max_rows, C) o_proj / down_proj output */
   float *g, *u, *sw;      /* (max_rows, F) gate, up, silu(gate) * up */
-  float *rstd;            /* (max_rows) */
+  float *rstd;            /* (max_rows * H) */
+  float *fz;              /* (max_rows, max(H*D + 2*K*D, 2*F)) a fused qkv / gate_up output
+                           * (phi3), else NULL */
   float *lu;              /* (max_rows, max_rank) LoRA x A^T */
   float *w;               /* (max out * in) a dequantized 4-bit base weight, or NULL */
   float *xs;              /* (max(C, H*D, F) + 32) the fused 4-bit matvec's scratch */
@@ -70,7 +72,11 @@ static size_t layout(qt_model_decoder *d, char *base, int64_t max_w, int64_t max
   d->g = carve(base, &at, R * (size_t)m->F * f);
   d->u = carve(base, &at, R * (size_t)m->F * f);
   d->sw = carve(base, &at, R * (size_t)m->F * f);
-  d->rstd = carve(base, &at, R * f);
+  d->rstd = carve(base, &at, R * (size_t)m->H * f);
+  int64_t fw = 0;
+  if (m->cfg.fused_qkv) fw = m->H * m->D + 2 * m->K * m->D;
+  if (m->cfg.fused_gate_up && 2 * m->F > fw) fw = 2 * m->F;
+  d->fz = fw > 0 ? carve(base, &at, R * (size_t)fw * f) : NULL;
   d->lu = carve(base, &at, R * (size_t)d->max_rank * f);
   d->w = max_w > 0 ? carve(base, &at, (size_t)max_w * f) : NULL;
   d->absmax = max_w > 0 ? carve(base, &at, (size_t)(max_nb + 1) * f) : NULL;
@@ -92,7 +98,7 @@ static qt_status resolve_lora(qt_model_decoder *d, qt_model_tape *mt,
   for (int64_t l = 0; l < m->L; l++)
     for (int p = 0; p < QT_PROJ_COUNT; p++) {
       d->lora[l][p] = (decode_lora){0};
-      if (!adapter || !adapter->branch) continue;
+      if (!adapter || !adapter->branch || m->layers[l].proj[p].out == 0) continue;
       qt_tape_lora br;
       bool has = false;
       QT_TRY(adapter->branch(adapter->ctx, t, (int)l, (qt_proj)p, 1, &br, &has));
@@ -210,16 +216,20 @@ static void linear(qt_model_decoder *d, int64_t l, qt_proj p, const float *x, in
 }
 
 /* att (n, H, D) for the fed rows i (positions len + i) of layer l: causal GQA
- * over the cached keys and values 0 .. len + i (query head h reads kv head
- * h / (H/K), transformers repeat_kv), scale D^-1/2. The numerics of
- * attention_forward_ref (attention_cpu.inc): each score rounded to fp32, max,
- * exp(s - max) rounded to fp32, double sum, P rounded to fp32, double P.V. */
+ * over the cached keys and values first .. len + i (query head h reads kv
+ * head h / (H/K), transformers repeat_kv), first = 0, or the start of the
+ * layer's sliding window (i - j < window); scores scaled by the config's
+ * attn_scale and soft-capped when it has attn_softcap. The numerics of
+ * attention_forward_ref (attention_cpu.inc): each score rounded to fp32
+ * (capped: c tanh(s / c) of that, rounded again), max, exp(s - max) rounded to
+ * fp32, double sum, P rounded to fp32, double P.V. */
 static void attend(qt_model_decoder *d, int64_t l, int64_t n) {
   const qt_model *m = d->m;
   int64_t H = m->H, K = m->K, D = m->D, rep = H / K;
   const float *kc = d->kcache + l * d->cap * K * D; /* (cap, K, D) */
   const float *vc = d->vcache + l * d->cap * K * D; /* (cap, K, D) */
-  double scale = 1.0 / sqrt((double)D);
+  double scale = m->cfg.attn_scale, cap = m->cfg.attn_softcap;
+  int64_t window = m->cfg.layer_window ? m->cfg.layer_window[l] : 0;
 #pragma omp parallel for if (H * n * (d->len + n) * D >= 65536)
   for (int64_t h = 0; h < H; h++) {
     int64_t g = h / rep;
@@ -227,22 +237,24 @@ static void attend(qt_model_decoder *d, int64_t l, int64_t n) {
     double *acc = d->acc + h * D;      /* (D) */
     for (int64_t i = 0; i < n; i++) {
       int64_t last = d->len + i;
+      int64_t first = (window > 0 && last - window + 1 > 0) ? last - window + 1 : 0;
       const float *qi = d->q + (i * H + h) * D; /* (D) */
       double mx = -INFINITY;
-      for (int64_t j = 0; j <= last; j++) {
+      for (int64_t j = first; j <= last; j++) {
         const float *kj = kc + (j * K + g) * D; /* (D) */
         double s = 0.0;
         for (int64_t e = 0; e < D; e++) s += (double)qi[e] * kj[e];
         P[j] = (float)(s * scale);
+        if (cap > 0) P[j] = (float)(cap * tanh((double)P[j] / cap));
         if (P[j] > mx) mx = P[j];
       }
       double sum = 0.0;
-      for (int64_t j = 0; j <= last; j++) {
+      for (int64_t j = first; j <= last; j++) {
         P[j] = (float)exp((double)P[j] - mx);
         sum += P[j];
       }
       for (int64_t e = 0; e < D; e++) acc[e] = 0.0;
-      for (int64_t j = 0; j <= last; j++) {
+      for (int64_t j = first; j <= last; j++) {
         P[j] = (float)(P[j] / sum);
         const float *vj = vc + (j * K + g) * D; /* (D) */
         for (int64_t e = 0; e < D; e++) acc[e] += (double)P[j] * vj[e];
@@ -265,18 +277,15 @@ qt_status qt_model_decoder_feed(qt_model_decoder *d, const int32_t *ids, int64_t
       return qt_fail(QT_ERR_INVALID, "decode: token id %d is outside the vocabulary (%lld); "
                                      "tokenizer and model do not match",
                      (int)ids[i], (long long)m->V);
-  /* the same refusal as model.c check_batch: windows are not applied */
-  for (int64_t l = 0; l < m->L; l++)
-    if (m->cfg.layer_window && m->cfg.layer_window[l] > 0 && d->len + n > m->cfg.layer_window[l])
-      return qt_fail(QT_ERR_UNSUPPORTED, "decode: a sequence of %lld tokens exceeds the sliding "
-                                         "window (%lld) of layer %lld, which is not implemented; "
-                                         "generate at most %lld tokens in all",
-                     (long long)(d->len + n), (long long)m->cfg.layer_window[l], (long long)l,
-                     (long long)m->cfg.layer_window[l]);
-  int64_t C = m->C, KD = m->K * m->D, F = m->F;
-  double eps = m->cfg.rms_norm_eps;
+  const qt_hf_config *c = &m->cfg;
+  int64_t C = m->C, HD = m->H * m->D, KD = m->K * m->D, F = m->F;
+  double eps = c->rms_norm_eps;
+  /* modeling_gemma2.py: embeddings times tensor(hidden_size ** 0.5, dtype) */
+  float escale = (float)sqrt((double)C);
   for (int64_t i = 0; i < n; i++) {
     memcpy(d->h + i * C, m->embed + (int64_t)ids[i] * C, (size_t)C * sizeof(float));
+    if (c->embed_scale)
+      for (int64_t e = 0; e < C; e++) d->h[i * C + e] *= escale;
     d->pos[i] = (int32_t)(d->len + i);
     d->ids[d->len + i] = ids[i];
   }
@@ -286,25 +295,57 @@ qt_status qt_model_decoder_feed(qt_model_decoder *d, const int32_t *ids, int64_t
     float *kc = d->kcache + (l * d->cap + d->len) * KD; /* (n, K, D) the new rows' cache slots */
     float *vc = d->vcache + (l * d->cap + d->len) * KD; /* (n, K, D) */
     qt_model_internal_rmsnorm(d->xn, d->rstd, d->h, ly->input_norm, eps, n, C);
-    linear(d, l, QT_PROJ_Q, d->xn, n, d->q);
-    linear(d, l, QT_PROJ_K, d->xn, n, kc);
-    linear(d, l, QT_PROJ_V, d->xn, n, vc);
-    qt_model_internal_rope(d->q, d->q, d->pos, m->inv_freq, n, m->H, m->D);
-    qt_model_internal_rope(kc, kc, d->pos, m->inv_freq, n, m->K, m->D);
+    if (c->fused_qkv) {
+      int64_t W = HD + 2 * KD;
+      linear(d, l, QT_PROJ_QKV, d->xn, n, d->fz);
+      for (int64_t i = 0; i < n; i++) {
+        memcpy(d->q + i * HD, d->fz + i * W, (size_t)HD * sizeof(float));
+        memcpy(kc + i * KD, d->fz + i * W + HD, (size_t)KD * sizeof(float));
+        memcpy(vc + i * KD, d->fz + i * W + HD + KD, (size_t)KD * sizeof(float));
+      }
+    } else {
+      linear(d, l, QT_PROJ_Q, d->xn, n, d->q);
+      linear(d, l, QT_PROJ_K, d->xn, n, kc);
+      linear(d, l, QT_PROJ_V, d->xn, n, vc);
+    }
+    if (ly->q_norm) { /* per head over D: rows n * heads */
+      qt_model_internal_rmsnorm(d->q, d->rstd, d->q, ly->q_norm, eps, n * m->H, m->D);
+      qt_model_internal_rmsnorm(kc, d->rstd, kc, ly->k_norm, eps, n * m->K, m->D);
+    }
+    int64_t window = c->layer_window ? c->layer_window[l] : 0;
+    const float *inv_freq = window > 0 ? m->inv_freq_local : m->inv_freq;
+    qt_model_internal_rope(d->q, d->q, d->pos, inv_freq, n, m->H, m->D);
+    qt_model_internal_rope(kc, kc, d->pos, inv_freq, n, m->K, m->D);
     attend(d, l, n);
     linear(d, l, QT_PROJ_O, d->att, n, d->y);
+    if (ly->attn_out_norm)
+      qt_model_internal_rmsnorm(d->y, d->rstd, d->y, ly->attn_out_norm, eps, n, C);
     qt_model_internal_add(d->h, d->h, d->y, n * C);
     qt_model_internal_rmsnorm(d->xn, d->rstd, d->h, ly->post_norm, eps, n, C);
-    linear(d, l, QT_PROJ_GATE, d->xn, n, d->g);
-    linear(d, l, QT_PROJ_UP, d->xn, n, d->u);
-    qt_model_internal_swiglu(d->sw, d->g, d->u, n * F);
+    if (c->fused_gate_up) {
+      linear(d, l, QT_PROJ_GATE_UP, d->xn, n, d->fz);
+      for (int64_t i = 0; i < n; i++) {
+        memcpy(d->g + i * F, d->fz + i * 2 * F, (size_t)F * sizeof(float));
+        memcpy(d->u + i * F, d->fz + i * 2 * F + F, (size_t)F * sizeof(float));
+      }
+    } else {
+      linear(d, l, QT_PROJ_GATE, d->xn, n, d->g);
+      linear(d, l, QT_PROJ_UP, d->xn, n, d->u);
+    }
+    if (c->act == QT_HF_ACT_GELU_TANH)
+      qt_model_internal_geglu(d->sw, d->g, d->u, n * F);
+    else
+      qt_model_internal_swiglu(d->sw, d->g, d->u, n * F);
     linear(d, l, QT_PROJ_DOWN, d->sw, n, d->y);
+    if (ly->mlp_out_norm)
+      qt_model_internal_rmsnorm(d->y, d->rstd, d->y, ly->mlp_out_norm, eps, n, C);
     qt_model_internal_add(d->h, d->h, d->y, n * C);
   }
   d->len += n;
   /* final norm and lm_head (the embedding when tied) for the last row only */
   qt_model_internal_rmsnorm(d->xn, d->rstd, d->h + (n - 1) * C, m->final_norm, eps, 1, C);
   dense_rows(logits, d->xn, m->lm_head, NULL, 1, C, m->V);
+  if (c->final_softcap > 0) qt_model_internal_softcap(logits, m->V, c->final_softcap);
   return QT_OK;
 }
 

@@ -11,15 +11,26 @@
 #include "common/safetensors.h"
 #include "model/model_internal.h"
 
-static const char *const PROJ_NAME[QT_PROJ_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                     "gate_proj", "up_proj", "down_proj"};
+static const char *const PROJ_NAME[QT_PROJ_COUNT] = {
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "qkv_proj", "gate_up_proj"};
 
 const char *qt_proj_name(qt_proj p) {
   QT_ASSERT(p >= 0 && p < QT_PROJ_COUNT);
   return PROJ_NAME[p];
 }
 
-const char *qt_proj_block(qt_proj p) { return p <= QT_PROJ_O ? "self_attn" : "mlp"; }
+const char *qt_proj_block(qt_proj p) {
+  return (p <= QT_PROJ_O || p == QT_PROJ_QKV) ? "self_attn" : "mlp";
+}
+
+qt_proj qt_proj_slot(qt_proj p) {
+  return p == QT_PROJ_QKV ? QT_PROJ_Q : p == QT_PROJ_GATE_UP ? QT_PROJ_GATE : p;
+}
+
+bool qt_model_has_proj(const qt_model *m, qt_proj p) {
+  return m->L > 0 && m->layers[0].proj[p].out > 0;
+}
 
 /* ---- loading ---------------------------------------------------------------- */
 
@@ -121,6 +132,31 @@ static qt_status load_linear(qt_model *m, const qt_st_model *st, const char *dir
   return QT_OK;
 }
 
+typedef struct {
+  const char *name; /* after "layers.N." */
+  int64_t n;
+  float **dst;      /* the layer's pointer to the multiplier */
+} norm_slot;
+
+/* Norm nm->name (n): the stored weight, and the multiplier (gemma: 1 + w,
+ * added in fp32 as Gemma2RMSNorm/Gemma3RMSNorm do: (1.0 + weight.float())). */
+static qt_status load_norm(qt_model *m, const qt_st_model *st, const char *dir, qt_model_norm *nm,
+                           int64_t n) {
+  nm->n = n;
+  QT_TRY(load_dense(st, dir, nm->name, 0, n, &nm->stored));
+  m->n_norms++;
+  m->bytes_dense += (size_t)n * sizeof(float);
+  if (!m->cfg.norm_plus_one) {
+    nm->w = nm->stored;
+    return QT_OK;
+  }
+  nm->w = malloc((size_t)n * sizeof(float));
+  if (!nm->w) return qt_fail(QT_ERR_NOMEM, "%s: cannot allocate %s", dir, nm->name);
+  for (int64_t i = 0; i < n; i++) nm->w[i] = 1.0f + nm->stored[i];
+  m->bytes_dense += (size_t)n * sizeof(float);
+  return QT_OK;
+}
+
 qt_status qt_model_load(const char *dir, const qt_model_load_opts *opts, qt_model **out) {
   QT_ASSERT(dir && opts && out);
   *out = NULL;
@@ -147,12 +183,15 @@ qt_status qt_model_load(const char *dir, const qt_model_load_opts *opts, qt_mode
   st_open = true;
   m->layers = calloc((size_t)m->L, sizeof *m->layers);
   m->inv_freq = malloc((size_t)(m->D / 2) * sizeof(float));
-  if (!m->layers || !m->inv_freq) {
+  m->inv_freq_local = malloc((size_t)(m->D / 2) * sizeof(float));
+  if (!m->layers || !m->inv_freq || !m->inv_freq_local) {
     s = qt_fail(QT_ERR_NOMEM, "%s: cannot allocate %lld layers", dir, (long long)m->L);
     goto fail;
   }
-  if ((s = load_dense(&st, dir, "model.embed_tokens.weight", m->V, m->C, &m->embed)) != QT_OK)
-    goto fail;
+  const char *pre = c->weight_prefix[0] ? c->weight_prefix : "model.";
+  char key[160];
+  snprintf(key, sizeof key, "%sembed_tokens.weight", pre);
+  if ((s = load_dense(&st, dir, key, m->V, m->C, &m->embed)) != QT_OK) goto fail;
   m->bytes_dense += (size_t)(m->V * m->C) * sizeof(float);
   if (c->tie_word_embeddings) {
     m->lm_head = m->embed;
@@ -160,34 +199,75 @@ qt_status qt_model_load(const char *dir, const qt_model_load_opts *opts, qt_mode
     if ((s = load_dense(&st, dir, "lm_head.weight", m->V, m->C, &m->lm_head)) != QT_OK) goto fail;
     m->bytes_dense += (size_t)(m->V * m->C) * sizeof(float);
   }
-  if ((s = load_dense(&st, dir, "model.norm.weight", 0, m->C, &m->final_norm)) != QT_OK) goto fail;
+  /* every norm: input, [attn_out], mlp_in, [mlp_out], [q, k] per layer, then the final one */
+  int per_layer_norms = 2 + (c->sandwich_norm ? 2 : 0) + (c->qk_norm ? 2 : 0);
+  m->norms = calloc((size_t)(m->L * per_layer_norms + 1), sizeof *m->norms);
+  if (!m->norms) {
+    s = qt_fail(QT_ERR_NOMEM, "%s: cannot allocate the norms", dir);
+    goto fail;
+  }
   int64_t HD = m->H * m->D, KD = m->K * m->D;
-  const int64_t outs[QT_PROJ_COUNT] = {HD, KD, KD, m->C, m->F, m->F, m->C};
-  const int64_t ins[QT_PROJ_COUNT] = {m->C, m->C, m->C, HD, m->C, m->C, m->F};
+  const int64_t outs[QT_PROJ_COUNT] = {HD, KD, KD, m->C, m->F, m->F, m->C, HD + 2 * KD, 2 * m->F};
+  const int64_t ins[QT_PROJ_COUNT] = {m->C, m->C, m->C, HD, m->C, m->C, m->F, m->C, m->C};
   const bool bias[QT_PROJ_COUNT] = {c->q_bias, c->k_bias, c->v_bias, c->o_bias,
-                                    c->mlp_bias, c->mlp_bias, c->mlp_bias};
+                                    c->mlp_bias, c->mlp_bias, c->mlp_bias, false, false};
+  bool has[QT_PROJ_COUNT];
+  for (int p = 0; p < QT_PROJ_COUNT; p++) has[p] = true;
+  if (c->fused_qkv) has[QT_PROJ_Q] = has[QT_PROJ_K] = has[QT_PROJ_V] = false;
+  else has[QT_PROJ_QKV] = false;
+  if (c->fused_gate_up) has[QT_PROJ_GATE] = has[QT_PROJ_UP] = false;
+  else has[QT_PROJ_GATE_UP] = false;
   for (int64_t l = 0; l < m->L; l++) {
     qt_model_layer *ly = &m->layers[l];
-    char key[128];
-    snprintf(key, sizeof key, "model.layers.%lld.input_layernorm.weight", (long long)l);
-    if ((s = load_dense(&st, dir, key, 0, m->C, &ly->input_norm)) != QT_OK) goto fail;
-    snprintf(key, sizeof key, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
-    if ((s = load_dense(&st, dir, key, 0, m->C, &ly->post_norm)) != QT_OK) goto fail;
-    m->bytes_dense += 2 * (size_t)m->C * sizeof(float);
+    norm_slot nl[6];
+    int k = 0;
+    nl[k++] = (norm_slot){"input_layernorm", m->C, &ly->input_norm};
+    if (c->sandwich_norm) {
+      nl[k++] = (norm_slot){"post_attention_layernorm", m->C, &ly->attn_out_norm};
+      nl[k++] = (norm_slot){"pre_feedforward_layernorm", m->C, &ly->post_norm};
+      nl[k++] = (norm_slot){"post_feedforward_layernorm", m->C, &ly->mlp_out_norm};
+    } else {
+      nl[k++] = (norm_slot){"post_attention_layernorm", m->C, &ly->post_norm};
+    }
+    if (c->qk_norm) {
+      nl[k++] = (norm_slot){"self_attn.q_norm", m->D, &ly->q_norm};
+      nl[k++] = (norm_slot){"self_attn.k_norm", m->D, &ly->k_norm};
+    }
+    for (int i = 0; i < k; i++) {
+      qt_model_norm *nm = &m->norms[m->n_norms];
+      snprintf(nm->name, sizeof nm->name, "%slayers.%lld.%s.weight", pre, (long long)l, nl[i].name);
+      if ((s = load_norm(m, &st, dir, nm, nl[i].n)) != QT_OK) goto fail;
+      *nl[i].dst = nm->w;
+    }
     for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      if (!has[p]) continue;
       qt_model_linear *lin = &ly->proj[p];
       lin->out = outs[p];
       lin->in = ins[p];
-      snprintf(lin->name, sizeof lin->name, "model.layers.%lld.%s.%s", (long long)l,
+      snprintf(lin->name, sizeof lin->name, "%slayers.%lld.%s.%s", pre, (long long)l,
                qt_proj_block((qt_proj)p), PROJ_NAME[p]);
       if ((s = load_linear(m, &st, dir, opts, lin, bias[p])) != QT_OK) goto fail;
     }
   }
+  {
+    qt_model_norm *nm = &m->norms[m->n_norms];
+    snprintf(nm->name, sizeof nm->name, "%snorm.weight", pre);
+    if ((s = load_norm(m, &st, dir, nm, m->C)) != QT_OK) goto fail;
+    m->final_norm = nm->w;
+  }
   qt_model_internal_inv_freq(m->inv_freq, (int)c->rope.type, c->rope.theta, c->rope.factor,
                              c->rope.low_freq_factor, c->rope.high_freq_factor,
                              (double)c->rope.original_max_position_embeddings, m->D);
+  if (c->has_rope_local) {
+    const qt_hf_rope *r = &c->rope_local;
+    qt_model_internal_inv_freq(m->inv_freq_local, (int)r->type, r->theta, r->factor,
+                               r->low_freq_factor, r->high_freq_factor,
+                               (double)r->original_max_position_embeddings, m->D);
+  } else {
+    memcpy(m->inv_freq_local, m->inv_freq, (size_t)(m->D / 2) * sizeof(float));
+  }
   qt_st_model_close(&st);
-  const qt_model_linear *l0 = &m->layers[0].proj[0];
+  const qt_model_linear *l0 = &m->layers[0].proj[QT_PROJ_O];
   if (c->quant.present && l0->quantized &&
       (l0->q.type != (opts->quant == QT_MODEL_QUANT_NF4 ? QT_QUANT_NF4 : QT_QUANT_FP4) ||
        l0->q.blocksize != opts->blocksize || l0->q.nested != opts->double_quant))
@@ -199,7 +279,7 @@ qt_status qt_model_load(const char *dir, const qt_model_load_opts *opts, qt_mode
           "base linears %s; weights %.2f MiB dense + %.2f MiB 4-bit",
           dir, qt_hf_arch_name(c->arch), (long long)m->L, (long long)m->C, (long long)m->H,
           (long long)m->K, (long long)m->D, (long long)m->F, (long long)m->V,
-          m->layers[0].proj[0].quantized ? "4-bit" : "dense fp32",
+          m->layers[0].proj[QT_PROJ_O].quantized ? "4-bit" : "dense fp32",
           (double)m->bytes_dense / 1048576.0, (double)m->bytes_quant / 1048576.0);
   *out = m;
   return QT_OK;
@@ -215,8 +295,6 @@ void qt_model_free(qt_model **mp) {
   if (m->layers) {
     for (int64_t l = 0; l < m->L; l++) {
       qt_model_layer *ly = &m->layers[l];
-      free(ly->input_norm);
-      free(ly->post_norm);
       for (int p = 0; p < QT_PROJ_COUNT; p++) {
         free(ly->proj[p].dense);
         free(ly->proj[p].bias);
@@ -227,8 +305,13 @@ void qt_model_free(qt_model **mp) {
   free(m->layers);
   if (m->lm_head != m->embed) free(m->lm_head);
   free(m->embed);
-  free(m->final_norm);
+  for (int64_t i = 0; i < m->n_norms; i++) {
+    if (m->norms[i].w != m->norms[i].stored) free(m->norms[i].w);
+    free(m->norms[i].stored);
+  }
+  free(m->norms);
   free(m->inv_freq);
+  free(m->inv_freq_local);
   qt_hf_config_free(&m->cfg);
   free(m);
   *mp = NULL;
@@ -271,6 +354,7 @@ struct qt_model_tape {
   qt_tape_config tcfg;
   int32_t embed, lm_head, final_norm;
   int32_t *norm_in, *norm_post;           /* (L) */
+  int32_t (*norm_x)[4];                   /* (L, {attn_out, mlp_out, q, k}) or -1 */
   int32_t (*w)[QT_PROJ_COUNT];            /* (L, 7) dense weight ids or -1 */
   int32_t (*bias)[QT_PROJ_COUNT];         /* (L, 7) bias ids or -1 */
   fill_ctx (*fill)[QT_PROJ_COUNT];        /* (L, 7) */
@@ -311,9 +395,18 @@ static qt_status register_frozen(qt_model_tape *mt) {
     QT_TRY(qt_tape_frozen(mt->t, "input_layernorm", ly->input_norm, 1, m->C, &mt->norm_in[l]));
     QT_TRY(qt_tape_frozen(mt->t, "post_attention_layernorm", ly->post_norm, 1, m->C,
                           &mt->norm_post[l]));
+    const float *extra[4] = {ly->attn_out_norm, ly->mlp_out_norm, ly->q_norm, ly->k_norm};
+    static const char *const extra_name[4] = {"attn_out_norm", "mlp_out_norm", "q_norm", "k_norm"};
+    for (int i = 0; i < 4; i++) {
+      mt->norm_x[l][i] = -1;
+      if (extra[i])
+        QT_TRY(qt_tape_frozen(mt->t, extra_name[i], extra[i], 1, i < 2 ? m->C : m->D,
+                              &mt->norm_x[l][i]));
+    }
     for (int p = 0; p < QT_PROJ_COUNT; p++) {
       const qt_model_linear *lin = &ly->proj[p];
       mt->w[l][p] = mt->bias[l][p] = -1;
+      if (lin->out == 0) continue;
       mt->fill[l][p] = (fill_ctx){m, lin, mt->absmax};
       if (!lin->quantized)
         QT_TRY(qt_tape_frozen(mt->t, lin->name, lin->dense, lin->out, lin->in, &mt->w[l][p]));
@@ -367,6 +460,7 @@ static qt_status measure_arenas(qt_model_tape *mt) {
   for (int64_t l = 0; l < m->L && R > 0 && s == QT_OK; l++)
     for (int p = 0; p < QT_PROJ_COUNT && s == QT_OK; p++) {
       const qt_model_linear *lin = &m->layers[l].proj[p];
+      if (lin->out == 0) continue;
       s = qt_tape_trainable(mt->t, "lora_A", measure_dummy, measure_dummy, R, lin->in,
                             &ml.ids[l][p][0]);
       if (s == QT_OK)
@@ -380,7 +474,9 @@ static qt_status measure_arenas(qt_model_tape *mt) {
   double sum;
   int64_t cnt;
   if (s == QT_OK) s = record_trunk(mt, R > 0 ? &ad : NULL, &b, &x);
-  if (s == QT_OK) s = qt_tape_cross_entropy(mt->t, x, mt->lm_head, b.targets, &loss, &sum, &cnt);
+  if (s == QT_OK)
+    s = qt_tape_cross_entropy_ex(mt->t, x, mt->lm_head, b.targets, m->cfg.final_softcap, &loss,
+                                 &sum, &cnt);
   if (s == QT_OK && !mt->opts.forward_only) s = qt_tape_backward(mt->t, loss, 1.0);
   if (s == QT_OK) {
     qt_tape_stats st = qt_tape_get_stats(mt->t);
@@ -405,14 +501,15 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
   int64_t L = m->L;
   /* Tensors and nodes per layer: ~20 ops; checkpoint recompute records one
    * layer again inside backward. */
-  mt->tcfg.max_nodes = (int32_t)(48 * (L + 2) + 64);
-  mt->tcfg.max_tensors = (int32_t)(3 + L * 16 + 2 * L * QT_PROJ_COUNT + 64 * (L + 2) + 64);
+  mt->tcfg.max_nodes = (int32_t)(64 * (L + 2) + 64);
+  mt->tcfg.max_tensors = (int32_t)(3 + L * 24 + 2 * L * QT_PROJ_COUNT + 96 * (L + 2) + 64);
   mt->tcfg.ce_chunk_rows = mt->opts.ce_chunk_rows;
   /* Training tapes form the cross-entropy input gradient in forward (no logits
    * recompute in backward, autograd/tape.h); eval tapes skip that buffer. */
   mt->tcfg.ce_grad_in_forward = !mt->opts.forward_only;
   mt->norm_in = calloc((size_t)L, sizeof *mt->norm_in);
   mt->norm_post = calloc((size_t)L, sizeof *mt->norm_post);
+  mt->norm_x = calloc((size_t)L, sizeof *mt->norm_x);
   mt->w = calloc((size_t)L, sizeof *mt->w);
   mt->bias = calloc((size_t)L, sizeof *mt->bias);
   mt->fill = calloc((size_t)L, sizeof *mt->fill);
@@ -424,7 +521,7 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
       if (m->layers[l].proj[p].quantized && m->layers[l].proj[p].q.nblocks > max_nb)
         max_nb = m->layers[l].proj[p].q.nblocks;
   mt->absmax = malloc((size_t)(max_nb + 1) * sizeof(float));
-  if (!mt->norm_in || !mt->norm_post || !mt->w || !mt->bias || !mt->fill || !mt->lctx ||
+  if (!mt->norm_in || !mt->norm_post || !mt->norm_x || !mt->w || !mt->bias || !mt->fill || !mt->lctx ||
       !mt->absmax)
     s = qt_fail(QT_ERR_NOMEM, "model: cannot allocate the tape context");
   if (s == QT_OK) s = measure_arenas(mt);
@@ -444,6 +541,7 @@ void qt_model_tape_free(qt_model_tape **p) {
   qt_tape_free(&mt->t);
   free(mt->norm_in);
   free(mt->norm_post);
+  free(mt->norm_x);
   free(mt->w);
   free(mt->bias);
   free(mt->fill);
@@ -486,29 +584,74 @@ static qt_status linear(qt_model_tape *mt, int layer, qt_proj p, int32_t x, int3
   return qt_tape_linear_src(mt->t, x, &src, mt->bias[layer][p], lp, y);
 }
 
-/* One decoder layer (transformers LlamaDecoderLayer.forward). */
+/* x -> RMSNorm(x) * w of norm_x slot i when the family has that norm (over
+ * heads of D for q/k), else x itself. */
+static qt_status opt_norm(qt_model_tape *mt, int l, int i, int32_t x, int64_t heads,
+                          int32_t *out) {
+  int32_t w = mt->norm_x[l][i];
+  double eps = mt->m->cfg.rms_norm_eps;
+  if (w < 0) {
+    *out = x;
+    return QT_OK;
+  }
+  if (heads > 0) return qt_tape_rmsnorm_heads(mt->t, x, w, eps, heads, out);
+  return qt_tape_rmsnorm(mt->t, x, w, eps, out);
+}
+
+/* One decoder layer (transformers LlamaDecoderLayer.forward, with the family
+ * variations of model.h: fused projections, q/k norms, window, soft-cap,
+ * sandwich norms, GeGLU). */
 static qt_status decoder_layer(qt_tape *t, void *ctx, int32_t in, int32_t *out) {
   const layer_ctx *lc = ctx;
   qt_model_tape *mt = lc->mt;
   const qt_model *m = mt->m;
+  const qt_hf_config *c = &m->cfg;
   const qt_model_batch *b = mt->batch;
   int l = lc->layer;
-  double eps = m->cfg.rms_norm_eps;
+  double eps = c->rms_norm_eps;
+  int64_t HD = m->H * m->D, KD = m->K * m->D;
   int32_t n1, q, k, v, qr, kr, a, o, h, n2, g, u, sw, d;
   QT_TRY(qt_tape_rmsnorm(t, in, mt->norm_in[l], eps, &n1));
-  QT_TRY(linear(mt, l, QT_PROJ_Q, n1, &q));
-  QT_TRY(linear(mt, l, QT_PROJ_K, n1, &k));
-  QT_TRY(linear(mt, l, QT_PROJ_V, n1, &v));
-  QT_TRY(qt_tape_rope(t, q, m->H, m->D, b->pos, m->inv_freq, &qr));
-  QT_TRY(qt_tape_rope(t, k, m->K, m->D, b->pos, m->inv_freq, &kr));
-  QT_TRY(qt_tape_attention(t, qr, kr, v, b->B, b->T, m->H, m->K, m->D, b->doc, &a));
+  if (c->fused_qkv) {
+    /* modeling_phi3.py Phi3Attention: qkv = qkv_proj(x), split q | k | v */
+    int32_t qkv;
+    QT_TRY(linear(mt, l, QT_PROJ_QKV, n1, &qkv));
+    QT_TRY(qt_tape_slice_cols(t, qkv, 0, HD, &q));
+    QT_TRY(qt_tape_slice_cols(t, qkv, HD, KD, &k));
+    QT_TRY(qt_tape_slice_cols(t, qkv, HD + KD, KD, &v));
+  } else {
+    QT_TRY(linear(mt, l, QT_PROJ_Q, n1, &q));
+    QT_TRY(linear(mt, l, QT_PROJ_K, n1, &k));
+    QT_TRY(linear(mt, l, QT_PROJ_V, n1, &v));
+  }
+  QT_TRY(opt_norm(mt, l, 2, q, m->H, &q));
+  QT_TRY(opt_norm(mt, l, 3, k, m->K, &k));
+  int64_t window = c->layer_window ? c->layer_window[l] : 0;
+  const float *inv_freq = window > 0 ? m->inv_freq_local : m->inv_freq;
+  QT_TRY(qt_tape_rope(t, q, m->H, m->D, b->pos, inv_freq, &qr));
+  QT_TRY(qt_tape_rope(t, k, m->K, m->D, b->pos, inv_freq, &kr));
+  qt_att_opts ao = {.scale = c->attn_scale, .window = window, .softcap = c->attn_softcap};
+  QT_TRY(qt_tape_attention_ex(t, qr, kr, v, b->B, b->T, m->H, m->K, m->D, b->doc, &ao, &a));
   QT_TRY(linear(mt, l, QT_PROJ_O, a, &o));
+  QT_TRY(opt_norm(mt, l, 0, o, 0, &o));
   QT_TRY(qt_tape_add(t, in, o, &h));
   QT_TRY(qt_tape_rmsnorm(t, h, mt->norm_post[l], eps, &n2));
-  QT_TRY(linear(mt, l, QT_PROJ_GATE, n2, &g));
-  QT_TRY(linear(mt, l, QT_PROJ_UP, n2, &u));
-  QT_TRY(qt_tape_swiglu(t, g, u, &sw));
+  if (c->fused_gate_up) {
+    /* modeling_phi3.py Phi3MLP: gate, up = gate_up_proj(x).chunk(2) */
+    int32_t gu;
+    QT_TRY(linear(mt, l, QT_PROJ_GATE_UP, n2, &gu));
+    QT_TRY(qt_tape_slice_cols(t, gu, 0, m->F, &g));
+    QT_TRY(qt_tape_slice_cols(t, gu, m->F, m->F, &u));
+  } else {
+    QT_TRY(linear(mt, l, QT_PROJ_GATE, n2, &g));
+    QT_TRY(linear(mt, l, QT_PROJ_UP, n2, &u));
+  }
+  if (c->act == QT_HF_ACT_GELU_TANH)
+    QT_TRY(qt_tape_geglu(t, g, u, &sw));
+  else
+    QT_TRY(qt_tape_swiglu(t, g, u, &sw));
   QT_TRY(linear(mt, l, QT_PROJ_DOWN, sw, &d));
+  QT_TRY(opt_norm(mt, l, 1, d, 0, &d));
   return qt_tape_add(t, h, d, out);
 }
 
@@ -532,13 +675,6 @@ static qt_status check_batch(const qt_model_tape *mt, const qt_model_batch *b) {
       return qt_fail(QT_ERR_INVALID, "model: position %d is beyond max_position_embeddings %lld",
                      (int)b->pos[n], (long long)m->cfg.max_position_embeddings);
   }
-  for (int64_t l = 0; l < m->L; l++)
-    if (m->cfg.layer_window && m->cfg.layer_window[l] > 0 && b->T > m->cfg.layer_window[l])
-      return qt_fail(QT_ERR_UNSUPPORTED, "model: rows of %lld tokens exceed the sliding window "
-                                         "(%lld) of layer %lld, which is not implemented; use "
-                                         "data.seq_len <= %lld",
-                     (long long)b->T, (long long)m->cfg.layer_window[l], (long long)l,
-                     (long long)m->cfg.layer_window[l]);
   return QT_OK;
 }
 
@@ -551,6 +687,8 @@ static qt_status record_trunk(qt_model_tape *mt, const qt_model_adapter *adapter
   qt_tape_reset(t);
   int32_t h;
   QT_TRY(qt_tape_embedding(t, mt->embed, b->ids, b->B * b->T, &h));
+  /* modeling_gemma2.py: hidden * tensor(hidden_size ** 0.5, dtype) */
+  if (mt->m->cfg.embed_scale) QT_TRY(qt_tape_scale(t, h, (double)(float)sqrt((double)mt->m->C), &h));
   for (int64_t l = 0; l < mt->m->L; l++)
     QT_TRY(qt_tape_layer(t, decoder_layer, &mt->lctx[l], h, mt->opts.checkpoint, &h));
   return qt_tape_rmsnorm(t, h, mt->final_norm, mt->m->cfg.rms_norm_eps, x);
@@ -565,7 +703,8 @@ qt_status qt_model_forward_backward(qt_model_tape *mt, const qt_model_adapter *a
   int32_t x, loss;
   QT_TRY(check_batch(mt, b));
   QT_TRY(record_trunk(mt, adapter, b, &x));
-  QT_TRY(qt_tape_cross_entropy(mt->t, x, mt->lm_head, b->targets, &loss, loss_sum, count));
+  QT_TRY(qt_tape_cross_entropy_ex(mt->t, x, mt->lm_head, b->targets, mt->m->cfg.final_softcap,
+                                  &loss, loss_sum, count));
   if (backward) QT_TRY(qt_tape_backward(mt->t, loss, dloss));
   return QT_OK;
 }
@@ -576,6 +715,6 @@ qt_status qt_model_logits(qt_model_tape *mt, const qt_model_adapter *adapter,
   QT_TRY(check_batch(mt, b));
   QT_TRY(record_trunk(mt, adapter, b, &x));
   qt_model_internal_logits(logits, qt_tape_data(mt->t, x), mt->m->lm_head, b->B * b->T,
-                           mt->m->C, mt->m->V);
+                           mt->m->C, mt->m->V, mt->m->cfg.final_softcap);
   return QT_OK;
 }

@@ -1,17 +1,27 @@
-/* model/model.h — a Llama-family decoder (llama, mistral, qwen2) built from a
- * Hugging Face model directory, run through the autograd tape on CPU.
+/* model/model.h — a decoder-only transformer built from a Hugging Face model
+ * directory, run through the autograd tape on CPU. Families: llama, mistral,
+ * qwen2, qwen3, gemma2, gemma3 (text), phi3.
  *
- * Architecture: transformers LlamaForCausalLM / MistralForCausalLM /
- * Qwen2ForCausalLM (../shared/docs/reference/formats.md section 5):
- *   h = embed[ids]; per layer: h += o(attn(rope(q(n1)), rope(k(n1)), v(n1))),
- *   n1 = rmsnorm(h); h += down(silu(gate(n2)) * up(n2)), n2 = rmsnorm(h);
- *   logits = rmsnorm(h) lm_head^T (lm_head = embed when tied).
+ * One layer, composed from the config's family fields (model/hf_config.h;
+ * transformers' modeling_<family>.py for each):
+ *   n1 = norm(h); q, k, v = q/k/v_proj(n1)  (phi3: one qkv_proj, split);
+ *   [qwen3, gemma3: q, k = per-head q_norm/k_norm]; rope (gemma3: local base on
+ *   sliding layers); a = attention(scale, sliding window of the layer, logit
+ *   soft-cap); o = o_proj(a) [gemma: post_attention_layernorm(o)]; h += o;
+ *   n2 = norm(h) (post_attention_layernorm, gemma: pre_feedforward_layernorm);
+ *   m = down(act(gate(n2)) * up(n2))  (phi3: one gate_up_proj, split; act silu,
+ *   gemma: gelu tanh) [gemma: post_feedforward_layernorm(m)]; h += m.
+ *   h0 = embed[ids] (gemma: x sqrt(hidden)); logits = norm(h) lm_head^T (tied:
+ *   the embedding), gemma2: soft-capped.
+ * Gemma's RMSNorm multiplies by (1 + weight): the model keeps both the stored
+ * weight (for export) and the multiplier (for compute), see qt_model_norm.
  * Attention is causal and block-diagonal per document (packed rows), RoPE
- * positions restart per document (given by the batch). Sliding windows are not
- * applied: a mistral/qwen2 window shorter than the row is refused at forward.
+ * positions restart per document (given by the batch); a layer's sliding
+ * window (mistral, qwen2/3 with use_sliding_window, gemma, phi3) limits each
+ * query to the window's last keys of its own document.
  *
  * Weights: embeddings, norms, biases and lm_head are kept dense fp32 (frozen).
- * The seven base linears per layer are quantized at load, one tensor at a time
+ * The base linears of each layer are quantized at load, one tensor at a time
  * (the whole model is never held in fp32): QT_MODEL_QUANT_NF4/FP4 with the
  * given blocksize and double quantization (quant/quant.h, bitsandbytes-exact),
  * or kept dense fp32 with QT_MODEL_QUANT_NONE. A bitsandbytes pre-quantized
@@ -51,15 +61,22 @@ typedef struct {
   int threads;           /* OpenMP threads for quantization; <= 0 default */
 } qt_model_load_opts;
 
-/* The seven projections, in PEFT target-module order. */
+/* The projections, in PEFT target-module order: the seven of llama-style
+ * layers, then phi3's fused two (a model has either q/k/v or qkv, either
+ * gate/up or gate_up: qt_model_has_proj). */
 typedef enum {
   QT_PROJ_Q = 0, QT_PROJ_K, QT_PROJ_V, QT_PROJ_O, QT_PROJ_GATE, QT_PROJ_UP, QT_PROJ_DOWN,
+  QT_PROJ_QKV, QT_PROJ_GATE_UP,
   QT_PROJ_COUNT
 } qt_proj;
-/* "q_proj", ..., "down_proj" */
+/* "q_proj", ..., "down_proj", "qkv_proj", "gate_up_proj" */
 const char *qt_proj_name(qt_proj p);
-/* "self_attn" for q,k,v,o; "mlp" for gate, up, down */
+/* "self_attn" for q, k, v, o, qkv; "mlp" for gate, up, down, gate_up */
 const char *qt_proj_block(qt_proj p);
+/* The projection whose place a fused one takes (qkv: q, gate_up: gate; the
+ * others: themselves): the LoRA Philox streams are keyed by it, so a
+ * llama-style model's streams are what they always were. */
+qt_proj qt_proj_slot(qt_proj p);
 
 typedef struct {
   int64_t out, in;         /* W is (out, in) */
@@ -70,9 +87,24 @@ typedef struct {
   char name[96];           /* "model.layers.3.self_attn.q_proj" */
 } qt_model_linear;
 
+/* An RMSNorm weight: w is what the normalised input is multiplied by,
+ * stored the tensor as the checkpoint holds it (gemma: w = 1 + stored in
+ * fp32, as Gemma*RMSNorm computes it; other families: stored == w). */
 typedef struct {
-  float *input_norm, *post_norm; /* (C) */
-  qt_model_linear proj[QT_PROJ_COUNT];
+  char name[96];           /* "model.layers.3.input_layernorm.weight" */
+  int64_t n;               /* C, or head_dim for q_norm / k_norm */
+  float *w, *stored;
+} qt_model_norm;
+
+typedef struct {
+  /* the multipliers (qt_model_norm.w) of this layer's norms; NULL = absent */
+  float *input_norm;       /* (C) input_layernorm */
+  float *post_norm;        /* (C) the MLP's input norm: post_attention_layernorm
+                            * (gemma: pre_feedforward_layernorm) */
+  float *attn_out_norm;    /* (C) gemma: post_attention_layernorm on the attention output */
+  float *mlp_out_norm;     /* (C) gemma: post_feedforward_layernorm on the MLP output */
+  float *q_norm, *k_norm;  /* (D) qwen3, gemma3 */
+  qt_model_linear proj[QT_PROJ_COUNT]; /* absent projections have out == 0 */
 } qt_model_layer;
 
 typedef struct {
@@ -80,9 +112,13 @@ typedef struct {
   int64_t C, H, K, D, F, V, L;   /* hidden, heads, kv heads, head dim, mlp, vocab, layers */
   float *embed;                  /* (V, C) */
   float *lm_head;                /* (V, C); == embed when tied */
-  float *final_norm;             /* (C) */
+  float *final_norm;             /* (C) the multiplier of model.norm */
   qt_model_layer *layers;        /* (L) */
+  qt_model_norm *norms;          /* (n_norms) every norm in checkpoint order, the layers'
+                                  * pointers point into these */
+  int64_t n_norms;
   float *inv_freq;               /* (D/2) RoPE inverse frequencies (rope scaling applied) */
+  float *inv_freq_local;         /* (D/2) gemma3's sliding layers; == inv_freq otherwise */
   int threads;
   size_t bytes_dense, bytes_quant; /* weight memory, for the plan */
 } qt_model;
@@ -167,10 +203,12 @@ qt_status qt_model_logits(qt_model_tape *mt, const qt_model_adapter *adapter,
  * one document): each fed token's keys and values (after RoPE) stay in a
  * per-layer cache, so a token costs one position's forward, not the whole
  * sequence's. Per fed row it runs what decoder_layer records (rmsnorm, q/k/v
- * with biases and the LoRA branch unmerged, RoPE from m->inv_freq at the
- * absolute position, causal GQA over the cache, o, residual, rmsnorm,
- * gate/up, SwiGLU, down, residual), with the same CPU kernels; then the final
- * norm and lm_head for the LAST fed row only. Equal to qt_model_logits' last
+ * (or fused qkv) with biases and the LoRA branch unmerged, q/k norms, RoPE at
+ * the absolute position, causal GQA over the cache within the layer's window,
+ * scaled and soft-capped as configured, o, [norm], residual, rmsnorm,
+ * gate/up (or fused), SwiGLU or GeGLU, down, [norm], residual), with the same
+ * CPU kernels; then the final norm, lm_head and logit soft-cap for the LAST
+ * fed row only. Equal to qt_model_logits' last
  * row of the whole sequence up to summation order (tested at 1e-5).
  *
  * The adapter's branches are resolved once at init through mt's tape (the
@@ -191,8 +229,8 @@ qt_status qt_model_decoder_init(qt_model_tape *mt, const qt_model_adapter *adapt
 void qt_model_decoder_free(qt_model_decoder **d);
 /* Appends ids (n, 1 <= n <= max_rows) at positions len .. len+n-1 and writes
  * logits (V) of the last of them. QT_ERR_INVALID: an id outside the
- * vocabulary or the cache full; QT_ERR_UNSUPPORTED: the sequence would grow
- * past a layer's sliding window (not implemented, as in training). */
+ * vocabulary or the cache full. A layer with a sliding window reads only its
+ * window's last keys (the cache keeps every position). */
 qt_status qt_model_decoder_feed(qt_model_decoder *d, const int32_t *ids, int64_t n,
                                 float *logits);
 /* Positions fed so far. */
@@ -247,6 +285,9 @@ qt_status qt_model_generate(qt_model_tape *mt, const qt_model_adapter *adapter,
 qt_status qt_model_generate_recompute(qt_model_tape *mt, const qt_model_adapter *adapter,
                                       const int32_t *prompt, int64_t n_prompt, int64_t max_new,
                                       const qt_sample_opts *so, int32_t *out, int64_t *n_out);
+
+/* Whether layers have projection p (llama-style or fused, per family). */
+bool qt_model_has_proj(const qt_model *m, qt_proj p);
 
 /* Dequantizes (or copies) a base linear into w (out, in) fp32. */
 qt_status qt_model_linear_weight(const qt_model *m, const qt_model_linear *lin, float *w);

@@ -286,7 +286,7 @@ qt_status setup(qt_model_cuda *c) {
     dev_layer *ly = &c->layers[l];
     QT_TRY(upload_bf16(dl, m->layers[l].input_norm, C, &ly->norm_in));
     QT_TRY(upload_bf16(dl, m->layers[l].post_norm, C, &ly->norm_post));
-    for (int p = 0; p < QT_PROJ_COUNT; p++)
+    for (int p = 0; p <= QT_PROJ_DOWN; p++) /* the seven of a llama-style layer (init refuses fused) */
       QT_TRY(init_linear(c, &m->layers[l].proj[p], &ly->lin[p]));
   }
   /* batch */
@@ -522,6 +522,15 @@ extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_
     return qt_fail(QT_ERR_INVALID, "model_cuda: context for %lld x %lld tokens, rank %lld: each "
                                    "must be >= 1", (long long)max_B, (long long)max_T,
                    (long long)max_r);
+  /* This explicit CUDA model composes the llama-style layer only; the
+   * families' variations (model/model.h) run on the CPU tape. */
+  const qt_hf_config *hc = &m->cfg;
+  if (hc->fused_qkv || hc->fused_gate_up || hc->qk_norm || hc->norm_plus_one || hc->sandwich_norm ||
+      hc->embed_scale || hc->attn_softcap > 0 || hc->final_softcap > 0 ||
+      hc->act != QT_HF_ACT_SILU || hc->has_rope_local)
+    return qt_fail(QT_ERR_UNSUPPORTED, "model_cuda: %s models train on the CPU for now (the CUDA "
+                                       "path composes llama/mistral/qwen2 layers); set "
+                                       "training.device: cpu", qt_hf_arch_name(hc->arch));
   qt_model_cuda *c = (qt_model_cuda *)calloc(1, sizeof *c);
   if (!c) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate the context");
   c->m = m;

@@ -18,8 +18,9 @@ void qt_model_internal_inv_freq(float *inv_freq, int rope_type, double theta, do
 }
 
 void qt_model_internal_logits(float *logits, const float *x, const float *W, int64_t N,
-                              int64_t C, int64_t V) {
+                              int64_t C, int64_t V, double softcap) {
   qt_op_linear_forward_cpu(logits, x, W, NULL, N, C, V);
+  if (softcap > 0) qt_op_softcap_cpu(logits, N * V, softcap);
 }
 
 void qt_model_internal_dequant(const qt_quant_weight *w, float *absmax, float *dst, int threads) {
@@ -53,6 +54,12 @@ void qt_model_internal_rope(float *out, const float *x, const int32_t *pos,
 
 void qt_model_internal_swiglu(float *out, const float *gate, const float *up, int64_t n) {
   qt_op_swiglu_forward_cpu(out, gate, up, n);
+}
+
+void qt_model_internal_softcap(float *z, int64_t n, double cap) { qt_op_softcap_cpu(z, n, cap); }
+
+void qt_model_internal_geglu(float *out, const float *gate, const float *up, int64_t n) {
+  qt_op_geglu_forward_cpu(out, gate, up, n);
 }
 
 void qt_model_internal_add(float *out, const float *a, const float *b, int64_t n) {

@@ -230,6 +230,16 @@ static void print_config(const qt_hf_config *c) {
            c->rope.factor, c->rope.low_freq_factor, c->rope.high_freq_factor,
            c->rope.original_max_position_embeddings);
   printf("\n");
+  /* the family's layer (model/model.h) */
+  printf("  layer: %s%s, %s MLP%s%s%s%s, attention scale %g", c->fused_qkv ? "fused qkv_proj" : "q/k/v_proj",
+         c->qk_norm ? " + q/k norms" : "", c->act == QT_HF_ACT_GELU_TANH ? "GeGLU (gelu tanh)" : "SwiGLU",
+         c->fused_gate_up ? " (fused gate_up_proj)" : "", c->sandwich_norm ? ", pre+post norms" : "",
+         c->norm_plus_one ? ", RMSNorm (1 + weight)" : "", c->embed_scale ? ", embeddings x sqrt(hidden)" : "",
+         c->attn_scale);
+  if (c->attn_softcap > 0) printf(", attention soft-cap %g", c->attn_softcap);
+  if (c->final_softcap > 0) printf(", logit soft-cap %g", c->final_softcap);
+  printf("\n");
+  if (c->has_rope_local) printf("  rope of sliding layers: %s theta %g\n", qt_rope_type_name(c->rope_local.type), c->rope_local.theta);
   printf("  embeddings %s, bias q/k/v/o %d/%d/%d/%d, mlp bias %d, dtype %s\n",
          c->tie_word_embeddings ? "tied" : "untied", c->q_bias, c->k_bias, c->v_bias, c->o_bias, c->mlp_bias,
          c->has_dtype ? qt_hf_torch_dtype_name(c->dtype) : "unspecified");

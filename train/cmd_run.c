@@ -102,6 +102,33 @@ static qt_status copy_if_exists(const char *from_dir, const char *to_dir, const 
   return r;
 }
 
+/* The end of the JSON value that starts at j (after whitespace) in t[0, n):
+ * strings, nesting and scalars; the text is valid JSON (cJSON parsed it). */
+static size_t json_value_end(const char *t, size_t n, size_t j) {
+  int depth = 0;
+  for (; j < n; j++) {
+    char ch = t[j];
+    if (ch == '"') {
+      for (j++; j < n && t[j] != '"'; j++)
+        if (t[j] == '\\') j++;
+      if (depth == 0) return j + 1;
+    } else if (ch == '{' || ch == '[') {
+      depth++;
+    } else if (ch == '}' || ch == ']') {
+      if (--depth == 0) return j + 1;
+      if (depth < 0) return j;
+    } else if (depth == 0 && (ch == ',' || ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t')) {
+      return j;
+    }
+  }
+  return n;
+}
+
+/* config.json of the merged model: the source's text with its top-level
+ * quantization_config removed and dtype (or torch_dtype) set to the export
+ * dtype; every other byte as written (re-printing through cJSON would turn
+ * 4.0 into 4, which transformers' strict config classes refuse for float
+ * fields such as final_logit_softcapping). */
 static qt_status write_config(const qt_session *s, const char *out, qt_cfg_dtype dt) {
   char p[4200];
   snprintf(p, sizeof p, "%s/config.json", s->cfg.model.path);
@@ -109,25 +136,98 @@ static qt_status write_config(const qt_session *s, const char *out, qt_cfg_dtype
   size_t len;
   QT_TRY(qt_fs_read_file(p, 1 << 24, &buf, &len));
   cJSON *o = cJSON_ParseWithLength((const char *)buf, len);
-  free(buf);
-  if (!o) return qt_fail(QT_ERR_FORMAT, "%s: not valid JSON", p);
-  cJSON_DeleteItemFromObjectCaseSensitive(o, "quantization_config");
+  if (!o || !cJSON_IsObject(o)) {
+    cJSON_Delete(o);
+    free(buf);
+    return qt_fail(QT_ERR_FORMAT, "%s: not a JSON object", p);
+  }
   const char *key = cJSON_GetObjectItemCaseSensitive(o, "dtype") ? "dtype" : "torch_dtype";
-  cJSON_DeleteItemFromObjectCaseSensitive(o, key);
-  cJSON_AddStringToObject(o, key, dtype_hf_name(dt));
-  char *text = cJSON_Print(o);
+  bool has_key = cJSON_GetObjectItemCaseSensitive(o, key) != NULL;
   cJSON_Delete(o);
-  if (!text) return qt_fail(QT_ERR_NOMEM, "out of memory");
+  const char *t = (const char *)buf;
+  char *res = malloc(len + 64);
+  if (!res) {
+    free(buf);
+    return qt_fail(QT_ERR_NOMEM, "out of memory");
+  }
+  size_t n = 0, i = 0, last_end = 0, lead = 0;
+  bool first = true;
+  while (i < len && t[i] != '{') i++;
+  memcpy(res, t, ++i); /* up to and including the opening brace */
+  n = i;
+  last_end = i;
+  lead = i; /* the whitespace after the brace goes before the first kept member */
+  for (;;) {
+    size_t ks = i;
+    while (ks < len && t[ks] != '"' && t[ks] != '}') ks++;
+    if (ks >= len || t[ks] == '}') break;
+    size_t ke = json_value_end(t, len, ks);   /* the key string */
+    size_t vs = ke;
+    while (vs < len && t[vs] != ':') vs++;
+    vs++;
+    while (vs < len && (t[vs] == ' ' || t[vs] == '\n' || t[vs] == '\r' || t[vs] == '\t')) vs++;
+    size_t ve = json_value_end(t, len, vs);
+    bool is_q = ke - ks == 21 && memcmp(t + ks, "\"quantization_config\"", 21) == 0;
+    bool is_dt = ke - ks == strlen(key) + 2 && memcmp(t + ks + 1, key, strlen(key)) == 0;
+    if (!is_q) {
+      /* the separator and whitespace before this member, as written (the
+       * first kept member takes the text after the brace) */
+      size_t from = ks;
+      if (first) {
+        size_t w = lead;
+        while (w < len && (t[w] == ' ' || t[w] == '\n' || t[w] == '\r' || t[w] == '\t')) w++;
+        memcpy(res + n, t + lead, w - lead);
+        n += w - lead;
+      } else {
+        size_t w = ks;
+        while (w > last_end && t[w - 1] != ',') w--;
+        res[n++] = ',';
+        from = w;
+      }
+      memcpy(res + n, t + from, ks - from);
+      n += ks - from;
+      if (is_dt) {
+        memcpy(res + n, t + ks, vs - ks);
+        n += vs - ks;
+        n += (size_t)sprintf(res + n, "\"%s\"", dtype_hf_name(dt));
+      } else {
+        memcpy(res + n, t + ks, ve - ks);
+        n += ve - ks;
+      }
+      first = false;
+    }
+    last_end = ve;
+    i = ve;
+    while (i < len && t[i] != ',' && t[i] != '}') i++;
+    if (i >= len || t[i] == '}') break;
+    i++;
+  }
+  if (!has_key) n += (size_t)sprintf(res + n, "%s\n  \"%s\": \"%s\"", first ? "" : ",", key, dtype_hf_name(dt));
+  /* whatever followed the last member (newline, closing brace) */
+  size_t close = last_end;
+  while (close < len && t[close] != '}') close++;
+  size_t ws = last_end;
+  while (ws < close && t[ws] != '\n' && t[ws] != ' ' && t[ws] != '\r' && t[ws] != '\t') ws++;
+  memcpy(res + n, t + ws, len - ws);
+  n += len - ws;
+  free(buf);
   snprintf(p, sizeof p, "%s/config.json", out);
-  qt_status r = qt_fs_write_atomic(p, text, strlen(text));
-  free(text);
+  /* the result must still be JSON with what was asked */
+  cJSON *chk = cJSON_ParseWithLength(res, n);
+  bool good = chk && !cJSON_GetObjectItemCaseSensitive(chk, "quantization_config") &&
+              cJSON_IsString(cJSON_GetObjectItemCaseSensitive(chk, key));
+  cJSON_Delete(chk);
+  qt_status r = good ? qt_fs_write_atomic(p, res, n)
+                     : qt_fail(QT_ERR_FORMAT, "%s/config.json: cannot rewrite it for the merged "
+                                              "model", s->cfg.model.path);
+  free(res);
   return r;
 }
 
 static qt_status export_merged(qt_session *s, const char *out, qt_cfg_dtype dt, qt_cfg_merge_base base) {
   qt_model *m = s->model;
   /* the tensor list, in the transformers state_dict order */
-  size_t cap = 4 + (size_t)m->L * 16, n = 0;
+  size_t cap = 4 + (size_t)m->L * 24, n = 0;
   merged_tensor *ts = calloc(cap, sizeof *ts);
   if (!ts) return qt_fail(QT_ERR_NOMEM, "out of memory");
 #define ADD(nm, r_, c_, src_, layer_, proj_)                                      \
@@ -136,11 +236,17 @@ static qt_status export_merged(qt_session *s, const char *out, qt_cfg_dtype dt, 
     ts[n].rows = (r_), ts[n].cols = (c_), ts[n].src = (src_), ts[n].layer = (layer_), ts[n].proj = (proj_); \
     n++;                                                                          \
   } while (0)
-  ADD("model.embed_tokens.weight", m->V, m->C, m->embed, -1, QT_PROJ_Q);
+  const char *pre = m->cfg.weight_prefix[0] ? m->cfg.weight_prefix : "model.";
+  char nm[128];
+  snprintf(nm, sizeof nm, "%sembed_tokens.weight", pre);
+  ADD(nm, m->V, m->C, m->embed, -1, QT_PROJ_Q);
+  /* per layer: its linears (and biases), then its norms (as stored: gemma's
+   * weight, not the 1 + weight it multiplies by); the final norm last */
+  int64_t per = (m->n_norms - 1) / m->L; /* model.c: the layers' norms in order, then model.norm */
   for (int64_t l = 0; l < m->L; l++) {
-    char nm[128];
     for (int p = 0; p < QT_PROJ_COUNT; p++) {
       const qt_model_linear *lin = &m->layers[l].proj[p];
+      if (lin->out == 0) continue;
       snprintf(nm, sizeof nm, "%s.weight", lin->name);
       ADD(nm, lin->out, lin->in, NULL, (int)l, (qt_proj)p);
       if (lin->bias) {
@@ -148,12 +254,11 @@ static qt_status export_merged(qt_session *s, const char *out, qt_cfg_dtype dt, 
         ADD(nm, lin->out, 0, lin->bias, -1, QT_PROJ_Q);
       }
     }
-    snprintf(nm, sizeof nm, "model.layers.%lld.input_layernorm.weight", (long long)l);
-    ADD(nm, m->C, 0, m->layers[l].input_norm, -1, QT_PROJ_Q);
-    snprintf(nm, sizeof nm, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
-    ADD(nm, m->C, 0, m->layers[l].post_norm, -1, QT_PROJ_Q);
+    for (int64_t k = l * per; k < (l + 1) * per; k++)
+      ADD(m->norms[k].name, m->norms[k].n, 0, m->norms[k].stored, -1, QT_PROJ_Q);
   }
-  ADD("model.norm.weight", m->C, 0, m->final_norm, -1, QT_PROJ_Q);
+  const qt_model_norm *fn = &m->norms[m->n_norms - 1];
+  ADD(fn->name, fn->n, 0, fn->stored, -1, QT_PROJ_Q);
   if (m->lm_head != m->embed) ADD("lm_head.weight", m->V, m->C, m->lm_head, -1, QT_PROJ_Q);
 #undef ADD
   /* shards of at most 2 GiB (transformers' default max_shard_size is 5 GB;

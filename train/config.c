@@ -104,8 +104,10 @@ static const char *const qt_cfg_sections[] = {"model", "lora", "data", "training
 
 /* LoRA targets: PEFT module names; the short forms are accepted on input. */
 static const char *const target_long[] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                          "gate_proj", "up_proj", "down_proj", NULL};
-static const char *const target_short[] = {"q", "k", "v", "o", "gate", "up", "down", NULL};
+                                          "gate_proj", "up_proj", "down_proj",
+                                          "qkv_proj", "gate_up_proj", NULL};
+static const char *const target_short[] = {"q", "k", "v", "o", "gate", "up", "down",
+                                           "qkv", "gate_up", NULL};
 
 const char *qt_config_target_name(unsigned bit) {
   for (int i = 0; target_long[i]; i++)
@@ -306,7 +308,7 @@ static bool apply_value(qt_config *cfg, const qt_cfg_key *k, const qt_cfg_value 
     bool ok = true;
     yaml_node_item_t *it = v->node->data.sequence.items.start;
     if (it == v->node->data.sequence.items.top) {
-      err_add(e, "%s: %s.%s: the list is empty; name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or write all-linear", v->where, sec, key);
+      err_add(e, "%s: %s.%s: the list is empty; name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (phi3: qkv_proj, o_proj, gate_up_proj, down_proj), or write all-linear", v->where, sec, key);
       return false;
     }
     for (; it < v->node->data.sequence.items.top; it++) {
@@ -330,7 +332,7 @@ static bool apply_value(qt_config *cfg, const qt_cfg_key *k, const qt_cfg_value 
       if (i < 0) i = find_name(target_short, name);
       if (i < 0) {
         const char *hint = closest(name, target_long, count_names(target_long));
-        err_add(e, "%s: %s.%s: unknown module '%s'%s%s%s; known: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+        err_add(e, "%s: %s.%s: unknown module '%s'%s%s%s; known: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, qkv_proj, gate_up_proj",
                 where, sec, key, name, hint ? " (did you mean '" : "", hint ? hint : "", hint ? "'?)" : "");
         ok = false;
         continue;

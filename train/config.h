@@ -42,7 +42,8 @@ typedef enum {
 enum {
   QT_TGT_Q = 1 << 0, QT_TGT_K = 1 << 1, QT_TGT_V = 1 << 2, QT_TGT_O = 1 << 3,
   QT_TGT_GATE = 1 << 4, QT_TGT_UP = 1 << 5, QT_TGT_DOWN = 1 << 6,
-  QT_TGT_ALL = (1 << 7) - 1
+  QT_TGT_QKV = 1 << 7, QT_TGT_GATE_UP = 1 << 8, /* phi3's fused projections */
+  QT_TGT_ALL = (1 << 9) - 1 /* all-linear: every projection the model has */
 };
 
 typedef struct {

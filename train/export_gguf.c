@@ -283,7 +283,7 @@ static qt_status model_tensors(const qt_hf_config *c, const qt_model *m, tensor_
     snprintf(nm, sizeof nm, "blk.%lld.attn_norm.weight", (long long)i);
     snprintf(hf, sizeof hf, "model.layers.%lld.input_layernorm.weight", (long long)i);
     QT_TRY(add(l, nm, hf, C, 0, mm ? ly->input_norm : NULL, -1, 0, 0, mm));
-    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+    for (int p = 0; p <= QT_PROJ_DOWN; p++) { /* the llama-style seven (families: see qt_export_gguf) */
       int64_t heads = 0;
       if (permuted_arch(c) && p == QT_PROJ_Q) heads = H;
       if (permuted_arch(c) && p == QT_PROJ_K) heads = K;
@@ -420,6 +420,14 @@ static const char *gguf_type_name(qt_cfg_gguf_type t) {
 qt_status qt_export_gguf(qt_session *s, const qt_hf_config *c, const char *out, bool lora_only) {
   qt_model *m = s->model;
   QT_ASSERTF(m || !lora_only, "a LoRA export needs the model");
+  /* llama.cpp names and hyperparameter keys are written for these three;
+   * the newer families have their own (gemma2's soft-caps, phi3's fused
+   * tensors, qwen3's q/k norms) that this writer does not know yet */
+  if (c->arch != QT_HF_LLAMA && c->arch != QT_HF_MISTRAL && c->arch != QT_HF_QWEN2)
+    return qt_fail(QT_ERR_UNSUPPORTED, "export --format %s: %s models are not written as GGUF yet "
+                                       "(llama, mistral and qwen2 are); export --format merged and "
+                                       "convert that directory with llama.cpp's convert_hf_to_gguf.py",
+                   lora_only ? "gguf-lora" : "gguf", qt_hf_arch_name(c->arch));
   qt_cfg_gguf_type ty = s->cfg.export_.gguf_type;
   if (ty == QT_GGUF_T_AUTO) ty = lora_only ? QT_GGUF_T_F32 : QT_GGUF_T_Q8_0;
   if (lora_only && ty == QT_GGUF_T_Q4_K_M)

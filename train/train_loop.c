@@ -643,11 +643,12 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       goto out_loader;
     }
     const qt_lora_config *lc = qt_lora_get_config(s->lora);
-    if (lc->r != c->lora.r || lc->alpha != c->lora.alpha || lc->targets != c->lora.target_modules ||
+    unsigned want = qt_lora_resolve_targets(s->model, c->lora.target_modules);
+    if (lc->r != c->lora.r || lc->alpha != c->lora.alpha || lc->targets != want ||
         lc->use_rslora != c->lora.use_rslora || lc->dropout != c->lora.dropout) {
       r = qt_fail(QT_ERR_CONFIG, "lora.init_adapter: %s has r=%d, alpha=%g, %s targets; the config says r=%lld, "
                   "alpha=%g; make lora.r, lora.alpha, lora.dropout, lora.target_modules and lora.use_rslora match the adapter",
-                  c->lora.init_adapter, lc->r, lc->alpha, lc->targets == c->lora.target_modules ? "the same" : "other",
+                  c->lora.init_adapter, lc->r, lc->alpha, lc->targets == want ? "the same" : "other",
                   (long long)c->lora.r, c->lora.alpha);
       goto out_loader;
     }

@@ -129,7 +129,7 @@ static const struct {
     {MODEL "  quant: nf5\n" DATA, NULL, "model.quant: 'nf5' is not one of nf4|fp4|none (did you mean 'nf4'?)"},
     {BASE "training:\n  optimizer: adamw8bit\n", NULL, "(did you mean 'adamw_8bit'?)"},
     {BASE "training:\n  lr_scheduler: cosin\n", NULL, "(did you mean 'cosine'?)"},
-    {BASE "lora:\n  target_modules: [q_proj, qkv_proj]\n", NULL, "cfg.yaml:6:28: lora.target_modules: unknown module 'qkv_proj'"},
+    {BASE "lora:\n  target_modules: [q_proj, qkv_projection]\n", NULL, "cfg.yaml:6:28: lora.target_modules: unknown module 'qkv_projection'"},
     {BASE "lora:\n  target_modules: []\n", NULL, "lora.target_modules: the list is empty"},
     {BASE "lora:\n  target_modules: [q, q_proj]\n", NULL, "module 'q_proj' is listed twice"},
     {BASE "lora:\n  r: [8]\n", NULL, "lora.r: expected an integer, got a sequence"},

@@ -229,7 +229,7 @@ int main(void) {
   /* GPU: one entry per adapted module (tensors come A, B per module). */
   size_t nt;
   qt_lora_tensor *ts = qt_lora_tensors(l, &nt);
-  check(nt == (size_t)(2 * QT_PROJ_COUNT * m->L), "LoRA on all seven projections of every layer");
+  check(nt == (size_t)(2 * (QT_PROJ_DOWN + 1) * m->L), "LoRA on all seven projections of every layer");
   size_t ne = nt / 2;
   qt_model_cuda_lora *ent = calloc(ne, sizeof *ent);
   float **gpu_grad = calloc(nt, sizeof *gpu_grad);

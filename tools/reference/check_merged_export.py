@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=512)
     a = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(a.model)
-    model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32, attn_implementation="eager")
     model.eval()
     total, count = 0.0, 0
     with open(a.data, encoding="utf-8") as f:

@@ -52,7 +52,8 @@ the tokenizers library, whole file pooled), and greedy generation of 64
 tokens from BOS (transformers generate, do_sample=False), in float32 (and the
 float64 figures, for the record).
 
---check-ours DIR (committed instance: tests/golden/model/ours_tiny_a, made by
+--check-ours DIR [BASE] (committed instances: tests/golden/model/ours_tiny_a, and
+ours_fam_phi3 for BASE fam_phi3 (the fused modules), made by
 `build/tests/model_lora/test_model_lora --write-peft-check DIR` first): DIR holds an adapter directory written by qlora-train
 (DIR/adapter in F32, DIR/adapter_bf16 in BF16) for the tiny_a base, and DIR/ours.safetensors with the ids and
 the logits the C model computed with it. Loads the adapter with
@@ -322,7 +323,7 @@ def stories_eval():
     write_meta("model", "stories_eval", {"script": SCRIPT})
 
 
-def check_ours(d):
+def check_ours(d, base_case="tiny_a"):
     ours = load_file(os.path.join(d, "ours.safetensors"))
     ids = ours["ids"].long()
     a = ours["logits"].float()
@@ -330,7 +331,7 @@ def check_ours(d):
            "peft_config": json.load(open(os.path.join(d, "adapter", "adapter_config.json")))}
     for sub in ("adapter", "adapter_bf16"):
         base = AutoModelForCausalLM.from_pretrained(
-            os.path.join(golden_dir("model"), "tiny_a"), dtype=torch.float32,
+            os.path.join(golden_dir("model"), base_case), dtype=torch.float32,
             attn_implementation="eager")
         pm = peft.PeftModel.from_pretrained(base, os.path.join(d, sub))
         pm.eval()
@@ -343,15 +344,16 @@ def check_ours(d):
     with open(os.path.join(d, "peft_check.json"), "w") as f:
         json.dump(res, f, indent=1, sort_keys=True)
         f.write("\n")
-    write_meta("model", "peft_check", {"script": SCRIPT, "max_rel_logits": rel})
+    write_meta("model", "peft_check" if base_case == "tiny_a" else "peft_check_" + base_case,
+               {"script": SCRIPT, "max_rel_logits": rel})
     print(json.dumps(res))
     return 0 if res["ok"] else 1
 
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    if len(sys.argv) == 3 and sys.argv[1] == "--check-ours":
-        sys.exit(check_ours(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--check-ours":
+        sys.exit(check_ours(*sys.argv[2:]))
     tiny_case("tiny_a")
     tiny_case("tiny_b")
     tiny_case("tiny_c")
