@@ -117,6 +117,7 @@ struct dev_linear {
 struct dev_layer {
   uint16_t *norm_in, *norm_post;  /* (C) */
   dev_linear lin[QT_PROJ_COUNT];
+  qt_att_opts att;                /* the config's score scale and this layer's window */
   /* saved activations */
   uint16_t *x;                    /* (N, C) layer input */
   uint16_t *n1;                   /* (N, C) */
@@ -191,11 +192,6 @@ qt_status check_inputs(const qt_model_cuda *c, const qt_model_cuda_lora *lora, s
                                      "%lld", (int)b->pos[n],
                      (long long)m->cfg.max_position_embeddings);
   }
-  for (int64_t l = 0; l < m->L; l++)
-    if (m->cfg.layer_window && m->cfg.layer_window[l] > 0 && b->T > m->cfg.layer_window[l])
-      return qt_fail(QT_ERR_UNSUPPORTED, "model_cuda: rows of %lld tokens exceed the sliding "
-                                         "window (%lld) of layer %lld, which is not implemented",
-                     (long long)b->T, (long long)m->cfg.layer_window[l], (long long)l);
   for (size_t i = 0; i < n_lora; i++) {
     const qt_model_cuda_lora *e = &lora[i];
     if (e->layer < 0 || e->layer >= m->L || (int)e->proj < 0 || (int)e->proj >= QT_PROJ_COUNT ||
@@ -286,6 +282,8 @@ qt_status setup(qt_model_cuda *c) {
     dev_layer *ly = &c->layers[l];
     QT_TRY(upload_bf16(dl, m->layers[l].input_norm, C, &ly->norm_in));
     QT_TRY(upload_bf16(dl, m->layers[l].post_norm, C, &ly->norm_post));
+    ly->att.scale = m->cfg.attn_scale;
+    ly->att.window = m->cfg.layer_window ? m->cfg.layer_window[l] : 0;
     for (int p = 0; p <= QT_PROJ_DOWN; p++) /* the seven of a llama-style layer (init refuses fused) */
       QT_TRY(init_linear(c, &m->layers[l].proj[p], &ly->lin[p]));
   }
@@ -441,7 +439,7 @@ qt_status layer_forward(qt_model_cuda *c, dev_layer *ly, uint16_t *out) {
   QT_TRY(qt_op_rope_forward_cuda(ly->qr, c->q, c->pos, c->inv_freq, N, c->H, c->D, NULL));
   QT_TRY(qt_op_rope_forward_cuda(ly->kr, c->k, c->pos, c->inv_freq, N, c->K, c->D, NULL));
   QT_TRY(qt_op_attention_forward_cuda(ly->a, ly->lse, ly->qr, ly->kr, ly->v, c->doc, c->B, c->T,
-                                      c->H, c->K, c->D, NULL, NULL));
+                                      c->H, c->K, c->D, NULL, &ly->att));
   QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_O], c->tmp_c, ly->a));
   QT_TRY(qt_op_add_forward_cuda(ly->h, ly->x, c->tmp_c, N * C, NULL));
   QT_TRY(qt_op_rmsnorm_forward_cuda(ly->n2, ly->rstd2, ly->h, ly->norm_post, c->eps, N, C, NULL));
@@ -467,7 +465,7 @@ qt_status layer_backward(qt_model_cuda *c, dev_layer *ly) {
   QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_O], c->da, 0, c->dX, ly->a));
   QT_TRY(qt_op_attention_backward_cuda(c->dqr, c->dkr, c->dv, 0, c->delta, c->da, ly->lse,
                                        ly->qr, ly->kr, ly->v, c->doc, c->B, c->T, c->H, c->K,
-                                       c->D, NULL, NULL));
+                                       c->D, NULL, &ly->att));
   QT_TRY(qt_op_rope_backward_cuda(c->dq, 0, c->dqr, c->pos, c->inv_freq, N, c->H, c->D, NULL));
   QT_TRY(qt_op_rope_backward_cuda(c->dk, 0, c->dkr, c->pos, c->inv_freq, N, c->K, c->D, NULL));
   QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_Q], c->dn, 0, c->dq, ly->n1));

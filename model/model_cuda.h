@@ -110,8 +110,8 @@ size_t qt_model_cuda_device_bytes(const qt_model_cuda *ctx);
  * scale: the LoRA scale (alpha / r or alpha / sqrt(r)), the same for every
  * entry. At most one entry per (layer, proj). Synchronizes before it returns.
  * Errors: QT_ERR_INVALID (ids/targets/positions out of range, a batch or rank
- * larger than the context, a bad lora entry), QT_ERR_UNSUPPORTED (a sliding
- * window shorter than the row, head_dim > 256), QT_ERR_NOMEM, QT_ERR_CUDA
+ * larger than the context, a bad lora entry), QT_ERR_UNSUPPORTED (head_dim >
+ * 256; a family other than llama/mistral/qwen2, at init), QT_ERR_NOMEM, QT_ERR_CUDA
  * (after which the context should be freed). */
 qt_status qt_model_cuda_forward_backward(qt_model_cuda *ctx, const qt_model_cuda_lora *lora,
                                          size_t n_lora, double scale, const qt_model_batch *b,
