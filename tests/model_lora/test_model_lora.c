@@ -1147,9 +1147,15 @@ static void test_decode_cache(void **st) {
     }
     qt_model *m = load_model(dir, q);
     qt_lora *l = fresh_lora(m, QT_LORA_ALL_LINEAR, 4, false, 11 + c);
-    for (int with = 0; with < 2; with++) {
-      decode_case(name, m, with ? l : NULL, 1);
-      decode_case(name, m, with ? l : NULL, 13);
+    if (c >= sizeof cs / sizeof cs[0]) {
+      /* the families: a 13-token prompt and 48 steps outgrow every window (4-5);
+       * with the LoRA on all the family's projections (fused ones too) */
+      decode_case(name, m, l, 13);
+    } else {
+      for (int with = 0; with < 2; with++) {
+        decode_case(name, m, with ? l : NULL, 1);
+        decode_case(name, m, with ? l : NULL, 13);
+      }
     }
     qt_lora_free(&l);
     qt_model_free(&m);
