@@ -5,6 +5,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h> /* mallopt, malloc_trim */
+#endif
 
 static double mib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0); }
 
@@ -154,7 +157,8 @@ void qt_mem_plan_free(qt_mem_plan *p) {
 }
 
 static qt_status plan_push(qt_mem_plan *p, const char *name, const char *where, size_t bytes,
-                           size_t peak, int is_arena) {
+                           size_t peak, int is_arena, unsigned phases) {
+  QT_ASSERT(phases != 0 && (phases & ~(unsigned)QT_MEM_ALWAYS) == 0);
   if (p->n == p->cap) {
     size_t cap = p->cap ? 2 * p->cap : 16;
     qt_mem_plan_item *items = realloc(p->items, cap * sizeof *items);
@@ -170,16 +174,22 @@ static qt_status plan_push(qt_mem_plan *p, const char *name, const char *where, 
   it->bytes = bytes;
   it->peak = peak;
   it->is_arena = is_arena;
+  it->phases = phases;
   return QT_OK;
 }
 
 qt_status qt_mem_plan_add(qt_mem_plan *p, const char *name, const char *where, size_t bytes) {
-  return plan_push(p, name, where, bytes, bytes, 0);
+  return plan_push(p, name, where, bytes, bytes, 0, QT_MEM_ALWAYS);
+}
+
+qt_status qt_mem_plan_add_phase(qt_mem_plan *p, const char *name, const char *where, size_t bytes,
+                                unsigned phases) {
+  return plan_push(p, name, where, bytes, bytes, 0, phases);
 }
 
 qt_status qt_mem_plan_add_arena(qt_mem_plan *p, const qt_arena *a, const char *where) {
   size_t bytes = a->measuring ? a->peak : a->capacity;
-  return plan_push(p, a->name, where, bytes, a->peak, 1);
+  return plan_push(p, a->name, where, bytes, a->peak, 1, QT_MEM_ALWAYS);
 }
 
 size_t qt_mem_plan_total(const qt_mem_plan *p, const char *where) {
@@ -189,14 +199,33 @@ size_t qt_mem_plan_total(const qt_mem_plan *p, const char *where) {
   return total;
 }
 
+size_t qt_mem_plan_phase_total(const qt_mem_plan *p, const char *where, unsigned phase) {
+  size_t total = 0;
+  for (size_t i = 0; i < p->n; i++)
+    if ((p->items[i].phases & phase) && (!where || strcmp(p->items[i].where, where) == 0))
+      total += p->items[i].bytes;
+  return total;
+}
+
+size_t qt_mem_plan_peak(const qt_mem_plan *p, const char *where) {
+  size_t load = qt_mem_plan_phase_total(p, where, QT_MEM_LOAD);
+  size_t run = qt_mem_plan_phase_total(p, where, QT_MEM_RUN);
+  return load > run ? load : run;
+}
+
 void qt_mem_plan_print(const qt_mem_plan *p, FILE *f) {
   fprintf(f, "memory plan %-30s %-10s %12s %12s\n", "", "where", "MiB", "peak MiB");
+  int phased = 0;
   for (size_t i = 0; i < p->n; i++) {
     const qt_mem_plan_item *it = &p->items[i];
     if (it->is_arena)
       fprintf(f, "  %-40s %-10s %12.2f %12.2f\n", it->name, it->where, mib(it->bytes), mib(it->peak));
+    else if (it->phases != QT_MEM_ALWAYS)
+      fprintf(f, "  %-40s %-10s %12.2f   (%s only)\n", it->name, it->where, mib(it->bytes),
+              it->phases == QT_MEM_LOAD ? "load" : "run");
     else
       fprintf(f, "  %-40s %-10s %12.2f\n", it->name, it->where, mib(it->bytes));
+    phased |= it->phases != QT_MEM_ALWAYS;
   }
   /* one total per place, in order of first appearance */
   for (size_t i = 0; i < p->n; i++) {
@@ -209,4 +238,48 @@ void qt_mem_plan_print(const qt_mem_plan *p, FILE *f) {
     fprintf(f, "  %-40s %-10s %12.2f\n", label, "", mib(qt_mem_plan_total(p, p->items[i].where)));
   }
   fprintf(f, "  %-40s %-10s %12.2f\n", "total", "", mib(qt_mem_plan_total(p, NULL)));
+  size_t load = qt_mem_plan_phase_total(p, NULL, QT_MEM_LOAD), run = qt_mem_plan_phase_total(p, NULL, QT_MEM_RUN);
+  if (phased) {
+    fprintf(f, "  %-40s %-10s %12.2f\n", "held while loading", "", mib(load));
+    fprintf(f, "  %-40s %-10s %12.2f\n", "held while training", "", mib(run));
+  }
+  fprintf(f, "  %-40s %-10s %12.2f\n", "planned peak", "", mib(load > run ? load : run));
+}
+
+/* ---- measured resident set ------------------------------------------------- */
+
+/* The value of "key:" (in kB) in /proc/self/status, in bytes; 0 if absent. */
+static size_t proc_status_kb(const char *key) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  size_t klen = strlen(key), v = 0;
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, key, klen) != 0 || line[klen] != ':') continue;
+    v = (size_t)strtoull(line + klen + 1, NULL, 10) * 1024;
+    break;
+  }
+  fclose(f);
+  return v;
+}
+
+size_t qt_mem_rss(void) { return proc_status_kb("VmRSS"); }
+size_t qt_mem_peak_rss(void) { return proc_status_kb("VmHWM"); }
+
+void qt_mem_trace(const char *what) {
+  if (!getenv("QLORA_MEM_TRACE")) return;
+  fprintf(stderr, "mem: %s: rss %.2f MiB, peak %.2f MiB\n", what, mib(qt_mem_rss()), mib(qt_mem_peak_rss()));
+}
+
+void qt_mem_heap_setup(void) {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024); /* glibc's default value, no longer adjusted */
+  mallopt(M_TRIM_THRESHOLD, 128 * 1024); /* the adjustment doubled this one too: freed heap tops go back */
+#endif
+}
+
+void qt_mem_trim(void) {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }

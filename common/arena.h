@@ -92,13 +92,24 @@ qt_status qt_arena_carve(qt_arena *a, const qt_arena_slot *slots, size_t n);
 /* ---- memory plan -----------------------------------------------------------
  * A list of named arenas / buffers with where they live ("cpu", "cuda:0",
  * "managed", ...), printed as a table: MiB per entry (and peak use for arenas),
- * a total per place, and the grand total. */
+ * a total per place, the grand total and the planned peak.
+ *
+ * Phases: an entry is held while the model loads (QT_MEM_LOAD: the mapped
+ * checkpoint pages and conversion buffers of the tensor being read), while
+ * the steps run (QT_MEM_RUN: datasets, adapters, optimizer, tape arenas,
+ * checkpoint-writing copies), or throughout (QT_MEM_ALWAYS: process baseline,
+ * tokenizer, weights). The planned peak is the larger phase total: what the
+ * process holds at its most. qt_mem_plan_add and qt_mem_plan_add_arena hold
+ * an entry throughout, so a plan without phases has peak == total. */
+enum { QT_MEM_LOAD = 1, QT_MEM_RUN = 2, QT_MEM_ALWAYS = 3 };
+
 typedef struct {
   char name[QT_ARENA_NAME_CAP];
   char where[16];
   size_t bytes;
-  size_t peak; /* arenas: peak use; plain buffers: == bytes */
+  size_t peak;     /* arenas: peak use; plain buffers: == bytes */
   int is_arena;
+  unsigned phases; /* QT_MEM_LOAD | QT_MEM_RUN */
 } qt_mem_plan_item;
 
 typedef struct {
@@ -108,19 +119,60 @@ typedef struct {
 
 void qt_mem_plan_init(qt_mem_plan *p);
 void qt_mem_plan_free(qt_mem_plan *p);
-/* A plain buffer of `bytes`. QT_ERR_NOMEM if the list cannot grow. */
+/* A plain buffer of `bytes`, held throughout. QT_ERR_NOMEM if the list cannot grow. */
 qt_status qt_mem_plan_add(qt_mem_plan *p, const char *name, const char *where, size_t bytes);
+/* The same, held in `phases` only (QT_MEM_LOAD, QT_MEM_RUN or QT_MEM_ALWAYS). */
+qt_status qt_mem_plan_add_phase(qt_mem_plan *p, const char *name, const char *where, size_t bytes,
+                                unsigned phases);
 /* An arena: its capacity (for a measuring arena: its peak) and its peak use. */
 qt_status qt_mem_plan_add_arena(qt_mem_plan *p, const qt_arena *a, const char *where);
 /* Sum of bytes of the entries at `where`, or of all entries when where == NULL. */
 size_t qt_mem_plan_total(const qt_mem_plan *p, const char *where);
+/* Sum of bytes of the entries at `where` (NULL: all places) held in `phase`
+ * (QT_MEM_LOAD or QT_MEM_RUN). */
+size_t qt_mem_plan_phase_total(const qt_mem_plan *p, const char *where, unsigned phase);
+/* The planned peak at `where` (NULL: all places): the larger phase total. */
+size_t qt_mem_plan_peak(const qt_mem_plan *p, const char *where);
 /* The table, e.g.
  *   memory plan                        where         MiB    peak MiB
  *     activations                      cuda:0     512.00      100.25
+ *     model load (source pages)        cpu         64.00   (load only)
  *     ...
  *     total cuda:0                               1746.56
- *     total                                      1800.00            */
+ *     total                                      1800.00
+ *     held while loading                         1300.00
+ *     held while training                        1736.00
+ *     planned peak                               1736.00
+ * Entries held in one phase say so; the per-phase lines appear when some
+ * entry is held in one phase only; "planned peak" always closes the table. */
 void qt_mem_plan_print(const qt_mem_plan *p, FILE *f);
+
+/* ---- measured resident set ---------------------------------------------------
+ * What the kernel says this process holds (Linux /proc/self/status): VmRSS,
+ * the resident set now, and VmHWM, its high-water mark since exec (the number
+ * /usr/bin/time -v prints as "Maximum resident set size"). Both in bytes; 0
+ * where /proc is not there (not Linux): the plan's comparison is then skipped.
+ * The plan's "process baseline" is qt_mem_rss() read before anything is
+ * loaded, so it counts what the libraries (libc, OpenBLAS, OpenMP, cJSON)
+ * hold, which no arithmetic on our own sizes could. */
+size_t qt_mem_rss(void);
+size_t qt_mem_peak_rss(void);
+/* Keeps every heap block over 128 KiB in a mapping of its own, returned to
+ * the system when freed. Without it glibc raises its mmap threshold to the
+ * size of each large block freed (up to 32 MiB: mallopt(3), "M_MMAP_THRESHOLD";
+ * one 16 MiB read buffer of config.json is enough), after which datasets grown
+ * by realloc and freed load-time buffers stay in the brk heap as resident
+ * holes: the demo held 3.3 MiB of them, and no plan can count holes. Setting
+ * the threshold once turns the adjustment off. Call before anything large is
+ * allocated; changes where memory lives, never a value. No-op off glibc. */
+void qt_mem_heap_setup(void);
+/* Gives the free pages inside the heap back to the system (glibc
+ * malloc_trim(0)), e.g. after a parse whose many small blocks are freed, so
+ * that the resident set counts what is held. No-op off glibc. */
+void qt_mem_trim(void);
+/* With QLORA_MEM_TRACE set in the environment: one line on stderr,
+ * "mem: <what>: rss X MiB, peak Y MiB" (for finding where memory goes). */
+void qt_mem_trace(const char *what);
 
 #ifdef __cplusplus
 }

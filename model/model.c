@@ -556,13 +556,65 @@ void qt_model_tape_arena_bytes(const qt_model_tape *mt, size_t *act, size_t *gra
   *grad = mt->tcfg.grad_bytes;
 }
 
+/* One tensor of the load sequence: while it is read the process holds what
+ * came before (*held), its checkpoint pages (src) and its conversion buffers
+ * (work); afterwards it keeps `keep` bytes. */
+static void load_step(size_t *held, size_t *peak, size_t src, size_t work, size_t keep) {
+  if (*held + src + work > *peak) *peak = *held + src + work;
+  *held += keep;
+}
+
+/* The model's own transient while it loads (qt_model_load above, in its
+ * order: embeddings, lm_head, then each layer's linears), in bytes over the
+ * weights it finally holds: while tensor i is read, the process holds the
+ * weights loaded before it, the checkpoint pages of tensor i (mapped and
+ * faulted in by the copy; qt_st_model_release drops them right after) and
+ * what it is converted into (a dense fp32 copy; for a 4-bit linear also the
+ * fp32 copy it is quantized from and the fp32 absmax of the double
+ * quantization, quant/quant_weight.c). The largest such sum minus the final
+ * weights is the load phase's extra. The norms (a few KiB a layer) are
+ * counted as held from the start; the checkpoint's element size comes from
+ * config.json's dtype (4 bytes when absent: the larger case). */
+static size_t load_extra_bytes(const qt_model *m) {
+  size_t src_el = m->cfg.has_dtype ? qt_dtype_size(m->cfg.dtype) : 4;
+  size_t final = m->bytes_dense + m->bytes_quant, held = 0, peak = 0;
+  for (int64_t k = 0; k < m->n_norms; k++) /* stored, and 1 + stored where that is the multiplier */
+    held += (size_t)m->norms[k].n * (m->norms[k].w != m->norms[k].stored ? 8 : 4);
+  size_t vc = (size_t)(m->V * m->C);
+  load_step(&held, &peak, vc * src_el, vc * 4, vc * 4); /* embed_tokens */
+  if (m->lm_head != m->embed) load_step(&held, &peak, vc * src_el, vc * 4, vc * 4);
+  for (int64_t l = 0; l < m->L; l++)
+    for (int p = 0; p < QT_PROJ_COUNT; p++) {
+      const qt_model_linear *lin = &m->layers[l].proj[p];
+      if (lin->out == 0) continue;
+      size_t n = (size_t)(lin->out * lin->in), bias = lin->bias ? (size_t)lin->out * 4 : 0;
+      if (!lin->quantized) {
+        load_step(&held, &peak, n * src_el, n * 4, n * 4 + bias);
+        continue;
+      }
+      size_t q = (size_t)((lin->q.n + 1) / 2) + (size_t)lin->q.nblocks * (lin->q.nested ? 1 : sizeof(float));
+      if (m->cfg.quant.present) /* pre-quantized: its 4-bit tensors are copied as stored */
+        load_step(&held, &peak, q, q, q + bias);
+      else
+        load_step(&held, &peak, n * src_el, n * 4 + (size_t)lin->q.nblocks * 4 + q, q + bias);
+    }
+  return peak > final ? peak - final : 0;
+}
+
+qt_status qt_model_plan_add(const qt_model *m, const qt_model_tape *mt, qt_mem_plan *plan) {
+  QT_TRY(qt_mem_plan_add(plan, "weights (dense fp32)", "cpu", m->bytes_dense));
+  QT_TRY(qt_mem_plan_add(plan, "weights (4-bit)", "cpu", m->bytes_quant));
+  QT_TRY(qt_mem_plan_add_phase(plan, "model load (checkpoint pages, copies)", "cpu", load_extra_bytes(m),
+                               QT_MEM_LOAD));
+  if (!mt) return QT_OK;
+  QT_TRY(qt_mem_plan_add_phase(plan, "tape activations", "cpu", mt->tcfg.act_bytes, QT_MEM_RUN));
+  return qt_mem_plan_add_phase(plan, "tape gradients", "cpu", mt->tcfg.grad_bytes, QT_MEM_RUN);
+}
+
 qt_status qt_model_print_plan(const qt_model *m, const qt_model_tape *mt, FILE *f) {
   qt_mem_plan plan;
   qt_mem_plan_init(&plan);
-  qt_status s = qt_mem_plan_add(&plan, "weights (dense fp32)", "cpu", m->bytes_dense);
-  if (s == QT_OK) s = qt_mem_plan_add(&plan, "weights (4-bit)", "cpu", m->bytes_quant);
-  if (s == QT_OK && mt) s = qt_mem_plan_add(&plan, "tape activations", "cpu", mt->tcfg.act_bytes);
-  if (s == QT_OK && mt) s = qt_mem_plan_add(&plan, "tape gradients", "cpu", mt->tcfg.grad_bytes);
+  qt_status s = qt_model_plan_add(m, mt, &plan);
   if (s == QT_OK) qt_mem_plan_print(&plan, f);
   qt_mem_plan_free(&plan);
   return s;

@@ -183,7 +183,12 @@ const qt_model *qt_model_tape_model(const qt_model_tape *mt);
 /* The arena sizes the tape was given (bytes): activations, gradients. */
 void qt_model_tape_arena_bytes(const qt_model_tape *mt, size_t *act, size_t *grad);
 
-/* Memory plan (weights + tape arenas) printed to f (common/arena.h table). */
+/* The model's entries of a memory plan (common/arena.h): the weights (held
+ * throughout), the load phase's transient over them (checkpoint pages and
+ * conversion copies of the tensor being read) and, with mt, the tape arenas
+ * (held while training). */
+qt_status qt_model_plan_add(const qt_model *m, const qt_model_tape *mt, qt_mem_plan *plan);
+/* Those entries alone, printed to f (common/arena.h table). */
 qt_status qt_model_print_plan(const qt_model *m, const qt_model_tape *mt, FILE *f);
 
 /* Records the forward (adapter may be NULL) and the loss; with backward, back

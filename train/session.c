@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/arena.h"
 #include "common/fpmode.h"
 #include "common/log.h"
 #include "common/safetensors.h"
@@ -173,6 +174,7 @@ qt_status qt_session_load_model(qt_session *s) {
   if (stat(c->model.path, &st) != 0 || !S_ISDIR(st.st_mode))
     return qt_fail(QT_ERR_IO, "model.path: %s: not a directory; give a Hugging Face model directory "
                    "(config.json, *.safetensors, tokenizer.json)", c->model.path);
+  size_t rss0 = qt_mem_rss();
   qt_status r = qt_tokenizer_load(c->model.path, &s->tok);
   if (r != QT_OK) {
     qt_error_context("model.path");
@@ -181,6 +183,9 @@ qt_status qt_session_load_model(qt_session *s) {
   r = qt_prompt_init(&s->prompt, s->tok, c->model.path, data_format(c), chat_choice(c), c->data.train_on_prompt);
   if (r != QT_OK) return r;
   s->have_prompt = true;
+  qt_mem_trim(); /* the tokenizer.json parse is freed: what stays is the tokenizer's */
+  size_t rss1 = qt_mem_rss();
+  s->tokenizer_rss = rss1 > rss0 ? rss1 - rss0 : 0;
   qt_model_load_opts o = {.quant = qt_session_model_quant(c), .double_quant = c->model.double_quant,
                           .blocksize = (int)c->model.blocksize, .threads = (int)c->training.threads};
   r = qt_model_load(c->model.path, &o, &s->model);
@@ -311,7 +316,7 @@ qt_status qt_session_check_memory(const qt_session *s, size_t extra) {
   double have = (double)pages * (double)psz;
   if (need <= 0.9 * have) return QT_OK;
   return qt_fail(QT_ERR_NOMEM,
-                 "the run needs %.0f MiB (weights %.0f, activations %.0f, gradients %.0f, adapters and optimizer %.0f) "
+                 "the run needs %.0f MiB (weights %.0f, activations %.0f, gradients %.0f, the rest of the memory plan %.0f) "
                  "but this machine has %.0f MiB. Reduce data.seq_len or training.micro_batch_size (activations "
                  "grow with both; raise gradient_accumulation_steps to keep the batch), set "
                  "training.gradient_checkpointing: true, lower lora.r, or use model.quant: nf4",

@@ -50,6 +50,9 @@ typedef struct {
   qt_prompt prompt;
   bool have_prompt;
   bool fp_flushing;         /* this session turned on training.flush_subnormals */
+  size_t tokenizer_rss;     /* bytes the tokenizer and prompt builder added to the
+                             * resident set as they loaded (measured: their many
+                             * small tables have no size formula; the memory plan) */
 } qt_session;
 
 /* Loads the config (with --set overrides) and prints nothing. */

@@ -507,18 +507,109 @@ static qt_status run_eval(qt_session *s, const qt_dataset *ev, int64_t step, qt_
   return QT_OK;
 }
 
+/* The widest batch this run will record: its remaining n_batches training
+ * batches (the loader is rewound afterwards; rows are padded to the batch's
+ * longest, data/loader.h) and every evaluation example (one per row, at most
+ * seq_len). The tape arenas are sized for it rather than for seq_len: a short
+ * run, or a dataset of short examples, never touches memory for rows it never
+ * sees, and the plan stays what the run holds. */
+static qt_status widest_batch(qt_loader *l, int64_t n_batches, const qt_dataset *eval, int64_t seq_len,
+                              int64_t *T) {
+  qt_loader_cursor at = qt_loader_get_cursor(l);
+  int64_t t = 1;
+  for (int64_t i = 0; i < n_batches && t < seq_len; i++) {
+    const qt_batch *b = qt_loader_next(l);
+    if (b->T > t) t = b->T;
+  }
+  for (int64_t i = 0; eval && i < eval->n; i++) {
+    int64_t len = eval->offset[i + 1] - eval->offset[i];
+    if (len > t) t = len;
+  }
+  *T = t < seq_len ? t : seq_len;
+  return qt_loader_set_cursor(l, at);
+}
+
+/* What the memory plan needs beyond the session (train_main knows it). */
+typedef struct {
+  size_t rss_start;    /* resident set before anything was loaded (measured) */
+  size_t lora_bytes;   /* adapters: bf16 + fp32 compute + fp32 grad (+ master, + reduction buffers) */
+  int64_t lora_params;
+  bool master;
+  size_t opt_bytes;    /* optimizer state */
+  int opt_bits;
+  size_t mask_bytes;   /* LoRA dropout masks */
+  const qt_dataset *train, *eval;
+} run_plan;
+
+/* Bytes a tokenized dataset holds (data/dataset.h): ids and labels per
+ * token, offset and source line per example. The pages the arrays touch:
+ * their realloc'd capacity beyond that is never written, so never resident
+ * (qt_mem_heap_setup keeps arrays this large in mappings of their own). */
+static size_t dataset_bytes(const qt_dataset *d) {
+  int64_t tokens = d->n ? d->offset[d->n] : 0;
+  return (size_t)tokens * 2 * sizeof(int32_t) + (size_t)(2 * d->n + 1) * sizeof(int64_t);
+}
+
+/* Bytes a loader of B rows of T tokens over n examples holds (data/loader.c
+ * qt_loader_init): the epoch's permutation and the batch (ids, labels, pos,
+ * doc, example: int32 per token; documents per row). */
+static size_t loader_bytes(int64_t n, int64_t B, int64_t T) {
+  return (size_t)n * sizeof(int64_t) + (size_t)(B * T) * 5 * sizeof(int32_t) + (size_t)B * sizeof(int32_t);
+}
+
+/* The memory plan of a training run (common/arena.h): everything the
+ * process holds at its peak, from the sizes, beside two measurements that no
+ * size formula gives: the resident set at start-up (libc, OpenBLAS, OpenMP,
+ * the binary's pages) and what the tokenizer's tables added. */
+static qt_status memory_plan(const qt_session *s, const run_plan *rp, qt_mem_plan *plan) {
+  const qt_config *c = &s->cfg;
+  int64_t B = c->training.micro_batch_size, T = c->data.seq_len;
+  char name[QT_ARENA_NAME_CAP];
+  QT_TRY(qt_mem_plan_add(plan, "process baseline (measured at start)", "cpu", rp->rss_start));
+  QT_TRY(qt_mem_plan_add(plan, "tokenizer (measured as it loaded)", "cpu", s->tokenizer_rss));
+  QT_TRY(qt_model_plan_add(s->model, s->mt, plan));
+  size_t data = dataset_bytes(rp->train) + (rp->eval ? dataset_bytes(rp->eval) : 0);
+  QT_TRY(qt_mem_plan_add_phase(plan, rp->eval ? "datasets (train + eval, tokenized)" : "dataset (tokenized)", "cpu",
+                               data, QT_MEM_RUN));
+  /* the training loader and its targets; evaluation builds a second loader
+   * and targets for its rows (train/session.c qt_session_eval) */
+  size_t batches = loader_bytes(rp->train->n, B, T) + (size_t)(B * T) * sizeof(int32_t);
+  if (rp->eval) batches += loader_bytes(rp->eval->n, B, T) + (size_t)(B * T) * sizeof(int32_t);
+  QT_TRY(qt_mem_plan_add_phase(plan, "batches (loaders, targets)", "cpu", batches, QT_MEM_RUN));
+  snprintf(name, sizeof name, "LoRA adapters (bf16, fp32, grad%s)", rp->master ? ", master" : "");
+  QT_TRY(qt_mem_plan_add_phase(plan, name, "cpu", rp->lora_bytes, QT_MEM_RUN));
+  if (rp->mask_bytes) QT_TRY(qt_mem_plan_add_phase(plan, "LoRA dropout masks", "cpu", rp->mask_bytes, QT_MEM_RUN));
+  snprintf(name, sizeof name, "optimizer state (%d-bit)", rp->opt_bits);
+  QT_TRY(qt_mem_plan_add_phase(plan, name, "cpu", rp->opt_bytes, QT_MEM_RUN));
+  /* a checkpoint converts every adapter to bf16 before writing (lora.c
+   * qt_lora_save_peft); master weights and optimizer state are written in place */
+  return qt_mem_plan_add_phase(plan, "checkpoint writing (bf16 copies)", "cpu",
+                               (size_t)rp->lora_params * sizeof(uint16_t), QT_MEM_RUN);
+}
+
 static qt_status train_main(qt_session *s, const char *config_path) {
   qt_config *c = &s->cfg;
   const qt_dist *dist = qt_dist_world();
   const bool root = dist->rank == 0; /* the one writer */
   const int world = dist->world_size;
   qt_train_state st = {0};
+  /* The plan's process baseline: the resident set before anything of ours is
+   * loaded, with the OpenMP pool of training.threads started first (every
+   * worker's stack and thread state is held from then on; the pool would
+   * start at the first parallel loop anyway) */
+#pragma omp parallel
+  { (void)0; }
+  size_t rss_start = qt_mem_rss();
+  qt_mem_plan plan;
+  qt_mem_plan_init(&plan);
   if (root) fprintf(stderr, "qlora-train: effective config (%s):\n%s", config_path, s->config_text);
   if (root && world > 1)
     fprintf(stderr, "qlora-train: %d ranks (%s); global batch = %d ranks x %lld rows x %lld accumulation steps\n",
             world, qt_dist_backend(), world, (long long)c->training.micro_batch_size,
             (long long)c->training.gradient_accumulation_steps);
+  qt_mem_trace("start");
   QT_TRY(qt_session_load_model(s));
+  qt_mem_trace("model loaded");
 
   qt_dataset train = {0}, eval = {0};
   qt_status r = qt_session_dataset(s, c->data.train, &train, c->data.skip_bad_records);
@@ -529,6 +620,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     return r;
   }
 
+  qt_mem_trace("datasets");
   qt_loader loader;
   int32_t eos = qt_tokenizer_eos_id(s->tok);
   qt_loader_opts lo = {.seq_len = c->data.seq_len, .rows = c->training.micro_batch_size, .packing = c->data.packing,
@@ -663,8 +755,17 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     r = qt_fail(QT_ERR_NOMEM, "out of memory");
     goto out_loader;
   }
-  if ((r = qt_session_tape(s, c->training.micro_batch_size, c->data.seq_len, c->training.gradient_checkpointing, false)) != QT_OK)
+  int64_t tape_T;
+  if ((r = widest_batch(&loader, (total_steps - st.step) * accum, have_eval ? &eval : NULL, c->data.seq_len,
+                        &tape_T)) != QT_OK)
     goto out_loader;
+  if ((r = qt_session_tape(s, c->training.micro_batch_size, tape_T, c->training.gradient_checkpointing, false)) != QT_OK)
+    goto out_loader;
+  if (root && tape_T < c->data.seq_len)
+    fprintf(stderr, "qlora-train: the widest batch of this run has rows of %lld tokens (data.seq_len %lld): the tape "
+            "is sized for %lld x %lld\n", (long long)tape_T, (long long)c->data.seq_len,
+            (long long)c->training.micro_batch_size, (long long)tape_T);
+  qt_mem_trace("tape");
 
   /* optimizer */
   size_t n_par;
@@ -724,7 +825,6 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   if (root) fprintf(stderr, "qlora-train: %lld examples (%lld target tokens), %lld batches per epoch, %lld optimizer steps; "
           "LoRA: %zu tensors, %lld parameters\n", (long long)train.n, (long long)train.n_targets,
           (long long)epoch_batches, (long long)total_steps, n_par, (long long)lora_params);
-  if (root && (r = qt_model_print_plan(s->model, s->mt, stderr)) != QT_OK) goto out_all;
   size_t lora_bytes = (size_t)lora_params * (2 + 8 + (ts[0].master ? 4 : 0));
   /* test hook for the GPU suite: the NCCL reduction with one rank too (it must
    * then change no bit: tools/gpu_run.sh compares with the plain GPU run) */
@@ -738,9 +838,27 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     if ((r = qt_dist_reducer_init(&reducer, lora_params)) != QT_OK) goto out_all;
     lora_bytes += (size_t)lora_params * 8;
   }
-  if (root) fprintf(stderr, "  LoRA adapters (bf16 + fp32 compute + fp32 grad%s): %.2f MiB; optimizer state (%d-bit): %.2f MiB\n",
-          ts[0].master ? " + fp32 master" : "", lora_bytes / 1048576.0, bits, qt_adamw_state_bytes(&opt) / 1048576.0);
-  if ((r = qt_session_check_memory(s, lora_bytes + qt_adamw_state_bytes(&opt))) != QT_OK) goto out_all;
+  /* LoRA dropout keeps one mask of (tokens x in) bytes per adapted linear:
+   * the CPU hook's grow to the widest batch (lora.c), the GPU path's host
+   * buffers are made for seq_len (below) */
+  int64_t mask_bytes = 0, mask_T = c->training.device == QT_DEVICE_CUDA ? c->data.seq_len : tape_T;
+  if (c->lora.dropout > 0)
+    for (size_t i = 0; i < n_par; i++)
+      if (!ts[i].is_B) mask_bytes += c->training.micro_batch_size * mask_T * ts[i].cols;
+  {
+    run_plan rp = {.rss_start = rss_start, .lora_bytes = lora_bytes, .lora_params = lora_params,
+                   .master = ts[0].master != NULL, .opt_bytes = qt_adamw_state_bytes(&opt), .opt_bits = bits,
+                   .mask_bytes = (size_t)mask_bytes, .train = &train, .eval = have_eval ? &eval : NULL};
+    if ((r = memory_plan(s, &rp, &plan)) != QT_OK) goto out_all;
+  }
+  if (root) qt_mem_plan_print(&plan, stderr);
+  {
+    /* the machine check takes the planned peak: weights and arenas it adds itself */
+    size_t act = 0, grad = 0, peak = qt_mem_plan_peak(&plan, NULL);
+    qt_model_tape_arena_bytes(s->mt, &act, &grad);
+    size_t own = s->model->bytes_dense + s->model->bytes_quant + act + grad;
+    if ((r = qt_session_check_memory(s, peak > own ? peak - own : 0)) != QT_OK) goto out_all;
+  }
 
   if (root && (r = qt_fs_mkdir_p(c->output.dir)) != QT_OK) goto out_all;
   if (root && resumed && (r = trim_metrics(c->output.dir, st.step)) != QT_OK) goto out_all;
@@ -955,6 +1073,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       qt_lora_sync(s->lora);
     }
     st.step++;
+    qt_mem_trace("step");
     st.tokens_seen += step_tokens;
     st.cursor = qt_loader_get_cursor(&loader);
     st.nonfinite_consecutive = nonfinite.consecutive;
@@ -992,8 +1111,10 @@ static qt_status train_main(qt_session *s, const char *config_path) {
               (long long)st.step, (long long)total_steps, loss, lr, gnorm, avg_tps, etas, peak_rss_mib());
     }
     bool last = st.step == total_steps;
-    if (root && have_eval && c->training.eval_steps > 0 && st.step % c->training.eval_steps == 0 && !last)
+    if (root && have_eval && c->training.eval_steps > 0 && st.step % c->training.eval_steps == 0 && !last) {
       if ((r = run_eval(s, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
+      qt_mem_trace("eval");
+    }
     qt_dist_progress();
     if (step_delay_ms > 0) nanosleep(&(struct timespec){step_delay_ms / 1000, (step_delay_ms % 1000) * 1000000L}, NULL);
     if (stop_after >= 0 && st.step >= stop_after) qt_stop_requested = SIGTERM;
@@ -1006,6 +1127,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     if (periodic || last || qt_stop_requested) {
       if (met.tty) fputc('\n', stderr);
       if ((r = checkpoint_all_ranks(&saver, &st, dist)) != QT_OK) goto out_all;
+      qt_mem_trace("checkpoint");
       qt_dist_progress();
     }
     t_last = now_s(); /* evaluation and checkpoint time is not training throughput */
@@ -1029,6 +1151,11 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   if (root)
     fprintf(stderr, "qlora-train: done: %lld steps, %lld tokens, %.1f s; %s/report.html\n", (long long)st.step,
           (long long)st.tokens_seen, now_s() - t_start, c->output.dir);
+  if (root && qt_mem_peak_rss() > 0) { /* the plan beside what the kernel saw (VmHWM; /usr/bin/time -v's maximum) */
+    double planned = (double)qt_mem_plan_peak(&plan, NULL) / 1048576.0, peak = (double)qt_mem_peak_rss() / 1048576.0;
+    fprintf(stderr, "qlora-train: memory: planned peak %.1f MiB, measured peak %.1f MiB (%+.1f%%)\n", planned, peak,
+            100.0 * (peak - planned) / planned);
+  }
 
 out_all:
   qt_dist_watchdog_stop();
@@ -1053,10 +1180,12 @@ out_loader:
 out_data:
   qt_dataset_free(&train);
   if (have_eval) qt_dataset_free(&eval);
+  qt_mem_plan_free(&plan);
   return r;
 }
 
 qt_status qt_cmd_train(int argc, char **argv) {
+  qt_mem_heap_setup(); /* before any large buffer: the plan below counts buffers, not heap holes */
   qt_args a;
   QT_TRY(qt_args_parse(argc, argv, 0, &a));
   qt_session s;
