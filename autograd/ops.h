@@ -91,6 +91,25 @@ void qt_op_lora_backward_cpu(float *dx, int acc, float *dA, float *dB, float *du
                              const uint8_t *mask, double keep_scale, const float *A,
                              const float *B, double scale, int64_t N, int64_t In, int64_t O,
                              int64_t R);
+/* The dropout path as the tape runs it (mask != NULL): the same results as
+ * qt_op_lora_forward_cpu / qt_op_lora_backward_cpu with that mask, up to the
+ * fp32 summation order of dA, without the (N, In) dropped-out input: rows go
+ * through a scratch `work` of qt_op_lora_masked_work_elems(N, In) elements in
+ * blocks that stay in cache, and the backward takes x itself (not xd) and masks
+ * it again block by block. Those two functions stay as the plain reference.
+ * Forward:  u (N, R) = (x * mask * keep_scale) A^T, y (N, O) += scale u B^T.
+ * Backward: dB, du, dA, dx as qt_op_lora_backward_cpu (work is needed when dA
+ *           or dx is not NULL). */
+int64_t qt_op_lora_masked_work_elems(int64_t N, int64_t In);
+void qt_op_lora_forward_masked_cpu(float *y, float *u, float *work, const float *x,
+                                   const uint8_t *mask, double keep_scale, const float *A,
+                                   const float *B, double scale, int64_t N, int64_t In, int64_t O,
+                                   int64_t R);
+void qt_op_lora_backward_masked_cpu(float *dx, int acc, float *dA, float *dB, float *du,
+                                    float *work, const float *dy, const float *x, const float *u,
+                                    const uint8_t *mask, double keep_scale, const float *A,
+                                    const float *B, double scale, int64_t N, int64_t In,
+                                    int64_t O, int64_t R);
 
 /* Dropout keep mask for the LoRA input: mask (n) = 1 where the i-th uniform of
  * the Philox stream (seed, subsequence) — curand_init(seed, subsequence, 0),
@@ -294,6 +313,15 @@ void qt_op_lora_backward_cpu_f64(double *dx, int acc, double *dA, double *dB, do
                                  const double *u, const uint8_t *mask, double keep_scale,
                                  const double *A, const double *B, double scale, int64_t N,
                                  int64_t In, int64_t O, int64_t R);
+void qt_op_lora_forward_masked_cpu_f64(double *y, double *u, double *work, const double *x,
+                                       const uint8_t *mask, double keep_scale, const double *A,
+                                       const double *B, double scale, int64_t N, int64_t In,
+                                       int64_t O, int64_t R);
+void qt_op_lora_backward_masked_cpu_f64(double *dx, int acc, double *dA, double *dB, double *du,
+                                        double *work, const double *dy, const double *x,
+                                        const double *u, const uint8_t *mask, double keep_scale,
+                                        const double *A, const double *B, double scale,
+                                        int64_t N, int64_t In, int64_t O, int64_t R);
 void qt_op_rope_forward_cpu_f64(double *out, const double *x, const int32_t *pos,
                                 const float *inv_freq, int64_t N, int64_t H, int64_t D);
 void qt_op_rope_backward_cpu_f64(double *dx, int acc, const double *dout, const int32_t *pos,

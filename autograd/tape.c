@@ -311,6 +311,27 @@ qt_status qt_tape_add(qt_tape *t, int32_t a, int32_t b, int32_t *out) {
   return QT_OK;
 }
 
+/* The LoRA branch's forward, y += scale (dropout(x) A^T) B^T, u (N, R) kept for
+ * backward. With a dropout mask the dropped-out x is formed block by block in a
+ * scratch released here (qt_op_lora_forward_masked_cpu), not saved: backward
+ * masks x again. */
+static qt_status lora_forward(qt_tape *t, void *y, void *u, const void *x, const qt_tape_lora *lora,
+                              int64_t N, int64_t In, int64_t O, int64_t R) {
+  const void *A = T_(t, lora->A)->data, *B = T_(t, lora->B)->data;
+  if (!lora->mask) {
+    KRUN(t, qt_op_lora_forward_cpu, y, u, NULL, x, NULL, 1.0, A, B, lora->scale, N, In, O, R);
+    return QT_OK;
+  }
+  size_t mark = qt_arena_mark(&t->act);
+  void *work;
+  QT_TRY(arena_alloc(&t->act, "lora dropout block",
+                     (size_t)qt_op_lora_masked_work_elems(N, In) * t->es, &work));
+  KRUN(t, qt_op_lora_forward_masked_cpu, y, u, work, x, lora->mask, lora->keep_scale, A, B,
+       lora->scale, N, In, O, R);
+  qt_arena_rewind(&t->act, mark);
+  return QT_OK;
+}
+
 qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const qt_tape_lora *lora,
                          int32_t *out) {
   const tape_tensor *X = T_(t, x), *Wt = T_(t, W);
@@ -336,17 +357,12 @@ qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const q
   }
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, O, rg, "linear", &y));
-  void *u = NULL, *xd = NULL;
-  if (lora) {
-    QT_TRY(arena_alloc(&t->act, "lora u", (size_t)(N * R) * t->es, &u));
-    if (lora->mask) QT_TRY(arena_alloc(&t->act, "lora dropout(x)", (size_t)(N * In) * t->es, &xd));
-  }
+  void *u = NULL;
+  if (lora) QT_TRY(arena_alloc(&t->act, "lora u", (size_t)(N * R) * t->es, &u));
   void *yd = T_(t, y)->data;
   KRUN(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, T_(t, W)->data,
        bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
-  if (lora)
-    KRUN(t, qt_op_lora_forward_cpu, yd, u, xd, T_(t, x)->data, lora->mask, lora->keep_scale,
-          T_(t, lora->A)->data, T_(t, lora->B)->data, lora->scale, N, In, O, R);
+  if (lora) QT_TRY(lora_forward(t, yd, u, T_(t, x)->data, lora, N, In, O, R));
   tape_node *n;
   QT_TRY(new_node(t, OP_LINEAR, &n));
   n->in[0] = x;
@@ -356,7 +372,7 @@ qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const q
   if (lora) {
     n->lora = *lora;
     n->saved0 = u;
-    n->saved1 = lora->mask ? xd : T_(t, x)->data;
+    n->saved1 = T_(t, x)->data; /* the dropout path masks x again in backward */
     n->D = R;
   }
   *out = y;
@@ -364,7 +380,7 @@ qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const q
 }
 
 /* qt_tape_linear over a weight materialized by W->fill into a scratch buffer
- * carved from the activation arena after the op's kept buffers (y, u, xd), so
+ * carved from the activation arena after the op's kept buffers (y, u), so
  * rewinding to the mark releases only the scratch. */
 qt_status qt_tape_linear_src(qt_tape *t, int32_t x, const qt_tape_weight_src *W, int32_t bias,
                              const qt_tape_lora *lora, int32_t *out) {
@@ -392,11 +408,8 @@ qt_status qt_tape_linear_src(qt_tape *t, int32_t x, const qt_tape_weight_src *W,
   }
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, N, O, rg, "linear", &y));
-  void *u = NULL, *xd = NULL, *w;
-  if (lora) {
-    QT_TRY(arena_alloc(&t->act, "lora u", (size_t)(N * R) * t->es, &u));
-    if (lora->mask) QT_TRY(arena_alloc(&t->act, "lora dropout(x)", (size_t)(N * In) * t->es, &xd));
-  }
+  void *u = NULL, *w;
+  if (lora) QT_TRY(arena_alloc(&t->act, "lora u", (size_t)(N * R) * t->es, &u));
   size_t mark = qt_arena_mark(&t->act);
   QT_TRY(arena_alloc(&t->act, "materialized weight", (size_t)(O * In) * t->es, &w));
   qt_status s = t->measuring ? QT_OK : W->fill(W->ctx, w);
@@ -408,9 +421,7 @@ qt_status qt_tape_linear_src(qt_tape *t, int32_t x, const qt_tape_weight_src *W,
   KRUN(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, w,
         bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
   qt_arena_rewind(&t->act, mark);
-  if (lora)
-    KRUN(t, qt_op_lora_forward_cpu, yd, u, xd, T_(t, x)->data, lora->mask, lora->keep_scale,
-          T_(t, lora->A)->data, T_(t, lora->B)->data, lora->scale, N, In, O, R);
+  if (lora) QT_TRY(lora_forward(t, yd, u, T_(t, x)->data, lora, N, In, O, R));
   tape_node *n;
   QT_TRY(new_node(t, OP_LINEAR_SRC, &n));
   n->in[0] = x;
@@ -420,7 +431,7 @@ qt_status qt_tape_linear_src(qt_tape *t, int32_t x, const qt_tape_weight_src *W,
   if (lora) {
     n->lora = *lora;
     n->saved0 = u;
-    n->saved1 = lora->mask ? xd : T_(t, x)->data;
+    n->saved1 = T_(t, x)->data; /* the dropout path masks x again in backward */
     n->D = R;
   }
   *out = y;
@@ -723,9 +734,14 @@ static qt_status backward_lora(qt_tape *t, const tape_node *nd, void *dx, int64_
   if (A->requires_grad) QT_TRY(grad_target(t, nd->lora.A, &dA, &acc));
   if (B->requires_grad) QT_TRY(grad_target(t, nd->lora.B, &dB, &acc));
   QT_TRY(work_alloc(t, (size_t)(N * R), &du));
-  if (T_(t, nd->in[0])->requires_grad && nd->lora.mask)
-    QT_TRY(work_alloc(t, (size_t)(N * In), &work));
-  KRUN(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
+  if (!nd->lora.mask) {
+    KRUN(t, qt_op_lora_backward_cpu, dx, 1, dA, dB, du, NULL, dy, nd->saved1, nd->saved0, NULL,
+         1.0, A->data, B->data, nd->lora.scale, N, In, O, R);
+    return QT_OK;
+  }
+  /* dropout: saved1 is x itself; the op masks it again block by block */
+  if (dA || dx) QT_TRY(work_alloc(t, (size_t)qt_op_lora_masked_work_elems(N, In), &work));
+  KRUN(t, qt_op_lora_backward_masked_cpu, dx, 1, dA, dB, du, work, dy, nd->saved1, nd->saved0,
        nd->lora.mask, nd->lora.keep_scale, A->data, B->data, nd->lora.scale, N, In, O, R);
   return QT_OK;
 }

@@ -6,9 +6,10 @@
  * conversion and one rounded addition, both monotone), so the comparison is
  * the integer test word > T with T the largest word whose uniform is <= p,
  * found once by bisection over the exact scalar map. The Philox rounds then run
- * on 16 independent counter blocks at once: in the 32-bit lanes of AVX-512 or
- * AVX2 registers (32x32 -> 64-bit products by vpmuludq on even and shifted odd
- * lanes), chosen at run time by the CPU's features, or one block at a time
+ * on 16 independent counter blocks at once: in the 32-bit lanes of AVX-512
+ * (with BW and BMI2, for the byte output) or AVX2 registers (32x32 -> 64-bit
+ * products by vpmuludq on even and shifted odd lanes), chosen at run time by
+ * the CPU's features, or one block at a time
  * through the scalar bijection elsewhere. Every word is the scalar
  * generator's word, so the mask is bit-identical to drawing it one uniform at a
  * time (tests/common/test_philox.c checks each version across thresholds and
@@ -77,44 +78,80 @@ __attribute__((target("avx2"))) static void interleave4(uint8_t *keep, __m128i b
   }
 }
 
-/* 16 blocks per call in the 32-bit lanes of zmm registers. mul_epu32 multiplies
- * the even lanes; the odd lanes go through a 32-bit right shift first. */
-__attribute__((target("avx512f,avx2"))) static void group_mask_avx512(
+/* G groups of 16 blocks per call (G = 1, or 2 for the main loop: two
+ * independent chains keep the multiplier busy while each round's products
+ * wait on the previous round), in the 32-bit lanes of zmm registers; group g
+ * covers blocks b0 + 16 g .. b0 + 16 g + 15. mul_epu32 multiplies the even
+ * lanes (pe: 64-bit products of lanes 0, 2, ..); the odd lanes go through a
+ * 32-bit right shift first (po: products of lanes 1, 3, ..). One two-source
+ * permute per half then gathers the high (low) words back into lane order:
+ * lane 2i from pe's dword 2i+1 (2i), lane 2i+1 from po's dword 2i+1 (2i); it
+ * replaces a shift and a blend per half, and runs on the port the multiplies
+ * and shifts leave free. */
+#define PHILOX_AVX512_GROUPS(G)                                                                    \
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); \
+  const __m512i m0 = _mm512_set1_epi32((int)M0), m1 = _mm512_set1_epi32((int)M1);              \
+  const __m512i take_hi = _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29,  \
+                                            15, 31);                                           \
+  const __m512i take_lo = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28,  \
+                                            14, 30);                                           \
+  __m512i c0[G], c1[G], c2[G], c3[G];                                                          \
+  for (int g = 0; g < G; g++) {                                                                \
+    /* b0 + 16 g is a multiple of 16, so + j does not carry out of the low word */             \
+    uint64_t bg = b0 + 16u * (uint64_t)g;                                                      \
+    c0[g] = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)bg), lanes);                     \
+    c1[g] = _mm512_set1_epi32((int)(uint32_t)(bg >> 32));                                      \
+    c2[g] = _mm512_set1_epi32((int)s_lo);                                                      \
+    c3[g] = _mm512_set1_epi32((int)s_hi);                                                      \
+  }                                                                                            \
+  uint32_t ka = k0, kb = k1;                                                                   \
+  for (int round = 0; round < 10; round++) {                                                   \
+    if (round > 0) {                                                                           \
+      ka += W0;                                                                                \
+      kb += W1;                                                                                \
+    }                                                                                          \
+    const __m512i va = _mm512_set1_epi32((int)ka), vb = _mm512_set1_epi32((int)kb);            \
+    for (int g = 0; g < G; g++) {                                                              \
+      __m512i pe0 = _mm512_mul_epu32(c0[g], m0);                                               \
+      __m512i po0 = _mm512_mul_epu32(_mm512_srli_epi64(c0[g], 32), m0);                        \
+      __m512i pe1 = _mm512_mul_epu32(c2[g], m1);                                               \
+      __m512i po1 = _mm512_mul_epu32(_mm512_srli_epi64(c2[g], 32), m1);                        \
+      __m512i hi0 = _mm512_permutex2var_epi32(pe0, take_hi, po0);                              \
+      __m512i lo0 = _mm512_permutex2var_epi32(pe0, take_lo, po0);                              \
+      __m512i hi1 = _mm512_permutex2var_epi32(pe1, take_hi, po1);                              \
+      __m512i lo1 = _mm512_permutex2var_epi32(pe1, take_lo, po1);                              \
+      c0[g] = _mm512_xor_si512(_mm512_xor_si512(hi1, c1[g]), va);                              \
+      c2[g] = _mm512_xor_si512(_mm512_xor_si512(hi0, c3[g]), vb);                              \
+      c1[g] = lo1;                                                                             \
+      c3[g] = lo0;                                                                             \
+    }                                                                                          \
+  }                                                                                            \
+  const __m512i t = _mm512_set1_epi32((int)T);                                                 \
+  const __m512i one = _mm512_set1_epi8(1);                                                     \
+  for (int g = 0; g < G; g++) {                                                                \
+    /* bit j of word w's compare mask is keep[4 j + w]: deposit the four masks      \
+     * into every fourth bit of one 64-bit byte mask (pdep) and store 64 bytes */ \
+    const __m512i cw[4] = {c0[g], c1[g], c2[g], c3[g]};                                        \
+    uint64_t bits = 0;                                                                         \
+    for (int w = 0; w < 4; w++)                                                                \
+      bits |= _pdep_u64((uint64_t)_mm512_cmpgt_epu32_mask(cw[w], t),                           \
+                        0x1111111111111111ull << w);                                           \
+    _mm512_storeu_si512((void *)(keep + GROUP * g), _mm512_maskz_mov_epi8(bits, one));         \
+  }
+
+__attribute__((target("avx512f,avx512bw,avx2,bmi2"))) static void group_mask_avx512(
     uint8_t *keep, uint64_t b0, uint32_t s_lo, uint32_t s_hi, uint32_t k0, uint32_t k1,
     uint32_t T) {
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  /* b0 is a multiple of 16, so b0 + j does not carry out of the low word */
-  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)b0), lanes);
-  __m512i c1 = _mm512_set1_epi32((int)(uint32_t)(b0 >> 32));
-  __m512i c2 = _mm512_set1_epi32((int)s_lo), c3 = _mm512_set1_epi32((int)s_hi);
-  const __m512i m0 = _mm512_set1_epi32((int)M0), m1 = _mm512_set1_epi32((int)M1);
-  uint32_t ka = k0, kb = k1;
-  for (int round = 0; round < 10; round++) {
-    if (round > 0) {
-      ka += W0;
-      kb += W1;
-    }
-    __m512i pe0 = _mm512_mul_epu32(c0, m0), po0 = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), m0);
-    __m512i pe1 = _mm512_mul_epu32(c2, m1), po1 = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), m1);
-    __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe0, 32), po0);
-    __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, pe0, _mm512_slli_epi64(po0, 32));
-    __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe1, 32), po1);
-    __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, pe1, _mm512_slli_epi64(po1, 32));
-    __m512i r0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32((int)ka));
-    __m512i r2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32((int)kb));
-    c0 = r0;
-    c1 = lo1;
-    c2 = r2;
-    c3 = lo0;
-  }
-  const __m512i t = _mm512_set1_epi32((int)T);
-  const __m512i one = _mm512_set1_epi32(1);
-  __m128i b[4];
-  const __m512i cw[4] = {c0, c1, c2, c3};
-  for (int w = 0; w < 4; w++)
-    b[w] = _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(_mm512_cmpgt_epu32_mask(cw[w], t), one));
-  interleave4(keep, b[0], b[1], b[2], b[3], 16);
+  PHILOX_AVX512_GROUPS(1)
 }
+
+/* Two groups: keep[0 .. 2 GROUP) for blocks b0 .. b0 + 2 LANES. */
+__attribute__((target("avx512f,avx512bw,avx2,bmi2"))) static void group2_mask_avx512(
+    uint8_t *keep, uint64_t b0, uint32_t s_lo, uint32_t s_hi, uint32_t k0, uint32_t k1,
+    uint32_t T) {
+  PHILOX_AVX512_GROUPS(2)
+}
+#undef PHILOX_AVX512_GROUPS
 
 /* The same in ymm registers, 8 blocks per half, two halves per group. */
 __attribute__((target("avx2"))) static void group_mask_avx2(uint8_t *keep, uint64_t b0,
@@ -169,16 +206,22 @@ __attribute__((target("avx2"))) static void group_mask_avx2(uint8_t *keep, uint6
 
 typedef void (*group_fn)(uint8_t *, uint64_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t);
 
-/* The widest version this CPU runs; QT_PHILOX_MASK=scalar|avx2 forces a
- * narrower one (the tests compare them all). */
-static group_fn pick_group(void) {
+/* The widest version this CPU runs (*pair: the same for two groups at once, or
+ * NULL); QT_PHILOX_MASK=scalar|avx2 forces a narrower one (the tests compare
+ * them all). */
+static group_fn pick_group(group_fn *pair) {
+  *pair = NULL;
 #ifdef HAVE_X86_GROUPS
   const char *force = getenv("QT_PHILOX_MASK");
   if (force && strcmp(force, "scalar") == 0) return group_mask_scalar;
   __builtin_cpu_init();
   bool avx2 = __builtin_cpu_supports("avx2");
   if (force && strcmp(force, "avx2") == 0) return avx2 ? group_mask_avx2 : group_mask_scalar;
-  if (__builtin_cpu_supports("avx512f")) return group_mask_avx512;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("bmi2")) {
+    *pair = group2_mask_avx512;
+    return group_mask_avx512;
+  }
   if (avx2) return group_mask_avx2;
 #endif
   return group_mask_scalar;
@@ -193,13 +236,16 @@ void qt_philox_keep_mask(uint8_t *keep, int64_t n, float p, uint64_t seed, uint6
   }
   uint32_t s_lo = (uint32_t)subsequence, s_hi = (uint32_t)(subsequence >> 32);
   uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-  group_fn group_mask = pick_group();
+  group_fn group_pair, group_mask = pick_group(&group_pair);
   int64_t chunks = (n + MASK_CHUNK - 1) / MASK_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= 4 * MASK_CHUNK)
   for (int64_t c = 0; c < chunks; c++) {
     int64_t start = c * MASK_CHUNK;
     int64_t end = start + MASK_CHUNK < n ? start + MASK_CHUNK : n;
     int64_t i = start;
+    if (group_pair)
+      for (; i + 2 * GROUP <= end; i += 2 * GROUP)
+        group_pair(keep + i, (uint64_t)i / 4, s_lo, s_hi, k0, k1, (uint32_t)T);
     for (; i + GROUP <= end; i += GROUP)
       group_mask(keep + i, (uint64_t)i / 4, s_lo, s_hi, k0, k1, (uint32_t)T);
     if (i < end) { /* the tail: a whole group into a scratch buffer */

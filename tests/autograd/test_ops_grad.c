@@ -957,6 +957,119 @@ static void test_attention_opts_tape(void **st) {
   free(q); free(k); free(v); free(W); free(att); free(att_op); free(P);
 }
 
+/* The tape's blocked dropout path (qt_op_lora_*_masked_cpu: no saved xd, rows
+ * masked block by block through a small scratch, AVX-512 spans where the CPU
+ * has them) against the plain ops with the same mask, fp32 and fp64, acc 0/1,
+ * dA or dx absent. One block (N rows fit): the same GEMM calls on the same
+ * values, so every output is bit-identical; several blocks (In large, N not a
+ * multiple of the block): dA sums by block, so a norm-wise tolerance. Guard
+ * elements after the scratch must stay untouched. */
+static void lora_masked_case(int f64, int64_t N, int64_t In, int64_t O, int64_t R, int acc,
+                             int with_dA, int with_dx, uint64_t seed) {
+  ag_rng r = {seed};
+  size_t es = f64 ? 8 : 4;
+  int64_t nx = N * In, wk = qt_op_lora_masked_work_elems(N, In);
+  assert_true(wk >= 0 && wk <= nx + In * 64);
+  double *src[8];
+  const int64_t len[8] = {nx, R * In, O * R, N * O, N * O, N * In, R * In, O * R};
+  for (int i = 0; i < 8; i++) {
+    src[i] = malloc((size_t)(len[i] ? len[i] : 1) * 8);
+    ag_fill(&r, src[i], len[i], -1, 1);
+  }
+  uint8_t *mask = malloc((size_t)(nx ? nx : 1));
+  for (int64_t i = 0; i < nx; i++) mask[i] = ag_unif(&r, 0, 1) >= 0.3;
+  /* 0 x, 1 A, 2 B, 3 y0, 4 dy, 5 dx0, 6 dA0, 7 dB0; two copies of the outputs */
+  void *b[2][8];
+  for (int c = 0; c < 2; c++)
+    for (int i = 0; i < 8; i++) {
+      b[c][i] = malloc((size_t)(len[i] ? len[i] : 1) * es);
+      for (int64_t j = 0; j < len[i]; j++) {
+        if (f64) ((double *)b[c][i])[j] = src[i][j];
+        else ((float *)b[c][i])[j] = (float)src[i][j];
+      }
+    }
+  size_t big = (size_t)(nx + 1) * es, guard = 16;
+  void *u[2] = {malloc((size_t)(N * R + 1) * es), malloc((size_t)(N * R + 1) * es)};
+  void *du[2] = {malloc((size_t)(N * R + 1) * es), malloc((size_t)(N * R + 1) * es)};
+  void *xd = malloc(big), *work = malloc(big);
+  unsigned char *scratch = malloc((size_t)(wk + guard) * es);
+  memset(scratch + (size_t)wk * es, 0xA5, guard * es);
+  const double ks = 1.0 / 0.7, scale = 1.75;
+  if (f64) {
+    double **p = (double **)b[0], **q = (double **)b[1];
+    qt_op_lora_forward_cpu_f64(p[3], u[0], xd, p[0], mask, ks, p[1], p[2], scale, N, In, O, R);
+    qt_op_lora_backward_cpu_f64(with_dx ? p[5] : NULL, acc, with_dA ? p[6] : NULL, p[7], du[0],
+                                work, p[4], xd, u[0], mask, ks, p[1], p[2], scale, N, In, O, R);
+    qt_op_lora_forward_masked_cpu_f64(q[3], u[1], (double *)scratch, q[0], mask, ks, q[1], q[2],
+                                      scale, N, In, O, R);
+    qt_op_lora_backward_masked_cpu_f64(with_dx ? q[5] : NULL, acc, with_dA ? q[6] : NULL, q[7],
+                                       du[1], (double *)scratch, q[4], q[0], u[1], mask, ks, q[1],
+                                       q[2], scale, N, In, O, R);
+  } else {
+    float **p = (float **)b[0], **q = (float **)b[1];
+    qt_op_lora_forward_cpu(p[3], u[0], xd, p[0], mask, ks, p[1], p[2], scale, N, In, O, R);
+    qt_op_lora_backward_cpu(with_dx ? p[5] : NULL, acc, with_dA ? p[6] : NULL, p[7], du[0], work,
+                            p[4], xd, u[0], mask, ks, p[1], p[2], scale, N, In, O, R);
+    qt_op_lora_forward_masked_cpu(q[3], u[1], (float *)scratch, q[0], mask, ks, q[1], q[2], scale,
+                                  N, In, O, R);
+    qt_op_lora_backward_masked_cpu(with_dx ? q[5] : NULL, acc, with_dA ? q[6] : NULL, q[7], du[1],
+                                   (float *)scratch, q[4], q[0], u[1], mask, ks, q[1], q[2], scale,
+                                   N, In, O, R);
+  }
+  for (size_t j = 0; j < guard * es; j++) assert_int_equal(scratch[(size_t)wk * es + j], 0xA5);
+  int one_block = wk == nx;
+  /* outputs: y (3), dx (5), dA (6), dB (7), and u */
+  const int outs[4] = {3, 5, 6, 7};
+  for (int k = 0; k < 5; k++) {
+    int64_t n = k < 4 ? len[outs[k]] : N * R;
+    void *a = k < 4 ? b[0][outs[k]] : u[0], *c = k < 4 ? b[1][outs[k]] : u[1];
+    if (one_block) {
+      if (memcmp(a, c, (size_t)n * es) != 0)
+        fail_msg("lora masked (%s, N %lld In %lld O %lld R %lld acc %d): output %d not bit-identical",
+                 f64 ? "f64" : "f32", (long long)N, (long long)In, (long long)O, (long long)R, acc, k);
+      continue;
+    }
+    double *da = malloc((size_t)(n ? n : 1) * 8), *dc = malloc((size_t)(n ? n : 1) * 8);
+    for (int64_t j = 0; j < n; j++) {
+      da[j] = f64 ? ((double *)a)[j] : ((float *)a)[j];
+      dc[j] = f64 ? ((double *)c)[j] : ((float *)c)[j];
+    }
+    double e = ag_rel_err(da, dc, n);
+    if (!(e <= (f64 ? 1e-13 : 2e-6)) || !ag_all_finite(dc, n))
+      fail_msg("lora masked (%s, N %lld In %lld O %lld R %lld acc %d): output %d rel err %g",
+               f64 ? "f64" : "f32", (long long)N, (long long)In, (long long)O, (long long)R, acc, k, e);
+    free(da);
+    free(dc);
+  }
+  for (int c = 0; c < 2; c++) {
+    for (int i = 0; i < 8; i++) free(b[c][i]);
+    free(u[c]);
+    free(du[c]);
+  }
+  for (int i = 0; i < 8; i++) free(src[i]);
+  free(mask);
+  free(xd);
+  free(work);
+  free(scratch);
+}
+
+static void test_lora_masked_vs_plain(void **st) {
+  (void)st;
+  /* {N, In, O, R}: one block (tiny, odd, R 16); several blocks with a short last one */
+  const int64_t shapes[][4] = {{1, 1, 1, 1},    {5, 7, 63, 3},   {300, 17, 5, 16},
+                               {200, 1000, 9, 4}, {130, 2000, 3, 2}, {1024, 64, 64, 8}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int f64 = 0; f64 < 2; f64++)
+      for (int acc = 0; acc < 2; acc++)
+        lora_masked_case(f64, shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], acc, 1, 1,
+                         700 + 10 * s + 2 * (uint64_t)f64 + (uint64_t)acc);
+  /* A frozen (no dA), x without gradient (no dx), neither */
+  lora_masked_case(0, 200, 1000, 9, 4, 1, 0, 1, 801);
+  lora_masked_case(0, 200, 1000, 9, 4, 1, 1, 0, 802);
+  lora_masked_case(0, 200, 1000, 9, 4, 1, 0, 0, 803);
+  lora_masked_case(1, 5, 7, 63, 3, 0, 0, 1, 804);
+}
+
 /* Dropout masks: word i of the Philox stream (seed, subsequence) decides
  * element i, so the parallel chunked generation equals one sequential stream;
  * the kept fraction is near 1 - p; another subsequence gives another mask. */
@@ -1194,6 +1307,7 @@ int main(void) {
       cmocka_unit_test(test_cross_entropy_chunks),
       cmocka_unit_test(test_cross_entropy_fused),
       cmocka_unit_test(test_dropout_mask),
+      cmocka_unit_test(test_lora_masked_vs_plain),
       cmocka_unit_test(test_thread_determinism),
       cmocka_unit_test(test_exp_accuracy),
   };
