@@ -11,6 +11,13 @@ sed -i 's/dropout: 0.1/dropout: 0.0/; s/max_steps: 8/max_steps: 12/; s/gradient_
 start=$(date +%s.%N)
 "$QT" "$WORK/ref.yaml" --set output.save_steps=1 > "$WORK/ref.log" 2>&1 || { cat "$WORK/ref.log"; fail "reference run"; }
 dur=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN{print a-b}')
+# the kill instants are drawn within the run's duration: time it once more and
+# keep the shorter (a first run slowed by a busy machine would put the kills
+# after the trials' ends)
+start=$(date +%s.%N)
+"$QT" "$WORK/ref.yaml" --set output.save_steps=1 --set output.dir="$WORK/ref2" > "$WORK/ref2.log" 2>&1 ||
+  { cat "$WORK/ref2.log"; fail "second reference run"; }
+dur=$(awk -v a="$(date +%s.%N)" -v b="$start" -v d="$dur" 'BEGIN{t = a - b; print (t < d ? t : d)}')
 losses "$WORK/ref/metrics.jsonl" > "$WORK/ref.losses"
 
 RANDOM=12345
