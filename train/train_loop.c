@@ -913,7 +913,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       goto out_all;
     }
     float *g = cgrad;
-    int64_t max_r = 1, mask_bytes = 0, mb_tokens = c->training.micro_batch_size * c->data.seq_len;
+    int64_t max_r = 1, cmask_bytes = 0, mb_tokens = c->training.micro_batch_size * c->data.seq_len;
     for (size_t i = 0; i < n_cl; i++) {
       const qt_lora_tensor *A = &ts[2 * i], *B = &ts[2 * i + 1];
       QT_ASSERT(!A->is_B && B->is_B && A->layer == B->layer && A->proj == B->proj);
@@ -921,10 +921,10 @@ static qt_status train_main(qt_session *s, const char *config_path) {
                                    .dA = g, .dB = g + A->rows * A->cols};
       g += A->rows * A->cols + B->rows * B->cols;
       if (A->rows > max_r) max_r = A->rows;
-      mask_bytes += mb_tokens * A->cols;
+      cmask_bytes += mb_tokens * A->cols;
     }
-    if (c->lora.dropout > 0 && !(cmask = malloc((size_t)(mask_bytes ? mask_bytes : 1)))) {
-      r = qt_fail(QT_ERR_NOMEM, "out of memory (%lld bytes of LoRA dropout masks)", (long long)mask_bytes);
+    if (c->lora.dropout > 0 && !(cmask = malloc((size_t)(cmask_bytes ? cmask_bytes : 1)))) {
+      r = qt_fail(QT_ERR_NOMEM, "out of memory (%lld bytes of LoRA dropout masks)", (long long)cmask_bytes);
       goto out_all;
     }
     /* one GPU per rank: the node-local rank's; NCCL reduces the gradients
