@@ -27,7 +27,15 @@ msg="planned peak $planned MiB, measured $measured MiB (VmHWM)"
 if [ -f "$WORK/time.txt" ]; then
   kb=$(sed -nE 's/.*Maximum resident set size \(kbytes\): ([0-9]+).*/\1/p' "$WORK/time.txt")
   ext=$(awk -v k="$kb" 'BEGIN{printf "%.1f", k / 1024}')
-  within "$planned" "$ext" || fail "planned peak $planned MiB, /usr/bin/time -v maximum $ext MiB: more than 10% apart"
-  msg="$msg, $ext MiB (/usr/bin/time -v)"
+  if "$QT" --version | grep -q '^cuda: yes'; then
+    # A CUDA build links cuBLASLt, whose library destructors fault in some 30
+    # MiB of its pages after the run has ended (perf: page faults in
+    # libcublasLt.so at exit): the whole process's maximum is reported, the
+    # run's own peak (VmHWM at its end, above) is what is checked.
+    msg="$msg, $ext MiB (/usr/bin/time -v, including the CUDA libraries' exit)"
+  else
+    within "$planned" "$ext" || fail "planned peak $planned MiB, /usr/bin/time -v maximum $ext MiB: more than 10% apart"
+    msg="$msg, $ext MiB (/usr/bin/time -v)"
+  fi
 fi
 pass "memory plan: $msg"
