@@ -273,8 +273,13 @@ void qt_mem_trace(const char *what) {
 
 void qt_mem_heap_setup(void) {
 #ifdef __GLIBC__
-  mallopt(M_MMAP_THRESHOLD, 128 * 1024); /* glibc's default value, no longer adjusted */
-  mallopt(M_TRIM_THRESHOLD, 128 * 1024); /* the adjustment doubled this one too: freed heap tops go back */
+  /* 1 MiB, not glibc's 128 KiB default: OpenBLAS's threaded GEMMs (Debian's
+   * 0.3.21, MAX_THREADS 64) malloc and free a 516 KiB job table on every call;
+   * as a mapping of its own that was an mmap + munmap per GEMM, and each munmap
+   * a TLB shootdown on every core (perf: ~10% of a 134M training step in the
+   * kernel). Under 1 MiB it reuses the same heap block. */
+  mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, (int)QT_MEM_HEAP_KEEP); /* > the block above: freeing it at the heap top is no brk call */
 #endif
 }
 

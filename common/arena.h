@@ -157,8 +157,8 @@ void qt_mem_plan_print(const qt_mem_plan *p, FILE *f);
  * hold, which no arithmetic on our own sizes could. */
 size_t qt_mem_rss(void);
 size_t qt_mem_peak_rss(void);
-/* Keeps every heap block over 128 KiB in a mapping of its own, returned to
- * the system when freed. Without it glibc raises its mmap threshold to the
+/* Keeps every heap block over 1 MiB in a mapping of its own, returned to
+ * the system when freed (arena.c says why not glibc's 128 KiB). Without it glibc raises its mmap threshold to the
  * size of each large block freed (up to 32 MiB: mallopt(3), "M_MMAP_THRESHOLD";
  * one 16 MiB read buffer of config.json is enough), after which datasets grown
  * by realloc and freed load-time buffers stay in the brk heap as resident
@@ -166,6 +166,10 @@ size_t qt_mem_peak_rss(void);
  * the threshold once turns the adjustment off. Call before anything large is
  * allocated; changes where memory lives, never a value. No-op off glibc. */
 void qt_mem_heap_setup(void);
+/* Free heap glibc may keep resident after qt_mem_heap_setup (its trim
+ * threshold: a free block at the heap top under this size is kept for reuse,
+ * e.g. OpenBLAS's per-GEMM job table); the memory plan counts it. */
+#define QT_MEM_HEAP_KEEP ((size_t)2 * 1024 * 1024)
 /* Gives the free pages inside the heap back to the system (glibc
  * malloc_trim(0)), e.g. after a parse whose many small blocks are freed, so
  * that the resident set counts what is held. No-op off glibc. */

@@ -567,6 +567,7 @@ static qt_status memory_plan(const qt_session *s, const run_plan *rp, qt_mem_pla
   char name[QT_ARENA_NAME_CAP];
   QT_TRY(qt_mem_plan_add(plan, "process baseline (measured at start)", "cpu", rp->rss_start));
   QT_TRY(qt_mem_plan_add(plan, "tokenizer (measured as it loaded)", "cpu", s->tokenizer_rss));
+  QT_TRY(qt_mem_plan_add(plan, "free heap kept for reuse (at most)", "cpu", QT_MEM_HEAP_KEEP));
   QT_TRY(qt_model_plan_add(s->model, s->mt, plan));
   size_t data = dataset_bytes(rp->train) + (rp->eval ? dataset_bytes(rp->eval) : 0);
   QT_TRY(qt_mem_plan_add_phase(plan, rp->eval ? "datasets (train + eval, tokenized)" : "dataset (tokenized)", "cpu",
