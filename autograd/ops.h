@@ -32,6 +32,8 @@
 #ifndef QT_AUTOGRAD_OPS_H
 #define QT_AUTOGRAD_OPS_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/rope_type.h"
@@ -290,6 +292,54 @@ double qt_op_cross_entropy_fused_cpu(float *dx1, int64_t *count, float *logits, 
                                      double softcap);
 /* dx (n) (+)= alpha * src */
 void qt_op_scaled_add_cpu(float *dx, int acc, const float *src, double alpha, int64_t n);
+
+/* ---- bf16 GEMMs on the CPU (model.compute_dtype bf16; gemm_bf16_cpu.c) -----
+ * Where the CPU has bf16 units (AVX512-BF16 or AMX) and the build has oneDNN,
+ * the tape runs the base linears and the lm_head GEMMs with both operands
+ * rounded to bf16 (round to nearest even), fp32 products and accumulation, fp32
+ * results; everything else (norms, attention, softmax, LoRA, the loss) stays
+ * fp32. Like torch.autocast's bf16 on a CPU, minus its bf16 activations. */
+/* true when the bf16 GEMM can run here; else *why (if why) says what is missing.
+ * DNNL_MAX_CPU_ISA (oneDNN's cap, e.g. AVX512_CORE) turns the units off. */
+bool qt_op_bf16_gemm_available(const char **why);
+/* "AMX", "AVX512-BF16" or "none": the bf16 units oneDNN will use */
+const char *qt_op_bf16_gemm_isa(void);
+/* Bytes of oneDNN scratchpad the call below needs for this shape (0 for an
+ * empty shape); the caller passes at least that many. */
+size_t qt_op_gemm_bf16_pad_bytes(int transA, int transB, int64_t M, int64_t N, int64_t K,
+                                 int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta);
+/* Row-major C (M, N) = alpha op(A) op(B) + beta C, A and B bf16 (as uint16_t
+ * bit patterns), C fp32; the shapes and strides of the fp32 gemm. */
+void qt_op_gemm_bf16_cpu(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                         const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb,
+                         float beta, float *C, int64_t ldc, void *pad, size_t pad_bytes);
+/* dst (n) = bf16(src), round to nearest even (common/half.h's bits) */
+void qt_op_to_bf16_cpu(uint16_t *dst, const float *src, int64_t n);
+
+/* Work of the bf16 cross-entropy below: Wh the lm_head (V, C) already in bf16;
+ * conv (chunk_rows * max(C, V)) bf16 scratch for the other operand; pad at
+ * least the largest qt_op_gemm_bf16_pad_bytes of the op's GEMMs
+ * (qt_op_cross_entropy_bf16_pad_bytes). */
+typedef struct {
+  const uint16_t *Wh;
+  uint16_t *conv;
+  void *pad;
+  size_t pad_bytes;
+} qt_op_bf16_work;
+size_t qt_op_cross_entropy_bf16_pad_bytes(int64_t chunk_rows, int64_t N, int64_t C, int64_t V);
+/* qt_op_cross_entropy_{forward,backward,fused}_cpu with the two GEMMs in bf16 */
+double qt_op_cross_entropy_forward_bf16_cpu(float *lse, int64_t *count, float *logits,
+                                            int64_t chunk_rows, const float *x,
+                                            const qt_op_bf16_work *bw, const int32_t *targets,
+                                            int64_t N, int64_t C, int64_t V, double softcap);
+void qt_op_cross_entropy_backward_bf16_cpu(float *dx, int acc, float *logits, int64_t chunk_rows,
+                                           double dloss, const float *lse, const float *x,
+                                           const qt_op_bf16_work *bw, const int32_t *targets,
+                                           int64_t N, int64_t C, int64_t V, double softcap);
+double qt_op_cross_entropy_fused_bf16_cpu(float *dx1, int64_t *count, float *logits,
+                                          double *rowloss, int64_t chunk_rows, const float *x,
+                                          const qt_op_bf16_work *bw, const int32_t *targets,
+                                          int64_t N, int64_t C, int64_t V, double softcap);
 
 /* ---- the same ops in double (the finite-difference oracle) ---------------- */
 void qt_op_embedding_forward_cpu_f64(double *out, const int32_t *ids, const double *wte,

@@ -164,6 +164,7 @@ qt_status qt_tape_init(qt_tape **out, qt_dtype dtype, const qt_tape_config *cfg)
   qt_tape *t = calloc(1, sizeof *t);
   if (!t) return qt_fail(QT_ERR_NOMEM, "autograd: cannot allocate the tape");
   t->f64 = dtype == QT_F64;
+  QT_ASSERTF(!(t->f64 && cfg->gemm_bf16), "autograd: gemm_bf16 needs an fp32 tape");
   t->es = t->f64 ? sizeof(double) : sizeof(float);
   t->cfg = *cfg;
   t->tensors = calloc((size_t)cfg->max_tensors, sizeof *t->tensors);
@@ -332,6 +333,76 @@ static qt_status lora_forward(qt_tape *t, void *y, void *u, const void *x, const
   return QT_OK;
 }
 
+/* C (M, Nn) = A (M, K) op(Wh) (+ C when beta = 1) on a gemm_bf16 tape: A is
+ * rounded to bf16 here, Wh is already bf16, (Nn, K) when transB, else (K, Nn).
+ * A's copy and oneDNN's scratchpad are work buffers of the activation arena,
+ * released before return. */
+static qt_status gemm_bf16_w(qt_tape *t, int transB, float *Cm, float beta, const float *A,
+                             const void *Wh, int64_t M, int64_t Nn, int64_t K) {
+  size_t mark = qt_arena_mark(&t->act);
+  int64_t ldw = transB ? K : Nn;
+  size_t pad_bytes = qt_op_gemm_bf16_pad_bytes(0, transB, M, Nn, K, K, ldw, Nn, 1.0f, beta);
+  void *ah, *pad = NULL;
+  QT_TRY(arena_alloc(&t->act, "bf16 GEMM operand", (size_t)(M * K) * 2, &ah));
+  if (pad_bytes) QT_TRY(arena_alloc(&t->act, "oneDNN scratchpad", pad_bytes, &pad));
+  if (!t->measuring) {
+    qt_op_to_bf16_cpu(ah, A, M * K);
+    qt_op_gemm_bf16_cpu(0, transB, M, Nn, K, 1.0f, ah, K, Wh, ldw, beta, Cm, Nn, pad, pad_bytes);
+  }
+  qt_arena_rewind(&t->act, mark);
+  return QT_OK;
+}
+
+/* The same with an fp32 W, rounded to bf16 into a work buffer first. */
+static qt_status gemm_bf16(qt_tape *t, int transB, float *Cm, float beta, const float *A,
+                           const float *W, int64_t M, int64_t Nn, int64_t K) {
+  size_t mark = qt_arena_mark(&t->act);
+  void *wh;
+  QT_TRY(arena_alloc(&t->act, "bf16 GEMM weight", (size_t)(Nn * K) * 2, &wh));
+  if (!t->measuring) qt_op_to_bf16_cpu(wh, W, Nn * K);
+  qt_status s = gemm_bf16_w(t, transB, Cm, beta, A, wh, M, Nn, K);
+  qt_arena_rewind(&t->act, mark);
+  return s;
+}
+
+/* A materialized weight in bf16, in a buffer of the activation arena (*wh;
+ * the caller rewinds): W->fill_bf16 where given, else W->fill into an fp32
+ * work buffer (released here) and rounded. */
+static qt_status weight_src_bf16(qt_tape *t, const qt_tape_weight_src *W, void **wh) {
+  size_t n = (size_t)(W->rows * W->cols);
+  QT_TRY(arena_alloc(&t->act, "bf16 materialized weight", n * 2, wh));
+  if (W->fill_bf16) return t->measuring ? QT_OK : W->fill_bf16(W->ctx, *wh);
+  size_t mark = qt_arena_mark(&t->act);
+  void *w;
+  QT_TRY(arena_alloc(&t->act, "materialized weight", n * sizeof(float), &w));
+  qt_status s = t->measuring ? QT_OK : W->fill(W->ctx, w);
+  if (s == QT_OK && !t->measuring) qt_op_to_bf16_cpu(*wh, w, (int64_t)n);
+  qt_arena_rewind(&t->act, mark);
+  return s;
+}
+
+/* The base linear's GEMMs: forward y (N, O) = x W^T (+ bias), backward
+ * dx (N, In) (+)= dy W; fp32 (ops.h qt_op_linear_*_cpu) or bf16 operands. */
+static qt_status linear_fwd(qt_tape *t, void *y, const void *x, const void *W, const void *bias,
+                            int64_t N, int64_t In, int64_t O) {
+  if (!t->cfg.gemm_bf16) {
+    KRUN(t, qt_op_linear_forward_cpu, y, x, W, bias, N, In, O);
+    return QT_OK;
+  }
+  if (bias && !t->measuring)
+    for (int64_t n = 0; n < N; n++) memcpy((float *)y + n * O, bias, (size_t)O * sizeof(float));
+  return gemm_bf16(t, 1, y, bias ? 1.0f : 0.0f, x, W, N, O, In);
+}
+
+static qt_status linear_bwd(qt_tape *t, void *dx, int acc, const void *dy, const void *W,
+                            int64_t N, int64_t In, int64_t O) {
+  if (!t->cfg.gemm_bf16) {
+    KRUN(t, qt_op_linear_backward_cpu, dx, acc, dy, W, N, In, O);
+    return QT_OK;
+  }
+  return gemm_bf16(t, 0, dx, acc ? 1.0f : 0.0f, dy, W, N, In, O);
+}
+
 qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const qt_tape_lora *lora,
                          int32_t *out) {
   const tape_tensor *X = T_(t, x), *Wt = T_(t, W);
@@ -360,8 +431,8 @@ qt_status qt_tape_linear(qt_tape *t, int32_t x, int32_t W, int32_t bias, const q
   void *u = NULL;
   if (lora) QT_TRY(arena_alloc(&t->act, "lora u", (size_t)(N * R) * t->es, &u));
   void *yd = T_(t, y)->data;
-  KRUN(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, T_(t, W)->data,
-       bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
+  QT_TRY(linear_fwd(t, yd, T_(t, x)->data, T_(t, W)->data,
+                    bias >= 0 ? T_(t, bias)->data : NULL, N, In, O));
   if (lora) QT_TRY(lora_forward(t, yd, u, T_(t, x)->data, lora, N, In, O, R));
   tape_node *n;
   QT_TRY(new_node(t, OP_LINEAR, &n));
@@ -411,16 +482,21 @@ qt_status qt_tape_linear_src(qt_tape *t, int32_t x, const qt_tape_weight_src *W,
   void *u = NULL, *w;
   if (lora) QT_TRY(arena_alloc(&t->act, "lora u", (size_t)(N * R) * t->es, &u));
   size_t mark = qt_arena_mark(&t->act);
-  QT_TRY(arena_alloc(&t->act, "materialized weight", (size_t)(O * In) * t->es, &w));
-  qt_status s = t->measuring ? QT_OK : W->fill(W->ctx, w);
-  if (s != QT_OK) {
-    qt_arena_rewind(&t->act, mark);
-    return s;
-  }
   void *yd = T_(t, y)->data;
-  KRUN(t, qt_op_linear_forward_cpu, yd, T_(t, x)->data, w,
-        bias >= 0 ? T_(t, bias)->data : NULL, N, In, O);
+  const void *bd = bias >= 0 ? T_(t, bias)->data : NULL;
+  qt_status s;
+  if (t->cfg.gemm_bf16) { /* the weight straight to bf16 (no fp32 copy when fill_bf16) */
+    s = weight_src_bf16(t, W, &w);
+    if (s == QT_OK && bd && !t->measuring)
+      for (int64_t r = 0; r < N; r++) memcpy((float *)yd + r * O, bd, (size_t)O * sizeof(float));
+    if (s == QT_OK) s = gemm_bf16_w(t, 1, yd, bd ? 1.0f : 0.0f, T_(t, x)->data, w, N, O, In);
+  } else {
+    s = arena_alloc(&t->act, "materialized weight", (size_t)(O * In) * t->es, &w);
+    if (s == QT_OK && !t->measuring) s = W->fill(W->ctx, w);
+    if (s == QT_OK) s = linear_fwd(t, yd, T_(t, x)->data, w, bd, N, In, O);
+  }
   qt_arena_rewind(&t->act, mark);
+  if (s != QT_OK) return s;
   if (lora) QT_TRY(lora_forward(t, yd, u, T_(t, x)->data, lora, N, In, O, R));
   tape_node *n;
   QT_TRY(new_node(t, OP_LINEAR_SRC, &n));
@@ -565,6 +641,23 @@ qt_status qt_tape_slice_cols(qt_tape *t, int32_t x, int64_t c0, int64_t width, i
   return QT_OK;
 }
 
+/* The bf16 cross-entropy's work (ops.h qt_op_bf16_work) from the activation
+ * arena: the lm_head W (V, C) rounded to bf16 once per call (not kept between
+ * steps: 2 bytes per weight for the op's duration only), the chunk operand's
+ * bf16 copy and oneDNN's scratchpad; the caller rewinds. */
+static qt_status ce_bf16_work(qt_tape *t, const void *W, int64_t N, int64_t C, int64_t V,
+                              int64_t chunk, qt_op_bf16_work *bw) {
+  void *wh, *conv, *pad = NULL;
+  size_t pad_bytes = qt_op_cross_entropy_bf16_pad_bytes(chunk, N, C, V);
+  QT_TRY(arena_alloc(&t->act, "bf16 lm_head", (size_t)(V * C) * 2, &wh));
+  QT_TRY(arena_alloc(&t->act, "bf16 cross-entropy operand", (size_t)(chunk * (C > V ? C : V)) * 2,
+                     &conv));
+  if (pad_bytes) QT_TRY(arena_alloc(&t->act, "oneDNN scratchpad", pad_bytes, &pad));
+  if (!t->measuring) qt_op_to_bf16_cpu(wh, W, V * C);
+  *bw = (qt_op_bf16_work){.Wh = wh, .conv = conv, .pad = pad, .pad_bytes = pad_bytes};
+  return QT_OK;
+}
+
 qt_status qt_tape_cross_entropy(qt_tape *t, int32_t x, int32_t W, const int32_t *targets,
                                 int32_t *loss, double *loss_sum, int64_t *count) {
   return qt_tape_cross_entropy_ex(t, x, W, targets, 0.0, loss, loss_sum, count);
@@ -595,8 +688,16 @@ qt_status qt_tape_cross_entropy_ex(qt_tape *t, int32_t x, int32_t W, const int32
     QT_TRY(arena_alloc(&t->act, "cross-entropy row losses", (size_t)chunk * sizeof(double), &rowloss));
   int64_t cnt = 0;
   double sum = 0.0;
+  qt_op_bf16_work bw;
+  if (t->cfg.gemm_bf16) QT_TRY(ce_bf16_work(t, T_(t, W)->data, N, C, V, chunk, &bw));
   if (t->measuring) {
     for (int64_t n = 0; n < N; n++) cnt += targets[n] != QT_IGNORE_INDEX;
+  } else if (t->cfg.gemm_bf16 && fused) {
+    sum = qt_op_cross_entropy_fused_bf16_cpu(saved, &cnt, logits, rowloss, chunk,
+                                             T_(t, x)->data, &bw, targets, N, C, V, softcap);
+  } else if (t->cfg.gemm_bf16) {
+    sum = qt_op_cross_entropy_forward_bf16_cpu(saved, &cnt, logits, chunk, T_(t, x)->data, &bw,
+                                               targets, N, C, V, softcap);
   } else if (fused) {
     sum = KCALL(t, qt_op_cross_entropy_fused_cpu, saved, &cnt, logits, rowloss, chunk,
                 T_(t, x)->data, T_(t, W)->data, targets, N, C, V, softcap);
@@ -777,7 +878,7 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     void *dx = NULL;
     if (X->requires_grad) {
       QT_TRY(grad_target(t, nd->in[0], &dx, &acc));
-      KRUN(t, qt_op_linear_backward_cpu, dx, acc, dy, W->data, N, In, O);
+      QT_TRY(linear_bwd(t, dx, acc, dy, W->data, N, In, O));
     }
     if (nd->lora.A >= 0) QT_TRY(backward_lora(t, nd, dx, N, In, O));
     break;
@@ -840,6 +941,14 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
       break;
     }
     QT_TRY(work_alloc(t, (size_t)(nd->T * W->rows), &logits));
+    if (t->cfg.gemm_bf16) {
+      qt_op_bf16_work bw;
+      QT_TRY(ce_bf16_work(t, W->data, X->rows, X->cols, W->rows, nd->T, &bw));
+      if (!t->measuring)
+        qt_op_cross_entropy_backward_bf16_cpu(g, acc, logits, nd->T, dloss, nd->saved0, X->data,
+                                              &bw, nd->ints, X->rows, X->cols, W->rows, nd->alpha);
+      break;
+    }
     KRUN(t, qt_op_cross_entropy_backward_cpu, g, acc, logits, nd->T, dloss, nd->saved0, X->data,
           W->data, nd->ints, X->rows, X->cols, W->rows, nd->alpha);
     break;
@@ -886,9 +995,14 @@ static qt_status backward_node(qt_tape *t, const tape_node *nd) {
     if (X->requires_grad) {
       void *w;
       QT_TRY(grad_target(t, nd->in[0], &dx, &acc));
-      QT_TRY(work_alloc(t, (size_t)(O * In), &w));
-      if (!t->measuring) QT_TRY(nd->wsrc.fill(nd->wsrc.ctx, w));
-      KRUN(t, qt_op_linear_backward_cpu, dx, acc, dy, w, N, In, O);
+      if (t->cfg.gemm_bf16) {
+        QT_TRY(weight_src_bf16(t, &nd->wsrc, &w));
+        QT_TRY(gemm_bf16_w(t, 0, dx, acc ? 1.0f : 0.0f, dy, w, N, In, O));
+      } else {
+        QT_TRY(work_alloc(t, (size_t)(O * In), &w));
+        if (!t->measuring) QT_TRY(nd->wsrc.fill(nd->wsrc.ctx, w));
+        QT_TRY(linear_bwd(t, dx, acc, dy, w, N, In, O));
+      }
     }
     if (nd->lora.A >= 0) QT_TRY(backward_lora(t, nd, dx, N, In, O));
     break;

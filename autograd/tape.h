@@ -67,6 +67,11 @@ typedef struct {
   bool ce_grad_in_forward;/* cross-entropy forms its input gradient during forward
                            * (qt_op_cross_entropy_fused_cpu): no logits recompute in
                            * backward, one (N, C) buffer more; off for eval-only use */
+  bool gemm_bf16;         /* fp32 tapes: the base linears' and the lm_head's GEMMs
+                           * take bf16 operands (ops.h qt_op_gemm_bf16_cpu; the caller
+                           * checks qt_op_bf16_gemm_available); the operands' bf16
+                           * copies and oneDNN's scratchpad are work buffers of the
+                           * activation arena, so a measuring step counts them */
 } qt_tape_config;
 
 typedef struct {
@@ -139,6 +144,10 @@ typedef struct {
   qt_tape_weight_fill fill;
   void *ctx;
   const char *name;         /* for messages; borrowed */
+  /* optional, for gemm_bf16 tapes: writes the same values rounded to bf16
+   * (uint16_t bit patterns, round to nearest even: exactly fill's values
+   * converted), skipping the fp32 copy; NULL: fill, then convert */
+  qt_tape_weight_fill fill_bf16;
 } qt_tape_weight_src;
 /* qt_tape_linear with the base weight given by W (see above) instead of a
  * registered frozen tensor; bias and lora as for qt_tape_linear. */

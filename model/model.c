@@ -352,6 +352,7 @@ struct qt_model_tape {
   qt_tape *t;
   qt_model_tape_opts opts;
   qt_tape_config tcfg;
+  size_t gemm_kernel_bytes;               /* resident set the bf16 GEMMs' kernels added (measured) */
   int32_t embed, lm_head, final_norm;
   int32_t *norm_in, *norm_post;           /* (L) */
   int32_t (*norm_x)[4];                   /* (L, {attn_out, mlp_out, q, k}) or -1 */
@@ -374,6 +375,22 @@ const qt_model *qt_model_tape_model(const qt_model_tape *mt) { return mt->m; }
 static qt_status fill_weight(void *ctx, void *dst) {
   const fill_ctx *f = ctx;
   qt_model_internal_dequant(&f->lin->q, f->absmax, dst, f->m->threads);
+  return QT_OK;
+}
+
+/* The same values rounded to bf16 in one pass (quant.h
+ * qt_quant_4bit_dequantize_bf16: code * absmax in fp32, then round to nearest
+ * even, i.e. fill_weight's values converted): a gemm_bf16 tape's weight
+ * without the fp32 copy. */
+static qt_status fill_weight_bf16(void *ctx, void *dst) {
+  const fill_ctx *f = ctx;
+  const qt_quant_weight *w = &f->lin->q;
+  const float *am = w->absmax;
+  if (w->nested) {
+    qt_quant_weight_absmax(w, f->absmax);
+    am = f->absmax;
+  }
+  qt_quant_4bit_dequantize_bf16(w->type, w->packed, am, w->n, w->blocksize, dst, f->m->threads);
   return QT_OK;
 }
 
@@ -507,6 +524,7 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
   /* Training tapes form the cross-entropy input gradient in forward (no logits
    * recompute in backward, autograd/tape.h); eval tapes skip that buffer. */
   mt->tcfg.ce_grad_in_forward = !mt->opts.forward_only;
+  mt->tcfg.gemm_bf16 = mt->opts.gemm_bf16;
   mt->norm_in = calloc((size_t)L, sizeof *mt->norm_in);
   mt->norm_post = calloc((size_t)L, sizeof *mt->norm_post);
   mt->norm_x = calloc((size_t)L, sizeof *mt->norm_x);
@@ -524,7 +542,15 @@ qt_status qt_model_tape_init(const qt_model *m, const qt_model_tape_opts *opts,
   if (!mt->norm_in || !mt->norm_post || !mt->norm_x || !mt->w || !mt->bias || !mt->fill || !mt->lctx ||
       !mt->absmax)
     s = qt_fail(QT_ERR_NOMEM, "model: cannot allocate the tape context");
+  /* The measuring step creates the bf16 GEMMs' oneDNN primitives (their
+   * generated kernels, ~0.3 MiB a shape; autograd/gemm_bf16_cpu.c): no formula
+   * gives their size, so the plan takes what the resident set grew by. */
+  size_t rss0 = mt->opts.gemm_bf16 ? qt_mem_rss() : 0;
   if (s == QT_OK) s = measure_arenas(mt);
+  if (mt->opts.gemm_bf16) {
+    size_t rss1 = qt_mem_rss();
+    mt->gemm_kernel_bytes = rss1 > rss0 ? rss1 - rss0 : 0;
+  }
   if (s == QT_OK) s = qt_tape_init(&mt->t, QT_F32, &mt->tcfg);
   if (s == QT_OK) s = register_frozen(mt);
   if (s != QT_OK) {
@@ -607,6 +633,9 @@ qt_status qt_model_plan_add(const qt_model *m, const qt_model_tape *mt, qt_mem_p
   QT_TRY(qt_mem_plan_add_phase(plan, "model load (checkpoint pages, copies)", "cpu", load_extra_bytes(m),
                                QT_MEM_LOAD));
   if (!mt) return QT_OK;
+  if (mt->gemm_kernel_bytes)
+    QT_TRY(qt_mem_plan_add_phase(plan, "bf16 GEMM kernels (oneDNN, measured)", "cpu",
+                                 mt->gemm_kernel_bytes, QT_MEM_RUN));
   QT_TRY(qt_mem_plan_add_phase(plan, "tape activations", "cpu", mt->tcfg.act_bytes, QT_MEM_RUN));
   return qt_mem_plan_add_phase(plan, "tape gradients", "cpu", mt->tcfg.grad_bytes, QT_MEM_RUN);
 }
@@ -632,7 +661,8 @@ static qt_status linear(qt_model_tape *mt, int layer, qt_proj p, int32_t x, int3
   const qt_tape_lora *lp = has ? &br : NULL;
   if (!lin->quantized) return qt_tape_linear(mt->t, x, mt->w[layer][p], mt->bias[layer][p], lp, y);
   qt_tape_weight_src src = {.rows = lin->out, .cols = lin->in, .fill = fill_weight,
-                            .ctx = &mt->fill[layer][p], .name = lin->name};
+                            .ctx = &mt->fill[layer][p], .name = lin->name,
+                            .fill_bf16 = fill_weight_bf16};
   return qt_tape_linear_src(mt->t, x, &src, mt->bias[layer][p], lp, y);
 }
 

@@ -163,6 +163,8 @@ typedef struct {
   int64_t max_lora_rank;    /* for sizing (0 if no LoRA) */
   bool forward_only;        /* eval / generate: no gradient arena (backward refused) */
   bool lora_no_dropout;     /* the LoRA will run without dropout: size without its buffers */
+  bool gemm_bf16;           /* base linears and lm_head GEMMs with bf16 operands
+                             * (autograd/tape.h qt_tape_config.gemm_bf16) */
 } qt_model_tape_opts;
 
 /* Creates a fp32 tape for opts and registers the model's frozen tensors on

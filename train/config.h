@@ -52,7 +52,7 @@ typedef struct {
     qt_cfg_quant quant;             /* nf4 */
     bool double_quant;              /* true */
     int64_t blocksize;              /* 64; power of two in 32..4096 */
-    qt_cfg_dtype compute_dtype;     /* bf16 (CPU computes in fp32 regardless) */
+    qt_cfg_dtype compute_dtype;     /* bf16 (CPU: bf16 GEMM operands where it has bf16 units, train/session.c) */
   } model;
   struct {
     int64_t r;                      /* 16 */

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "autograd/ops.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "dist/dist.h"
@@ -29,7 +30,7 @@
 
 /* What a bug report needs: version, commit, build type and compiler, the CUDA
  * targets compiled in, and the BLAS kernels this CPU runs (they decide the
- * last bits of every CPU result). */
+ * last bits of every CPU result), and whether its bf16 GEMMs run here. */
 static void print_version(void) {
   printf("qlora-train %s\n", QLORA_VERSION);
   printf("commit: %s\n", QLORA_GIT_COMMIT);
@@ -44,6 +45,11 @@ static void print_version(void) {
   int par = openblas_get_parallel(); /* 0 sequential, 1 pthreads, 2 OpenMP */
   printf("blas: core %s (threading %s; %s)\n", core ? core : "unknown",
          par == 2 ? "openmp" : par == 1 ? "pthreads" : "none", cfg ? cfg : "OpenBLAS");
+  const char *why = NULL;
+  if (qt_op_bf16_gemm_available(&why))
+    printf("cpu bf16 GEMMs: oneDNN, %s (model.compute_dtype bf16 uses them)\n", qt_op_bf16_gemm_isa());
+  else
+    printf("cpu bf16 GEMMs: no (%s; the CPU computes in fp32)\n", why);
   printf("multi-process: %s\n", qt_dist_backend());
 #ifdef QLORA_HAVE_CUDA
   printf("nccl: %s\n", qt_dist_have_nccl() ? "yes (libnccl.so.2 loaded)" : "no (built without nccl.h, or libnccl.so.2 not found)");

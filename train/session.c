@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "autograd/ops.h"
 #include "common/arena.h"
 #include "common/fpmode.h"
 #include "common/log.h"
@@ -296,12 +297,34 @@ static void session_fp_mode(qt_session *s) {
   s->fp_flushing = true;
 }
 
+/* model.compute_dtype on the CPU: bf16 runs the tape's big GEMMs (base linears,
+ * lm_head) with bf16 operands where the CPU has bf16 units and the build has
+ * oneDNN (autograd/ops.h); fp32 otherwise, and always for fp32 (the oracle).
+ * fp16 has no CPU kernels here: fp32. Said once per session. */
+static void session_cpu_dtype(qt_session *s) {
+  const char *why = NULL;
+  qt_cfg_dtype d = s->cfg.model.compute_dtype;
+  s->cpu_bf16 = d == QT_CDT_BF16 && qt_op_bf16_gemm_available(&why);
+  if (s->cpu_dtype_said) return;
+  s->cpu_dtype_said = true;
+  if (s->cpu_bf16)
+    QT_LOGI("model.compute_dtype bf16: the CPU runs the base linears' and lm_head's GEMMs with bf16 "
+            "operands (oneDNN, %s), fp32 elsewhere; model.compute_dtype: fp32 for fp32 throughout",
+            qt_op_bf16_gemm_isa());
+  else if (d == QT_CDT_BF16)
+    QT_LOGI("model.compute_dtype bf16: the CPU computes in fp32 (%s)", why);
+  else if (d == QT_CDT_FP16)
+    QT_LOGI("model.compute_dtype fp16: the CPU computes in fp32 (fp16 is a GPU compute dtype)");
+}
+
 qt_status qt_session_tape(qt_session *s, int64_t B, int64_t T, bool checkpointing, bool forward_only) {
   session_fp_mode(s);
+  session_cpu_dtype(s);
   qt_model_tape_opts o = {.max_B = B, .max_T = T, .checkpoint = checkpointing, .ce_chunk_rows = 0,
                           .max_lora_rank = s->lora ? qt_lora_get_config(s->lora)->r : 0,
                           .forward_only = forward_only,
-                          .lora_no_dropout = forward_only || !s->lora || s->cfg.lora.dropout == 0.0};
+                          .lora_no_dropout = forward_only || !s->lora || s->cfg.lora.dropout == 0.0,
+                          .gemm_bf16 = s->cpu_bf16};
   QT_TRY(qt_model_tape_init(s->model, &o, &s->mt));
   if (s->lora) QT_TRY(qt_lora_attach(s->lora, qt_model_tape_get(s->mt)));
   return QT_OK;

@@ -50,6 +50,8 @@ typedef struct {
   qt_prompt prompt;
   bool have_prompt;
   bool fp_flushing;         /* this session turned on training.flush_subnormals */
+  bool cpu_bf16;            /* the CPU tape's GEMMs take bf16 operands (model.compute_dtype bf16) */
+  bool cpu_dtype_said;      /* the CPU compute dtype was logged */
   size_t tokenizer_rss;     /* bytes the tokenizer and prompt builder added to the
                              * resident set as they loaded (measured: their many
                              * small tables have no size formula; the memory plan) */

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # export --format merged, then eval of the merged model equals eval of base +
-# adapter (fp32, same base); export --format peft round-trips.
+# adapter (fp32 compute, same base); export --format peft round-trips.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
 rel() { echo "$1 $2" | awk '{d=$1-$2; if (d<0) d=-d; print d/($2<0?-$2:$2)}'; }
@@ -8,7 +8,8 @@ loss_of() { sed -E 's/.*"loss":([^,]+),.*/\1/' <<< "$1"; }
 
 for quant in none nf4; do
   base_config "$WORK/$quant" > "$WORK/$quant.yaml"
-  sed -i "s/quant: nf4/quant: $quant/; s/max_steps: 8/max_steps: 4/" "$WORK/$quant.yaml"
+  # fp32 compute: the merged model and base + adapter must agree to 1e-5
+  sed -i "s/quant: nf4/quant: $quant/; s/max_steps: 8/max_steps: 4/; s/^model:\$/model:\n  compute_dtype: fp32/" "$WORK/$quant.yaml"
   [ $quant = none ] && sed -i 's/^  quant: none/  quant: none\n  double_quant: false/' "$WORK/$quant.yaml"
   "$QT" "$WORK/$quant.yaml" > "$WORK/$quant.log" 2>&1 || { cat "$WORK/$quant.log"; fail "train ($quant)"; }
   ref=$("$QT" eval "$WORK/$quant.yaml" 2>/dev/null)

@@ -23,6 +23,7 @@ model:
   path: $M
   quant: none
   double_quant: false
+  compute_dtype: fp32
 lora:
   r: 4
   alpha: 8

@@ -16,10 +16,12 @@ mpi() { # mpi N ARGS...: N ranks of qlora-train ARGS
 }
 # dp_config OUTDIR: a tiny run without packing (so that a global step holds
 # the same examples for any world size) and without dropout (masks are drawn
-# per rank), fp32 masters for the comparison of adapters.
+# per rank), fp32 masters for the comparison of adapters, fp32 compute (a
+# bf16 GEMM's bits depend on its row count, which differs between world sizes).
 dp_config() {
   base_config "$1" | sed -e 's/packing: true/packing: false/; s/dropout: 0.1/dropout: 0.0/; /^  eval: /d' \
-                         -e 's/^  alpha: 8$/  alpha: 8\n  master_weights: fp32/'
+                         -e 's/^  alpha: 8$/  alpha: 8\n  master_weights: fp32/' \
+                         -e 's/^model:$/model:\n  compute_dtype: fp32/'
 }
 # close_losses A B REL: same steps, every |a - b| <= REL |a|
 close_losses() {
