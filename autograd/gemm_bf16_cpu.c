@@ -267,3 +267,19 @@ void qt_op_to_bf16_cpu(uint16_t *dst, const float *src, int64_t n) {
     }
   }
 }
+
+void qt_op_transpose_add_cpu(float *dst, int acc, const float *src, int64_t R, int64_t C) {
+  /* 32 x 32 tiles: both sides touch whole cache lines; each element is
+   * written once (the same bits for any thread count) */
+  enum { TB = 32 };
+#pragma omp parallel for if (R * C >= (1 << 16))
+  for (int64_t c0 = 0; c0 < C; c0 += TB)
+    for (int64_t r0 = 0; r0 < R; r0 += TB) {
+      int64_t c1 = c0 + TB < C ? c0 + TB : C, r1 = r0 + TB < R ? r0 + TB : R;
+      for (int64_t c = c0; c < c1; c++)
+        for (int64_t r = r0; r < r1; r++) {
+          float v = src[r * C + c];
+          dst[c * R + r] = acc ? dst[c * R + r] + v : v;
+        }
+    }
+}

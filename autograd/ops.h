@@ -315,6 +315,8 @@ void qt_op_gemm_bf16_cpu(int transA, int transB, int64_t M, int64_t N, int64_t K
                          float beta, float *C, int64_t ldc, void *pad, size_t pad_bytes);
 /* dst (n) = bf16(src), round to nearest even (common/half.h's bits) */
 void qt_op_to_bf16_cpu(uint16_t *dst, const float *src, int64_t n);
+/* dst (C, R) (+)= src (R, C)^T: dst[c][r] = src[r][c], added when acc */
+void qt_op_transpose_add_cpu(float *dst, int acc, const float *src, int64_t R, int64_t C);
 
 /* Work of the bf16 cross-entropy below: Wh the lm_head (V, C) already in bf16;
  * conv (chunk_rows * max(C, V)) bf16 scratch for the other operand; pad at

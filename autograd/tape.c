@@ -340,14 +340,30 @@ static qt_status lora_forward(qt_tape *t, void *y, void *u, const void *x, const
 static qt_status gemm_bf16_w(qt_tape *t, int transB, float *Cm, float beta, const float *A,
                              const void *Wh, int64_t M, int64_t Nn, int64_t K) {
   size_t mark = qt_arena_mark(&t->act);
-  int64_t ldw = transB ? K : Nn;
-  size_t pad_bytes = qt_op_gemm_bf16_pad_bytes(0, transB, M, Nn, K, K, ldw, Nn, 1.0f, beta);
-  void *ah, *pad = NULL;
+  void *ah, *pad = NULL, *ct = NULL;
   QT_TRY(arena_alloc(&t->act, "bf16 GEMM operand", (size_t)(M * K) * 2, &ah));
+  size_t pad_bytes;
+  if (transB) { /* y = x W^T: W (Nn, K) is oneDNN's weights operand, as stored */
+    pad_bytes = qt_op_gemm_bf16_pad_bytes(0, 1, M, Nn, K, K, K, Nn, 1.0f, beta);
+  } else {
+    /* dx = dy W as dx^T (Nn, M) = W^T dy^T: the weight becomes oneDNN's source
+     * operand instead of its weights operand in the (K, N) row-major layout,
+     * which oneDNN 2.6's AMX kernel handled slowest (2 cores, an 8192 x 2048
+     * weight, rows 181 / 361 / 512: 15.0 / 43.9 / 47.4 ms as before, 9.9 /
+     * 27.8 / 41.5 ms this way); dx^T goes to a work buffer, transposed in. */
+    pad_bytes = qt_op_gemm_bf16_pad_bytes(1, 1, Nn, M, K, Nn, K, M, 1.0f, 0.0f);
+    QT_TRY(arena_alloc(&t->act, "bf16 GEMM transposed result", (size_t)(Nn * M) * sizeof(float),
+                       &ct));
+  }
   if (pad_bytes) QT_TRY(arena_alloc(&t->act, "oneDNN scratchpad", pad_bytes, &pad));
   if (!t->measuring) {
     qt_op_to_bf16_cpu(ah, A, M * K);
-    qt_op_gemm_bf16_cpu(0, transB, M, Nn, K, 1.0f, ah, K, Wh, ldw, beta, Cm, Nn, pad, pad_bytes);
+    if (transB) {
+      qt_op_gemm_bf16_cpu(0, 1, M, Nn, K, 1.0f, ah, K, Wh, K, beta, Cm, Nn, pad, pad_bytes);
+    } else {
+      qt_op_gemm_bf16_cpu(1, 1, Nn, M, K, 1.0f, Wh, Nn, ah, K, 0.0f, ct, M, pad, pad_bytes);
+      qt_op_transpose_add_cpu(Cm, beta != 0.0f, ct, Nn, M);
+    }
   }
   qt_arena_rewind(&t->act, mark);
   return QT_OK;
@@ -733,6 +749,11 @@ qt_status qt_tape_layer(qt_tape *t, qt_tape_layer_fn fn, void *ctx, int32_t in, 
   if (!checkpoint) return fn(t, ctx, in, out);
   QT_ASSERTF(!t->in_checkpoint, "autograd: checkpointed layers cannot nest");
   const tape_tensor *X = T_(t, in);
+  /* backward gives the input a fresh gradient buffer that the recompute sets
+   * (backward_layer): right for an op output, wrong for a trainable tensor,
+   * whose gradient is the caller's buffer and is added to */
+  QT_ASSERTF(X->kind == KIND_ACTIVATION || !X->requires_grad,
+             "autograd: the input of a checkpointed layer must be an op output, not %s", X->name);
   int32_t y;
   QT_TRY(new_tensor(t, KIND_ACTIVATION, NULL, X->rows, X->cols, false, "layer", &y));
   int32_t mark_tensors = t->n_tensors, mark_nodes = t->n_nodes;

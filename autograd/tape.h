@@ -39,6 +39,7 @@
  * discards it. fn must therefore be deterministic given (ctx, input values) —
  * e.g. dropout masks keyed by a counter, not drawn from a running RNG — and
  * must map its input to an output of the same shape (a decoder layer does).
+ * The input of a checkpointed layer is an op output (or has no gradient).
  * Gradients are bit-identical with and without checkpointing.
  *
  * Int arrays (ids, positions, document ids, targets), dropout masks, inv_freq

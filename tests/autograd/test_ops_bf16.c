@@ -145,8 +145,11 @@ static qt_status fill_w2(void *ctx, void *dst) {
 
 static qt_status layer(qt_tape *t, void *ctx, int32_t in, int32_t *out) {
   tctx *c = ctx;
-  int32_t h;
-  QT_TRY(qt_tape_linear(t, in, c->w1, c->bias1, NULL, &h));
+  int32_t h1, h2, h;
+  /* in feeds two linears: its gradient is set by one and added to by the other */
+  QT_TRY(qt_tape_linear(t, in, c->w1, c->bias1, NULL, &h1));
+  QT_TRY(qt_tape_linear(t, in, c->w1, -1, NULL, &h2));
+  QT_TRY(qt_tape_add(t, h1, h2, &h));
   qt_tape_weight_src src = {.rows = TC, .cols = TI, .fill = fill_w2, .ctx = c, .name = "w2"};
   qt_tape_lora lo = {.A = c->A, .B = c->B, .scale = 2.0, .mask = NULL, .keep_scale = 1.0};
   return qt_tape_linear_src(t, h, &src, -1, &lo, out);
@@ -154,7 +157,7 @@ static qt_status layer(qt_tape *t, void *ctx, int32_t in, int32_t *out) {
 
 typedef struct {
   double loss;
-  float gA[TR * TI], gB[TC * TR];
+  float gA[TR * TI], gB[TC * TR], gx[TN * TC];
 } tape_out;
 
 static void tape_run(bool bf16, bool fused, bool ckpt, tape_out *o) {
@@ -173,6 +176,7 @@ static void tape_run(bool bf16, bool fused, bool ckpt, tape_out *o) {
     assert_int_equal((pass ? qt_tape_init : qt_tape_init_measure)(&t, QT_F32, &cfg), QT_OK);
     memset(o->gA, 0, sizeof o->gA);
     memset(o->gB, 0, sizeof o->gB);
+    memset(o->gx, 0, sizeof o->gx);
     tctx c = {.w2 = w2};
     int32_t ix, ilm, y, loss;
     assert_int_equal(qt_tape_frozen(t, "w1", w1, TI, TC, &c.w1), QT_OK);
@@ -180,8 +184,12 @@ static void tape_run(bool bf16, bool fused, bool ckpt, tape_out *o) {
     assert_int_equal(qt_tape_frozen(t, "lm_head", lm, TV, TC, &ilm), QT_OK);
     assert_int_equal(qt_tape_trainable(t, "A", A, o->gA, TR, TI, &c.A), QT_OK);
     assert_int_equal(qt_tape_trainable(t, "B", B, o->gB, TC, TR, &c.B), QT_OK);
-    assert_int_equal(qt_tape_constant(t, x, TN, TC, &ix), QT_OK);
-    assert_int_equal(qt_tape_layer(t, layer, &c, ix, ckpt, &y), QT_OK);
+    /* x trainable: its gradient runs through every backward GEMM (dx of both
+     * linear kinds, set and accumulated) */
+    assert_int_equal(qt_tape_trainable(t, "x", x, o->gx, TN, TC, &ix), QT_OK);
+    int32_t xs; /* a checkpointed layer's input is an op output (tape.h) */
+    assert_int_equal(qt_tape_scale(t, ix, 1.0, &xs), QT_OK);
+    assert_int_equal(qt_tape_layer(t, layer, &c, xs, ckpt, &y), QT_OK);
     double sum;
     int64_t cnt;
     assert_int_equal(qt_tape_cross_entropy(t, y, ilm, targets, &loss, &sum, &cnt), QT_OK);
@@ -215,17 +223,20 @@ static void test_tape_bf16(void **st) {
     tape_run(true, fused, ckpt, &b1);
     tape_run(true, fused, ckpt, &b2);
     double dl = fabs(b1.loss - f32.loss) / fabs(f32.loss);
-    double ea = rel(b1.gA, f32.gA, TR * TI), eb = rel(b1.gB, f32.gB, TC * TR);
+    double ea = rel(b1.gA, f32.gA, TR * TI), eb = rel(b1.gB, f32.gB, TC * TR),
+           ex = rel(b1.gx, f32.gx, TN * TC);
     print_message("fused %d ckpt %d: loss fp32 %.9g bf16 %.9g (rel %.2e), grad A rel %.2e, "
-                  "grad B rel %.2e\n", fused, ckpt, f32.loss, b1.loss, dl, ea, eb);
+                  "grad B rel %.2e, grad x rel %.2e\n", fused, ckpt, f32.loss, b1.loss, dl, ea, eb, ex);
     /* bf16 operands: 8 significant bits, ~2e-3 relative per operand; sums of
      * many products average it down. Above 1e-2 something other than the
      * operand rounding differs; exactly equal means the bf16 path did not run. */
-    assert_true(dl < 1e-2 && ea < 3e-2 && eb < 3e-2);
+    assert_true(dl < 1e-2 && ea < 3e-2 && eb < 3e-2 && ex < 3e-2);
+    assert_true(ex > 0);
     assert_true(dl > 0 || ea > 0);
     assert_true(b1.loss == b2.loss);
     assert_memory_equal(b1.gA, b2.gA, sizeof b1.gA);
     assert_memory_equal(b1.gB, b2.gB, sizeof b1.gB);
+    assert_memory_equal(b1.gx, b2.gx, sizeof b1.gx);
   }
 }
 
