@@ -319,12 +319,13 @@ void qt_op_to_bf16_cpu(uint16_t *dst, const float *src, int64_t n);
 void qt_op_transpose_add_cpu(float *dst, int acc, const float *src, int64_t R, int64_t C);
 
 /* Work of the bf16 cross-entropy below: Wh the lm_head (V, C) already in bf16;
- * conv (chunk_rows * max(C, V)) bf16 scratch for the other operand; pad at
- * least the largest qt_op_gemm_bf16_pad_bytes of the op's GEMMs
- * (qt_op_cross_entropy_bf16_pad_bytes). */
+ * conv (chunk_rows * max(C, V)) bf16 scratch for the other operand; ct
+ * (C * chunk_rows) fp32 scratch (the input gradient is formed transposed, as
+ * in tape.c's linears); pad at least qt_op_cross_entropy_bf16_pad_bytes. */
 typedef struct {
   const uint16_t *Wh;
   uint16_t *conv;
+  float *ct;
   void *pad;
   size_t pad_bytes;
 } qt_op_bf16_work;

@@ -663,14 +663,16 @@ qt_status qt_tape_slice_cols(qt_tape *t, int32_t x, int64_t c0, int64_t width, i
  * bf16 copy and oneDNN's scratchpad; the caller rewinds. */
 static qt_status ce_bf16_work(qt_tape *t, const void *W, int64_t N, int64_t C, int64_t V,
                               int64_t chunk, qt_op_bf16_work *bw) {
-  void *wh, *conv, *pad = NULL;
+  void *wh, *conv, *ct, *pad = NULL;
   size_t pad_bytes = qt_op_cross_entropy_bf16_pad_bytes(chunk, N, C, V);
   QT_TRY(arena_alloc(&t->act, "bf16 lm_head", (size_t)(V * C) * 2, &wh));
   QT_TRY(arena_alloc(&t->act, "bf16 cross-entropy operand", (size_t)(chunk * (C > V ? C : V)) * 2,
                      &conv));
+  QT_TRY(arena_alloc(&t->act, "cross-entropy transposed dx", (size_t)(chunk * C) * sizeof(float),
+                     &ct));
   if (pad_bytes) QT_TRY(arena_alloc(&t->act, "oneDNN scratchpad", pad_bytes, &pad));
   if (!t->measuring) qt_op_to_bf16_cpu(wh, W, V * C);
-  *bw = (qt_op_bf16_work){.Wh = wh, .conv = conv, .pad = pad, .pad_bytes = pad_bytes};
+  *bw = (qt_op_bf16_work){.Wh = wh, .conv = conv, .ct = ct, .pad = pad, .pad_bytes = pad_bytes};
   return QT_OK;
 }
 
