@@ -37,6 +37,47 @@ the last step). `report` turns the rows bench_train.sh collected into the
 markdown table of bench/RESULTS.md (model FLOPs per token and utilisation as
 defined there).
 
+`rows` and `train-lora` are the transformers + PEFT side of
+bench/bench_cpu_sizes.sh (issue 18 item 4):
+
+    python bench/bench_train_hf.py rows --model DIR --data FILE --format alpaca|text --seq 512
+        [--packing] --steps N
+    python bench/bench_train_hf.py train-lora --model DIR --data FILE --format alpaca|text --seq 512
+        [--packing] --threads N --dtype fp32|bf16 [--steps 8] [--warmup 2] [--r 16] [--alpha 32]
+        [--dropout 0.05] [--lr 2e-4]
+    python bench/bench_train_hf.py report-lora --rows rows.jsonl
+
+`rows` rebuilds, in Python with the `tokenizers` library and the model's
+tokenizer.json, the first --steps training rows that qlora-train makes of the
+file with data.shuffle false and micro-batch 1 (data/prompt.c, data/dataset.c,
+data/loader.c): the alpaca prompt of axolotl (the no-input variant when
+"input" is empty) + output, tokenized as one string with BOS when the tokenizer
+adds one (tokenizer_config.json add_bos_token, else a TemplateProcessing
+post-processor that starts with BOS), EOS appended, the first
+len([BOS] prompt) labels -100 (train_on_prompt false); text: [BOS] text EOS,
+every token a target; examples cut to --seq tokens; --packing appends whole
+examples to a row while they fit (never split, the label at each document's
+first token -100, positions restarting per document). It prints one JSON line:
+tokens per row ("step_tokens"), documents per row, and "attn_keys" per row
+(sum over documents of n (n + 1) / 2: keys attended under per-document causal
+attention), which report-lora turns into attention FLOPs.
+
+`train-lora` trains on exactly those rows, one per step (micro-batch 1, no
+padding, no gradient accumulation): the base loaded with dtype float32 or
+bfloat16, model.gradient_checkpointing_enable(use_reentrant False), PEFT
+LoraConfig(r, alpha, dropout, bias none) on q,k,v,o,gate,up,down (the adapters
+in whatever dtype PEFT gives them), torch.optim.AdamW (0.9/0.999, eps 1e-8, no
+weight decay, fp32 state, constant lr), clipping at 1.0. A packed row goes in
+with position_ids restarting per document and no attention_mask, from which
+transformers (masking_utils.find_packed_sequence_indices) builds the same
+block-diagonal causal mask as qlora-train. A step is forward + backward + clip
++ optimizer step + zero_grad, timed with perf_counter; tokens/s = tokens of the
+steps after --warmup / their summed time. Peak memory = ru_maxrss of the
+process (rss_after_load_mib: VmRSS after loading + PEFT wrapping). One JSON line.
+
+`report-lora` turns the rows bench_cpu_sizes.sh collected into its markdown
+tables (one per model); lora_flops' docstring has the FLOP formula.
+
 Needs torch, transformers, peft, tokenizers, numpy: the reference virtualenv
 (/work/venv-ref, or tools/reference/setup_venv.sh). Set OMP_NUM_THREADS /
 OPENBLAS_NUM_THREADS before starting it (bench_train.sh does).
@@ -238,6 +279,253 @@ def cmd_report(a) -> int:
     return 0
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALPACA_INPUT_HEAD = ("Below is an instruction that describes a task, paired with an input that provides further "
+                     "context. Write a response that appropriately completes the request.\n\n### Instruction:\n")
+ALPACA_INPUT_MID = "\n\n### Input:\n"
+ALPACA_NOINPUT_HEAD = ("Below is an instruction that describes a task. Write a response that appropriately "
+                       "completes the request.\n\n### Instruction:\n")
+ALPACA_TAIL = "\n\n### Response:\n"
+
+
+def _special_ids(model_dir: str, tok):
+    """BOS / EOS ids and whether BOS is prepended, as data/tokenizer.c and data/prompt.c decide."""
+    def load(name):
+        path = os.path.join(model_dir, name)
+        return json.load(open(path)) if os.path.exists(path) else {}
+    cfg, tcfg, tj = load("config.json"), load("tokenizer_config.json"), load("tokenizer.json")
+
+    def tok_id(v):
+        if isinstance(v, dict):
+            v = v.get("content")
+        return tok.token_to_id(v) if isinstance(v, str) else None
+    bos = cfg.get("bos_token_id")
+    eos = cfg.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0]
+    if bos is None:
+        bos = tok_id(tcfg.get("bos_token"))
+    if eos is None:
+        eos = tok_id(tcfg.get("eos_token"))
+    if "add_bos_token" in tcfg and tcfg["add_bos_token"] is not None:
+        add_bos = bool(tcfg["add_bos_token"])
+    else:
+        add_bos = False
+        bos_tok = tok.id_to_token(bos) if bos is not None else None
+
+        def starts(pp):
+            if not isinstance(pp, dict):
+                return False
+            if pp.get("type") == "Sequence":
+                return any(starts(x) for x in pp.get("processors", []))
+            if pp.get("type") != "TemplateProcessing":
+                return False
+            single = pp.get("single") or []
+            return bool(single) and "SpecialToken" in single[0] and single[0]["SpecialToken"].get("id") == bos_tok
+        add_bos = bos_tok is not None and starts(tj.get("post_processor"))
+    return bos, eos, add_bos
+
+
+def _records(path: str, fmt: str):
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        head = fh.read(4096).lstrip("\ufeff").lstrip()
+    if head.startswith("["):
+        yield from json.load(open(path, encoding="utf-8", errors="replace"))
+    else:
+        for line in open(path, encoding="utf-8", errors="replace"):
+            if line.strip():
+                yield json.loads(line)
+
+
+def build_rows(model_dir: str, data: str, fmt: str, seq: int, packing: bool, n_rows: int):
+    """The first n_rows rows qlora-train trains on (shuffle false, micro-batch 1): list of dicts
+    ids, labels, pos, docs (document lengths)."""
+    import tokenizers
+    tok = tokenizers.Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    bos, eos, add_bos = _special_ids(model_dir, tok)
+
+    def enc(text):
+        ids = tok.encode(text, add_special_tokens=False).ids
+        return ([bos] if add_bos else []) + ids
+
+    def example(r):
+        if fmt == "text":
+            ids = enc(r["text"]) + [eos]
+            labels = list(ids)
+        elif fmt == "alpaca":
+            inp = r.get("input")
+            has_input = isinstance(inp, str) and len(inp) > 0
+            prompt = (ALPACA_INPUT_HEAD if has_input else ALPACA_NOINPUT_HEAD) + r["instruction"]
+            if has_input:
+                prompt += ALPACA_INPUT_MID + inp
+            prompt += ALPACA_TAIL
+            n_prompt = len(enc(prompt))
+            ids = enc(prompt + r["output"]) + [eos]
+            labels = [-100 if (i < n_prompt and i < len(ids) - 1) else t for i, t in enumerate(ids)]
+        else:
+            raise SystemExit(f"bench_train_hf.py: format {fmt} is not supported here (alpaca, text)")
+        return ids[:seq], labels[:seq]
+
+    rows, cur = [], None
+
+    def close(row):
+        rows.append(row)
+
+    for rec in _records(data, fmt):
+        ids, labels = example(rec)
+        labels = [-100] + labels[1:]  # the loader masks every document's first token
+        if not packing:
+            close({"ids": ids, "labels": labels, "pos": list(range(len(ids))), "docs": [len(ids)]})
+        else:
+            if cur is not None and len(cur["ids"]) + len(ids) > seq:
+                close(cur)
+                cur = None
+            if cur is None:
+                cur = {"ids": [], "labels": [], "pos": [], "docs": []}
+            cur["ids"] += ids
+            cur["labels"] += labels
+            cur["pos"] += list(range(len(ids)))
+            cur["docs"].append(len(ids))
+        if len(rows) >= n_rows:
+            break
+    if packing and cur is not None and len(rows) < n_rows:
+        close(cur)
+    if len(rows) < n_rows:
+        raise SystemExit(f"bench_train_hf.py: {data}: only {len(rows)} rows, need {n_rows}")
+    return rows[:n_rows]
+
+
+def _rows_summary(rows):
+    return {"step_tokens": [len(r["ids"]) for r in rows], "docs": [len(r["docs"]) for r in rows],
+            "attn_keys": [sum(n * (n + 1) // 2 for n in r["docs"]) for r in rows],
+            "targets": [sum(1 for i, l in enumerate(r["labels"]) if l != -100 and i > 0) for r in rows]}
+
+
+def cmd_rows(a) -> int:
+    rows = build_rows(a.model, a.data, a.format, a.seq, a.packing, a.steps)
+    print(json.dumps(_rows_summary(rows)))
+    return 0
+
+
+def cmd_train_lora(a) -> int:
+    import torch
+    import transformers
+    import peft
+    from transformers import AutoModelForCausalLM
+    from peft import LoraConfig, get_peft_model
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    rows = build_rows(a.model, a.data, a.format, a.seq, a.packing, a.steps)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    t_load = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lcfg = LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias="none", task_type="CAUSAL_LM",
+                      target_modules=LORA_TARGETS)
+    model = get_peft_model(model, lcfg)
+    model.train()
+    load_s = time.perf_counter() - t_load
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    lora_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in trainable})
+    opt = torch.optim.AdamW(trainable, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    rss_load = current_rss_mib()
+
+    step_s, losses = [], []
+    for r in rows:
+        x = torch.tensor([r["ids"]], dtype=torch.long)
+        y = torch.tensor([r["labels"]], dtype=torch.long)
+        kw = {}
+        if len(r["docs"]) > 1:  # packed: per-document positions -> block-diagonal causal mask
+            kw["position_ids"] = torch.tensor([r["pos"]], dtype=torch.long)
+        t0 = time.perf_counter()
+        out = model(input_ids=x, labels=y, use_cache=False, **kw)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step_s.append(time.perf_counter() - t0)
+        losses.append(float(out.loss.detach().float()))
+    toks = [len(r["ids"]) for r in rows]
+    tps = sum(toks[a.warmup:]) / sum(step_s[a.warmup:])
+    res = {"tokens_per_s": round(tps, 2), "peak_rss_mib": round(rss_mib(), 1),
+           "rss_after_load_mib": round(rss_load, 1), "load_s": round(load_s, 1),
+           "step_s": [round(t, 3) for t in step_s], "step_tokens": toks, "losses": [round(v, 6) for v in losses],
+           "threads": a.threads, "dtype": a.dtype, "lora_dtypes": lora_dtypes,
+           "attn_implementation": getattr(model.config, "_attn_implementation", None),
+           "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                        "transformers": transformers.__version__, "peft": peft.__version__}}
+    res.update({"rows_" + k: v for k, v in _rows_summary(rows).items()})
+    print(json.dumps(res))
+    return 0
+
+
+def lora_flops(model_dir: str, tokens: int, attn_keys: int):
+    """Model FLOPs per token for bench_cpu_sizes.sh (gradient checkpointing's recompute NOT counted,
+    LoRA's own FLOPs not counted):
+      4 x P_lin            decoder linears, P_lin = L (C H D + 2 C KV D + H D C + 3 C F):
+                           forward 2 + input-gradient backward 2 (the base is frozen: no weight gradient)
+      + 4 x V x C          lm_head, the same
+      + 12 x L x H D x k   attention: forward Q K^T and P V 4 H D k, backward dQ dK dV dP 8 H D k,
+                           k = keys per query averaged over the timed tokens = sum over documents of
+                           n (n + 1) / 2 / tokens (per-document causal attention; about T_avg / 2)."""
+    c = json.load(open(os.path.join(model_dir, "config.json")))
+    C, L, F, V = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
+    H = c["num_attention_heads"]
+    KV = c.get("num_key_value_heads") or H
+    D = c.get("head_dim") or C // H
+    lin = L * (C * H * D + 2 * C * KV * D + H * D * C + 3 * C * F)
+    k = attn_keys / tokens
+    return 4 * lin + 4 * V * C + 12 * L * H * D * k, k
+
+
+def cmd_report_lora(a) -> int:
+    rows = [json.loads(line) for line in open(a.rows) if line.strip()]
+    models = []
+    for r in rows:
+        if r["model"] not in models:
+            models.append(r["model"])
+    out = []
+    for m in models:
+        mr = [r for r in rows if r["model"] == m]
+        g = mr[0]
+        out.append(f"#### {m} ({g['model_dir']}): sgemm (OpenBLAS) {g['gemm_fp32']:.0f} GFLOP/s, "
+                   f"oneDNN bf16 {g['gemm_bf16']:.0f} GFLOP/s on {g['gemm_shape']}")
+        out.append("")
+        out.append("| workload | stack | base | compute | tokens/s | MFU | peak RSS MiB | plan MiB "
+                   "| ratio vs HF same precision (tok/s, memory) |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        hf = {(r["workload"], r["compute"]): r for r in mr if r["stack"] == "transformers+PEFT"}
+        for r in mr:
+            if r.get("failed"):
+                out.append(f"| {r['workload']} | {r['stack']} | {r['base']} | {r['compute']} | failed: "
+                           f"{r['failed']} | - | - | - | - |")
+                continue
+            f, k = lora_flops(r["model_dir"], r["timed_tokens"], r["timed_attn_keys"])
+            rate = g["gemm_bf16"] if r["compute"] == "bf16" else g["gemm_fp32"]
+            mfu = r["tokens_per_s"] * f / 1e9 / rate if rate else float("nan")
+            if r["stack"] == "qlora-train":
+                mem = f"{r['peak_rss_mib']:.0f} ({r['time_rss_mib']:.0f})"
+                plan = f"{r['plan_mib']:.0f}"
+            else:
+                mem, plan = f"{r['peak_rss_mib']:.0f}", "-"
+            h = hf.get((r["workload"], r["compute"]))
+            if h and not h.get("failed") and r["stack"] != "transformers+PEFT":
+                ratio = f"{r['tokens_per_s'] / h['tokens_per_s']:.2f}x, {r['peak_rss_mib'] / h['peak_rss_mib']:.2f}x"
+            else:
+                ratio = "-"
+            mark = " †" if r.get("other_pct", 0) > 10 else ""
+            out.append(f"| {r['workload']} | {r['stack']} | {r['base']} | {r['compute']} | "
+                       f"{r['tokens_per_s']:.1f}{mark} | {100 * mfu:.1f}% | {mem} | {plan} | {ratio} |")
+        if any(r.get("other_pct", 0) > 10 for r in mr if not r.get("failed")):
+            out.append("")
+            out.append("† other processes used more than 10% of the machine during this run (see the notes).")
+        out.append("")
+    print("\n".join(out).rstrip())
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -261,7 +549,33 @@ def main() -> int:
     m.add_argument("--warmup", type=int, default=2)
     r = sub.add_parser("report")
     r.add_argument("--rows", required=True)
+    for name in ("rows", "train-lora"):
+        x = sub.add_parser(name)
+        x.add_argument("--model", required=True)
+        x.add_argument("--data", required=True)
+        x.add_argument("--format", choices=("alpaca", "text"), required=True)
+        x.add_argument("--seq", type=int, default=512)
+        x.add_argument("--packing", action="store_true")
+        x.add_argument("--steps", type=int, default=8)
+        if name == "train-lora":
+            x.add_argument("--threads", type=int, required=True)
+            x.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+            x.add_argument("--warmup", type=int, default=2)
+            x.add_argument("--r", type=int, default=16)
+            x.add_argument("--alpha", type=float, default=32)
+            x.add_argument("--dropout", type=float, default=0.05)
+            x.add_argument("--lr", type=float, default=2e-4)
+    x = sub.add_parser("report-lora")
+    x.add_argument("--rows", required=True)
     a = p.parse_args()
+    if a.cmd == "rows":
+        return cmd_rows(a)
+    if a.cmd == "report-lora":
+        return cmd_report_lora(a)
+    if a.cmd == "train-lora":
+        if a.steps <= a.warmup:
+            p.error("--steps must exceed --warmup")
+        return cmd_train_lora(a)
     if a.cmd == "metrics":
         return cmd_metrics(a)
     if a.cmd == "report":
