@@ -335,35 +335,32 @@ static qt_status lora_forward(qt_tape *t, void *y, void *u, const void *x, const
 
 /* C (M, Nn) = A (M, K) op(Wh) (+ C when beta = 1) on a gemm_bf16 tape: A is
  * rounded to bf16 here, Wh is already bf16, (Nn, K) when transB, else (K, Nn).
- * A's copy and oneDNN's scratchpad are work buffers of the activation arena,
- * released before return. */
+ * Both directions are formed transposed, C^T (Nn, M) = op(Wh)^T A^T, with the
+ * weight as oneDNN's source operand (read in place) and the activations as its
+ * "weights" operand (repacked: M x K values, not Nn x K), then transposed into
+ * C. The plain orientation repacked the weight on every call, and oneDNN 2.6's
+ * AMX kernel had row counts it handled 3-4x slower (2 cores, 8192 x 2048 bf16
+ * weight: y = x W^T at 290 / 345 / 354 rows took 29.4 / 14.2 / 41.2 ms, this
+ * way 8.9 / 10.9 / 9.8 ms; dx = dy W at 181 / 361 rows 15.0 / 43.9 ms, this way
+ * 9.9 / 27.8 ms; within 20% either way at the other row counts measured).
+ * A's copy, C^T and oneDNN's scratchpad are work buffers of the activation
+ * arena, released before return. */
 static qt_status gemm_bf16_w(qt_tape *t, int transB, float *Cm, float beta, const float *A,
                              const void *Wh, int64_t M, int64_t Nn, int64_t K) {
   size_t mark = qt_arena_mark(&t->act);
-  void *ah, *pad = NULL, *ct = NULL;
+  void *ah, *ct, *pad = NULL;
+  /* op(Wh)^T (Nn, K): Wh as stored when transB (ld K), else Wh (K, Nn) transposed (ld Nn) */
+  int ta = transB ? 0 : 1;
+  int64_t ldw = transB ? K : Nn;
+  size_t pad_bytes = qt_op_gemm_bf16_pad_bytes(ta, 1, Nn, M, K, ldw, K, M, 1.0f, 0.0f);
   QT_TRY(arena_alloc(&t->act, "bf16 GEMM operand", (size_t)(M * K) * 2, &ah));
-  size_t pad_bytes;
-  if (transB) { /* y = x W^T: W (Nn, K) is oneDNN's weights operand, as stored */
-    pad_bytes = qt_op_gemm_bf16_pad_bytes(0, 1, M, Nn, K, K, K, Nn, 1.0f, beta);
-  } else {
-    /* dx = dy W as dx^T (Nn, M) = W^T dy^T: the weight becomes oneDNN's source
-     * operand instead of its weights operand in the (K, N) row-major layout,
-     * which oneDNN 2.6's AMX kernel handled slowest (2 cores, an 8192 x 2048
-     * weight, rows 181 / 361 / 512: 15.0 / 43.9 / 47.4 ms as before, 9.9 /
-     * 27.8 / 41.5 ms this way); dx^T goes to a work buffer, transposed in. */
-    pad_bytes = qt_op_gemm_bf16_pad_bytes(1, 1, Nn, M, K, Nn, K, M, 1.0f, 0.0f);
-    QT_TRY(arena_alloc(&t->act, "bf16 GEMM transposed result", (size_t)(Nn * M) * sizeof(float),
-                       &ct));
-  }
+  QT_TRY(arena_alloc(&t->act, "bf16 GEMM transposed result", (size_t)(Nn * M) * sizeof(float),
+                     &ct));
   if (pad_bytes) QT_TRY(arena_alloc(&t->act, "oneDNN scratchpad", pad_bytes, &pad));
   if (!t->measuring) {
     qt_op_to_bf16_cpu(ah, A, M * K);
-    if (transB) {
-      qt_op_gemm_bf16_cpu(0, 1, M, Nn, K, 1.0f, ah, K, Wh, K, beta, Cm, Nn, pad, pad_bytes);
-    } else {
-      qt_op_gemm_bf16_cpu(1, 1, Nn, M, K, 1.0f, Wh, Nn, ah, K, 0.0f, ct, M, pad, pad_bytes);
-      qt_op_transpose_add_cpu(Cm, beta != 0.0f, ct, Nn, M);
-    }
+    qt_op_gemm_bf16_cpu(ta, 1, Nn, M, K, 1.0f, Wh, ldw, ah, K, 0.0f, ct, M, pad, pad_bytes);
+    qt_op_transpose_add_cpu(Cm, beta != 0.0f, ct, Nn, M);
   }
   qt_arena_rewind(&t->act, mark);
   return QT_OK;
