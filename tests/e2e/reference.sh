@@ -43,34 +43,35 @@ output:
   dir: $WORK/out
 YAML
 tr -d ' \n' < "$GOLD/losses.json" | sed -E 's/.*"loss":\[([^]]*)\].*/\1/' | tr ',' '\n' > "$WORK/ref.txt"
+# run LOG OUT [--set ...]: trains the reference config, writes the 20 per-step losses to OUT
+run() {
+  local log=$1 out=$2
+  shift 2
+  rm -rf "$WORK/out"
+  "$QT" "$WORK/ref.yaml" "$@" > "$log" 2>&1 || { cat "$log"; fail "training ($*)"; }
+  losses "$WORK/out/metrics.jsonl" | awk '{print $2}' > "$out"
+  [ "$(wc -l < "$out")" -eq 20 ] || fail "expected 20 steps ($*)"
+}
+# within OURS LABEL TOL: every step's loss within TOL relative of transformers + PEFT's
+within() {
+  paste "$1" "$WORK/ref.txt" | awk -v label="$2" -v tol="$3" '
+    { d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > worst) worst = r;
+      printf "step %2d: qlora-train%s %.9f  transformers+PEFT fp32 %.9f  rel %.2e\n", NR, label, $1, $2, r }
+    END { printf "worst relative difference %.3e\n", worst; exit !(worst <= tol) }'
+}
 # both subnormal modes: flushed to zero (the default, training.flush_subnormals)
 # and IEEE; transformers + PEFT ran in IEEE mode
 for flush in true false; do
-  rm -rf "$WORK/out"
-  "$QT" "$WORK/ref.yaml" --set training.flush_subnormals=$flush > "$WORK/train.log" 2>&1 ||
-    { cat "$WORK/train.log"; fail "training (flush_subnormals $flush)"; }
-  losses "$WORK/out/metrics.jsonl" | awk '{print $2}' > "$WORK/ours.txt"
-  [ "$(wc -l < "$WORK/ours.txt")" -eq 20 ] || fail "expected 20 steps"
+  run "$WORK/train.log" "$WORK/ours-fp32.txt" --set training.flush_subnormals=$flush
   echo "training.flush_subnormals: $flush"
-  paste "$WORK/ours.txt" "$WORK/ref.txt" | awk '
-    { d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > worst) worst = r;
-      printf "step %2d: qlora-train %.9f  transformers+PEFT %.9f  rel %.2e\n", NR, $1, $2, r }
-    END { printf "worst relative difference %.3e\n", worst; exit !(worst <= 1e-4) }' \
+  within "$WORK/ours-fp32.txt" "" 1e-4 \
     || fail "per-step losses differ from transformers + PEFT by more than 1e-4 (flush_subnormals $flush)"
 done
-cp "$WORK/ours.txt" "$WORK/ours-fp32.txt"
-rm -rf "$WORK/out"
-"$QT" "$WORK/ref.yaml" --set model.compute_dtype=bf16 > "$WORK/bf16.log" 2>&1 ||
-  { cat "$WORK/bf16.log"; fail "training (compute_dtype bf16)"; }
+run "$WORK/bf16.log" "$WORK/ours-bf16.txt" --set model.compute_dtype=bf16
 if grep -q "bf16 operands" "$WORK/bf16.log"; then
-  losses "$WORK/out/metrics.jsonl" | awk '{print $2}' > "$WORK/ours-bf16.txt"
-  [ "$(wc -l < "$WORK/ours-bf16.txt")" -eq 20 ] || fail "expected 20 steps (bf16)"
   ! cmp -s "$WORK/ours-bf16.txt" "$WORK/ours-fp32.txt" || fail "compute_dtype bf16 gave the fp32 losses"
   echo "model.compute_dtype: bf16"
-  paste "$WORK/ours-bf16.txt" "$WORK/ref.txt" | awk '
-    { d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > worst) worst = r;
-      printf "step %2d: qlora-train bf16 %.9f  transformers+PEFT fp32 %.9f  rel %.2e\n", NR, $1, $2, r }
-    END { printf "worst relative difference %.3e\n", worst; exit !(worst <= 2e-2) }' \
+  within "$WORK/ours-bf16.txt" " bf16" 2e-2 \
     || fail "bf16 per-step losses differ from transformers + PEFT fp32 by more than 2e-2"
   pass "20 steps match transformers + PEFT within 1e-4 (fp32; subnormals flushed and IEEE) and 2e-2 (bf16 GEMMs)"
 else
