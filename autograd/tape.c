@@ -394,6 +394,12 @@ static qt_status weight_src_bf16(qt_tape *t, const qt_tape_weight_src *W, void *
   return s;
 }
 
+/* y (N, O) = bias in every row, before a bf16 GEMM adds x W^T (beta 1) */
+static void bias_rows(const qt_tape *t, void *y, const void *bias, int64_t N, int64_t O) {
+  if (!bias || t->measuring) return;
+  for (int64_t n = 0; n < N; n++) memcpy((float *)y + n * O, bias, (size_t)O * sizeof(float));
+}
+
 /* The base linear's GEMMs: forward y (N, O) = x W^T (+ bias), backward
  * dx (N, In) (+)= dy W; fp32 (ops.h qt_op_linear_*_cpu) or bf16 operands. */
 static qt_status linear_fwd(qt_tape *t, void *y, const void *x, const void *W, const void *bias,
@@ -402,8 +408,7 @@ static qt_status linear_fwd(qt_tape *t, void *y, const void *x, const void *W, c
     KRUN(t, qt_op_linear_forward_cpu, y, x, W, bias, N, In, O);
     return QT_OK;
   }
-  if (bias && !t->measuring)
-    for (int64_t n = 0; n < N; n++) memcpy((float *)y + n * O, bias, (size_t)O * sizeof(float));
+  bias_rows(t, y, bias, N, O);
   return gemm_bf16(t, 1, y, bias ? 1.0f : 0.0f, x, W, N, O, In);
 }
 
@@ -500,8 +505,7 @@ qt_status qt_tape_linear_src(qt_tape *t, int32_t x, const qt_tape_weight_src *W,
   qt_status s;
   if (t->cfg.gemm_bf16) { /* the weight straight to bf16 (no fp32 copy when fill_bf16) */
     s = weight_src_bf16(t, W, &w);
-    if (s == QT_OK && bd && !t->measuring)
-      for (int64_t r = 0; r < N; r++) memcpy((float *)yd + r * O, bd, (size_t)O * sizeof(float));
+    if (s == QT_OK) bias_rows(t, yd, bd, N, O);
     if (s == QT_OK) s = gemm_bf16_w(t, 1, yd, bd ? 1.0f : 0.0f, T_(t, x)->data, w, N, O, In);
   } else {
     s = arena_alloc(&t->act, "materialized weight", (size_t)(O * In) * t->es, &w);
