@@ -10,6 +10,7 @@
 #include "common/half.h"
 #include "common/philox.h"
 #include "optim/optim.h"
+#include "optim/optim_hd.h"
 #include "quant/quant.h"
 
 enum {
@@ -111,13 +112,7 @@ void qt_adamw_qmap_make(qt_adamw_qmap *m, const float code[256]) {
   }
 }
 
-static inline uint8_t qmap_encode(const qt_adamw_qmap *m, float x) {
-  unsigned idx = 0;
-  for (unsigned step = 128; step > 0; step >>= 1) idx += (x >= m->thr[idx + step]) ? step : 0;
-  return (uint8_t)idx;
-}
-
-uint8_t qt_adamw_qmap_encode(const qt_adamw_qmap *m, float x) { return qmap_encode(m, x); }
+uint8_t qt_adamw_qmap_encode(const qt_adamw_qmap *m, float x) { return qt_adamw_encode(m->thr, x); }
 
 /* p[0..len) = SR(pf[0..len)) for elements first.. of the tensor (first is a
  * multiple of 4): one Philox block gives the words of four elements. */
@@ -136,23 +131,11 @@ static void sr_store(uint16_t *p, const float *pf, int64_t len, uint64_t seed, i
 
 /* ---- 32-bit ---- */
 
-/* kOptimizer32bit2State, ADAM branch, on p[0..n) held as fp32. */
+/* kOptimizer32bit2State, ADAM branch, on p[0..n) held as fp32 (the element
+ * update is optim_hd.h qt_adamw32_elem, shared with the CUDA kernel). */
 static void adam32_span(float *p, const float *g, float *m, float *v, int64_t n,
                         const qt_adamw_scalars *k) {
-  const float omb1 = 1.0f - k->beta1, omb2 = 1.0f - k->beta2;
-  const float eps_c2 = k->eps * k->correction2;
-  const float decay = 1.0f - k->lr * k->weight_decay;
-  for (int64_t i = 0; i < n; i++) {
-    float gv = k->gnorm_scale * g[i];
-    float s1 = m[i] * k->beta1 + omb1 * gv;
-    float s2 = v[i] * k->beta2 + omb2 * (gv * gv);
-    /* update_scale (max_unorm) is 1: 1.0f * step_size == step_size exactly. */
-    float pv = p[i] + k->step_size * (s1 / (sqrtf(s2) + eps_c2));
-    if (k->weight_decay > 0.0f) pv = pv * decay;
-    m[i] = s1;
-    v[i] = s2;
-    p[i] = pv;
-  }
+  for (int64_t i = 0; i < n; i++) p[i] = qt_adamw32_elem(p[i], g[i], &m[i], &v[i], k);
 }
 
 void qt_adamw32_update_f32(float *p, const float *g, float *m, float *v, int64_t n,
@@ -191,47 +174,21 @@ static void adam8_block(float *pf, const float *g, uint8_t *code1, uint8_t *code
   float s1[QT_ADAMW_BLOCK], s2[QT_ADAMW_BLOCK];
   unsigned char fin[QT_ADAMW_BLOCK];
   const float a1 = *absmax1, a2 = *absmax2;
-  const float omb1 = 1.0f - k->beta1, omb2 = 1.0f - k->beta2;
   float new1 = -FLT_MAX, new2 = -FLT_MAX;
   for (int j = 0; j < QT_ADAMW_BLOCK; j++) {
     float gj = j < valid ? g[j] : 0.0f;
     uint8_t c1 = j < valid ? code1[j] : 128, c2 = j < valid ? code2[j] : 0;
-    fin[j] = isfinite(gj) ? 1 : 0;
-    if (fin[j]) {
-      float gv = gj * k->gnorm_scale;
-      float v = q2[c2] * a2;
-      v = v * k->beta2 + (omb2 * gv) * gv;
-      float m = q1[c1] * a1;
-      m = m * k->beta1 + omb1 * gv;
-      s1[j] = m;
-      s2[j] = v;
-    } else {
-      /* NaN/Inf gradient: the kernel zeroes both states of the element. */
-      s1[j] = 0.0f;
-      s2[j] = 0.0f;
-    }
+    fin[j] = (unsigned char)qt_adamw8_states(gj, q1[c1] * a1, q2[c2] * a2, k, &s1[j], &s2[j]);
     new1 = fmaxf(new1, fabsf(s1[j]));
     new2 = fmaxf(new2, fabsf(s2[j]));
   }
   *absmax1 = new1;
   *absmax2 = new2;
-
-  const float c2_eps = k->correction2 * k->eps;
-  const float decay = 1.0f - k->lr * k->weight_decay;
+  for (int j = 0; j < valid; j++)
+    if (fin[j]) pf[j] = qt_adamw_param_step(pf[j], s1[j], s2[j], k);
   for (int j = 0; j < valid; j++) {
-    if (!fin[j]) continue;
-    float pv = pf[j] + k->step_size * (s1[j] / (sqrtf(s2[j]) + c2_eps));
-    if (k->weight_decay > 0.0f) pv = pv * decay;
-    pf[j] = pv;
-  }
-
-  for (int j = 0; j < valid; j++) {
-    /* 0/0 (an all-zero block) is NaN, which the search maps to code 0; for m
-     * the sign fix-up then moves it to 255 (uint8 wrap), as on the GPU. */
-    uint8_t c1 = qmap_encode(m1, s1[j] / new1);
-    if (signbit(q1[c1]) != signbit(s1[j])) c1 = (uint8_t)(c1 + (s1[j] > 0.0f ? 1 : -1));
-    code1[j] = c1;
-    code2[j] = qmap_encode(m2, s2[j] / new2);
+    code1[j] = qt_adamw8_encode_m(q1, m1->thr, s1[j], new1);
+    code2[j] = qt_adamw8_encode_v(m2->thr, s2[j], new2);
   }
 }
 
@@ -274,12 +231,24 @@ static size_t param_bytes(const qt_adamw_param *q) {
   return 2 * round_up((size_t)q->numel * sizeof(float));
 }
 
-/* The device copies of the maps live in managed memory, written by the host
- * while no kernel runs. */
-static void sync_dev_qmaps(qt_adamw *opt) {
-  if (!opt->dev_qmaps) return;
-  opt->dev_qmaps[0] = opt->qmap1;
-  opt->dev_qmaps[1] = opt->qmap2;
+/* The device copies of the maps (in device or managed memory), copied while no
+ * kernel runs. */
+static qt_status sync_dev_qmaps(qt_adamw *opt) {
+#ifdef QLORA_HAVE_CUDA
+  if (!opt->dev_qmaps) return QT_OK;
+  QT_TRY(qt_adamw_cuda_copy(&opt->dev_qmaps[0], &opt->qmap1, sizeof opt->qmap1));
+  return qt_adamw_cuda_copy(&opt->dev_qmaps[1], &opt->qmap2, sizeof opt->qmap2);
+#else
+  (void)opt;
+  return QT_OK;
+#endif
+}
+
+/* Where the host reads and writes state element p (a pointer into mem): the
+ * mirror for device state, else p itself. */
+static void *host_view(const qt_adamw *opt, const void *p) {
+  if (!opt->host_mem) return (void *)p;
+  return (char *)opt->host_mem + ((const char *)p - (const char *)opt->mem);
 }
 
 qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_params,
@@ -321,6 +290,15 @@ qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_para
       return st;
     }
     opt->dev_qmaps = (qt_adamw_qmap *)((char *)opt->mem + state_total);
+    if (!cfg->paged) {
+      opt->host_mem = aligned_alloc(ALIGN, state_total ? round_up(state_total) : ALIGN);
+      if (!opt->host_mem) {
+        qt_adamw_free(opt);
+        return qt_fail(QT_ERR_NOMEM, "optimizer: cannot allocate the %.1f MiB host mirror of "
+                       "the device state", (double)state_total / 1048576.0);
+      }
+      memset(opt->host_mem, 0, state_total);
+    }
 #else
     qt_adamw_free(opt);
     return qt_fail(QT_ERR_UNSUPPORTED,
@@ -361,8 +339,9 @@ qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_para
   qt_adamw_qmap_make(&opt->qmap1, code);
   qt_quant_dynamic_map(false, code);
   qt_adamw_qmap_make(&opt->qmap2, code);
-  sync_dev_qmaps(opt);
-  return QT_OK;
+  qt_status st = sync_dev_qmaps(opt);
+  if (st != QT_OK) qt_adamw_free(opt);
+  return st;
 }
 
 void qt_adamw_free(qt_adamw *opt) {
@@ -372,6 +351,7 @@ void qt_adamw_free(qt_adamw *opt) {
   else
 #endif
     free(opt->mem);
+  free(opt->host_mem);
   free(opt->params);
   free(opt->names);
   memset(opt, 0, sizeof *opt);
@@ -391,6 +371,7 @@ static qt_status step_cuda(qt_adamw *opt, qt_tensor *params, const qt_tensor *gr
                            const qt_adamw_scalars *k, uint64_t seed) {
 #ifdef QLORA_HAVE_CUDA
   const qt_adamw_qmap *m1 = &opt->dev_qmaps[0], *m2 = &opt->dev_qmaps[1];
+  opt->host_stale = opt->host_mem != NULL; /* from the first launch on */
   for (size_t i = 0; i < opt->n_params; i++) {
     const qt_adamw_param *q = &opt->params[i];
     const float *g = grads[i].data;
@@ -479,20 +460,38 @@ static qt_st_write_tensor view(char *name, qt_dtype dt, int64_t len, const void 
   return t;
 }
 
+qt_status qt_adamw_state_fetch(qt_adamw *opt) {
+#ifdef QLORA_HAVE_CUDA
+  if (opt->cfg.device != QT_DEV_CUDA) return QT_OK;
+  QT_TRY(qt_adamw_cuda_sync());
+  if (opt->host_mem && opt->host_stale) {
+    QT_TRY(qt_adamw_cuda_copy(opt->host_mem, opt->mem, opt->mem_bytes));
+    opt->host_stale = false;
+  }
+#else
+  (void)opt;
+#endif
+  return QT_OK;
+}
+
 void qt_adamw_state_tensors(const qt_adamw *opt, qt_st_write_tensor *out) {
+  QT_ASSERTF(!opt->host_stale, "optimizer: device state not fetched; call qt_adamw_state_fetch "
+             "before qt_adamw_state_tensors");
   char *nm = opt->names;
   size_t o = 0;
 #define QT_NAME(...) (snprintf(nm, NAME_CAP, __VA_ARGS__), nm += NAME_CAP, nm - NAME_CAP)
   for (size_t i = 0; i < opt->n_params; i++) {
     const qt_adamw_param *q = &opt->params[i];
     if (q->state8) {
-      out[o++] = view(QT_NAME("state.%zu.state1", i), QT_U8, q->numel, q->code1);
-      out[o++] = view(QT_NAME("state.%zu.state2", i), QT_U8, q->numel, q->code2);
-      out[o++] = view(QT_NAME("state.%zu.absmax1", i), QT_F32, q->nblocks, q->absmax1);
-      out[o++] = view(QT_NAME("state.%zu.absmax2", i), QT_F32, q->nblocks, q->absmax2);
+      out[o++] = view(QT_NAME("state.%zu.state1", i), QT_U8, q->numel, host_view(opt, q->code1));
+      out[o++] = view(QT_NAME("state.%zu.state2", i), QT_U8, q->numel, host_view(opt, q->code2));
+      out[o++] = view(QT_NAME("state.%zu.absmax1", i), QT_F32, q->nblocks,
+                      host_view(opt, q->absmax1));
+      out[o++] = view(QT_NAME("state.%zu.absmax2", i), QT_F32, q->nblocks,
+                      host_view(opt, q->absmax2));
     } else {
-      out[o++] = view(QT_NAME("state.%zu.state1", i), QT_F32, q->numel, q->state1);
-      out[o++] = view(QT_NAME("state.%zu.state2", i), QT_F32, q->numel, q->state2);
+      out[o++] = view(QT_NAME("state.%zu.state1", i), QT_F32, q->numel, host_view(opt, q->state1));
+      out[o++] = view(QT_NAME("state.%zu.state2", i), QT_F32, q->numel, host_view(opt, q->state2));
     }
   }
   out[o++] = view(QT_NAME("qmap1"), QT_F32, 256, opt->qmap1.code);
@@ -515,6 +514,9 @@ qt_status qt_adamw_state_load(qt_adamw *opt, const qt_st_write_tensor *in, size_
                    "%s: %zu optimizer tensors, this run's optimizer has %zu (different LoRA "
                    "targets, rank or optimizer?); resume from a matching checkpoint",
                    label, n, count);
+  /* Device state: the views below are the host mirror, brought up to date
+   * first so that a rejected file leaves device and mirror as they were. */
+  QT_TRY(qt_adamw_state_fetch(opt));
   qt_st_write_tensor *want = malloc(count * sizeof *want);
   if (!want) return qt_fail(QT_ERR_NOMEM, "%s: out of memory", label);
   qt_adamw_state_tensors(opt, want);
@@ -555,7 +557,10 @@ qt_status qt_adamw_state_load(qt_adamw *opt, const qt_st_write_tensor *in, size_
     qt_adamw_qmap_make(&opt->qmap1, code);
     memcpy(code, opt->qmap2.code, sizeof code);
     qt_adamw_qmap_make(&opt->qmap2, code);
-    sync_dev_qmaps(opt);
+#ifdef QLORA_HAVE_CUDA
+    if (opt->host_mem) st = qt_adamw_cuda_copy(opt->mem, opt->host_mem, opt->mem_bytes);
+#endif
+    if (st == QT_OK) st = sync_dev_qmaps(opt);
   }
   free(want);
   return st;

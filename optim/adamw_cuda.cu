@@ -1,49 +1,40 @@
 // optim/adamw_cuda.cu — AdamW update kernels on CUDA, same results as the CPU
 // reference in optim/adamw_cpu.c (tests/optim/test_adamw_cuda.c compares them
-// bit for bit), and paged (managed) optimizer state.
+// bit for bit), and the optimizer state's device memory.
 //
 // Semantics: optim/optim.h (bitsandbytes csrc/kernels.cu kOptimizer32bit2State,
-// kOptimizerStatic8bit2StateBlockwise<T, ADAM, 256, 1>). As on the CPU and
+// kOptimizerStatic8bit2StateBlockwise<T, ADAM, 256, 1>). The per-element math
+// is optim/optim_hd.h, the same functions the CPU calls. As on the CPU and
 // unlike bitsandbytes: IEEE division and sqrtf (nvcc defaults -prec-div=true,
 // -prec-sqrt=true), no __powf/__fdividef (the per-step scalars come from the
 // host, qt_adamw_scalars_make), no fused multiply-add (--fmad=false), so every
 // fp32 operation rounds as on the CPU. The 8-bit encoder is the threshold
 // table of qt_adamw_qmap (derived on the host from bitsandbytes' search).
-// Paged state: bitsandbytes functional.get_paged / cprefetch (formats.md 3.5):
-// cudaMallocManaged(..., cudaMemAttachHost), cudaMemPrefetchAsync to the device
-// before each update. Refused (QT_ERR_UNSUPPORTED) on a device without
-// cudaDevAttrConcurrentManagedAccess, where kernels cannot touch it. Non-paged
-// state is managed memory attached globally, not plain cudaMalloc, because
-// adamw_cpu.c reads and writes the state through host pointers (the device copy
-// of the 8-bit maps, checkpoint save and load; optim.h).
+//
+// State memory (qt_adamw_cuda_state_alloc): not paged -> plain cudaMalloc, as
+// bitsandbytes; the host reaches it only by copies (qt_adamw_state_fetch,
+// qt_adamw_state_load). Paged -> bitsandbytes functional.get_paged / cprefetch
+// (formats.md 3.5): cudaMallocManaged(..., cudaMemAttachHost) and
+// cudaMemPrefetchAsync to the device before each update. Paged state is
+// refused (QT_ERR_UNSUPPORTED) on a device without
+// cudaDevAttrConcurrentManagedAccess, where kernels cannot touch host-attached
+// managed memory (nothing here calls cudaStreamAttachMemAsync), and refused
+// (QT_ERR_NOMEM) when it exceeds the device memory cudaMemGetInfo reports
+// free: oversubscribed managed memory can hang the GPU, not only this process
+// (review cuda-2026-12-02, section 1 items 1 and 5).
 #include <cuda_runtime.h>
 #include <curand_kernel.h>
 #include <float.h>
 #include <stdint.h>
 
 #include "common/cuda_check.h"
-
-extern "C" {
 #include "optim/optim.h"
-}
+#include "optim/optim_hd.h"
 
 namespace {
 
 constexpr int kBlock = QT_ADAMW_BLOCK;  // 256 threads, one per value of an 8-bit block
 constexpr int kThreads32 = 256;
-
-__device__ __forceinline__ float bf16_to_f32(uint16_t h) {
-  return __uint_as_float((uint32_t)h << 16);
-}
-
-// common/half.c qt_bf16_from_f32_sr: add the low 16 bits of the random word to
-// the fp32 pattern, keep the high 16 bits; NaN -> canonical 0x7FFF.
-__device__ __forceinline__ uint16_t bf16_from_f32_sr(float x, uint32_t rnd) {
-  uint32_t u = __float_as_uint(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FFFu;
-  u += rnd & 0xFFFFu;
-  return (uint16_t)(u >> 16);
-}
 
 // The random word of element i (optim.h): curand_init(seed, (step<<32)|tensor, i).
 __device__ __forceinline__ uint32_t sr_word(uint64_t seed, int64_t step, uint32_t tensor,
@@ -59,7 +50,7 @@ template <>
 __device__ __forceinline__ float load_p<float>(const float *p, int64_t i) { return p[i]; }
 template <>
 __device__ __forceinline__ float load_p<uint16_t>(const uint16_t *p, int64_t i) {
-  return bf16_to_f32(p[i]);
+  return qt_optim_bf16_to_f32(p[i]);
 }
 
 __device__ __forceinline__ void store_p(float *p, int64_t i, float v, uint64_t, int64_t, uint32_t) {
@@ -67,38 +58,27 @@ __device__ __forceinline__ void store_p(float *p, int64_t i, float v, uint64_t, 
 }
 __device__ __forceinline__ void store_p(uint16_t *p, int64_t i, float v, uint64_t seed,
                                         int64_t step, uint32_t tensor) {
-  p[i] = bf16_from_f32_sr(v, sr_word(seed, step, tensor, i));
+  p[i] = qt_optim_bf16_from_f32_sr(v, sr_word(seed, step, tensor, i));
 }
 
-// kOptimizer32bit2State, ADAM (see adam32_span in adamw_cpu.c for the order).
+// kOptimizer32bit2State, ADAM: optim_hd.h qt_adamw32_elem per element.
 template <typename P>
 __global__ void k_adam32(P *p, const float *g, float *m, float *v, int64_t n, qt_adamw_scalars k,
                          uint64_t seed, uint32_t tensor) {
-  const float omb1 = 1.0f - k.beta1, omb2 = 1.0f - k.beta2;
-  const float eps_c2 = k.eps * k.correction2;
-  const float decay = 1.0f - k.lr * k.weight_decay;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
-    float gv = k.gnorm_scale * g[i];
-    float s1 = m[i] * k.beta1 + omb1 * gv;
-    float s2 = v[i] * k.beta2 + omb2 * (gv * gv);
-    float pv = load_p(p, i) + k.step_size * (s1 / (sqrtf(s2) + eps_c2));
-    if (k.weight_decay > 0.0f) pv = pv * decay;
+    float s1 = m[i], s2 = v[i];
+    float pv = qt_adamw32_elem(load_p(p, i), g[i], &s1, &s2, &k);
     m[i] = s1;
     v[i] = s2;
     store_p(p, i, pv, seed, k.step, tensor);
   }
 }
 
-__device__ __forceinline__ uint8_t encode(const float *thr, float x) {
-  unsigned idx = 0;
-  for (unsigned step = 128; step > 0; step >>= 1) idx += (x >= thr[idx + step]) ? step : 0;
-  return (uint8_t)idx;
-}
-
 // kOptimizerStatic8bit2StateBlockwise<T, ADAM, 256, 1>: block b of 256 values,
 // thread t its value t; slots past n are the kernel's padding (g 0, code1 128,
-// code2 0) and take part in the absmax (adam8_block in adamw_cpu.c).
+// code2 0) and take part in the absmax (adam8_block in adamw_cpu.c). The
+// per-element steps are optim_hd.h's; only the block max is this kernel's own.
 template <typename P>
 __global__ void __launch_bounds__(kBlock)
     k_adam8(P *p, const float *g, uint8_t *code1, uint8_t *code2, float *absmax1, float *absmax2,
@@ -117,15 +97,8 @@ __global__ void __launch_bounds__(kBlock)
   const uint8_t c1 = valid ? code1[i] : 128, c2 = valid ? code2[i] : 0;
   const float a1 = absmax1[b], a2 = absmax2[b];
   __syncthreads();
-  const bool fin = isfinite(gj);
-  float s1 = 0.0f, s2 = 0.0f;
-  if (fin) {
-    float gv = gj * k.gnorm_scale;
-    s2 = q2[c2] * a2;
-    s2 = s2 * k.beta2 + ((1.0f - k.beta2) * gv) * gv;
-    s1 = q1[c1] * a1;
-    s1 = s1 * k.beta1 + (1.0f - k.beta1) * gv;
-  }
+  float s1, s2;
+  const bool fin = qt_adamw8_states(gj, q1[c1] * a1, q2[c2] * a2, &k, &s1, &s2) != 0;
   r1[t] = fmaxf(-FLT_MAX, fabsf(s1));
   r2[t] = fmaxf(-FLT_MAX, fabsf(s2));
   for (int s = kBlock / 2; s > 0; s >>= 1) {
@@ -142,15 +115,9 @@ __global__ void __launch_bounds__(kBlock)
     absmax2[b] = new2;
   }
   if (!valid) return;
-  if (fin) {
-    float pv = load_p(p, i) + k.step_size * (s1 / (sqrtf(s2) + k.correction2 * k.eps));
-    if (k.weight_decay > 0.0f) pv = pv * (1.0f - k.lr * k.weight_decay);
-    store_p(p, i, pv, seed, k.step, tensor);
-  }
-  uint8_t e1 = encode(t1, s1 / new1);
-  if (signbit(q1[e1]) != signbit(s1)) e1 = (uint8_t)(e1 + (s1 > 0.0f ? 1 : -1));
-  code1[i] = e1;
-  code2[i] = encode(t2, s2 / new2);
+  if (fin) store_p(p, i, qt_adamw_param_step(load_p(p, i), s1, s2, &k), seed, k.step, tensor);
+  code1[i] = qt_adamw8_encode_m(q1, t1, s1, new1);
+  code2[i] = qt_adamw8_encode_v(t2, s2, new2);
 }
 
 unsigned grid32(int64_t n) {
@@ -204,13 +171,14 @@ qt_status qt_adamw8_update_bf16_cuda(uint16_t *p, const float *g, uint8_t *code1
 
 qt_status qt_adamw_cuda_state_alloc(size_t bytes, bool paged, void **out) {
   *out = NULL;
+  const size_t n = bytes ? bytes : 64;
+  cudaError_t e;
   if (paged) {
     // Paged state is attached to the host (cudaMemAttachHost). Kernels may touch
     // host-attached managed memory only where the device has concurrent managed
     // access (Linux, Pascal and later); elsewhere (Windows, WSL, older GPUs) the
     // first update would fault with an illegal address, as nothing here attaches
-    // the state to a stream (cudaStreamAttachMemAsync), and oversubscription,
-    // the point of paging, needs concurrent access anyway. So refuse up front.
+    // the state to a stream (cudaStreamAttachMemAsync). So refuse up front.
     int dev = 0, concurrent = 0;
     QT_CUDA_CHECK(cudaGetDevice(&dev));
     QT_CUDA_CHECK(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, dev));
@@ -220,13 +188,27 @@ qt_status qt_adamw_cuda_state_alloc(size_t bytes, bool paged, void **out) {
                      "device %d reports cudaDevAttrConcurrentManagedAccess = 0 (Windows/WSL or "
                      "a pre-Pascal GPU); use a non-paged optimizer (adamw_8bit or adamw_32bit)",
                      dev);
+    // Never more managed memory than the device has free: oversubscribing it
+    // can hang the GPU (the lent machines' README), so paging here keeps state
+    // off the device between updates but does not stretch device memory.
+    size_t free_b = 0, total_b = 0;
+    QT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    if (n > free_b)
+      return qt_fail(QT_ERR_NOMEM,
+                     "optim: %.1f MiB of paged optimizer state, but CUDA device %d has only "
+                     "%.1f MiB free of %.1f MiB; managed memory beyond free device memory is "
+                     "refused (it can hang the GPU). Use a smaller model, fewer LoRA targets "
+                     "or rank, or the 8-bit optimizer",
+                     (double)n / 1048576.0, dev, (double)free_b / 1048576.0,
+                     (double)total_b / 1048576.0);
+    e = cudaMallocManaged(out, n, cudaMemAttachHost);
+  } else {
+    e = cudaMalloc(out, n);
   }
-  const size_t n = bytes ? bytes : 64;
-  cudaError_t e = cudaMallocManaged(out, n, paged ? cudaMemAttachHost : cudaMemAttachGlobal);
   if (e != cudaSuccess) {
     *out = NULL;
     return qt_fail(QT_ERR_CUDA, "optim: cannot allocate %.1f MiB of %s optimizer state: %s (%s)",
-                   (double)bytes / 1048576.0, paged ? "paged" : "managed", cudaGetErrorString(e),
+                   (double)bytes / 1048576.0, paged ? "paged" : "device", cudaGetErrorString(e),
                    cudaGetErrorName(e));
   }
   e = cudaMemset(*out, 0, n);
@@ -237,6 +219,15 @@ qt_status qt_adamw_cuda_state_alloc(size_t bytes, bool paged, void **out) {
     return qt_fail(QT_ERR_CUDA, "optim: cannot clear optimizer state: %s (%s)",
                    cudaGetErrorString(e), cudaGetErrorName(e));
   }
+  return QT_OK;
+}
+
+qt_status qt_adamw_cuda_copy(void *dst, const void *src, size_t bytes) {
+  if (bytes == 0) return QT_OK;
+  cudaError_t e = cudaMemcpy(dst, src, bytes, cudaMemcpyDefault);
+  if (e != cudaSuccess)
+    return qt_fail(QT_ERR_CUDA, "optim: copy of %.1f MiB of optimizer state failed: %s (%s)",
+                   (double)bytes / 1048576.0, cudaGetErrorString(e), cudaGetErrorName(e));
   return QT_OK;
 }
 

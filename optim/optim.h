@@ -45,12 +45,18 @@
  * Threads: OpenMP over 256-value blocks (8-bit) or 4096-value chunks (32-bit);
  * results do not depend on the number of threads.
  *
+ * The per-element math of both backends is one set of functions,
+ * optim/optim_hd.h (host + device).
+ *
  * CUDA (cfg.device = QT_DEV_CUDA): the same kernels on the GPU, bit-identical
- * to the CPU (tests/optim/test_adamw_cuda.c). All state lives in one managed
- * allocation: paged -> attached to the host and prefetched per tensor before
- * its update (bitsandbytes pages only tensors >= 1e5 elements; here paged
- * means all of them); not paged -> attached globally (bitsandbytes uses plain
- * device memory), so checkpoints read the state from the host either way. */
+ * to the CPU (tests/optim/test_adamw_cuda.c). All state lives in one
+ * allocation: not paged -> plain device memory (cudaMalloc, as bitsandbytes),
+ * with a host mirror that qt_adamw_state_fetch fills for checkpoints; paged ->
+ * managed memory attached to the host and prefetched per tensor before its
+ * update (bitsandbytes pages only tensors >= 1e5 elements; here paged means all
+ * of them), refused where the device lacks concurrent managed access or when
+ * it is larger than the free device memory (oversubscribed managed memory can
+ * hang the GPU). */
 #ifndef QT_OPTIM_OPTIM_H
 #define QT_OPTIM_OPTIM_H
 
@@ -149,11 +155,16 @@ qt_status qt_adamw8_update_bf16_cuda(uint16_t *p, const float *g, uint8_t *code1
                                      float *absmax1, float *absmax2, const qt_adamw_qmap *qmap1,
                                      const qt_adamw_qmap *qmap2, int64_t n,
                                      const qt_adamw_scalars *k, uint64_t seed, uint32_t tensor);
-/* Optimizer state in managed memory (zeroed): paged -> cudaMemAttachHost
- * (bitsandbytes get_paged), else cudaMemAttachGlobal. Host-readable after
- * qt_adamw_cuda_sync, so checkpoints read it like CPU state. */
+/* Optimizer state, zeroed: paged -> managed memory, cudaMemAttachHost
+ * (bitsandbytes get_paged; host-readable after qt_adamw_cuda_sync), refused
+ * with QT_ERR_UNSUPPORTED without concurrent managed access and QT_ERR_NOMEM
+ * when bytes exceed cudaMemGetInfo's free memory; else plain cudaMalloc
+ * (device-only). */
 qt_status qt_adamw_cuda_state_alloc(size_t bytes, bool paged, void **out);
 void qt_adamw_cuda_state_free(void *p);
+/* cudaMemcpy(dst, src, bytes, cudaMemcpyDefault) (host, device or managed
+ * pointers; synchronous). */
+qt_status qt_adamw_cuda_copy(void *dst, const void *src, size_t bytes);
 /* cudaMemPrefetchAsync to the current device; a no-op where the device lacks
  * concurrent managed access (as bitsandbytes' cprefetch). */
 qt_status qt_adamw_cuda_prefetch(const void *p, size_t bytes);
@@ -177,10 +188,13 @@ typedef struct {
   int64_t step;            /* completed updates (0 before the first) */
   qt_adamw_qmap qmap1;     /* signed dynamic map (m codes) */
   qt_adamw_qmap qmap2;     /* unsigned dynamic map (v codes) */
-  void *mem;               /* one allocation for all state, owned (managed memory
-                              when cfg.device is CUDA) */
+  void *mem;               /* one allocation for all state, owned (CUDA: device
+                              memory, or managed memory when paged) */
   qt_adamw_qmap *dev_qmaps;/* CUDA: copies of qmap1, qmap2 inside mem; else NULL */
-  size_t mem_bytes;
+  size_t mem_bytes;        /* bytes of state at mem (without the device maps) */
+  void *host_mem;          /* CUDA, not paged: host mirror of the mem_bytes of
+                              state, owned; else NULL */
+  bool host_stale;         /* host_mem older than the device state */
   char *names;             /* state tensor names, owned */
 } qt_adamw;
 
@@ -201,10 +215,15 @@ size_t qt_adamw_state_bytes(const qt_adamw *opt);
 qt_status qt_adamw_step(qt_adamw *opt, qt_tensor *params, const qt_tensor *grads, float lr,
                         float gnorm_scale, uint64_t seed);
 
+/* Makes the state readable from the host for qt_adamw_state_tensors: on CUDA
+ * it waits for the GPU and copies device state into host_mem (not paged); a
+ * no-op on the CPU. Call it after the last step before saving. */
+qt_status qt_adamw_state_fetch(qt_adamw *opt);
 /* State as named tensors, bitsandbytes' state-dict names: "state.<i>.state1",
  * "state.<i>.state2" (F32 [n] or U8 [n]), "state.<i>.absmax1",
  * "state.<i>.absmax2" (F32 [nblocks], 8-bit only), "qmap1", "qmap2"
- * (F32 [256]), "step" (I64 [1]). Views: names and data point into *opt and stay
+ * (F32 [256]), "step" (I64 [1]). Views: names and data point into *opt (host
+ * memory: the mirror for device state, which must be fetched first) and stay
  * valid until the next step or qt_adamw_free. out must hold
  * qt_adamw_state_count() entries. */
 size_t qt_adamw_state_count(const qt_adamw *opt);
@@ -219,12 +238,55 @@ qt_status qt_adamw_state_load(qt_adamw *opt, const qt_st_write_tensor *in, size_
 /* ---- clipping and the non-finite policy ---- */
 
 /* Global L2 norm of all elements of tensors (F32 or BF16), sum of squares in
- * double in a fixed order (independent of the thread count). Non-finite if any
- * element is non-finite. */
+ * double in the fixed order of optim_hd.h (1024-element chunks, chunk sums
+ * added in groups of 1024, group sums in order: independent of the thread
+ * count, and equal to qt_optim_clip_cuda_norm's). Non-finite if any element is
+ * non-finite. */
 double qt_optim_global_norm(const qt_tensor *tensors, size_t n);
 /* transformers / torch clip_grad_norm_: max_norm / (norm + 1e-6), clamped to
  * at most 1 (computed in double, returned as float). 1 when max_norm <= 0. */
 float qt_optim_clip_coef(double norm, double max_norm);
+
+/* ---- the same on the GPU (clip_cuda.cu; built with the CUDA backend) ----
+ * The global norm of a fixed list of fp32 device gradient tensors in the fixed
+ * order of optim_hd.h, so it equals qt_optim_global_norm of the same values bit
+ * for bit: one thread per 1024-element chunk (partials in double), then one
+ * block adds the chunk partials group by group and the group sums in order (no
+ * atomics). The clipping coefficient and the skip decision are made on the
+ * device too; the caller copies the 16-byte result only when the host must
+ * know (logging, the non-finite policy). Stream-ordered, asynchronous. */
+typedef struct {
+  double norm;             /* global L2 norm; NaN or Inf when any element is */
+  float coef;              /* qt_optim_clip_coef(norm, max_norm) */
+  int32_t skip;            /* 1: non-finite norm, the step must be skipped */
+} qt_optim_clip_result;
+
+typedef struct {
+  size_t n_tensors;
+  int64_t n_chunks, n_groups, max_numel;
+  void *dev;               /* one cudaMalloc: the tables below, owned */
+  float **ptrs;            /* (n_tensors) device: the gradient tensors */
+  int64_t *first;          /* (n_tensors + 1) device: first chunk of each tensor, then n_chunks */
+  int64_t *numel;          /* (n_tensors) device */
+  double *partial;         /* (n_chunks) device: chunk sums of squares */
+  double *group;           /* (n_groups) device: group sums */
+  qt_optim_clip_result *result; /* device */
+} qt_optim_clip_cuda;
+
+/* Plans the reduction over grads[i] (device pointers, numels[i] fp32 elements,
+ * fixed for the object's life) and allocates its tables (a few bytes per 1024
+ * gradient elements). *c is empty on error. */
+qt_status qt_optim_clip_cuda_init(qt_optim_clip_cuda *c, float *const *grads,
+                                  const int64_t *numels, size_t n);
+void qt_optim_clip_cuda_free(qt_optim_clip_cuda *c);
+/* c->result = {norm, qt_optim_clip_coef(norm, max_norm), !isfinite(norm)}. */
+qt_status qt_optim_clip_cuda_norm(qt_optim_clip_cuda *c, double max_norm, void *stream);
+/* grads *= result->coef (fp32, as torch's clip_grad_norm_ mul_) unless the step
+ * is skipped or coef is 1; reads the result on the device. */
+qt_status qt_optim_clip_cuda_scale(const qt_optim_clip_cuda *c, void *stream);
+/* Copies the result to the host (waits for the stream). */
+qt_status qt_optim_clip_cuda_result(const qt_optim_clip_cuda *c, qt_optim_clip_result *out,
+                                    void *stream);
 
 typedef struct {
   int max_consecutive;     /* stop after this many skipped steps in a row */
