@@ -18,6 +18,14 @@
  *    written once by one warp: no atomics, fixed summation order.
  * Dot products: per-lane partial sums then a butterfly (__shfl_xor_sync), which
  * gives every lane the same, order-fixed result.
+ * Tiles: each loop walks its keys (queries) 32 at a time; the warp reads the
+ * 32 document ids (one per lane), and attention_mask.h qt_att_tile_class of
+ * (the warp's query, that key tile) or (that query tile, the warp's key)
+ * skips an EMPTY tile outright (packed rows: the other documents' keys cost
+ * one load and two 5-step min/max shuffles per 32 keys instead of a test per
+ * key) and drops the per-key test in a FULL one. Within a tile the keys run in
+ * the same order under the same per-element rule qt_att_visible, so results
+ * are unchanged by the skipping.
  * Options (ops.h qt_att_opts): scale; a sliding window bounds each key loop
  * (query i: keys max(0, i - window + 1) .. i; key j: queries j .. j + window - 1);
  * soft-capping s -> c tanh(s / c) of the fp32 scaled score, in double (the same
@@ -57,6 +65,32 @@ static __device__ __forceinline__ float dot_lane(const float *r, const uint16_t 
   return warp_allsum(s);
 }
 
+/* The tile of positions t0 .. min(t0 + 32, end) - 1 of a row, built by the
+ * warp: lane p reads doc[t0 + p] (returned in *mine, for __shfl_sync by the
+ * loops) and min/max butterflies give every lane the id range. */
+static __device__ __forceinline__ qt_att_tile warp_tile(const int32_t *db, int64_t t0, int64_t end,
+                                                        int lane, int32_t *mine) {
+  int64_t p = t0 + lane;
+  int32_t d = p < end ? db[p] : 0;
+  int32_t mn = p < end ? d : INT32_MAX, mx = p < end ? d : INT32_MIN;
+  for (int o = 16; o > 0; o >>= 1) {
+    mn = min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+    mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  }
+  *mine = d;
+  qt_att_tile t;
+  t.lo = t0;
+  t.hi = t0 + 32 < end ? t0 + 32 : end;
+  t.dmin = mn;
+  t.dmax = mx;
+  return t;
+}
+
+/* Document id of position t of the tile whose lanes hold *mine (warp_tile). */
+static __device__ __forceinline__ int32_t tile_doc(int32_t mine, int64_t t, int64_t t0) {
+  return __shfl_sync(0xffffffffu, mine, (int)(t - t0));
+}
+
 /* The fp32 scaled score s after soft-capping (softcap > 0), tanh in double. */
 static __device__ __forceinline__ float att_cap(float s, double softcap) {
   return softcap > 0 ? (float)qt_att_softcap((double)s, softcap) : s;
@@ -82,18 +116,26 @@ __global__ void attention_forward_kernel(uint16_t *out, float *lse, const uint16
   for (int t = 0; t < ATT_PER_LANE; t++) acc[t] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   int32_t di = db[i];
-  for (int64_t j = qt_att_key_start(0, i, window); j <= i; j++) {
-    if (!qt_att_visible(i, j, di, db[j], window)) continue;
-    const int64_t kv = ((b * T + j) * K + g) * D;
-    float s = att_cap(scale * dot_lane(qr, k + kv, lane, D), softcap);
-    float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn); /* expf(-inf) = 0 */
-    l = l * corr + p;
+  const qt_att_tile qt = {i, i + 1, di, di};
+  for (int64_t j0 = qt_att_key_start(0, i, window); j0 <= i; j0 += 32) {
+    int32_t dl;
+    const qt_att_tile kt = warp_tile(db, j0, i + 1, lane, &dl);
+    const int cls = qt_att_tile_class(&qt, &kt, window);
+    if (cls == QT_ATT_TILE_EMPTY) continue;
+    for (int64_t j = kt.lo; j < kt.hi; j++) {
+      int32_t dj = tile_doc(dl, j, j0);
+      if (cls != QT_ATT_TILE_FULL && !qt_att_visible(i, j, di, dj, window)) continue;
+      const int64_t kv = ((b * T + j) * K + g) * D;
+      float s = att_cap(scale * dot_lane(qr, k + kv, lane, D), softcap);
+      float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn); /* expf(-inf) = 0 */
+      l = l * corr + p;
 #pragma unroll
-    for (int t = 0; t < ATT_PER_LANE; t++) {
-      int64_t d = lane + 32 * t;
-      acc[t] = acc[t] * corr + (d < D ? p * ld_bf16(v + kv, d) : 0.0f);
+      for (int t = 0; t < ATT_PER_LANE; t++) {
+        int64_t d = lane + 32 * t;
+        acc[t] = acc[t] * corr + (d < D ? p * ld_bf16(v + kv, d) : 0.0f);
+      }
+      m = mn;
     }
-    m = mn;
   }
   /* j = i always passes the mask, so l >= 1 */
   uint16_t *oi = out + ((b * T + i) * H + h) * D;
@@ -123,27 +165,43 @@ __global__ void attention_dq_kernel(uint16_t *dq, int acc, float *delta, const u
   load_lane(dor, dout + qo, lane, D);
   float li = lse[bh * T + i], dsum = 0.0f;
   int32_t di = db[i];
-  int64_t j0 = qt_att_key_start(0, i, window);
-  for (int64_t j = j0; j <= i; j++) { /* delta_i = sum_j P_ij (do_i . v_j) */
-    if (!qt_att_visible(i, j, di, db[j], window)) continue;
-    const int64_t kv = ((b * T + j) * K + g) * D;
-    float p = expf(att_cap(scale * dot_lane(qr, k + kv, lane, D), softcap) - li);
-    dsum += p * dot_lane(dor, v + kv, lane, D);
+  const qt_att_tile qt = {i, i + 1, di, di};
+  const int64_t jstart = qt_att_key_start(0, i, window);
+  for (int64_t j0 = jstart; j0 <= i; j0 += 32) { /* delta_i = sum_j P_ij (do_i . v_j) */
+    int32_t dl;
+    const qt_att_tile kt = warp_tile(db, j0, i + 1, lane, &dl);
+    const int cls = qt_att_tile_class(&qt, &kt, window);
+    if (cls == QT_ATT_TILE_EMPTY) continue;
+    for (int64_t j = kt.lo; j < kt.hi; j++) {
+      int32_t dj = tile_doc(dl, j, j0);
+      if (cls != QT_ATT_TILE_FULL && !qt_att_visible(i, j, di, dj, window)) continue;
+      const int64_t kv = ((b * T + j) * K + g) * D;
+      float p = expf(att_cap(scale * dot_lane(qr, k + kv, lane, D), softcap) - li);
+      dsum += p * dot_lane(dor, v + kv, lane, D);
+    }
   }
   if (lane == 0) delta[bh * T + i] = dsum;
   if (!dq) return;
 #pragma unroll
   for (int t = 0; t < ATT_PER_LANE; t++) a[t] = 0.0f;
-  for (int64_t j = j0; j <= i; j++) { /* dq_i = scale sum_j P_ij (dP_ij - delta_i) c'(s_ij) k_j */
-    if (!qt_att_visible(i, j, di, db[j], window)) continue;
-    const int64_t kv = ((b * T + j) * K + g) * D;
-    float s = scale * dot_lane(qr, k + kv, lane, D);
-    float p = expf(att_cap(s, softcap) - li);
-    float ds = p * (dot_lane(dor, v + kv, lane, D) - dsum) * att_cap_grad(s, softcap);
+  /* dq_i = scale sum_j P_ij (dP_ij - delta_i) c'(s_ij) k_j */
+  for (int64_t j0 = jstart; j0 <= i; j0 += 32) {
+    int32_t dl;
+    const qt_att_tile kt = warp_tile(db, j0, i + 1, lane, &dl);
+    const int cls = qt_att_tile_class(&qt, &kt, window);
+    if (cls == QT_ATT_TILE_EMPTY) continue;
+    for (int64_t j = kt.lo; j < kt.hi; j++) {
+      int32_t dj = tile_doc(dl, j, j0);
+      if (cls != QT_ATT_TILE_FULL && !qt_att_visible(i, j, di, dj, window)) continue;
+      const int64_t kv = ((b * T + j) * K + g) * D;
+      float s = scale * dot_lane(qr, k + kv, lane, D);
+      float p = expf(att_cap(s, softcap) - li);
+      float ds = p * (dot_lane(dor, v + kv, lane, D) - dsum) * att_cap_grad(s, softcap);
 #pragma unroll
-    for (int t = 0; t < ATT_PER_LANE; t++) {
-      int64_t d = lane + 32 * t;
-      if (d < D) a[t] += ds * ld_bf16(k + kv, d);
+      for (int t = 0; t < ATT_PER_LANE; t++) {
+        int64_t d = lane + 32 * t;
+        if (d < D) a[t] += ds * ld_bf16(k + kv, d);
+      }
     }
   }
 #pragma unroll
@@ -171,23 +229,31 @@ __global__ void attention_dkv_kernel(uint16_t *dk, uint16_t *dv, int acc, const 
 #pragma unroll
   for (int t = 0; t < ATT_PER_LANE; t++) ak[t] = av[t] = 0.0f;
   int32_t dj = db[j];
+  const qt_att_tile kt = {j, j + 1, dj, dj};
   int64_t i1 = window > 0 && j + window < T ? j + window : T; /* queries j .. i1-1 may see j */
   for (int64_t r = 0; r < rep; r++) {
     int64_t h = g * rep + r, bh = b * H + h;
-    for (int64_t i = j; i < i1; i++) {
-      if (!qt_att_visible(i, j, db[i], dj, window)) continue;
-      const int64_t qo = ((b * T + i) * H + h) * D;
-      float s = scale * dot_lane(kr, q + qo, lane, D);
-      float p = expf(att_cap(s, softcap) - lse[bh * T + i]);
-      float ds = dk ? p * (dot_lane(vr, dout + qo, lane, D) - delta[bh * T + i]) *
-                          att_cap_grad(s, softcap)
-                    : 0.0f;
+    for (int64_t i0 = j; i0 < i1; i0 += 32) {
+      int32_t dl;
+      const qt_att_tile qt = warp_tile(db, i0, i1, lane, &dl);
+      const int cls = qt_att_tile_class(&qt, &kt, window);
+      if (cls == QT_ATT_TILE_EMPTY) continue;
+      for (int64_t i = qt.lo; i < qt.hi; i++) {
+        int32_t di = tile_doc(dl, i, i0);
+        if (cls != QT_ATT_TILE_FULL && !qt_att_visible(i, j, di, dj, window)) continue;
+        const int64_t qo = ((b * T + i) * H + h) * D;
+        float s = scale * dot_lane(kr, q + qo, lane, D);
+        float p = expf(att_cap(s, softcap) - lse[bh * T + i]);
+        float ds = dk ? p * (dot_lane(vr, dout + qo, lane, D) - delta[bh * T + i]) *
+                            att_cap_grad(s, softcap)
+                      : 0.0f;
 #pragma unroll
-      for (int t = 0; t < ATT_PER_LANE; t++) {
-        int64_t d = lane + 32 * t;
-        if (d < D) {
-          av[t] += p * ld_bf16(dout + qo, d);
-          ak[t] += ds * ld_bf16(q + qo, d);
+        for (int t = 0; t < ATT_PER_LANE; t++) {
+          int64_t d = lane + 32 * t;
+          if (d < D) {
+            av[t] += p * ld_bf16(dout + qo, d);
+            ak[t] += ds * ld_bf16(q + qo, d);
+          }
         }
       }
     }
