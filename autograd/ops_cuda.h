@@ -127,23 +127,49 @@ qt_status qt_op_linear4_backward_cuda(uint16_t *dx, int acc, uint16_t *w_scratch
                                       int64_t N, int64_t In, int64_t O, qt_gemm_cuda *g,
                                       void *stream);
 
+/* LoRA dropout drawn inside the kernels that apply it (no mask in memory):
+ * element e of the LoRA input (N, In), e = n * In + i (the CPU mask layout),
+ * is kept iff word e of the Philox stream curand_init(key, subsequence, 0) is
+ * > threshold (common/philox_hd.h qt_dropout_keep_hd), so the mask is byte for
+ * byte qt_philox_keep_mask(keep, N * In, p, key, subsequence) with threshold =
+ * qt_philox_keep_threshold(p); lora/lora.h qt_lora_dropout_stream gives the
+ * fields of a module's mask. Kept values are multiplied by keep_scale
+ * (inverted dropout: 1 / (1 - p)). A host struct, passed by pointer; NULL
+ * means no dropout. */
+typedef struct {
+  uint64_t key;          /* Philox key (curand_init's seed) */
+  uint64_t subsequence;  /* Philox subsequence */
+  int64_t threshold;     /* in [-1, UINT32_MAX]: keep iff word > threshold (-1: keep all) */
+  double keep_scale;     /* > 0; applied in fp32 */
+} qt_dropout_cuda;
+
+/* xd (N, In) = bf16(x * keep_scale) where drop keeps the element, else 0:
+ * the dropped-out input qt_op_lora_forward_cuda forms, formed again (the
+ * model's backward recomputes it into a shared scratch instead of saving one
+ * per linear). drop non-NULL. */
+qt_status qt_op_lora_dropout_cuda(uint16_t *xd, const uint16_t *x, const qt_dropout_cuda *drop, int64_t N,
+                                  int64_t In, void *stream);
+
 /* LoRA branch, as qt_op_lora_forward_cpu: y (N, O) += scale * (xd A^T) B^T.
- * mask (N, In) device 0/1 bytes or NULL (no dropout; xd_out unused);
- * xd_out (N, In) = bf16(x * keep_scale) where mask, else 0 ; u (N, R) bf16
+ * drop: dropout (above) or NULL (none; xd_out unused, xd = x); with drop,
+ * xd_out (N, In) = bf16(x * keep_scale) where kept, else 0, the keep bits
+ * drawn in the kernel (one Philox block per 4 elements); u (N, R) bf16
  * (rounded before the second GEMM, as PEFT's lora_A output is in bf16). */
 qt_status qt_op_lora_forward_cuda(uint16_t *y, uint16_t *u, uint16_t *xd_out, const uint16_t *x,
-                                  const uint8_t *mask, double keep_scale, const uint16_t *A,
+                                  const qt_dropout_cuda *drop, const uint16_t *A,
                                   const uint16_t *B, double scale, int64_t N, int64_t In,
                                   int64_t O, int64_t R, qt_gemm_cuda *g, void *stream);
 /* As qt_op_lora_backward_cpu: dB (O, R) += scale dy^T u, du (N, R) = scale dy B,
- * dA (R, In) += du^T xd, dx (N, In) (+)= (du A) * mask * keep_scale ; dA, dB
- * bf16 (always accumulate), each may be NULL ; work (N, In) when mask and dx. */
+ * dA (R, In) += du^T xd, dx (N, In) (+)= (du A) * keep * keep_scale, keep
+ * recomputed in the kernel from drop (the forward's descriptor; NULL: no
+ * dropout, dx (+)= du A); dA, dB bf16 (always accumulate), each may be NULL;
+ * work (N, In) scratch when drop and dx. */
 qt_status qt_op_lora_backward_cuda(uint16_t *dx, int acc, uint16_t *dA, uint16_t *dB,
                                    uint16_t *du, uint16_t *work, const uint16_t *dy,
-                                   const uint16_t *xd, const uint16_t *u, const uint8_t *mask,
-                                   double keep_scale, const uint16_t *A, const uint16_t *B,
-                                   double scale, int64_t N, int64_t In, int64_t O, int64_t R,
-                                   qt_gemm_cuda *g, void *stream);
+                                   const uint16_t *xd, const uint16_t *u,
+                                   const qt_dropout_cuda *drop, const uint16_t *A,
+                                   const uint16_t *B, double scale, int64_t N, int64_t In,
+                                   int64_t O, int64_t R, qt_gemm_cuda *g, void *stream);
 
 /* Causal GQA attention over packed rows with per-document masking, as
  * qt_op_attention_forward_cpu (same q, k, v, doc, out layouts, the same

@@ -28,8 +28,9 @@
  *    pays, model_cuda.cu linear_absmax + linear4); "linear4" fwd / bwd = the
  *    decompress plus qt_op_linear4_forward/backward_cuda (dequantize into the
  *    scratch, then the GEMM; backward is dx only, the base is frozen), with
- *    model_cuda's accumulate flags; LoRA fwd / bwd without a dropout mask, and
- *    again with a device mask (p = 0.05), as info;
+ *    model_cuda's accumulate flags; LoRA fwd / bwd without dropout, and again
+ *    with dropout (p = 0.05) drawn in the kernels from the Philox stream, as
+ *    info;
  *  - RMSNorm, RoPE (q: 32 heads, k: 8 heads), attention (causal, one document;
  *    four equal documents as info), SwiGLU, residual add (its backward as info:
  *    model_cuda passes the residual gradient through), and the head: embedding
@@ -58,8 +59,8 @@
  * bf16 datasheet), and over the measured GEMM ceiling; the share of each op
  * family in the step (the base-GEMM family is the linear4 time less the
  * dequant measured on its own; the final RMSNorm counts with RMSNorm).
- * Variants printed beside it: fused CE + scaled_add, and LoRA with device
- * dropout masks.
+ * Variants printed beside it: fused CE + scaled_add, and LoRA with dropout
+ * drawn on the device.
  *
  * Output: a readable table, plus one machine-readable line per op and one for
  * the projection, each starting with "result:" and made of key=value fields:
@@ -85,6 +86,7 @@
 #include "autograd/ops_cuda.h"
 #include "common/cuda_check.h"
 #include "common/half.h"
+#include "common/philox.h"
 #include "common/status.h"
 #include "quant/quant.h"
 #include "tests/common/cuda_test_util.h"
@@ -163,7 +165,7 @@ typedef struct {
   /* LoRA */
   uint16_t *A[NPROJ], *B[NPROJ], *dA[NPROJ], *dB[NPROJ]; /* (r, in), (out, r) */
   uint16_t *u, *du;          /* (N, r) */
-  uint8_t *mask;             /* (N, max in) */
+  qt_dropout_cuda drop;      /* the dropout variant's stream (p = DROP_P) */
   uint16_t *xd, *work;       /* (N, max in) */
   /* linear operands */
   uint16_t *x, *dx;          /* (N, max in) */
@@ -244,7 +246,6 @@ static qt_status fill_repeat(void *d, size_t bytes, const void *pat, size_t pat_
 typedef struct {
   uint16_t *big;   /* (PAT) uniform [-1, 1) bf16 */
   uint16_t *small; /* (PAT_SMALL) uniform [-0.02, 0.02) bf16 */
-  uint8_t *keep;   /* (PAT_SMALL) 0/1, P(1) = 1 - DROP_P */
 } patterns;
 
 static qt_status fill_big(void *d, int64_t n, const patterns *pt) {
@@ -372,26 +373,25 @@ static qt_status op_linear4_bwd(bench *b) { /* dx (N, in) (+)= dy (N, out) W */
 }
 static qt_status op_lora_fwd(bench *b) { /* y += scale (x A^T) B^T, u saved */
   int p = b->p;
-  return qt_op_lora_forward_cuda(b->y, b->u, NULL, b->x, NULL, 1.0, b->A[p], b->B[p], LORA_SCALE,
+  return qt_op_lora_forward_cuda(b->y, b->u, NULL, b->x, NULL, b->A[p], b->B[p], LORA_SCALE,
                                  b->N, PROJ[p].in, PROJ[p].out, RANK, b->g, NULL);
 }
 static qt_status op_lora_bwd(bench *b) { /* as model_cuda: dx accumulates, xd = x */
   int p = b->p;
   return qt_op_lora_backward_cuda(b->dx, 1, b->dA[p], b->dB[p], b->du, NULL, b->dy, b->x, b->u,
-                                  NULL, 1.0, b->A[p], b->B[p], LORA_SCALE, b->N, PROJ[p].in,
+                                  NULL, b->A[p], b->B[p], LORA_SCALE, b->N, PROJ[p].in,
                                   PROJ[p].out, RANK, b->g, NULL);
 }
 static qt_status op_lora_mask_fwd(bench *b) {
   int p = b->p;
-  return qt_op_lora_forward_cuda(b->y, b->u, b->xd, b->x, b->mask, 1.0 / (1.0 - DROP_P), b->A[p],
-                                 b->B[p], LORA_SCALE, b->N, PROJ[p].in, PROJ[p].out, RANK, b->g,
-                                 NULL);
+  return qt_op_lora_forward_cuda(b->y, b->u, b->xd, b->x, &b->drop, b->A[p], b->B[p],
+                                 LORA_SCALE, b->N, PROJ[p].in, PROJ[p].out, RANK, b->g, NULL);
 }
 static qt_status op_lora_mask_bwd(bench *b) {
   int p = b->p;
   return qt_op_lora_backward_cuda(b->dx, 1, b->dA[p], b->dB[p], b->du, b->work, b->dy, b->xd,
-                                  b->u, b->mask, 1.0 / (1.0 - DROP_P), b->A[p], b->B[p],
-                                  LORA_SCALE, b->N, PROJ[p].in, PROJ[p].out, RANK, b->g, NULL);
+                                  b->u, &b->drop, b->A[p], b->B[p], LORA_SCALE, b->N, PROJ[p].in,
+                                  PROJ[p].out, RANK, b->g, NULL);
 }
 static qt_status op_rmsnorm_fwd(bench *b) {
   return qt_op_rmsnorm_forward_cuda(b->hn, b->rstd, b->h, b->nw, RMS_EPS, b->N, HID, NULL);
@@ -590,10 +590,12 @@ static qt_status setup_buffers(bench *b, const patterns *pt) {
   }
   DALLOC(b, b->u, N * RANK);
   DALLOC(b, b->du, N * RANK);
-  DALLOC(b, b->mask, N * max_in);
   DALLOC(b, b->xd, N * max_in);
   DALLOC(b, b->work, N * max_in);
-  QT_TRY(fill_repeat(b->mask, (size_t)(N * max_in), pt->keep, PAT_SMALL));
+  /* an arbitrary step's key; the subsequence of layer 0's q_proj (lora.c) */
+  b->drop = (qt_dropout_cuda){.key = 0x243F6A8885A308D3ull, .subsequence = 0,
+                              .threshold = qt_philox_keep_threshold((float)DROP_P),
+                              .keep_scale = 1.0 / (1.0 - DROP_P)};
   DALLOC(b, b->x, N * max_in);
   DALLOC(b, b->dx, N * max_in);
   DALLOC(b, b->y, N * max_out);
@@ -771,11 +773,11 @@ static qt_status run_projections(bench *b, results *r) {
                    shape, &r->rf[p]));
     QT_TRY(measure(b, op_lora_bwd, 4 * N * R * (in + out), lb_bytes, "lora", PROJ[p].name, "bwd",
                    shape, &r->rb[p]));
-    /* with a mask: + mask and x read, xd written (forward); work written and
-     * read, mask read (backward) */
-    QT_TRY(measure(b, op_lora_mask_fwd, 2 * N * R * (in + out), lf_bytes + N * in + 4 * N * in,
+    /* with dropout (keep bits drawn in the kernels, no mask read): + x read,
+     * xd written (forward); work written and read (backward) */
+    QT_TRY(measure(b, op_lora_mask_fwd, 2 * N * R * (in + out), lf_bytes + 4 * N * in,
                    "lora_mask", PROJ[p].name, "fwd", shape, &r->mf[p]));
-    QT_TRY(measure(b, op_lora_mask_bwd, 4 * N * R * (in + out), lb_bytes + N * in + 4 * N * in,
+    QT_TRY(measure(b, op_lora_mask_bwd, 4 * N * R * (in + out), lb_bytes + 4 * N * in,
                    "lora_mask", PROJ[p].name, "bwd", shape, &r->mb[p]));
   }
   QT_TRY(check_finite(b->y, b->N * PROJ[P_DOWN].out, "the linear + LoRA output"));
@@ -928,7 +930,7 @@ static void project(const bench *b, const results *r) {
   if (!b->layers_only)
     printf("variant, fused CE + scaled_add instead of CE fwd + bwd: step %.1f ms (%.0f tokens/s)\n",
            step - head + head_fused, T / ((step - head + head_fused) * 1e-3));
-  printf("variant, LoRA with dropout masks already on the device: step %.1f ms (%.0f tokens/s)\n",
+  printf("variant, LoRA with dropout drawn on the device: step %.1f ms (%.0f tokens/s)\n",
          step + L * (lora_mask - lora), T / ((step + L * (lora_mask - lora)) * 1e-3));
   printf("share of the projected step:\n");
   for (int i = 0; i < NFAM; i++)
@@ -973,18 +975,14 @@ static qt_status run(bench *b) {
   patterns pt = {0};
   pt.big = malloc((size_t)PAT * 2);
   pt.small = malloc((size_t)PAT_SMALL * 2);
-  pt.keep = malloc((size_t)PAT_SMALL);
-  if (!pt.big || !pt.small || !pt.keep) {
+  if (!pt.big || !pt.small) {
     free(pt.big);
     free(pt.small);
-    free(pt.keep);
     return qt_fail(QT_ERR_NOMEM, "bench_ops_gpu: no host memory for the input patterns");
   }
   for (int64_t i = 0; i < PAT; i++) pt.big[i] = qt_bf16_from_f32((float)unif(-1, 1));
-  for (int64_t i = 0; i < PAT_SMALL; i++) {
+  for (int64_t i = 0; i < PAT_SMALL; i++)
     pt.small[i] = qt_bf16_from_f32((float)unif(-0.02, 0.02));
-    pt.keep[i] = unif(0, 1) >= DROP_P;
-  }
   results *r = calloc(1, sizeof *r);
   qt_status s = r ? QT_OK : qt_fail(QT_ERR_NOMEM, "bench_ops_gpu: no host memory");
   if (s == QT_OK) s = run_ceilings(b, r, &pt);
@@ -1007,7 +1005,6 @@ static qt_status run(bench *b) {
   free(r);
   free(pt.big);
   free(pt.small);
-  free(pt.keep);
   return s;
 }
 

@@ -1,46 +1,14 @@
 /* common/philox.c — Philox4x32-10 with cuRAND's stream layout (contract and
  * sources in philox.h). */
 #include "common/philox.h"
+#include "common/philox_hd.h"
 
 #include <math.h>
 
-/* Round multipliers and Weyl key increments of Philox4x32 (Salmon et al. 2011,
- * table 2; the same constants as PHILOX_M4x32_0/1 and PHILOX_W32_0/1 in cuRAND's
- * curand_philox4x32_x.h). */
-enum {
-  PHILOX_M0 = 0xD2511F53u,
-  PHILOX_M1 = 0xCD9E8D57u,
-};
-#define PHILOX_W0 0x9E3779B9u /* golden ratio */
-#define PHILOX_W1 0xBB67AE85u /* sqrt(3) - 1 */
-
-/* One round: two 32x32 -> 64 bit products, the high halves xored with the other
- * counter words and the key, the words permuted (Salmon et al. 2011, sec. 3.3):
- *   out = {hi(M1*c2) ^ c1 ^ k0, lo(M1*c2), hi(M0*c0) ^ c3 ^ k1, lo(M0*c0)}. */
-static void philox_round(uint32_t c[4], const uint32_t k[2]) {
-  uint64_t p0 = (uint64_t)PHILOX_M0 * c[0];
-  uint64_t p1 = (uint64_t)PHILOX_M1 * c[2];
-  uint32_t r0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k[0];
-  uint32_t r1 = (uint32_t)p1;
-  uint32_t r2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k[1];
-  uint32_t r3 = (uint32_t)p0;
-  c[0] = r0;
-  c[1] = r1;
-  c[2] = r2;
-  c[3] = r3;
-}
-
+/* The bijection is common/philox_hd.h's, the one definition the CUDA kernels
+ * that draw dropout masks compile too. */
 void qt_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
-  uint32_t c[4] = {ctr[0], ctr[1], ctr[2], ctr[3]};
-  uint32_t k[2] = {key[0], key[1]};
-  for (int round = 0; round < 10; round++) {
-    if (round > 0) { /* key schedule: bump the key before every round but the first */
-      k[0] += PHILOX_W0;
-      k[1] += PHILOX_W1;
-    }
-    philox_round(c, k);
-  }
-  for (int i = 0; i < 4; i++) out[i] = c[i];
+  qt_philox4x32_10_hd(ctr, key, out);
 }
 
 static void refill(qt_philox *s) { qt_philox4x32_10(s->ctr, s->key, s->out); }

@@ -88,6 +88,15 @@ void qt_philox_fill_uniform(qt_philox *s, float *dst, size_t n);
  * bytes as n qt_philox_next_uniform calls, drawn many blocks at a time and
  * threaded (OpenMP) for large n (common/philox_mask.c). */
 void qt_philox_keep_mask(uint8_t *keep, int64_t n, float p, uint64_t seed, uint64_t subsequence);
+/* The integer form of that comparison: curand_uniform(word) > p iff
+ * word > qt_philox_keep_threshold(p) (the map word -> uniform is monotone).
+ * Returns the largest word whose uniform is <= p, in [0, UINT32_MAX], or -1
+ * when even word 0's uniform (2^-33) is above p (p < 2^-33, p = 0, or NaN:
+ * every element kept); p >= 1 gives UINT32_MAX (none kept). A bisection over
+ * the 2^32 words (32 evaluations): compute it once per mask, not per element.
+ * With common/philox_hd.h's qt_dropout_keep_hd it lets a kernel draw the mask
+ * where it applies it (autograd/ops_cuda.h qt_dropout_cuda). */
+int64_t qt_philox_keep_threshold(float p);
 
 #ifdef __cplusplus
 }

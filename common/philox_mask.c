@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "common/philox.h"
+#include "common/philox_hd.h"
 #include "common/status.h"
 
 enum {
@@ -28,14 +29,16 @@ enum {
   MASK_CHUNK = 64 * GROUP,    /* words per OpenMP iteration (a multiple of GROUP) */
 };
 
-/* The same constants as common/philox.c (Salmon et al. 2011, table 2). */
-#define M0 0xD2511F53u
-#define M1 0xCD9E8D57u
-#define W0 0x9E3779B9u
-#define W1 0xBB67AE85u
+/* The round constants of the one bijection (common/philox_hd.h; Salmon et al.
+ * 2011, table 2), for the vector versions below. */
+#define M0 QT_PHILOX_M0
+#define M1 QT_PHILOX_M1
+#define W0 QT_PHILOX_W0
+#define W1 QT_PHILOX_W1
 
-/* Largest word whose uniform is <= p, or -1 when even word 0's is above p. */
-static int64_t keep_threshold(float p) {
+/* Largest word whose uniform is <= p, or -1 when even word 0's is above p
+ * (philox.h). */
+int64_t qt_philox_keep_threshold(float p) {
   if (!(qt_philox_uniform_from_u32(0) <= p)) return -1;
   uint64_t lo = 0, hi = UINT32_MAX; /* invariant: uniform(lo) <= p */
   while (lo < hi) {
@@ -55,7 +58,7 @@ static void group_mask_scalar(uint8_t *keep, uint64_t b0, uint32_t s_lo, uint32_
   for (int j = 0; j < LANES; j++) {
     uint64_t b = b0 + (uint64_t)j;
     uint32_t ctr[4] = {(uint32_t)b, (uint32_t)(b >> 32), s_lo, s_hi}, out[4];
-    qt_philox4x32_10(ctr, key, out);
+    qt_philox4x32_10_hd(ctr, key, out);
     for (int w = 0; w < 4; w++) keep[4 * j + w] = out[w] > T;
   }
 }
@@ -229,7 +232,7 @@ static group_fn pick_group(group_fn *pair) {
 
 void qt_philox_keep_mask(uint8_t *keep, int64_t n, float p, uint64_t seed, uint64_t subsequence) {
   QT_ASSERT(n >= 0 && (keep || n == 0));
-  int64_t T = keep_threshold(p);
+  int64_t T = qt_philox_keep_threshold(p);
   if (T < 0) {
     memset(keep, 1, (size_t)n);
     return;

@@ -231,14 +231,24 @@ void qt_lora_set_step(qt_lora *l, uint64_t step, bool training) {
   l->training = training;
 }
 
+/* The Philox stream of the dropout mask of (step, layer, proj): the key mixes
+ * the seed with the step (so every step draws new masks, and a recompute or a
+ * resumed run of the same step the same ones), the subsequence is the
+ * module's. The one definition: the hook's masks (fill_mask), and
+ * qt_lora_dropout_mask / qt_lora_dropout_stream (the GPU path) derive it here. */
+static void mask_stream(const qt_lora *l, int layer, qt_proj p, uint64_t *key,
+                        uint64_t *subsequence) {
+  *key = mix64(l->cfg.seed ^ mix64(l->step + 0x9E3779B97F4A7C15ull));
+  *subsequence = module_stream(layer, p);
+}
+
 /* The keep mask (n = N * In bytes) of (step, layer, proj): 1 with probability
- * 1 - p. The one definition of the mask: the tape hook (branch) and
- * qt_lora_dropout_mask (the GPU path) both draw through here, and the bytes
- * are qt_philox_keep_mask's (word i of the module's Philox stream). */
+ * 1 - p; the bytes are qt_philox_keep_mask's (word i of mask_stream's Philox
+ * stream compared with the threshold of (float)p). */
 static void fill_mask(const qt_lora *l, int layer, qt_proj p, int64_t n, uint8_t *m) {
-  qt_philox_keep_mask(m, n, (float)l->cfg.dropout,
-                      mix64(l->cfg.seed ^ mix64(l->step + 0x9E3779B97F4A7C15ull)),
-                      module_stream(layer, p));
+  uint64_t key, sub;
+  mask_stream(l, layer, p, &key, &sub);
+  qt_philox_keep_mask(m, n, (float)l->cfg.dropout, key, sub);
 }
 
 /* The hook's mask buffer of (layer, proj), grown to N * In, filled (unless it
@@ -277,6 +287,28 @@ qt_status qt_lora_dropout_mask(const qt_lora *l, int layer, qt_proj proj, int64_
   int32_t k = l->idx[layer][proj];
   if (k < 0 || !l->training || !(l->cfg.dropout > 0)) return QT_OK;
   fill_mask(l, layer, proj, N * l->t[k].cols, mask);
+  *keep_scale = 1.0 / (1.0 - l->cfg.dropout);
+  *has = true;
+  return QT_OK;
+}
+
+qt_status qt_lora_dropout_stream(const qt_lora *l, int layer, qt_proj proj, uint64_t *key,
+                                 uint64_t *subsequence, int64_t *threshold, double *keep_scale,
+                                 bool *has) {
+  QT_ASSERT(l && key && subsequence && threshold && keep_scale && has);
+  *key = 0;
+  *subsequence = 0;
+  *threshold = -1;
+  *keep_scale = 1.0;
+  *has = false;
+  if (layer < 0 || layer >= l->L || (int)proj < 0 || (int)proj >= QT_PROJ_COUNT)
+    return qt_fail(QT_ERR_INVALID, "lora: no module (layer %d, proj %d) in a %lld-layer model",
+                   layer, (int)proj, (long long)l->L);
+  int32_t k = l->idx[layer][proj];
+  if (k < 0 || !l->training || !(l->cfg.dropout > 0)) return QT_OK;
+  mask_stream(l, layer, proj, key, subsequence);
+  /* the float p fill_mask hands qt_philox_keep_mask, so the bits agree */
+  *threshold = qt_philox_keep_threshold((float)l->cfg.dropout);
   *keep_scale = 1.0 / (1.0 - l->cfg.dropout);
   *has = true;
   return QT_OK;

@@ -102,6 +102,23 @@ void qt_lora_set_step(qt_lora *l, uint64_t step, bool training);
  * QT_ERR_INVALID (layer or proj out of range). */
 qt_status qt_lora_dropout_mask(const qt_lora *l, int layer, qt_proj proj, int64_t N, uint8_t *mask,
                                double *keep_scale, bool *has);
+/* The same mask as a stream, for a kernel that draws it where it applies it
+ * (model/model_cuda.h, autograd/ops_cuda.h qt_dropout_cuda): element
+ * e = n * in + i of module (layer, proj)'s (N, in) mask for the current
+ * qt_lora_set_step state is kept iff word e of the Philox stream
+ * curand_init(*key, *subsequence, 0) is > *threshold
+ * (common/philox_hd.h qt_dropout_keep_hd(e, *key, *subsequence, *threshold)),
+ * i.e. byte e of qt_lora_dropout_mask's mask for any N with N * in > e. The
+ * key (seed and step mixed) and subsequence (layer * 8 + the projection's
+ * slot) are the ones the hook's masks are drawn with (one derivation in
+ * lora.c); *threshold = qt_philox_keep_threshold((float)dropout). When the
+ * module is adapted, training is on and dropout > 0: *keep_scale =
+ * 1 / (1 - dropout), *has = true. Otherwise *key = *subsequence = 0,
+ * *threshold = -1 (keeps everything), *keep_scale = 1, *has = false. Errors:
+ * QT_ERR_INVALID (layer or proj out of range). */
+qt_status qt_lora_dropout_stream(const qt_lora *l, int layer, qt_proj proj, uint64_t *key,
+                                 uint64_t *subsequence, int64_t *threshold, double *keep_scale,
+                                 bool *has);
 /* The hook qt_model_* calls; valid while l lives (after qt_lora_attach). */
 qt_model_adapter qt_lora_adapter(qt_lora *l);
 

@@ -1,6 +1,6 @@
-/* model/model_cuda.cu — the decoder's forward + backward with LoRA on the GPU,
- * op by op (model_cuda.h documents the contract; model.c decoder_layer is the
- * CPU recording this mirrors). No kernels of its own: every op is a call of
+/* model/model_cuda.cu — the decoder's forward + backward (or forward alone)
+ * with LoRA on the GPU, op by op (model_cuda.h documents the contract; model.c
+ * decoder_layer is the CPU recording this mirrors). No kernels of its own: every op is a call of
  * autograd/ops_cuda.h (bf16 storage, fp32 arithmetic) on the default stream.
  * qt_model_cuda_init uploads the weights and allocates every buffer once;
  * qt_model_cuda_forward_backward only copies the batch and the LoRA in and the
@@ -107,11 +107,10 @@ struct dev_linear {
   uint16_t *A, *B;             /* (max_r, in), (out, max_r) bf16; r of this call used */
   uint16_t *dA, *dB;           /* gradients, bf16, accumulated from 0 */
   uint16_t *u;                 /* (max_N, max_r) saved A xd of this layer's forward */
-  uint8_t *mask;               /* (max_N, in) keep mask, allocated at first use */
-  uint16_t *xd;                /* (max_N, in) saved dropped input, with mask */
   /* this call */
   const qt_model_cuda_lora *ad;/* host entry, or NULL (no LoRA) */
-  const uint8_t *dmask;        /* mask when this call drops, else NULL */
+  qt_dropout_cuda drop;        /* the entry's dropout stream, when drops */
+  bool drops;                  /* this call drops this linear's LoRA input */
 };
 
 struct dev_layer {
@@ -163,12 +162,17 @@ struct qt_model_cuda {
   uint16_t *dxf, *dX, *dn, *dsw, *dg, *dup, *da, *dqr, *dkr, *dv, *dq, *dk, *du_lora;
   float *delta;                   /* (B, H, T) */
   uint16_t *lora_work;            /* (max_N, max_in) LoRA dropout backward, at first use */
+  uint16_t *xd;                   /* (max_N, max_in) a linear's dropped-out LoRA input, formed in
+                                   * its forward and again in its backward (not saved per
+                                   * linear: at Llama-3-8B x 2048 tokens that was ~5 GB) */
 };
 
 namespace {
 
+/* train: the entries' gradients and dropout are used (forward_backward);
+ * otherwise (qt_model_cuda_loss) only A, B and r. */
 qt_status check_inputs(const qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
-                       const qt_model_batch *b) {
+                       const qt_model_batch *b, bool train) {
   const qt_model *m = c->m;
   if (!b->targets) return qt_fail(QT_ERR_INVALID, "model_cuda: the batch has no targets");
   if (b->B < 1 || b->T < 1)
@@ -195,7 +199,7 @@ qt_status check_inputs(const qt_model_cuda *c, const qt_model_cuda_lora *lora, s
   for (size_t i = 0; i < n_lora; i++) {
     const qt_model_cuda_lora *e = &lora[i];
     if (e->layer < 0 || e->layer >= m->L || (int)e->proj < 0 || (int)e->proj >= QT_PROJ_COUNT ||
-        e->r < 1 || !e->A || !e->B || !e->dA || !e->dB)
+        e->r < 1 || !e->A || !e->B || (train && (!e->dA || !e->dB)))
       return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entry %zu (layer %d, proj %d, r %lld) is "
                                      "not a valid adapted linear", i, e->layer, (int)e->proj,
                      (long long)e->r);
@@ -203,9 +207,13 @@ qt_status check_inputs(const qt_model_cuda *c, const qt_model_cuda_lora *lora, s
       return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entry %zu has rank %lld, above the "
                                      "context's max_r %lld", i, (long long)e->r,
                      (long long)c->max_r);
-    if (e->mask && !(e->keep_scale > 0))
-      return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entry %zu has a dropout mask but "
-                                     "keep_scale %g", i, e->keep_scale);
+    if (train && e->dropout &&
+        (!(e->keep_scale > 0) || e->dropout_threshold < -1 ||
+         e->dropout_threshold > (int64_t)UINT32_MAX))
+      return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entry %zu has dropout with keep_scale %g "
+                                     "and threshold %lld (need > 0 and -1 .. 2^32 - 1; fill "
+                                     "them with qt_lora_dropout_stream)", i, e->keep_scale,
+                     (long long)e->dropout_threshold);
     for (size_t j = 0; j < i; j++)
       if (lora[j].layer == e->layer && lora[j].proj == e->proj)
         return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entries %zu and %zu adapt the same "
@@ -345,12 +353,14 @@ qt_status setup(qt_model_cuda *c) {
   return QT_OK;
 }
 
-/* This call's LoRA: A, B (and masks) in, dA, dB zeroed; every other linear plain. */
-qt_status bind_lora(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora) {
+/* This call's LoRA: A, B in; with train, dA, dB zeroed and the dropout
+ * streams bound (the two dropout scratches made at the first call with
+ * dropout); every other linear plain. */
+qt_status bind_lora(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora, bool train) {
   for (int64_t l = 0; l < c->L; l++)
     for (int p = 0; p < QT_PROJ_COUNT; p++) {
       c->layers[l].lin[p].ad = NULL;
-      c->layers[l].lin[p].dmask = NULL;
+      c->layers[l].lin[p].drops = false;
     }
   for (size_t i = 0; i < n_lora; i++) {
     const qt_model_cuda_lora *e = &lora[i];
@@ -359,17 +369,18 @@ qt_status bind_lora(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_l
     d->ad = e;
     QT_TRY(copy_bf16_in(d->A, e->A, r * in, c->stage));
     QT_TRY(copy_bf16_in(d->B, e->B, out * r, c->stage));
+    if (!train) continue;
     QT_CUDA_CHECK(cudaMemset(d->dA, 0, (size_t)(r * in) * sizeof(uint16_t)));
     QT_CUDA_CHECK(cudaMemset(d->dB, 0, (size_t)(out * r) * sizeof(uint16_t)));
-    if (!e->mask) continue;
-    /* Dropout buffers: made at the first masked call of this linear, kept. */
-    if (!d->mask) {
-      QT_TRY(dev_alloc(&c->dl, c->max_N * in, &d->mask));
-      QT_TRY(dev_alloc(&c->dl, c->max_N * in, &d->xd));
-    }
+    if (!e->dropout) continue;
+    /* Two shared scratches for dropout, made at the first call with dropout
+     * and kept: the dropped-out input (formed where it is used; the mask is
+     * drawn in the kernels) and the backward's du A. */
+    if (!c->xd) QT_TRY(dev_alloc(&c->dl, c->max_N * c->max_in, &c->xd));
     if (!c->lora_work) QT_TRY(dev_alloc(&c->dl, c->max_N * c->max_in, &c->lora_work));
-    QT_CUDA_CHECK(cudaMemcpy(d->mask, e->mask, (size_t)(c->N * in), cudaMemcpyHostToDevice));
-    d->dmask = d->mask;
+    d->drop = qt_dropout_cuda{e->dropout_key, e->dropout_subsequence, e->dropout_threshold,
+                              e->keep_scale};
+    d->drops = true;
   }
   return QT_OK;
 }
@@ -388,8 +399,8 @@ qt_status linear_absmax(qt_model_cuda *c, const dev_linear *d, const float **am)
   return QT_OK;
 }
 
-/* y (N, out) = x W^T (+ bias) (+ scale B (A xd), saving A xd and, with
- * dropout, xd = bf16(x * mask * keep_scale)). */
+/* y (N, out) = x W^T (+ bias) (+ scale B (A xd), saving A xd; with dropout
+ * xd = bf16(x * keep * keep_scale) in the shared scratch, not saved). */
 qt_status linear_forward(qt_model_cuda *c, dev_linear *d, uint16_t *y, const uint16_t *x) {
   const qt_model_linear *lin = d->lin;
   if (lin->quantized) {
@@ -402,14 +413,14 @@ qt_status linear_forward(qt_model_cuda *c, dev_linear *d, uint16_t *y, const uin
     QT_TRY(qt_op_linear_forward_cuda(y, x, d->w, d->bias, c->N, lin->in, lin->out, c->g, NULL));
   }
   if (d->ad)
-    QT_TRY(qt_op_lora_forward_cuda(y, d->u, d->dmask ? d->xd : NULL, x, d->dmask,
-                                   d->dmask ? d->ad->keep_scale : 1.0, d->A, d->B, c->scale,
-                                   c->N, lin->in, lin->out, d->ad->r, c->g, NULL));
+    QT_TRY(qt_op_lora_forward_cuda(y, d->u, d->drops ? c->xd : NULL, x,
+                                   d->drops ? &d->drop : NULL, d->A, d->B, c->scale, c->N,
+                                   lin->in, lin->out, d->ad->r, c->g, NULL));
   return QT_OK;
 }
 
 /* dx (N, in) (+)= dy W (+ the LoRA path), dA, dB += their gradients; x is
- * the forward input (the LoRA's xd when there is no dropout). */
+ * the forward input (the LoRA's xd is formed from it again with dropout). */
 qt_status linear_backward(qt_model_cuda *c, dev_linear *d, uint16_t *dx, int acc,
                           const uint16_t *dy, const uint16_t *x) {
   const qt_model_linear *lin = d->lin;
@@ -421,12 +432,13 @@ qt_status linear_backward(qt_model_cuda *c, dev_linear *d, uint16_t *dx, int acc
   } else {
     QT_TRY(qt_op_linear_backward_cuda(dx, acc, dy, d->w, c->N, lin->in, lin->out, c->g, NULL));
   }
+  if (d->ad && d->drops) /* the dropped-out input again (same keys: the same bits) */
+    QT_TRY(qt_op_lora_dropout_cuda(c->xd, x, &d->drop, c->N, lin->in, NULL));
   if (d->ad)
     QT_TRY(qt_op_lora_backward_cuda(dx, 1, d->dA, d->dB, c->du_lora,
-                                    d->dmask ? c->lora_work : NULL, dy, d->dmask ? d->xd : x,
-                                    d->u, d->dmask, d->dmask ? d->ad->keep_scale : 1.0, d->A,
-                                    d->B, c->scale, c->N, lin->in, lin->out, d->ad->r, c->g,
-                                    NULL));
+                                    d->drops ? c->lora_work : NULL, dy, d->drops ? c->xd : x,
+                                    d->u, d->drops ? &d->drop : NULL, d->A, d->B, c->scale, c->N,
+                                    lin->in, lin->out, d->ad->r, c->g, NULL));
   return QT_OK;
 }
 /* model.c decoder_layer, forward: out (N, C) from ly->x. */
@@ -474,10 +486,13 @@ qt_status layer_backward(qt_model_cuda *c, dev_layer *ly) {
   return qt_op_rmsnorm_backward_cuda(c->dX, 1, c->dn, ly->x, ly->norm_in, ly->rstd1, N, C, NULL);
 }
 
+/* Forward (loss and count copied out), then with train and LoRA the backward
+ * and the gradients copied out. */
 qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
-              const qt_model_batch *b, double dloss, double *loss_sum, int64_t *count) {
+              const qt_model_batch *b, bool train, double dloss, double *loss_sum,
+              int64_t *count) {
   int64_t N = c->N, C = c->C, L = c->L;
-  QT_TRY(bind_lora(c, lora, n_lora));
+  QT_TRY(bind_lora(c, lora, n_lora, train));
   QT_CUDA_CHECK(cudaMemcpy(c->ids, b->ids, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
   QT_CUDA_CHECK(cudaMemcpy(c->targets, b->targets, (size_t)N * sizeof(int32_t),
                            cudaMemcpyHostToDevice));
@@ -494,7 +509,7 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
                                           0.0, c->g, NULL));
   QT_CUDA_CHECK(cudaMemcpy(loss_sum, c->loss, sizeof(double), cudaMemcpyDeviceToHost));
   QT_CUDA_CHECK(cudaMemcpy(count, c->count, sizeof(int64_t), cudaMemcpyDeviceToHost));
-  if (n_lora == 0) return QT_OK;
+  if (!train || n_lora == 0) return QT_OK;
   /* backward: loss -> final norm -> layers, last first */
   QT_TRY(qt_op_cross_entropy_backward_cuda(c->dxf, 0, c->logits, c->dz, c->chunk, dloss,
                                            c->ce_lse, c->xf, c->lm_head, c->targets, N, C, c->V,
@@ -512,6 +527,15 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
 
 }  // namespace
 
+/* This explicit CUDA model composes the llama-style layer only; the
+ * families' variations (model/model.h) run on the CPU tape. */
+extern "C" bool qt_model_cuda_composes(const qt_hf_config *hc) {
+  QT_ASSERT(hc);
+  return !(hc->fused_qkv || hc->fused_gate_up || hc->qk_norm || hc->norm_plus_one ||
+           hc->sandwich_norm || hc->embed_scale || hc->attn_softcap > 0 ||
+           hc->final_softcap > 0 || hc->act != QT_HF_ACT_SILU || hc->has_rope_local);
+}
+
 extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T,
                                         int64_t max_r, qt_model_cuda **out) {
   QT_ASSERT(m && out);
@@ -520,12 +544,8 @@ extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_
     return qt_fail(QT_ERR_INVALID, "model_cuda: context for %lld x %lld tokens, rank %lld: each "
                                    "must be >= 1", (long long)max_B, (long long)max_T,
                    (long long)max_r);
-  /* This explicit CUDA model composes the llama-style layer only; the
-   * families' variations (model/model.h) run on the CPU tape. */
   const qt_hf_config *hc = &m->cfg;
-  if (hc->fused_qkv || hc->fused_gate_up || hc->qk_norm || hc->norm_plus_one || hc->sandwich_norm ||
-      hc->embed_scale || hc->attn_softcap > 0 || hc->final_softcap > 0 ||
-      hc->act != QT_HF_ACT_SILU || hc->has_rope_local)
+  if (!qt_model_cuda_composes(hc))
     return qt_fail(QT_ERR_UNSUPPORTED, "model_cuda: %s models train on the CPU for now (the CUDA "
                                        "path composes llama/mistral/qwen2 layers); set "
                                        "training.device: cpu", qt_hf_arch_name(hc->arch));
@@ -567,26 +587,43 @@ extern "C" size_t qt_model_cuda_device_bytes(const qt_model_cuda *c) {
   return c->dl.bytes;
 }
 
-extern "C" qt_status qt_model_cuda_forward_backward(qt_model_cuda *c,
-                                                    const qt_model_cuda_lora *lora,
-                                                    size_t n_lora, double scale,
-                                                    const qt_model_batch *b, double dloss,
-                                                    double *loss_sum, int64_t *count) {
+namespace {
+
+/* One call of either entry point on the context's buffers. */
+qt_status call(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora, double scale,
+               const qt_model_batch *b, bool train, double dloss, double *loss_sum,
+               int64_t *count) {
   QT_ASSERT(c && b && loss_sum && count && (lora || n_lora == 0));
   *loss_sum = 0;
   *count = 0;
-  QT_TRY(check_inputs(c, lora, n_lora, b));
+  QT_TRY(check_inputs(c, lora, n_lora, b, train));
   c->B = b->B;
   c->T = b->T;
   c->N = b->B * b->T;
   c->chunk = c->N < 256 ? c->N : 256;
   c->scale = scale;
-  qt_status s = run(c, lora, n_lora, b, dloss, loss_sum, count);
+  qt_status s = run(c, lora, n_lora, b, train, dloss, loss_sum, count);
   /* Let queued work finish (the buffers are reused by the next call); after a
    * failure its own error is the one reported. */
   cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess && s == QT_OK) s = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaDeviceSynchronize");
   return s;
+}
+
+}  // namespace
+
+extern "C" qt_status qt_model_cuda_forward_backward(qt_model_cuda *c,
+                                                    const qt_model_cuda_lora *lora,
+                                                    size_t n_lora, double scale,
+                                                    const qt_model_batch *b, double dloss,
+                                                    double *loss_sum, int64_t *count) {
+  return call(c, lora, n_lora, scale, b, true, dloss, loss_sum, count);
+}
+
+extern "C" qt_status qt_model_cuda_loss(qt_model_cuda *c, const qt_model_cuda_lora *lora,
+                                        size_t n_lora, double scale, const qt_model_batch *b,
+                                        double *loss_sum, int64_t *count) {
+  return call(c, lora, n_lora, scale, b, false, 0.0, loss_sum, count);
 }
 
 extern "C" void qt_model_cuda_free(qt_model_cuda **pc) {

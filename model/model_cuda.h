@@ -1,5 +1,6 @@
-/* model/model_cuda.h — one forward + backward of the decoder with LoRA on the
- * GPU, written out op by op (no tape) with the CUDA ops of autograd/ops_cuda.h.
+/* model/model_cuda.h — one forward + backward (or a forward alone, for
+ * evaluation) of the decoder with LoRA on the GPU, written out op by op (no
+ * tape) with the CUDA ops of autograd/ops_cuda.h.
  * Only built with the CUDA backend (QLORA_HAVE_CUDA; model_cuda.cu).
  *
  * The computation is the one model.h records on the CPU tape (transformers
@@ -29,11 +30,16 @@
  * (max_B x max_T tokens) and LoRA rank (max_r) once;
  * qt_model_cuda_forward_backward reuses them for any batch with B <= max_B,
  * T <= max_T. Per call it copies in the batch (ids, targets, positions,
- * documents), each entry's A and B (host fp32 -> bf16 through a host staging
- * buffer made at init) and mask, and copies the gradients out; it allocates
- * nothing, except that the first call with a dropout mask for a linear
- * allocates that linear's mask and saved-xd buffers (and, once, one LoRA
- * backward work buffer), which are kept for every later call.
+ * documents) and each entry's A and B (host fp32 -> bf16 through a host
+ * staging buffer made at init), and copies the gradients out (qt_model_cuda_loss:
+ * only the loss and count); it allocates nothing, except that the first call
+ * with dropout allocates two shared dropout scratches (below), kept for every
+ * later call.
+ * Dropout masks are never stored or uploaded: the LoRA kernels draw each
+ * keep bit from the entry's Philox stream (key, subsequence, threshold) where
+ * they apply it, in the forward (xd) and again in the backward (dx), bit for
+ * bit the mask the CPU tape's hook draws (autograd/ops_cuda.h
+ * qt_dropout_cuda, common/philox_hd.h).
  * Device memory (bytes; Nm = max_B * max_T, W = 2 for bf16; every buffer its
  * own cudaMalloc):
  *   weights: embed V*C*W (+ lm_head V*C*W when untied) + norms; per linear
@@ -49,17 +55,22 @@
  *     logits and dlogits
  *     min(Nm, 256)*V*(4 + W); backward Nm*(3C + 3F + 3HD + 3KD + max_r)*W
  *     + max_B*H*max_T*4;
- *   with dropout (lazily, per masked linear): mask Nm*in bytes + xd Nm*in*W,
- *     and one work buffer Nm*max(in)*W.
+ *   with dropout (lazily, once): xd Nm*max(in)*W (a linear's dropped-out
+ *     input, formed in its forward and formed again in its backward for dA:
+ *     not saved per linear) and one work buffer Nm*max(in)*W; no mask bytes.
  * qt_model_cuda_device_bytes reports the total held. Every activation of every
  * layer is kept for backward (no checkpointing). The context prints nothing.
  *
  * LoRA comes in as plain host arrays (qt_model_cuda_lora), not as a qt_lora:
  * model/ sits below lora/ (arrows point downward), so the caller (a test, the
  * trainer) fills one entry per adapted (layer, projection) from
- * qt_lora_tensors (A, B `data`, qt_lora_scale) and, for dropout, the keep
- * mask from qt_lora_dropout_mask (the CPU tape's mask of the same step, so
- * both paths drop the same inputs). */
+ * qt_lora_tensors (A, B `data`, qt_lora_scale) and, for dropout, the stream
+ * fields from qt_lora_dropout_stream (the stream of the CPU tape's mask of the
+ * same step, so both paths drop the same inputs):
+ *   qt_lora_dropout_stream(l, e.layer, e.proj, &e.dropout_key,
+ *                          &e.dropout_subsequence, &e.dropout_threshold,
+ *                          &e.keep_scale, &e.dropout);
+ * (after qt_lora_set_step for the micro-step, as the tape's hook sees it). */
 #ifndef QT_MODEL_MODEL_CUDA_H
 #define QT_MODEL_MODEL_CUDA_H
 
@@ -67,6 +78,7 @@
 extern "C" {
 #endif
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -80,12 +92,28 @@ typedef struct {
   int64_t r;        /* rank >= 1 (<= the context's max_r) */
   const float *A;   /* (r, in) host fp32; uploaded rounded to bf16 */
   const float *B;   /* (out, r) host fp32; uploaded rounded to bf16 */
-  float *dA;        /* (r, in) host fp32 out: overwritten with the gradient */
-  float *dB;        /* (out, r) host fp32 out */
-  const uint8_t *mask; /* (B*T, in) host 0/1 dropout keep mask of this batch
-                        * (qt_lora_dropout_mask), or NULL: no dropout */
-  double keep_scale;   /* with mask: kept inputs are scaled by it (1 / (1 - p)) */
+  float *dA;        /* (r, in) host fp32 out: overwritten with the gradient
+                     * (unused by qt_model_cuda_loss: may be NULL there) */
+  float *dB;        /* (out, r) host fp32 out (likewise) */
+  /* Dropout of this linear's LoRA input (qt_lora_dropout_stream fills all
+   * five): with dropout true, element e = n * in + i of the (B*T, in) input is
+   * kept iff word e of the Philox stream curand_init(dropout_key,
+   * dropout_subsequence, 0) is > dropout_threshold, and kept values are
+   * multiplied by keep_scale. dropout false (a zeroed entry): no dropout, the
+   * other four ignored. qt_model_cuda_loss ignores all five (model.eval()). */
+  bool dropout;
+  uint64_t dropout_key;
+  uint64_t dropout_subsequence;
+  int64_t dropout_threshold; /* in [-1, UINT32_MAX] (common/philox.h qt_philox_keep_threshold) */
+  double keep_scale;         /* > 0 with dropout (1 / (1 - p)) */
 } qt_model_cuda_lora;
+
+/* Whether this explicit CUDA model composes the layers of config c: the
+ * llama-style layer (llama / mistral / qwen2: separate q, k, v and gate, up,
+ * pre-norms without +1, SiLU, no qk-norm, sandwich norms, embedding scale,
+ * soft-capping or local RoPE). Other families train on the CPU tape;
+ * qt_model_cuda_init refuses them (QT_ERR_UNSUPPORTED). */
+bool qt_model_cuda_composes(const qt_hf_config *c);
 
 /* Weights and buffers on the current CUDA device (see above). */
 typedef struct qt_model_cuda qt_model_cuda;
@@ -98,15 +126,17 @@ typedef struct qt_model_cuda qt_model_cuda;
  * QT_ERR_NOMEM, QT_ERR_CUDA. */
 qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
                              qt_model_cuda **out);
-/* Device bytes the context holds now (grows only by the lazy dropout buffers). */
+/* Device bytes the context holds now (grows only by the two lazy dropout
+ * scratches). */
 size_t qt_model_cuda_device_bytes(const qt_model_cuda *ctx);
 /* Forward, then (when n_lora > 0) backward with d(objective)/d(loss_sum) =
  * dloss, of one packed batch b (model.h; targets required; b->B <= max_B,
  * b->T <= max_T). Returns *loss_sum = summed CE over the targets and *count =
  * number of targets, and for every lora[i] its dA, dB = d(dloss *
  * loss_sum)/d(A, B) (computed in bf16 on the device, widened to fp32;
- * overwritten, not accumulated). With lora[i].mask, that linear's LoRA input
- * is x * mask * keep_scale (PEFT's nn.Dropout in training), rounded to bf16.
+ * overwritten, not accumulated). With lora[i].dropout, that linear's LoRA
+ * input is x * keep * keep_scale (PEFT's nn.Dropout in training), rounded to
+ * bf16, keep drawn on the device from the entry's stream (see above).
  * scale: the LoRA scale (alpha / r or alpha / sqrt(r)), the same for every
  * entry. At most one entry per (layer, proj). Synchronizes before it returns.
  * Errors: QT_ERR_INVALID (ids/targets/positions out of range, a batch or rank
@@ -116,6 +146,17 @@ size_t qt_model_cuda_device_bytes(const qt_model_cuda *ctx);
 qt_status qt_model_cuda_forward_backward(qt_model_cuda *ctx, const qt_model_cuda_lora *lora,
                                          size_t n_lora, double scale, const qt_model_batch *b,
                                          double dloss, double *loss_sum, int64_t *count);
+/* Forward only, for evaluation: *loss_sum and *count of batch b as
+ * qt_model_cuda_forward_backward computes them, with every lora[i]'s branch
+ * applied (A, B, r; dA, dB may be NULL and are not written) and no dropout
+ * (the entries' dropout fields are ignored, as model.eval(): the CPU's
+ * qt_model_forward_backward with training off in qt_lora_set_step and no
+ * backward). n_lora = 0: the base model.
+ * No backward; nothing but the loss and the count is copied back. Same
+ * limits, errors and synchronization as qt_model_cuda_forward_backward. */
+qt_status qt_model_cuda_loss(qt_model_cuda *ctx, const qt_model_cuda_lora *lora, size_t n_lora,
+                             double scale, const qt_model_batch *b, double *loss_sum,
+                             int64_t *count);
 /* Frees every device and host buffer; *ctx = NULL. NULL-safe. */
 void qt_model_cuda_free(qt_model_cuda **ctx);
 

@@ -28,6 +28,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "model/sample.h"
+#include "train/backend.h"
 #include "train/cli.h"
 #include "train/session.h"
 
@@ -299,7 +300,7 @@ static void stream_end(streamer *st) {
 typedef struct {
   qt_session s;
   gen_args *g;
-  qt_model_adapter ad, *adp;
+  qt_backend *be;           /* the decoder's backend (backend.h) */
   qt_prompt chatp;          /* the chat renderer (data/prompt.h) */
   bool have_chatp;
   qt_model_decoder *d;
@@ -326,11 +327,15 @@ static qt_status ctx_load(gen_ctx *c) {
   QT_TRY(qt_session_pick_adapter(s, c->g->a.checkpoint, true));
   /* the tape only carries the adapter's tensors: the decoder has its own memory */
   QT_TRY(qt_session_tape(s, 1, 1, false, true));
-  if (s->lora) {
-    qt_lora_set_step(s->lora, 0, false);
-    c->ad = qt_lora_adapter(s->lora);
-    c->adp = &c->ad;
+  if (s->lora) qt_lora_set_step(s->lora, 0, false);
+  /* the backend of training.device when it has a decoder; the CUDA backend
+   * has none yet, so generation decodes on the CPU there (and says so) */
+  qt_backend_opts bo = {.kind = qt_backend_kind_of(&s->cfg), .max_B = 1, .max_T = 1, .train = false};
+  if (!qt_backend_kind_decodes(bo.kind)) {
+    QT_LOGI("training.device: cuda: the GPU backend has no KV-cache decoder yet; generating on the CPU");
+    bo.kind = QT_BACKEND_CPU;
   }
+  QT_TRY(qt_backend_open(s, &bo, &c->be));
   if (!c->g->seed_given) c->g->so.seed = (uint64_t)s->cfg.training.seed;
   QT_TRY(eos_ids(s, &c->stops));
   c->st.tok = s->tok;
@@ -360,7 +365,7 @@ static qt_status ctx_decoder(gen_ctx *c, int64_t cap, int64_t longest_prompt) {
   int64_t rows = longest_prompt < 512 ? longest_prompt : 512;
   if (rows < 1) rows = 1;
   if (rows > cap) rows = cap;
-  QT_TRY(qt_model_decoder_init(c->s.mt, c->adp, cap, rows, &c->d));
+  QT_TRY(c->be->ops->decoder(c->be, cap, rows, &c->d));
   QT_TRY(qt_sampler_init(&c->smp, &c->g->so, m->V));
   c->have_smp = true;
   c->st.stamps = malloc((size_t)(c->g->max_new + 1) * sizeof(double));
@@ -405,6 +410,7 @@ static qt_status run_one(gen_ctx *c, const int32_t *ids, size_t n, bool echo, in
 
 static void ctx_free(gen_ctx *c) {
   qt_model_decoder_free(&c->d);
+  qt_backend_close(&c->be);
   if (c->have_smp) qt_sampler_free(&c->smp);
   if (c->have_chatp) qt_prompt_free(&c->chatp);
   qt_token_ids_free(&c->st.ids);

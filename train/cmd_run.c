@@ -17,6 +17,7 @@
 #include "common/half.h"
 #include "common/log.h"
 #include "common/safetensors.h"
+#include "train/backend.h"
 #include "train/checkpoint.h"
 #include "train/cli.h"
 #include "train/export_gguf.h"
@@ -36,11 +37,22 @@ qt_status qt_cmd_eval(int argc, char **argv) {
     r = qt_fail(QT_ERR_CONFIG, "%s: no evaluation data: set data.eval or pass --data FILE", a.config_path);
   if (r == QT_OK) r = qt_session_load_model(&s);
   if (r == QT_OK) r = qt_session_pick_adapter(&s, a.checkpoint, true);
-  if (r == QT_OK) r = qt_session_tape(&s, s.cfg.training.micro_batch_size, s.cfg.data.seq_len, false, true);
+  if (r == QT_OK) r = qt_session_resolve_device(&s);
+  /* training.device picks the backend (backend.h): the CPU tape for batches
+   * of micro_batch_size x seq_len, or the GPU (the tape then only carries the
+   * adapters' tensors) */
+  if (r == QT_OK)
+    r = qt_backend_kind_of(&s.cfg) == QT_BACKEND_CUDA ? qt_session_tape(&s, 1, 1, false, true)
+             : qt_session_tape(&s, s.cfg.training.micro_batch_size, s.cfg.data.seq_len, false, true);
   if (r == QT_OK) r = qt_session_dataset(&s, path, &ds, s.cfg.data.skip_bad_records);
   have_ds = r == QT_OK;
+  qt_backend *be = NULL;
+  qt_backend_opts bo = {.kind = qt_backend_kind_of(&s.cfg), .max_B = s.cfg.training.micro_batch_size,
+                        .max_T = s.cfg.data.seq_len, .train = false};
+  if (r == QT_OK) r = qt_backend_open(&s, &bo, &be);
   qt_eval_result er;
-  if (r == QT_OK) r = qt_session_eval(&s, &ds, &er);
+  if (r == QT_OK) r = qt_session_eval(be, &ds, &er);
+  qt_backend_close(&be);
   if (r == QT_OK) {
     double loss = er.tokens ? er.loss_sum / (double)er.tokens : NAN;
     if (!isfinite(loss))

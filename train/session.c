@@ -17,6 +17,8 @@
 #include "common/log.h"
 #include "common/safetensors.h"
 #include "data/loader.h"
+#include "dist/dist.h"
+#include "train/backend.h"
 #include "train/checkpoint.h"
 
 #ifdef QLORA_HAVE_CUDA
@@ -117,17 +119,6 @@ qt_status qt_session_config(qt_session *s, const qt_args *a) {
   if (!f) return qt_fail(QT_ERR_NOMEM, "out of memory");
   qt_config_write_yaml(&s->cfg, f);
   fclose(f);
-#ifdef QLORA_HAVE_CUDA
-  if (s->cfg.training.device == QT_DEVICE_AUTO) {
-    /* auto stays on the CPU until the GPU path has passed the GPU check (gpu_bundle.sh) on a
-     * GPU (README, Status); say so instead of training on the CPU silently */
-    int n = 0;
-    if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0)
-      QT_LOGW("training.device: auto trains on the CPU although %d CUDA device%s present: the GPU path is "
-              "experimental (not yet validated on a GPU); set training.device: cuda to use it", n,
-              n == 1 ? " is" : "s are");
-  }
-#endif
   if (s->cfg.training.device == QT_DEVICE_CUDA) {
 #ifdef QLORA_HAVE_CUDA
     int n = 0;
@@ -317,6 +308,43 @@ static void session_cpu_dtype(qt_session *s) {
     QT_LOGI("model.compute_dtype fp16: the CPU computes in fp32 (fp16 is a GPU compute dtype)");
 }
 
+qt_status qt_session_resolve_device(qt_session *s) {
+  qt_config *c = &s->cfg;
+  if (c->training.device == QT_DEVICE_CPU) return QT_OK;
+  bool gpu = false;
+#ifdef QLORA_HAVE_CUDA
+  int n = 0;
+  gpu = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+#endif
+  if (!gpu) { /* auto without a GPU: the CPU, silently (cuda was refused by qt_session_config) */
+    c->training.device = QT_DEVICE_CPU;
+    return QT_OK;
+  }
+#ifdef QLORA_HAVE_CUDA
+  /* one GPU per rank, the node-local rank's, chosen before anything touches one */
+  if (qt_dist_world()->mpi) QT_TRY(qt_dist_cuda_select_device());
+#endif
+  if (c->training.device == QT_DEVICE_AUTO && !qt_backend_cuda_composes(&s->model->cfg)) {
+    QT_LOGI("training.device: auto: the GPU path composes llama, mistral and qwen2 layers; %s trains on the CPU",
+            qt_hf_arch_name(s->model->cfg.arch));
+    c->training.device = QT_DEVICE_CPU;
+    return QT_OK;
+  }
+  qt_selfcheck_result res;
+  qt_status r = qt_backend_selfcheck(QT_BACKEND_CUDA, &res);
+  if (r != QT_OK) {
+    if (r != QT_ERR_NUMERIC)
+      qt_error_context("start-up self-check of the GPU (training.device: %s); set training.device: cpu to train on "
+                       "the CPU", c->training.device == QT_DEVICE_AUTO ? "auto" : "cuda");
+    return r;
+  }
+  QT_LOGI("training.device: %s: the GPU passed the start-up self-check in %.2f s (loss within %.1e, LoRA gradients "
+          "NMSE %.1e of the CPU's): training on the GPU", c->training.device == QT_DEVICE_AUTO ? "auto" : "cuda",
+          res.seconds, res.loss_rel, res.all_nmse);
+  c->training.device = QT_DEVICE_CUDA;
+  return QT_OK;
+}
+
 qt_status qt_session_tape(qt_session *s, int64_t B, int64_t T, bool checkpointing, bool forward_only) {
   session_fp_mode(s);
   session_cpu_dtype(s);
@@ -359,7 +387,8 @@ qt_status qt_session_dataset(qt_session *s, const char *path, qt_dataset *ds, bo
   return QT_OK;
 }
 
-qt_status qt_session_eval(qt_session *s, const qt_dataset *ds, qt_eval_result *r) {
+qt_status qt_session_eval(qt_backend *be, const qt_dataset *ds, qt_eval_result *r) {
+  qt_session *s = be->s;
   memset(r, 0, sizeof *r);
   qt_loader l;
   qt_loader_opts o = {.seq_len = s->cfg.data.seq_len, .rows = s->cfg.training.micro_batch_size, .packing = 0,
@@ -374,11 +403,6 @@ qt_status qt_session_eval(qt_session *s, const qt_dataset *ds, qt_eval_result *r
     return qt_fail(QT_ERR_NOMEM, "out of memory");
   }
   if (s->lora) qt_lora_set_step(s->lora, 0, false);
-  qt_model_adapter ad, *adp = NULL;
-  if (s->lora) {
-    ad = qt_lora_adapter(s->lora);
-    adp = &ad;
-  }
   qt_status st = QT_OK;
   for (;;) {
     const qt_batch *b = qt_loader_next(&l);
@@ -386,7 +410,7 @@ qt_status qt_session_eval(qt_session *s, const qt_dataset *ds, qt_eval_result *r
     qt_model_batch mb = {.ids = b->ids, .targets = targets, .pos = b->pos, .doc = b->doc, .B = b->rows, .T = b->T};
     double ls = 0;
     int64_t cnt = 0;
-    st = qt_model_forward_backward(s->mt, adp, &mb, false, 0.0, &ls, &cnt);
+    st = be->ops->eval_micro(be, &mb, &ls, &cnt);
     if (st != QT_OK) break;
     r->loss_sum += ls;
     r->tokens += cnt;

@@ -69,6 +69,13 @@ qt_status qt_session_load_lora(qt_session *s, const char *dir);
  * checkpoint under output.dir, else none (base model alone) when
  * base_ok; export requires an adapter. */
 qt_status qt_session_pick_adapter(qt_session *s, const char *checkpoint, bool base_ok);
+/* training.device made concrete, after the model is loaded: cpu stays; auto
+ * without a CUDA device (or a build without the CUDA backend) becomes cpu;
+ * auto with one becomes cuda when the GPU path composes the model's family
+ * (else cpu, with an info line) and cuda stays cuda, each only after the
+ * start-up self-check passed (train/backend.h qt_backend_selfcheck), whose
+ * error, naming what disagreed, is returned otherwise. */
+qt_status qt_session_resolve_device(qt_session *s);
 /* A tape for batches of up to B x T tokens, with the adapters attached;
  * forward_only for eval and generate (no gradient memory). */
 qt_status qt_session_tape(qt_session *s, int64_t B, int64_t T, bool checkpointing, bool forward_only);
@@ -79,14 +86,16 @@ qt_status qt_session_check_memory(const qt_session *s, size_t extra);
 /* Reads and tokenizes a data file in data.format. */
 qt_status qt_session_dataset(qt_session *s, const char *path, qt_dataset *ds, bool skip_bad);
 
-/* Eval loss over a dataset: one example per row, file order, no cross-example
- * attention, loss = sum NLL / targets over the whole file. */
+/* Eval loss over a dataset through a backend (train/backend.h) opened on this
+ * session: one example per row, file order, no cross-example attention,
+ * loss = sum NLL / targets over the whole file. */
 typedef struct {
   double loss_sum;
   int64_t tokens;   /* targets */
   int64_t examples;
 } qt_eval_result;
-qt_status qt_session_eval(qt_session *s, const qt_dataset *ds, qt_eval_result *r);
+typedef struct qt_backend qt_backend;
+qt_status qt_session_eval(qt_backend *be, const qt_dataset *ds, qt_eval_result *r);
 
 void qt_session_free(qt_session *s);
 

@@ -46,14 +46,12 @@
 #include "data/loader.h"
 #include "dist/dist.h"
 #include "optim/optim.h"
+#include "train/backend.h"
 #include "train/checkpoint.h"
 #include "train/cli.h"
 #include "train/report.h"
 #include "train/session.h"
 
-#ifdef QLORA_HAVE_CUDA
-#include "model/model_cuda.h"
-#endif
 
 /* Set by SIGINT/SIGTERM; read between steps. A signal handler cannot be
  * given a context, so this one flag is process state. */
@@ -490,9 +488,9 @@ static qt_status checkpoint_all_ranks(const qt_saver *sv, qt_train_state *st, co
   return r;
 }
 
-static qt_status run_eval(qt_session *s, const qt_dataset *ev, int64_t step, qt_metrics *m, double *loss) {
+static qt_status run_eval(qt_backend *be, const qt_dataset *ev, int64_t step, qt_metrics *m, double *loss) {
   qt_eval_result r;
-  QT_TRY(qt_session_eval(s, ev, &r));
+  QT_TRY(qt_session_eval(be, ev, &r));
   *loss = r.tokens ? r.loss_sum / (double)r.tokens : NAN;
   char line[256];
   char ls[32], ps[32];
@@ -611,6 +609,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   qt_mem_trace("start");
   QT_TRY(qt_session_load_model(s));
   qt_mem_trace("model loaded");
+  QT_TRY(qt_session_resolve_device(s)); /* auto: the GPU when there is one and it passes the self-check */
 
   qt_dataset train = {0}, eval = {0};
   qt_status r = qt_session_dataset(s, c->data.train, &train, c->data.skip_bad_records);
@@ -760,12 +759,17 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   if ((r = widest_batch(&loader, (total_steps - st.step) * accum, have_eval ? &eval : NULL, c->data.seq_len,
                         &tape_T)) != QT_OK)
     goto out_loader;
-  if ((r = qt_session_tape(s, c->training.micro_batch_size, tape_T, c->training.gradient_checkpointing, false)) != QT_OK)
+  /* the CPU backend records on the tape; the GPU's own buffers are made by
+   * its backend below, and the tape then only carries the adapters' tensors */
+  bool use_cuda = qt_backend_kind_of(c) == QT_BACKEND_CUDA;
+  if ((r = use_cuda ? qt_session_tape(s, 1, 1, false, true)
+                    : qt_session_tape(s, c->training.micro_batch_size, tape_T, c->training.gradient_checkpointing,
+                                      false)) != QT_OK)
     goto out_loader;
   if (root && tape_T < c->data.seq_len)
-    fprintf(stderr, "qlora-train: the widest batch of this run has rows of %lld tokens (data.seq_len %lld): the tape "
+    fprintf(stderr, "qlora-train: the widest batch of this run has rows of %lld tokens (data.seq_len %lld): the %s "
             "is sized for %lld x %lld\n", (long long)tape_T, (long long)c->data.seq_len,
-            (long long)c->training.micro_batch_size, (long long)tape_T);
+            use_cuda ? "GPU context" : "tape", (long long)c->training.micro_batch_size, (long long)tape_T);
   qt_mem_trace("tape");
 
   /* optimizer */
@@ -776,13 +780,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   int32_t *targets = malloc((size_t)(c->training.micro_batch_size * c->data.seq_len) * sizeof *targets);
   qt_adamw opt;
   bool opt_ok = false;
-#ifdef QLORA_HAVE_CUDA
-  qt_model_cuda_lora *cl = NULL; /* training.device cuda: one entry per adapted linear */
-  float *cgrad = NULL;           /* their gradients of one micro-batch */
-  uint8_t *cmask = NULL;         /* their dropout masks of one micro-batch (lora.dropout > 0) */
-  qt_model_cuda *cctx = NULL;    /* weights and buffers on the GPU, made once */
-  size_t n_cl = 0;
-#endif
+  qt_backend *be = NULL;         /* the micro-batches' forward and backward, and evaluation */
   qt_metrics met = {.f = NULL, .tty = root && isatty(2)};
   float *flat_grad = NULL;       /* (lora_params) world > 1: the step's gradients, reduced over ranks */
   qt_dist_reducer reducer = {0};
@@ -839,13 +837,13 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     if ((r = qt_dist_reducer_init(&reducer, lora_params)) != QT_OK) goto out_all;
     lora_bytes += (size_t)lora_params * 8;
   }
-  /* LoRA dropout keeps one mask of (tokens x in) bytes per adapted linear:
-   * the CPU hook's grow to the widest batch (lora.c), the GPU path's host
-   * buffers are made for seq_len (below) */
-  int64_t mask_bytes = 0, mask_T = c->training.device == QT_DEVICE_CUDA ? c->data.seq_len : tape_T;
-  if (c->lora.dropout > 0)
+  /* LoRA dropout on the CPU keeps one mask of (tokens x in) bytes per adapted
+   * linear, grown to the widest batch (lora.c); the GPU draws its masks in
+   * its kernels and keeps none */
+  int64_t mask_bytes = 0;
+  if (c->lora.dropout > 0 && !use_cuda)
     for (size_t i = 0; i < n_par; i++)
-      if (!ts[i].is_B) mask_bytes += c->training.micro_batch_size * mask_T * ts[i].cols;
+      if (!ts[i].is_B) mask_bytes += c->training.micro_batch_size * tape_T * ts[i].cols;
   {
     run_plan rp = {.rss_start = rss_start, .lora_bytes = lora_bytes, .lora_params = lora_params,
                    .master = ts[0].master != NULL, .opt_bytes = qt_adamw_state_bytes(&opt), .opt_bits = bits,
@@ -897,40 +895,10 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     nan_to = *end == '-' ? strtoll(end + 1, NULL, 10) : nan_from;
   }
 
-  qt_model_adapter adapter = qt_lora_adapter(s->lora);
-  /* training.device: cuda — the experimental GPU path: each micro-batch's
-   * forward and backward run on the GPU (model/model_cuda.h: bf16 storage,
-   * weights uploaded once into a persistent context), gradients come back to
-   * the host, and the optimizer, schedule, checkpoints and evaluation stay on
-   * the CPU. LoRA dropout uses the CPU path's masks (qt_lora_dropout_mask). */
-  bool use_cuda = c->training.device == QT_DEVICE_CUDA;
+  /* NCCL reduces the GPUs' gradients when libnccl.so.2 is there, else MPI on
+   * the host (each rank's GPU was chosen by qt_session_resolve_device) */
 #ifdef QLORA_HAVE_CUDA
-  n_cl = n_par / 2;
   if (use_cuda) {
-    cl = calloc(n_cl ? n_cl : 1, sizeof *cl);
-    cgrad = calloc((size_t)(lora_params ? lora_params : 1), sizeof *cgrad);
-    if (!cl || !cgrad) { /* freed at out_all */
-      r = qt_fail(QT_ERR_NOMEM, "out of memory");
-      goto out_all;
-    }
-    float *g = cgrad;
-    int64_t max_r = 1, cmask_bytes = 0, mb_tokens = c->training.micro_batch_size * c->data.seq_len;
-    for (size_t i = 0; i < n_cl; i++) {
-      const qt_lora_tensor *A = &ts[2 * i], *B = &ts[2 * i + 1];
-      QT_ASSERT(!A->is_B && B->is_B && A->layer == B->layer && A->proj == B->proj);
-      cl[i] = (qt_model_cuda_lora){.layer = A->layer, .proj = A->proj, .r = A->rows, .A = A->data, .B = B->data,
-                                   .dA = g, .dB = g + A->rows * A->cols};
-      g += A->rows * A->cols + B->rows * B->cols;
-      if (A->rows > max_r) max_r = A->rows;
-      cmask_bytes += mb_tokens * A->cols;
-    }
-    if (c->lora.dropout > 0 && !(cmask = malloc((size_t)(cmask_bytes ? cmask_bytes : 1)))) {
-      r = qt_fail(QT_ERR_NOMEM, "out of memory (%lld bytes of LoRA dropout masks)", (long long)cmask_bytes);
-      goto out_all;
-    }
-    /* one GPU per rank: the node-local rank's; NCCL reduces the gradients
-     * when libnccl.so.2 is there, else MPI on the host */
-    if (dist->mpi && (r = qt_dist_cuda_select_device()) != QT_OK) goto out_all;
     if ((world > 1 || nccl_one) && qt_dist_have_nccl()) {
       if ((r = qt_dist_nccl_init(lora_params, &nccl)) != QT_OK) {
         qt_error_context("training.device cuda: NCCL communicator over %d rank(s)", world);
@@ -945,21 +913,23 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       QT_LOGW("NCCL is not available (built without nccl.h, or libnccl.so.2 not found): the GPUs' gradients are "
               "reduced through MPI on the host");
     }
-    if ((r = qt_model_cuda_init(s->model, c->training.micro_batch_size, c->data.seq_len, max_r, &cctx)) != QT_OK) {
-      qt_error_context("training.device cuda: uploading the model for micro-batches of %lld x %lld tokens",
-                       (long long)c->training.micro_batch_size, (long long)c->data.seq_len);
-      goto out_all;
-    }
-    if (root)
-      fprintf(stderr,
-            "qlora-train: training.device cuda: forward and backward on the GPU (experimental path): %.1f MiB "
-            "device memory (weights, activations, gradients)%s\n",
-            (double)qt_model_cuda_device_bytes(cctx) / 1048576.0,
-            c->lora.dropout > 0 ? " + LoRA dropout buffers at the first step" : "");
   }
 #else
   QT_ASSERT(!use_cuda); /* refused by qt_session_config */
 #endif
+  /* The backend (backend.h): the CPU tape, or training.device: cuda's GPU
+   * path (weights uploaded once; forward, backward and evaluation on the GPU;
+   * the gradients come back to the host, where the optimizer, schedule and
+   * checkpoints run for both). */
+  {
+    qt_backend_opts bo = {.kind = qt_backend_kind_of(c), .max_B = c->training.micro_batch_size,
+                          .max_T = tape_T, .train = true};
+    if ((r = qt_backend_open(s, &bo, &be)) != QT_OK) goto out_all;
+    if (root && use_cuda)
+      fprintf(stderr, "qlora-train: training.device cuda: forward, backward and evaluation on the GPU "
+              "(experimental path): %.1f MiB device memory (weights, activations, gradients)\n",
+              (double)be->ops->device_bytes(be) / 1048576.0);
+  }
   /* a rank that hangs while alive ends the job after QLORA_DIST_TIMEOUT_S
    * (default 1800 s) without progress (dist.h, watchdog) */
   if (world > 1) {
@@ -999,31 +969,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
       qt_model_batch mb = {.ids = b->ids, .targets = targets, .pos = b->pos, .doc = b->doc, .B = b->rows, .T = b->T};
       double ls = 0;
       int64_t cnt = 0;
-      if (!use_cuda) {
-        if ((r = qt_model_forward_backward(s->mt, &adapter, &mb, true, dloss, &ls, &cnt)) != QT_OK) goto out_all;
-      } else {
-#ifdef QLORA_HAVE_CUDA
-        if (cmask) { /* the masks the CPU hook would draw for this micro-step (qt_lora_set_step above) */
-          uint8_t *mk = cmask;
-          for (size_t i = 0; i < n_cl; i++) {
-            bool has = false;
-            if ((r = qt_lora_dropout_mask(s->lora, cl[i].layer, cl[i].proj, mb.B * mb.T, mk, &cl[i].keep_scale,
-                                          &has)) != QT_OK)
-              goto out_all;
-            cl[i].mask = has ? mk : NULL;
-            mk += c->training.micro_batch_size * c->data.seq_len * ts[2 * i].cols;
-          }
-        }
-        if ((r = qt_model_cuda_forward_backward(cctx, cl, n_cl, qt_lora_scale(s->lora), &mb, dloss, &ls, &cnt)) !=
-            QT_OK)
-          goto out_all;
-        for (size_t i = 0; i < n_cl; i++) { /* gradients accumulate over the micro-batches */
-          qt_lora_tensor *A = &ts[2 * i], *B = &ts[2 * i + 1];
-          for (int64_t k = 0; k < A->rows * A->cols; k++) A->grad[k] += cl[i].dA[k];
-          for (int64_t k = 0; k < B->rows * B->cols; k++) B->grad[k] += cl[i].dB[k];
-        }
-#endif
-      }
+      if ((r = be->ops->train_micro(be, &mb, dloss, &ls, &cnt)) != QT_OK) goto out_all;
       loss_sum += ls;
       count_all += cnt;
       step_tokens += b->n_tokens;
@@ -1113,7 +1059,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     }
     bool last = st.step == total_steps;
     if (root && have_eval && c->training.eval_steps > 0 && st.step % c->training.eval_steps == 0 && !last) {
-      if ((r = run_eval(s, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
+      if ((r = run_eval(be, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
       qt_mem_trace("eval");
     }
     qt_dist_progress();
@@ -1142,7 +1088,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   }
   qt_dist_watchdog_stop(); /* the steps are over: what follows is rank 0's alone */
   if (met.tty) fputc('\n', stderr);
-  if (root && have_eval && (r = run_eval(s, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
+  if (root && have_eval && (r = run_eval(be, &eval, st.step, &met, &last_eval)) != QT_OK) goto out_all;
   if (met.f) {
     fclose(met.f);
     met.f = NULL;
@@ -1164,11 +1110,8 @@ out_all:
   qt_dist_reducer_free(&reducer);
 #ifdef QLORA_HAVE_CUDA
   qt_dist_nccl_free(&nccl);
-  qt_model_cuda_free(&cctx);
-  free(cl);
-  free(cgrad);
-  free(cmask);
 #endif
+  qt_backend_close(&be);
   if (met.f) fclose(met.f);
   if (opt_ok) qt_adamw_free(&opt);
   free(numels);

@@ -34,6 +34,7 @@
 #include "autograd/ops.h"
 #include "autograd/ops_cuda.h"
 #include "common/half.h"
+#include "common/philox.h"
 #include "common/status.h"
 #include "quant/quant.h"
 #include "tests/common/cuda_test_util.h"
@@ -237,6 +238,10 @@ static void case_linear(int64_t N, int64_t In, int64_t O, int with_bias, int fou
 }
 
 /* ---- LoRA ------------------------------------------------------------------- */
+/* dropout: 0 none; 1 p = 0.1, 2 p = 0.5 (keys and subsequences with high bits
+ * set). The GPU draws its keep bits in the kernels from the descriptor; the
+ * CPU reference gets qt_philox_keep_mask's bytes for the same key,
+ * subsequence and p, so xd and dx agree only if every bit does. */
 static void case_lora(int64_t N, int64_t In, int64_t O, int64_t R, int dropout) {
   uint16_t *x16, *a16, *b16, *y16, *dy16, *dA16, *dB16, *z16;
   float *x, *a, *b, *y, *dy, *dA, *dB, *z;
@@ -248,11 +253,18 @@ static void case_lora(int64_t N, int64_t In, int64_t O, int64_t R, int dropout) 
   rnd_bf16(R * In, -1, 1, &dA16, &dA);
   rnd_bf16(O * R, -1, 1, &dB16, &dB);
   rnd_bf16(N * In, -1, 1, &z16, &z);
-  double p = 0.1, keep = 1.0 / (1.0 - p), scale = 16.0 / (double)R; /* lora_alpha 16 / r */
+  double p = dropout == 2 ? 0.5 : 0.1, keep = 1.0 / (1.0 - p);
+  double scale = 16.0 / (double)R; /* lora_alpha 16 / r */
   uint8_t *mask = NULL;
+  qt_dropout_cuda drop = {0};
   if (dropout) {
+    uint64_t hi = dropout == 2 ? 0xFEDC000000000000ull : 0;
+    drop.key = hi | (uint64_t)unif(0, 1e15);
+    drop.subsequence = hi | (uint64_t)unif(0, 1e6);
+    drop.threshold = qt_philox_keep_threshold((float)p);
+    drop.keep_scale = keep;
     mask = xmalloc((size_t)(N * In));
-    qt_op_dropout_mask_cpu(mask, N * In, p, (uint64_t)unif(0, 1e15), (uint64_t)unif(0, 1e6));
+    qt_philox_keep_mask(mask, N * In, (float)p, drop.key, drop.subsequence);
   }
   float *u = xmalloc((size_t)(N * R) * 4), *xd = xmalloc((size_t)(N * In) * 4);
   float *du = xmalloc((size_t)(N * R) * 4), *work = xmalloc((size_t)(N * In) * 4);
@@ -260,20 +272,39 @@ static void case_lora(int64_t N, int64_t In, int64_t O, int64_t R, int dropout) 
   dbuf dX = upload(x16, (size_t)(N * In) * 2), dA_ = upload(a16, (size_t)(R * In) * 2);
   dbuf dB_ = upload(b16, (size_t)(O * R) * 2), dY = upload(y16, (size_t)(N * O) * 2);
   dbuf dDY = upload(dy16, (size_t)(N * O) * 2);
-  dbuf dM = upload(dropout ? (const void *)mask : (const void *)x16, dropout ? (size_t)(N * In) : 0);
   dbuf dU = dalloc((size_t)(N * R) * 2), dXD = dalloc((size_t)(N * In) * 2);
   dbuf dDU = dalloc((size_t)(N * R) * 2), dWk = dalloc((size_t)(N * In) * 2);
   char what[96];
   snprintf(what, sizeof what, "lora N=%lld In=%lld O=%lld R=%lld%s", (long long)N, (long long)In,
-           (long long)O, (long long)R, dropout ? " dropout" : "");
+           (long long)O, (long long)R,
+           dropout == 2 ? " dropout 0.5" : dropout ? " dropout 0.1" : "");
   qt_op_lora_forward_cpu(y, u, dropout ? xd : NULL, x, mask, keep, a, b, scale, N, In, O, R);
-  OK(qt_op_lora_forward_cuda(dY.d, dU.d, dropout ? dXD.d : NULL, dX.d, dropout ? dM.d : NULL,
-                             keep, dA_.d, dB_.d, scale, N, In, O, R, gemm, NULL));
+  OK(qt_op_lora_forward_cuda(dY.d, dU.d, dropout ? dXD.d : NULL, dX.d, dropout ? &drop : NULL,
+                             dA_.d, dB_.d, scale, N, In, O, R, gemm, NULL));
   CK(cudaDeviceSynchronize());
   fprintf(stderr, "  %s\n", what);
   compare("lora forward y", &dY, y, N * O);
   compare("lora forward u", &dU, u, N * R);
-  if (dropout) compare("lora forward xd", &dXD, xd, N * In);
+  if (dropout) {
+    compare("lora forward xd", &dXD, xd, N * In);
+    /* Bit for bit: xd = bf16(x * (float)keep_scale) where the CPU mask keeps,
+     * +0 where it drops (one fp32 product, one rounding on both sides), so
+     * every keep bit the kernel drew is checked, not only the ones a
+     * tolerance would see. */
+    uint16_t *g = xmalloc((size_t)(N * In) * 2);
+    CK(cudaMemcpy(g, dXD.d, (size_t)(N * In) * 2, cudaMemcpyDeviceToHost));
+    int64_t off = 0;
+    for (int64_t i = 0; i < N * In; i++) {
+      uint16_t want = mask[i] ? qt_bf16_from_f32(x[i] * (float)keep) : (uint16_t)0;
+      off += g[i] != want;
+    }
+    if (off) {
+      fprintf(stderr, "FAIL %s: %lld of %lld xd values not bit-identical to the CPU mask's\n",
+              what, (long long)off, (long long)(N * In));
+      failures++;
+    }
+    free(g);
+  }
   for (int acc = 0; acc < 2; acc++) {
     dbuf gA = upload(dA16, (size_t)(R * In) * 2), gB = upload(dB16, (size_t)(O * R) * 2);
     dbuf gX = upload(z16, (size_t)(N * In) * 2);
@@ -284,8 +315,8 @@ static void case_lora(int64_t N, int64_t In, int64_t O, int64_t R, int dropout) 
     qt_op_lora_backward_cpu(dx, acc, rA, rB, du, work, dy, dropout ? xd : x, u, mask, keep, a, b,
                             scale, N, In, O, R);
     OK(qt_op_lora_backward_cuda(gX.d, acc, gA.d, gB.d, dDU.d, dWk.d, dDY.d,
-                                dropout ? dXD.d : dX.d, dU.d, dropout ? dM.d : NULL, keep,
-                                dA_.d, dB_.d, scale, N, In, O, R, gemm, NULL));
+                                dropout ? dXD.d : dX.d, dU.d, dropout ? &drop : NULL, dA_.d,
+                                dB_.d, scale, N, In, O, R, gemm, NULL));
     CK(cudaDeviceSynchronize());
     compare("lora backward dA", &gA, rA, R * In);
     compare("lora backward dB", &gB, rB, O * R);
@@ -297,7 +328,6 @@ static void case_lora(int64_t N, int64_t In, int64_t O, int64_t R, int dropout) 
   dcheck_free(&dY, "lora y"); dcheck_free(&dU, "lora u"); dcheck_free(&dXD, "lora xd");
   dcheck_free(&dDU, "lora du"); dcheck_free(&dWk, "lora work");
   dcheck_free(&dX, "x"); dcheck_free(&dA_, "A"); dcheck_free(&dB_, "B"); dcheck_free(&dDY, "dy");
-  dcheck_free(&dM, "mask");
   free(x16); free(a16); free(b16); free(y16); free(dy16); free(dA16); free(dB16); free(z16);
   free(x); free(a); free(b); free(y); free(dy); free(dA); free(dB); free(z);
   free(mask); free(u); free(xd); free(du); free(work); free(dx);
@@ -520,7 +550,7 @@ int main(void) {
   const int64_t lora[][4] = {{1, 1, 1, 1}, {5, 7, 63, 5}, {65, 127, 7, 8}, {127, 65, 65, 16},
                              {7, 5, 1, 1}, {63, 256, 128, 64}};
   for (int i = 0; i < 6; i++)
-    for (int dr = 0; dr < 2; dr++) case_lora(lora[i][0], lora[i][1], lora[i][2], lora[i][3], dr);
+    for (int dr = 0; dr < 3; dr++) case_lora(lora[i][0], lora[i][1], lora[i][2], lora[i][3], dr);
 
   const int64_t att[][5] = {{1, 1, 1, 1, 1},  {1, 5, 2, 1, 7},    {2, 7, 4, 2, 64},
                             {1, 65, 6, 2, 63}, {3, 63, 2, 1, 128}, {1, 127, 8, 8, 32},

@@ -1,8 +1,11 @@
 /* Tests for common/philox: Random123 known answers, cuRAND's seed / subsequence /
  * offset mapping onto counter and key, the word order of curand / curand4, the
- * uniform and normal transforms. The stream is compared with cuRAND itself in
- * test_philox_curand_host.cu (header code on the host) and
- * test_philox_cuda.cu (on a GPU). */
+ * uniform and normal transforms, the dropout keep masks and their threshold,
+ * and the host+device header common/philox_hd.h compiled as plain C (the
+ * per-element keep test the CUDA kernels use, against the masks). The stream
+ * is compared with cuRAND itself in test_philox_curand_host.cu and
+ * test_philox_hd_host.cu (header code on the host) and test_philox_cuda.cu
+ * (on a GPU). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +16,7 @@
 #include <cmocka.h>
 
 #include "common/philox.h"
+#include "common/philox_hd.h"
 
 /* Random123 known-answer vectors for philox4x32-10: counter words, key words,
  * expected output. Source: Random123's tests/kat_vectors, as reproduced in
@@ -248,6 +252,78 @@ static void test_keep_mask(void **state) {
   }
 }
 
+/* qt_philox_keep_threshold: the largest word whose uniform is <= p, found
+ * here by its defining property (uniform(T) <= p < uniform(T + 1)), and its
+ * ends: -1 below the smallest uniform, UINT32_MAX at 1. */
+static void test_keep_threshold(void **state) {
+  (void)state;
+  assert_true(qt_philox_keep_threshold(0.0f) == -1);
+  assert_true(qt_philox_keep_threshold(1e-12f) == -1); /* < 2^-33 */
+  assert_true(qt_philox_keep_threshold(NAN) == -1);
+  assert_true(qt_philox_keep_threshold(0x1p-33f) == 0);
+  assert_true(qt_philox_keep_threshold(1.0f) == (int64_t)UINT32_MAX);
+  assert_true(qt_philox_keep_threshold(2.0f) == (int64_t)UINT32_MAX);
+  const float ps[] = {0.05f, 0.1f, 0.25f, 0.3f, 0.5f, 0.9999f, 1e-9f, 0x1p-32f,
+                      nextafterf(1.0f, 0.0f), qt_philox_uniform_from_u32(0x0CCCCCCDu)};
+  for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+    int64_t T = qt_philox_keep_threshold(ps[i]);
+    assert_true(T >= 0 && T < (int64_t)UINT32_MAX);
+    assert_true(qt_philox_uniform_from_u32((uint32_t)T) <= ps[i]);
+    assert_true(qt_philox_uniform_from_u32((uint32_t)T + 1) > ps[i]);
+  }
+}
+
+/* philox_hd.h in C: the bijection against the known answers, the block
+ * layout against the scalar stream, and qt_dropout_keep_hd / keep4 against
+ * qt_philox_keep_mask's bytes (keys, subsequences, thresholds, lengths that
+ * are not multiples of 4), and at indices past 2^32 against the stream drawn
+ * from there with curand_init's offset (no mask that long needed). */
+static void test_philox_hd(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof kat / sizeof kat[0]; i++) {
+    uint32_t out[4];
+    qt_philox4x32_10_hd(kat[i].ctr, kat[i].key, out);
+    for (int j = 0; j < 4; j++) assert_int_equal(out[j], kat[i].out[j]);
+  }
+  const uint64_t keys[] = {0, 2024, 0xFEDCBA9876543210ull, UINT64_MAX};
+  const uint64_t subs[] = {0, 7, 0x123456789ABCull, UINT64_MAX};
+  for (size_t a = 0; a < 4; a++)
+    for (size_t b = 0; b < 4; b++) {
+      uint32_t w[4];
+      qt_philox_block_hd(5, keys[a], subs[b], w);
+      for (int j = 0; j < 4; j++) assert_int_equal(w[j], word_at(keys[a], subs[b], 20 + j));
+    }
+  const float ps[] = {0.0f, 0.05f, 0.1f, 0.5f, 0.9999f, 1e-12f, 1.0f,
+                      qt_philox_uniform_from_u32(0x80000001u)};
+  const int64_t ns[] = {1, 3, 5, 63, 65, 1001, 4096 + 7};
+  enum { NMAX = 4096 + 7 };
+  static uint8_t mask[NMAX];
+  for (size_t a = 0; a < sizeof ps / sizeof ps[0]; a++)
+    for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++) {
+      uint64_t key = keys[(a + b) % 4], sub = subs[(a + 2 * b) % 4];
+      int64_t n = ns[b], T = qt_philox_keep_threshold(ps[a]);
+      qt_philox_keep_mask(mask, n, ps[a], key, sub);
+      for (int64_t i = 0; i < n; i++) {
+        assert_int_equal(qt_dropout_keep_hd((uint64_t)i, key, sub, T), mask[i]);
+        unsigned k4 = qt_dropout_keep4_hd((uint64_t)i / 4, key, sub, T);
+        assert_int_equal((k4 >> (i % 4)) & 1u, mask[i]);
+      }
+    }
+  /* large element indices: offset e of curand_init is word e of the stream */
+  const uint64_t big[] = {0xFFFFFFFFull, 0x100000000ull, 0x100000003ull, 0x2345678901ull,
+                          (1ull << 62) + 5};
+  for (size_t a = 0; a < sizeof big / sizeof big[0]; a++)
+    for (size_t c = 0; c < 4; c++) {
+      const float p = c % 2 ? 0.5f : 0.05f;
+      int64_t T = qt_philox_keep_threshold(p);
+      qt_philox s;
+      qt_philox_init(&s, keys[c], subs[c], big[a]);
+      for (uint64_t k = 0; k < 9; k++)
+        assert_int_equal(qt_dropout_keep_hd(big[a] + k, keys[c], subs[c], T),
+                         qt_philox_next_uniform(&s) > p);
+    }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_known_answers),
@@ -257,6 +333,8 @@ int main(void) {
       cmocka_unit_test(test_uniform),
       cmocka_unit_test(test_normal),
       cmocka_unit_test(test_keep_mask),
+      cmocka_unit_test(test_keep_threshold),
+      cmocka_unit_test(test_philox_hd),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

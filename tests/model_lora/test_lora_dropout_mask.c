@@ -6,12 +6,18 @@
  * with the hook's. It also checks what a wrong key would get wrong: masks of
  * different steps and of different modules differ, the kept fraction is
  * 1 - p within 5 standard deviations, and with training off or dropout 0
- * there is no mask. Label unit; CPU only. */
+ * there is no mask. The same for qt_lora_dropout_stream (what the GPU path
+ * hands its kernels): its key, subsequence and threshold through
+ * common/philox_hd.h's qt_dropout_keep_hd (the kernels' per-element test,
+ * here compiled as C) give every byte of the function's mask, and its
+ * has / keep_scale agree with it. Label unit; CPU only. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/philox.h"
+#include "common/philox_hd.h"
 #include "lora/lora.h"
 #include "model/model.h"
 
@@ -33,6 +39,27 @@ static void check(int cond, const char *what) {
     fprintf(stderr, "FAIL: %s\n", what);
     failures++;
   }
+}
+
+/* qt_lora_dropout_stream of (layer, proj) agrees with qt_lora_dropout_mask's
+ * has / keep_scale and, through qt_dropout_keep_hd, with its n mask bytes. */
+static int64_t stream_mismatches;
+static void check_stream(const qt_lora *l, int layer, qt_proj p, const uint8_t *mask, int64_t n,
+                         bool has_mask, double ks_mask) {
+  uint64_t key = 1, sub = 1;
+  int64_t T = 0;
+  double ks = 0;
+  bool has = !has_mask;
+  OK(qt_lora_dropout_stream(l, layer, p, &key, &sub, &T, &ks, &has));
+  check(has == has_mask && ks == ks_mask,
+        "qt_lora_dropout_stream: has and keep_scale as the mask's");
+  if (!has) {
+    check(key == 0 && sub == 0 && T == -1 && ks == 1.0, "no stream: zero key, threshold -1");
+    return;
+  }
+  check(T >= 0 && T < (int64_t)UINT32_MAX, "threshold inside the word range for 0 < p < 1");
+  for (int64_t i = 0; i < n; i++)
+    if (qt_dropout_keep_hd((uint64_t)i, key, sub, T) != mask[i]) stream_mismatches++;
 }
 
 /* in features of (layer, proj) */
@@ -81,6 +108,7 @@ int main(void) {
         double ks = 0;
         OK(ad.branch(ad.ctx, tape, (int)y, (qt_proj)q, N, &br, &has_hook));
         OK(qt_lora_dropout_mask(l, (int)y, (qt_proj)q, N, mine, &ks, &has));
+        check_stream(l, (int)y, (qt_proj)q, mine, N * In, has, ks);
         if (q == QT_PROJ_K) {
           check(!has_hook && !has, "no mask for an unadapted module");
           check(ks == 1.0, "keep_scale 1 without a mask");
@@ -138,6 +166,7 @@ int main(void) {
       OK(ad.branch(ad.ctx, tape, 1, QT_PROJ_UP, nseq[k], &br, &has_hook));
       OK(qt_lora_dropout_mask(l, 1, QT_PROJ_UP, nseq[k], mine, &ks, &has));
       check(has_hook && has && br.mask, "a mask while training");
+      check_stream(l, 1, QT_PROJ_UP, mine, nseq[k] * In, has, ks);
       if (has && br.mask && memcmp(mine, br.mask, (size_t)(nseq[k] * In)) != 0) {
         fprintf(stderr, "FAIL: repeated ask %d (step %llu, N %lld): the hook's mask is stale\n", k,
                 (unsigned long long)seq[k], (long long)nseq[k]);
@@ -155,6 +184,7 @@ int main(void) {
     OK(ad.branch(ad.ctx, tape, 0, QT_PROJ_Q, 8, &br, &has_hook));
     OK(qt_lora_dropout_mask(l, 0, QT_PROJ_Q, 8, mine, &ks, &has));
     check(has_hook && br.mask == NULL && !has && ks == 1.0, "no mask with training off");
+    check_stream(l, 0, QT_PROJ_Q, mine, 0, false, 1.0);
   }
   /* out-of-range module refused */
   {
@@ -162,6 +192,10 @@ int main(void) {
     double ks = 0;
     check(qt_lora_dropout_mask(l, (int)m->L, QT_PROJ_Q, 8, mine, &ks, &has) == QT_ERR_INVALID,
           "layer out of range refused");
+    uint64_t key, sub;
+    int64_t T;
+    check(qt_lora_dropout_stream(l, -1, QT_PROJ_Q, &key, &sub, &T, &ks, &has) == QT_ERR_INVALID,
+          "stream: layer out of range refused");
   }
   free(mine);
   free(first);
@@ -180,9 +214,13 @@ int main(void) {
     double ks = 0;
     OK(qt_lora_dropout_mask(l, 0, QT_PROJ_Q, 1, b, &ks, &has));
     check(!has && ks == 1.0, "no mask with dropout 0");
+    check_stream(l, 0, QT_PROJ_Q, b, 0, false, 1.0);
   }
   qt_lora_free(&l);
   qt_model_free(&m);
+  printf("qt_lora_dropout_stream + qt_dropout_keep_hd: %lld bytes differ from the masks\n",
+         (long long)stream_mismatches);
+  check(stream_mismatches == 0, "the stream reproduces every mask byte");
   if (failures) {
     fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;

@@ -6,11 +6,14 @@
  * qt_model_forward_backward_cuda (model/model_cuda.h) vs
  * qt_model_forward_backward (model.h, fp32 tape), same weights, LoRA, batch and
  * dloss = 1 / count. Then the same through one persistent context
- * (qt_model_cuda_init once: a forward-only call, the LoRA step, refusals of a
- * batch or rank beyond the context), and a step with LoRA dropout 0.25 whose
- * masks come from qt_lora_dropout_mask against the tape with the hook's masks
+ * (qt_model_cuda_init once: a forward-only call, the LoRA step, the
+ * evaluation forward qt_model_cuda_loss with the LoRA against the tape's
+ * loss in eval mode, refusals of a batch or rank beyond the context), and a
+ * step with LoRA dropout 0.25 whose keep bits the GPU kernels draw from the
+ * streams of qt_lora_dropout_stream, against the tape with the hook's masks
  * of the same step (same bounds), then row 1 alone (a smaller batch, step 8)
- * through the same context. In the same CPU emulation (its LoRA stand-in
+ * through the same context, and qt_model_cuda_loss with those dropout entries
+ * (ignored: the eval loss). In the same CPU emulation (its LoRA stand-in
  * extended to masks: xd = bf16(x * keep_scale) where kept, dx masked) the
  * dropout steps give worst per-tensor NMSE 6.2e-3 / 6.6e-3, total 1.8e-3 /
  * 1.3e-3, while dropout itself moves the tape's gradients by NMSE 0.28; and
@@ -320,10 +323,51 @@ int main(void) {
   check(qt_model_cuda_forward_backward(ctx, NULL, 0, 0.0, &tall, dloss, &x_loss, &x_count) ==
             QT_ERR_INVALID, "context: rows longer than max_T refused");
 
-  /* LoRA dropout: the tape with the hook's masks (step 7) against the GPU with
-   * the masks of qt_lora_dropout_mask. p = 0.25 changes the gradients far more
-   * than the tolerance (checked on the CPU below), so a GPU path that ignored
-   * or misplaced the masks fails. */
+  /* Evaluation forward on the device (qt_model_cuda_loss): the LoRA applied,
+   * no backward, the gradients untouched (NaN stays NaN; dA / dB may be NULL),
+   * no allocation. Against the tape's loss with the LoRA, training off and no
+   * backward (the bound above), and against this context's forward_backward
+   * loss of the same entries: the same kernels on the same inputs (relative
+   * 1e-6, far below what a missing branch or a dropout applied in eval would
+   * move). */
+  {
+    qt_lora_set_step(l, 0, false);
+    double cpu_eval = 0, g_eval = 0, g_eval2 = 0;
+    int64_t cpu_ec = 0, g_ec = 0, g_ec2 = 0;
+    OK(qt_model_forward_backward(mt, &ad, &b, false, dloss, &cpu_eval, &cpu_ec));
+    for (size_t i = 0; i < nt; i++)
+      for (int64_t j = 0; j < ts[i].rows * ts[i].cols; j++) gpu_grad[i][j] = NAN;
+    OK(qt_model_cuda_loss(ctx, ent, ne, qt_lora_scale(l), &b, &g_eval, &g_ec));
+    int untouched = 1;
+    for (size_t i = 0; i < nt; i++)
+      for (int64_t j = 0; j < ts[i].rows * ts[i].cols; j++) untouched &= isnan(gpu_grad[i][j]) != 0;
+    qt_model_cuda_lora *nograd = calloc(ne, sizeof *nograd);
+    if (!nograd) return 1;
+    for (size_t e = 0; e < ne; e++) {
+      nograd[e] = ent[e];
+      nograd[e].dA = NULL;
+      nograd[e].dB = NULL;
+    }
+    OK(qt_model_cuda_loss(ctx, nograd, ne, qt_lora_scale(l), &b, &g_eval2, &g_ec2));
+    free(nograd);
+    printf("qt_model_cuda_loss: cpu %.9g gpu %.9g (rel %.3g), forward_backward's %.9g\n",
+           cpu_eval, g_eval, fabs(g_eval - cpu_eval) / fabs(cpu_eval), c_loss);
+    check(g_ec == cpu_ec && cpu_ec == expect_count && g_ec2 == g_ec, "eval: target count equal");
+    check(isfinite(g_eval) && fabs(g_eval - cpu_eval) < TOL_LOSS_REL * fabs(cpu_eval),
+          "eval: loss within relative 1e-2 of the tape's forward-only eval loss");
+    check(fabs(g_eval - c_loss) <= 1e-6 * fabs(c_loss) &&
+              fabs(g_eval2 - g_eval) <= 1e-6 * fabs(g_eval),
+          "eval: the forward_backward loss of the same entries");
+    check(fabs(g_eval - c_base) > 3 * TOL_LOSS_REL * fabs(c_base), "eval: the LoRA is applied");
+    check(untouched, "eval: gradients not written");
+    check(qt_model_cuda_device_bytes(ctx) == bytes0, "eval: no allocation");
+  }
+
+  /* LoRA dropout: the tape with the hook's masks (step 7) against the GPU
+   * drawing the keep bits in its kernels from qt_lora_dropout_stream's
+   * streams (no mask leaves the host, none is made on the device). p = 0.25
+   * changes the gradients far more than the tolerance (checked on the CPU
+   * below), so a GPU path that ignored or misplaced the masks fails. */
   const double P_DROP = 0.25;
   float **nodrop = calloc(nt, sizeof *nodrop);
   if (!nodrop) return 1;
@@ -357,19 +401,16 @@ int main(void) {
            P_DROP, cpu_dloss, cpu_loss, diff);
     check(diff > 10 * TOL_NMSE_ALL, "dropout moves the gradients beyond 10x the tolerance");
   }
-  uint8_t **masks = calloc(ne, sizeof *masks);
-  if (!masks) return 1;
   for (size_t e = 0; e < ne; e++) {
     const qt_lora_tensor *A = &tsd[2 * e], *B = &tsd[2 * e + 1];
-    masks[e] = malloc((size_t)(N * A->cols));
-    if (!masks[e]) return 1;
-    double ks = 0;
-    bool has = false;
-    OK(qt_lora_dropout_mask(ld, A->layer, A->proj, N, masks[e], &ks, &has));
-    check(has && ks == 1.0 / (1.0 - P_DROP), "a dropout mask for every module");
     ent[e] = (qt_model_cuda_lora){.layer = A->layer, .proj = A->proj, .r = A->rows,
                                   .A = A->data, .B = B->data, .dA = gpu_grad[2 * e],
-                                  .dB = gpu_grad[2 * e + 1], .mask = masks[e], .keep_scale = ks};
+                                  .dB = gpu_grad[2 * e + 1]};
+    OK(qt_lora_dropout_stream(ld, A->layer, A->proj, &ent[e].dropout_key,
+                              &ent[e].dropout_subsequence, &ent[e].dropout_threshold,
+                              &ent[e].keep_scale, &ent[e].dropout));
+    check(ent[e].dropout && ent[e].keep_scale == 1.0 / (1.0 - P_DROP),
+          "a dropout stream for every module");
   }
   double gpu_dloss = 0;
   int64_t gpu_dcount = 0;
@@ -380,7 +421,20 @@ int main(void) {
   check(gpu_dcount == cpu_dcount && fabs(gpu_dloss - cpu_dloss) < TOL_LOSS_REL * fabs(cpu_dloss),
         "dropout: loss within relative 1e-2");
   compare_grads("dropout", gpu_grad, tsd, nt);
-  check(qt_model_cuda_device_bytes(ctx) > bytes0, "dropout buffers allocated at the first use");
+  {
+    /* two shared scratches of (B*T, widest input) bf16, not one per linear */
+    int64_t max_in = m->C > m->F ? m->C : m->F;
+    if (m->H * m->D > max_in) max_in = m->H * m->D;
+    check(qt_model_cuda_device_bytes(ctx) - bytes0 == (size_t)(2 * BATCH_B * BATCH_T * max_in * 2),
+          "dropout: two shared scratches allocated at the first use");
+  }
+  /* a refused stream: threshold outside the word range */
+  {
+    qt_model_cuda_lora badd = ent[0];
+    badd.dropout_threshold = (int64_t)UINT32_MAX + 1;
+    check(qt_model_cuda_forward_backward(ctx, &badd, 1, 1.0, &b, dloss, &x_loss, &x_count) ==
+              QT_ERR_INVALID, "dropout threshold above 2^32 - 1 refused");
+  }
 
   /* A smaller batch through the same context (row 1 alone, step 8): buffers
    * made for 2 x 64 tokens, masks of 64 tokens. */
@@ -391,10 +445,10 @@ int main(void) {
   qt_lora_zero_grad(ld);
   OK(qt_model_forward_backward(mtd, &add, &row1, true, dloss, &cpu_dloss, &cpu_dcount));
   for (size_t e = 0; e < ne; e++) {
-    double ks = 0;
-    bool has = false;
-    OK(qt_lora_dropout_mask(ld, ent[e].layer, ent[e].proj, BATCH_T, masks[e], &ks, &has));
-    check(has, "a dropout mask for every module (row 1)");
+    OK(qt_lora_dropout_stream(ld, ent[e].layer, ent[e].proj, &ent[e].dropout_key,
+                              &ent[e].dropout_subsequence, &ent[e].dropout_threshold,
+                              &ent[e].keep_scale, &ent[e].dropout));
+    check(ent[e].dropout, "a dropout stream for every module (row 1)");
   }
   OK(qt_model_cuda_forward_backward(ctx, ent, ne, qt_lora_scale(ld), &row1, dloss, &gpu_dloss,
                                     &gpu_dcount));
@@ -404,8 +458,21 @@ int main(void) {
         "row 1, dropout: loss within relative 1e-2");
   compare_grads("row 1, dropout", gpu_grad, tsd, nt);
   check(qt_model_cuda_device_bytes(ctx) == bytes1, "no allocation on a later masked call");
-  for (size_t e = 0; e < ne; e++) free(masks[e]);
-  free(masks);
+
+  /* qt_model_cuda_loss ignores the entries' dropout (model.eval()): with the
+   * dropout entries of step 8 it gives the tape's forward-only eval loss of the
+   * dropout LoRA. */
+  {
+    qt_lora_set_step(ld, 8, false);
+    double cpu_eval = 0, g_eval = 0;
+    int64_t cpu_ec = 0, g_ec = 0;
+    OK(qt_model_forward_backward(mtd, &add, &b, false, dloss, &cpu_eval, &cpu_ec));
+    OK(qt_model_cuda_loss(ctx, ent, ne, qt_lora_scale(ld), &b, &g_eval, &g_ec));
+    printf("qt_model_cuda_loss with dropout entries: cpu eval %.9g gpu %.9g\n", cpu_eval, g_eval);
+    check(g_ec == cpu_ec && isfinite(g_eval) &&
+              fabs(g_eval - cpu_eval) < TOL_LOSS_REL * fabs(cpu_eval),
+          "eval with dropout entries: the tape's eval loss");
+  }
   for (size_t i = 0; i < nt; i++) free(nodrop[i]);
   free(nodrop);
   qt_model_tape_free(&mtd);

@@ -1,0 +1,110 @@
+/* train/backend.h — one step driver, two backends.
+ *
+ * The training loop (train_loop.c), evaluation (qt_session_eval: the `eval`
+ * command and the loop's periodic eval) and generation (cmd_generate.c) call
+ * the model through a qt_backend and nothing else: its operations are the
+ * only places where the CPU and the GPU differ. Two implementations:
+ *   - cpu  (backend.c): the autograd tape of model.h (qt_model_tape, which
+ *     the session made with qt_session_tape) and the KV-cache decoder of
+ *     model/decode.c;
+ *   - cuda (backend_cuda.c, built with the CUDA backend): model/model_cuda.h,
+ *     the decoder written op by op on the GPU with bf16 storage.
+ * What stays in the driver, shared by both: batching and target counts, the
+ * gradient reduction over ranks, the global norm, clipping and the non-finite
+ * check, the optimizer, the schedule, checkpoints and metrics. The LoRA
+ * gradients a backend produces land in the adapters' fp32 `grad` buffers on
+ * the host (lora.h), added (+=) across the micro-batches of a step, so the
+ * rest of the step is the same code for both.
+ *
+ * LoRA dropout: a backend draws the masks of the step set by qt_lora_set_step
+ * (lora.h): the CPU tape through the adapter hook, the GPU inside its kernels
+ * from the same Philox streams (qt_lora_dropout_stream), so both backends
+ * drop the same inputs. */
+#ifndef QT_TRAIN_BACKEND_H
+#define QT_TRAIN_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "model/model.h"
+#include "train/session.h"
+
+typedef struct qt_backend qt_backend;
+
+typedef struct {
+  const char *name; /* "cpu", "cuda" */
+  /* Forward and backward of one micro-batch (targets required), with the
+   * adapters' dropout of the current step; d(objective)/d(loss_sum) = dloss.
+   * Adds the LoRA gradients into the adapters' grad buffers. *loss_sum: the
+   * summed CE over the targets, *count: the number of targets. */
+  qt_status (*train_micro)(qt_backend *b, const qt_model_batch *mb, double dloss, double *loss_sum,
+                           int64_t *count);
+  /* Forward only, adapters in eval mode (no dropout): *loss_sum, *count as above. */
+  qt_status (*eval_micro)(qt_backend *b, const qt_model_batch *mb, double *loss_sum, int64_t *count);
+  /* A KV-cache decoder (model.h qt_model_decoder_init's contract), or NULL
+   * when this backend has none: the caller then decodes with the cpu backend. */
+  qt_status (*decoder)(qt_backend *b, int64_t cap, int64_t max_rows, qt_model_decoder **out);
+  /* Bytes this backend holds on its device beyond the host's (0 for the cpu). */
+  size_t (*device_bytes)(const qt_backend *b);
+  void (*destroy)(qt_backend *b);
+} qt_backend_ops;
+
+struct qt_backend {
+  const qt_backend_ops *ops;
+  qt_session *s;               /* borrowed: model, adapters, the CPU tape */
+  qt_model_adapter adapter;    /* s->lora's hook (cpu) */
+  const qt_model_adapter *adp; /* &adapter, or NULL without adapters */
+  void *impl;                  /* the implementation's own state */
+};
+
+typedef enum { QT_BACKEND_CPU = 0, QT_BACKEND_CUDA } qt_backend_kind;
+
+typedef struct {
+  qt_backend_kind kind;
+  int64_t max_B, max_T; /* the largest micro-batch it will see */
+  bool train;           /* train_micro will be called (gradient buffers) */
+} qt_backend_opts;
+
+/* Opens a backend over the session's model and adapters. cpu: the session's
+ * tape must exist (qt_session_tape) and hold max_B x max_T. cuda: uploads the
+ * model (qt_model_cuda_init); QT_ERR_UNSUPPORTED in a build without CUDA or
+ * for a model family the CUDA path does not compose. *out is NULL on failure. */
+qt_status qt_backend_open(qt_session *s, const qt_backend_opts *o, qt_backend **out);
+/* NULL-safe; *b = NULL. */
+void qt_backend_close(qt_backend **b);
+
+/* The kind training.device asks for (auto: the CPU, see session.c). */
+qt_backend_kind qt_backend_kind_of(const qt_config *c);
+/* Whether the cuda backend composes a model of this config (model_cuda.h:
+ * llama, mistral and qwen2 layers; false in a build without CUDA). */
+bool qt_backend_cuda_composes(const qt_hf_config *c);
+/* Whether backends of this kind have a decoder (ops.decoder non-NULL). */
+bool qt_backend_kind_decodes(qt_backend_kind k);
+
+/* The start-up self-check (selfcheck.c): one training micro-batch (LoRA
+ * dropout on) and one evaluation micro-batch of a tiny built-in 4-bit model
+ * on the CPU backend (fp32, the reference) and on `kind`, compared within the
+ * GPU parity test's bf16 bounds (loss relative 1e-2; per LoRA gradient NMSE
+ * 3e-2 and cosine 0.985; all gradients NMSE 8e-3; finite). About a second.
+ * QT_ERR_NUMERIC naming what disagreed (and suggesting training.device: cpu)
+ * when it fails; other errors when a backend could not run at all. */
+typedef struct {
+  bool failed;
+  char what[512];      /* the first disagreement, when failed */
+  double loss_rel, eval_rel, worst_nmse, all_nmse, seconds;
+  double acc[2];       /* squared error and reference sums over all gradients */
+} qt_selfcheck_result;
+qt_status qt_backend_selfcheck(qt_backend_kind kind, qt_selfcheck_result *res);
+/* The same, with the checked backend's gradient of the LoRA tensor named
+ * `perturb` (qt_lora_tensor.name) scaled by 1.5 before the comparison: the
+ * comparison's own test. */
+qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_selfcheck_result *res);
+
+#ifdef QLORA_HAVE_CUDA
+/* backend_cuda.c */
+qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o);
+#endif
+
+#endif
