@@ -44,7 +44,8 @@ bench/bench_cpu_sizes.sh (issue 18 item 4):
         [--packing] --steps N
     python bench/bench_train_hf.py train-lora --model DIR --data FILE --format alpaca|text --seq 512
         [--packing] --threads N --dtype fp32|bf16 [--steps 8] [--warmup 2] [--r 16] [--alpha 32]
-        [--dropout 0.05] [--lr 2e-4]
+        [--dropout 0.05[,0...]] [--lr 2e-4] [--device cpu|cuda] [--quant none|nf4]
+        [--micro-batch 1[,2...]] [--no-grad-ckpt]
     python bench/bench_train_hf.py report-lora --rows rows.jsonl
 
 `rows` rebuilds, in Python with the `tokenizers` library and the model's
@@ -77,6 +78,29 @@ process (rss_after_load_mib: VmRSS after loading + PEFT wrapping). One JSON line
 
 `report-lora` turns the rows bench_cpu_sizes.sh collected into its markdown
 tables (one per model); lora_flops' docstring has the FLOP formula.
+
+GPU (bench/bench_gpu_train.sh, issue 14 item 10): `train-lora --device cuda`
+puts the base and the steps on the GPU (each step synchronised before its
+clock is read); `--quant nf4` loads the base through bitsandbytes
+(BitsAndBytesConfig: load_in_4bit, nf4, double quant, bf16 compute; QLoRA's
+recipe) and, when `import bitsandbytes` fails, prints one row
+{"failed": "transformers+PEFT+bitsandbytes: not available (bitsandbytes not
+importable: ...)"} and exits 3. `--micro-batch` and `--dropout` take comma
+lists: the base is loaded once and every (micro-batch, dropout) pair trains
+fresh adapters (PEFT unload in between), one JSON line each; micro-batch m
+takes rows m at a time, padded to the longer row as qlora-train pads (EOS,
+label -100). `--no-grad-ckpt` trains without gradient checkpointing (the
+CUDA path of qlora-train keeps every activation). On CUDA each line adds
+peak_alloc_mib / peak_reserved_mib (torch.cuda.max_memory_allocated /
+max_memory_reserved since that pair started) and base_alloc_mib.
+
+    python bench/bench_train_hf.py ours-row --metrics M --log L --rows ROWS_JSON --model-name N --model-dir D
+        --micro-batch M --dropout P [--r 16] [--warmup 2] [--smi FILE --smi-base MIB]
+    python bench/bench_train_hf.py report-gpu --rows rows.jsonl --seq 2048 [--peak-tflops 989] [--table FILE]
+
+`ours-row` turns one qlora-train run of bench_gpu_train.sh into a JSON row;
+`report-gpu` prints its `result:` lines and markdown table (gpu_flops'
+docstring has the FLOP formulas: MFU's model FLOPs and the FLOPs executed).
 
 Needs torch, transformers, peft, tokenizers, numpy: the reference virtualenv
 (/work/venv-ref, or tools/reference/setup_venv.sh). Set OMP_NUM_THREADS /
@@ -407,58 +431,148 @@ def cmd_rows(a) -> int:
     return 0
 
 
+def _peft_wrap(base, r, alpha, dropout):
+    from peft import LoraConfig, get_peft_model
+    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
+                      target_modules=LORA_TARGETS)
+    return get_peft_model(base, lcfg)
+
+
+def _batches(rows, mb, eos):
+    """Consecutive groups of mb rows (qlora-train's order at micro-batch mb, shuffle false), padded to the
+    longest row of the group as data/loader.c pads (pad_to_longest: pad id = EOS, label -100); the pad
+    tail gets positions 0.. (one more 'document' for transformers' packed mask, attending only itself)."""
+    out = []
+    for i in range(0, len(rows) - mb + 1, mb):
+        g = rows[i:i + mb]
+        T = max(len(r["ids"]) for r in g)
+        ids, labels, pos = [], [], []
+        for r in g:
+            n = T - len(r["ids"])
+            ids.append(r["ids"] + [eos] * n)
+            labels.append(r["labels"] + [-100] * n)
+            pos.append(r["pos"] + list(range(n)))
+        out.append({"ids": ids, "labels": labels, "pos": pos, "tokens": sum(len(r["ids"]) for r in g),
+                     "attn_keys": sum(n * (n + 1) // 2 for r in g for n in r["docs"]), "rows": g})
+    return out
+
+
 def cmd_train_lora(a) -> int:
+    """One JSON line per (micro-batch, dropout) pair of --micro-batch x --dropout, in that order; the base is
+    loaded once, each pair wraps it in fresh adapters (PEFT unload in between)."""
     import torch
     import transformers
     import peft
     from transformers import AutoModelForCausalLM
-    from peft import LoraConfig, get_peft_model
 
-    torch.set_num_threads(a.threads)
+    mbs = [int(v) for v in str(a.micro_batch).split(",") if v]
+    drops = [float(v) for v in str(a.dropout).split(",") if v]
+    cuda = a.device == "cuda"
+    stack = "transformers+PEFT" + ("+bitsandbytes" if a.quant == "nf4" else "")
+    head = {"stack": stack, "device": a.device, "dtype": a.dtype, "quant": a.quant, "grad_ckpt": a.grad_ckpt}
+    if cuda and not torch.cuda.is_available():
+        print(json.dumps(dict(head, failed="torch.cuda.is_available() is false")), flush=True)
+        return 1
+    bnb_version = None
+    if a.quant == "nf4":
+        try:
+            import bitsandbytes
+            bnb_version = bitsandbytes.__version__
+        except Exception as e:  # ImportError, or a CUDA library it cannot load
+            print(json.dumps(dict(head, failed=f"{stack}: not available (bitsandbytes not importable: "
+                                               f"{type(e).__name__}: {str(e)[:160]})")), flush=True)
+            return 3
+    if a.device == "cpu":
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    rows = build_rows(a.model, a.data, a.format, a.seq, a.packing, a.steps)
+    need = max(mbs) * a.steps
+    rows = build_rows(a.model, a.data, a.format, a.seq, a.packing, need)
+    import tokenizers
+    _, eos, _ = _special_ids(a.model, tokenizers.Tokenizer.from_file(os.path.join(a.model, "tokenizer.json")))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    dev = torch.device("cuda" if cuda else "cpu")
     t_load = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)
-    model.config.use_cache = False
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lcfg = LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, bias="none", task_type="CAUSAL_LM",
-                      target_modules=LORA_TARGETS)
-    model = get_peft_model(model, lcfg)
-    model.train()
+    kw = {"dtype": dtype}
+    if a.quant == "nf4":
+        from transformers import BitsAndBytesConfig
+        # QLoRA's recipe (Dettmers et al. 2023): NF4, double quant, bf16 compute
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                       bnb_4bit_use_double_quant=True,
+                                                       bnb_4bit_compute_dtype=torch.bfloat16)
+        kw["device_map"] = {"": 0 if cuda else "cpu"}
+    base = AutoModelForCausalLM.from_pretrained(a.model, **kw)
+    if a.quant != "nf4":
+        base = base.to(dev)
+    base.config.use_cache = False
+    if a.grad_ckpt:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     load_s = time.perf_counter() - t_load
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    lora_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in trainable})
-    opt = torch.optim.AdamW(trainable, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    rss_load = current_rss_mib()
-
-    step_s, losses = [], []
-    for r in rows:
-        x = torch.tensor([r["ids"]], dtype=torch.long)
-        y = torch.tensor([r["labels"]], dtype=torch.long)
-        kw = {}
-        if len(r["docs"]) > 1:  # packed: per-document positions -> block-diagonal causal mask
-            kw["position_ids"] = torch.tensor([r["pos"]], dtype=torch.long)
-        t0 = time.perf_counter()
-        out = model(input_ids=x, labels=y, use_cache=False, **kw)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step_s.append(time.perf_counter() - t0)
-        losses.append(float(out.loss.detach().float()))
-    toks = [len(r["ids"]) for r in rows]
-    tps = sum(toks[a.warmup:]) / sum(step_s[a.warmup:])
-    res = {"tokens_per_s": round(tps, 2), "peak_rss_mib": round(rss_mib(), 1),
-           "rss_after_load_mib": round(rss_load, 1), "load_s": round(load_s, 1),
-           "step_s": [round(t, 3) for t in step_s], "step_tokens": toks, "losses": [round(v, 6) for v in losses],
-           "threads": a.threads, "dtype": a.dtype, "lora_dtypes": lora_dtypes,
-           "attn_implementation": getattr(model.config, "_attn_implementation", None),
-           "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                        "transformers": transformers.__version__, "peft": peft.__version__}}
-    res.update({"rows_" + k: v for k, v in _rows_summary(rows).items()})
-    print(json.dumps(res))
-    return 0
+    if cuda:
+        torch.cuda.synchronize()
+        base_alloc = torch.cuda.memory_allocated() / 1048576.0
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    rc = 0
+    for mb in mbs:
+        for p in drops:
+            model = _peft_wrap(base, a.r, a.alpha, p)
+            model.train()
+            trainable = [q for q in model.parameters() if q.requires_grad]
+            lora_dtypes = sorted({str(q.dtype).replace("torch.", "") for q in trainable})
+            opt = torch.optim.AdamW(trainable, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+            rss_load = current_rss_mib()
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            batches = _batches(rows[: mb * a.steps], mb, eos)
+            step_s, losses, err = [], [], None
+            try:
+                for b in batches:
+                    x = torch.tensor(b["ids"], dtype=torch.long, device=dev)
+                    y = torch.tensor(b["labels"], dtype=torch.long, device=dev)
+                    extra = {}
+                    if a.packing or len(b["rows"][0]["docs"]) > 1:
+                        # packed: per-document positions -> block-diagonal causal mask
+                        extra["position_ids"] = torch.tensor(b["pos"], dtype=torch.long, device=dev)
+                    sync()
+                    t0 = time.perf_counter()
+                    out = model(input_ids=x, labels=y, use_cache=False, **extra)
+                    out.loss.backward()
+                    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    sync()
+                    step_s.append(time.perf_counter() - t0)
+                    losses.append(float(out.loss.detach().float()))
+            except torch.cuda.OutOfMemoryError as e:
+                err = f"out of device memory: {str(e)[:120]}"
+            toks = [b["tokens"] for b in batches]
+            res = dict(head, micro_batch=mb, dropout=p, threads=a.threads if not cuda else None,
+                       lora_dtypes=lora_dtypes, lora_params=sum(q.numel() for q in trainable), load_s=round(load_s, 1),
+                       attn_implementation=getattr(model.config, "_attn_implementation", None),
+                       versions={"python": platform.python_version(), "torch": torch.__version__,
+                                 "transformers": transformers.__version__, "peft": peft.__version__,
+                                 "bitsandbytes": bnb_version})
+            if err or len(step_s) <= a.warmup:
+                res["failed"] = err or "too few steps"
+                rc = 1
+            else:
+                res.update(tokens_per_s=round(sum(toks[a.warmup:len(step_s)]) / sum(step_s[a.warmup:]), 2),
+                           timed_tokens=sum(toks[a.warmup:len(step_s)]),
+                           timed_attn_keys=sum(b["attn_keys"] for b in batches[a.warmup:len(step_s)]),
+                           step_s=[round(t, 4) for t in step_s], step_tokens=toks,
+                           losses=[round(v, 6) for v in losses], peak_rss_mib=round(rss_mib(), 1),
+                           rss_after_load_mib=round(rss_load, 1))
+                if cuda:
+                    res.update(peak_alloc_mib=round(torch.cuda.max_memory_allocated() / 1048576.0, 1),
+                               peak_reserved_mib=round(torch.cuda.max_memory_reserved() / 1048576.0, 1),
+                               base_alloc_mib=round(base_alloc, 1), gpu=torch.cuda.get_device_name(0))
+            if mbs == [1] and len(drops) == 1:
+                res.update({"rows_" + k: v for k, v in _rows_summary(rows[: a.steps]).items()})
+            print(json.dumps(res), flush=True)
+            del opt, trainable
+            base = model.unload()  # the base without adapters, for the next pair
+            del model
+    return rc
 
 
 def lora_flops(model_dir: str, tokens: int, attn_keys: int):
@@ -478,6 +592,150 @@ def lora_flops(model_dir: str, tokens: int, attn_keys: int):
     lin = L * (C * H * D + 2 * C * KV * D + H * D * C + 3 * C * F)
     k = attn_keys / tokens
     return 4 * lin + 4 * V * C + 12 * L * H * D * k, k
+
+
+PEAK_TFLOPS_DEFAULT = 989.0  # H100 / H200 SXM dense bf16 (NVIDIA's datasheets), issue 14 item 10's MFU base
+
+
+def gpu_flops(model_dir: str, tokens: int, attn_keys: int, r: int, recompute: bool):
+    """FLOPs per token for bench_gpu_train.sh (issue 14 item 10).
+    model: the MFU numerator, 4 x N_base + attention (lora_flops: N_base = decoder linears + lm_head; attention
+           12 x L x H D x k forward and backward, k = per-document causal keys per query).
+    executed: what the step computes: model + LoRA 6 x r x (in + out) per adapted linear and token (forward
+           x A, u B: 2 r (in + out); backward dB, du, dA, dx: 4 r (in + out)) + with gradient checkpointing the
+           recomputed forward of every decoder layer (2 x P_lin + LoRA 2 r (in + out) + attention 4 x L x H D x k;
+           transformers checkpoints per decoder layer, so the lm_head is not recomputed). qlora-train's CUDA path
+           keeps every activation (model/model_cuda.h), so it recomputes nothing."""
+    c = json.load(open(os.path.join(model_dir, "config.json")))
+    C, L, F = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
+    H = c["num_attention_heads"]
+    KV = c.get("num_key_value_heads") or H
+    D = c.get("head_dim") or C // H
+    model, k = lora_flops(model_dir, tokens, attn_keys)
+    lora_io = L * ((C + H * D) + 2 * (C + KV * D) + (H * D + C) + 2 * (C + F) + (F + C))  # sum of in + out
+    lin = L * (C * H * D + 2 * C * KV * D + H * D * C + 3 * C * F)
+    executed = model + 6 * r * lora_io
+    if recompute:
+        executed += 2 * lin + 2 * r * lora_io + 4 * L * H * D * k
+    return model, executed
+
+
+def cmd_ours_row(a) -> int:
+    """One qlora-train run of bench_gpu_train.sh as a JSON row: tokens/s over the steps after --warmup
+    (metrics.jsonl: a step's time = tokens / tokens_per_s, the time between step ends), its device memory
+    (the log's 'training.device cuda: ... MiB device memory' line: what qlora-train cudaMalloc'd), the
+    whole GPU's nvidia-smi memory.used peak over the run minus the reading before it (the process's CUDA
+    context and cuBLAS included), and whether its per-step token counts equal the Python-built rows."""
+    import re
+    steps = [json.loads(line) for line in open(a.metrics) if line.strip() and '"step"' in line]
+    steps = [s for s in steps if "tokens_per_s" in s]
+    log = open(a.log, errors="replace").read()
+    rows = json.loads(a.rows)
+    mb = a.micro_batch
+    want = [sum(rows["step_tokens"][i:i + mb]) for i in range(0, len(rows["step_tokens"]) - mb + 1, mb)]
+    keys = [sum(rows["attn_keys"][i:i + mb]) for i in range(0, len(rows["attn_keys"]) - mb + 1, mb)]
+    row = {"stack": "qlora-train", "model": a.model_name, "model_dir": a.model_dir, "micro_batch": mb,
+           "dropout": a.dropout, "r": a.r, "grad_ckpt": False, "device": a.device}
+    if len(steps) <= a.warmup:
+        row["failed"] = f"{len(steps)} steps in metrics.jsonl, want more than {a.warmup}"
+        print(json.dumps(row))
+        return 0
+    secs = [s["tokens"] / s["tokens_per_s"] for s in steps]
+    toks = [s["tokens"] for s in steps]
+    n = len(steps)
+    row.update(tokens_per_s=round(sum(toks[a.warmup:]) / sum(secs[a.warmup:]), 2), timed_tokens=sum(toks[a.warmup:]),
+               timed_attn_keys=sum(keys[a.warmup:n]), step_s=[round(t, 4) for t in secs], step_tokens=toks,
+               losses=[round(s["loss"], 6) for s in steps], tokens_match=toks == want[:n],
+               peak_rss_mib=max(s.get("peak_rss_mib", 0) for s in steps))
+    m = re.search(r"training\.device cuda:.*?([0-9.]+) MiB device memory", log)
+    if m:
+        row["dev_mib"] = float(m.group(1))
+    if a.smi and os.path.exists(a.smi):
+        vals = [float(v) for v in open(a.smi).read().split() if v.replace(".", "", 1).isdigit()]
+        if vals:
+            row["smi_peak_mib"] = max(vals) - a.smi_base
+    if not row["tokens_match"]:
+        row["note"] = f"step tokens {toks} differ from the Python rows {want[:n]}"
+    print(json.dumps(row))
+    return 0
+
+
+def _mib(v):
+    return "-" if v is None else f"{v:.0f}"
+
+
+def cmd_report_gpu(a) -> int:
+    """bench_gpu_train.sh's result: lines (one per run, key=value, the format tools/gpu_run.sh collects) and
+    its markdown table. MFU = model FLOPs (gpu_flops) x tokens/s / --peak-tflops; ratio = tokens/s over the
+    transformers row of the same model, micro-batch and dropout (the bitsandbytes NF4 one when it ran,
+    else the bf16 one, named in hf_ref)."""
+    rows = [json.loads(line) for line in open(a.rows) if line.strip()]
+    peak = a.peak_tflops * 1e12
+    lines, table = [], []
+    table.append(f"| model | stack | micro-batch | dropout | tokens/s | MFU ({a.peak_tflops:.0f} TFLOP/s) | "
+                 "TFLOP/s executed | peak device MiB | vs HF (tok/s, memory) | losses |")
+    table.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r.get("failed") and not r.get("micro_batch"):
+            lines.append(f"result: bench=train_gpu model={r.get('model', '-')} stack={r['stack']} "
+                         f"status=not_run note=\"{r['failed']}\"")
+            table.append(f"| {r.get('model', '-')} | {r['stack']} | - | - | {r['failed']} | | | | | |")
+            continue
+        key = (r.get("model"), r["micro_batch"], float(r["dropout"]))
+        head = (f"result: bench=train_gpu model={r.get('model')} stack={r['stack']} mb={r['micro_batch']} "
+                f"dropout={r['dropout']} seq={a.seq}")
+        if r.get("failed"):
+            lines.append(head + f" status=failed note=\"{r['failed']}\"")
+            table.append(f"| {r.get('model')} | {r['stack']} | {r['micro_batch']} | {r['dropout']} | failed: "
+                         f"{r['failed']} | | | | | |")
+            continue
+        model_f, exec_f = gpu_flops(r["model_dir"], r["timed_tokens"], r["timed_attn_keys"], r.get("r", 16),
+                                    bool(r.get("grad_ckpt")))
+        mfu = model_f * r["tokens_per_s"] / peak
+        tflops_exec = exec_f * r["tokens_per_s"] / 1e12
+        if r["stack"] == "qlora-train":
+            mem, mem_note = r.get("dev_mib"), f"own {_mib(r.get('dev_mib'))} MiB, nvidia-smi {_mib(r.get('smi_peak_mib'))}"
+        else:
+            mem, mem_note = r.get("peak_reserved_mib"), (f"reserved {_mib(r.get('peak_reserved_mib'))} MiB, "
+                                                         f"allocated {_mib(r.get('peak_alloc_mib'))}")
+        ratio = ratio_mem = hf_ref = same_rows = None
+        if r["stack"] == "qlora-train":
+            for st in ("transformers+PEFT+bitsandbytes", "transformers+PEFT"):
+                h = next((x for x in rows if x["stack"] == st and not x.get("failed") and
+                          (x.get("model"), x.get("micro_batch"), float(x.get("dropout", -1))) == key), None)
+                if h:
+                    ratio, hf_ref = r["tokens_per_s"] / h["tokens_per_s"], f"{st}({h.get('quant')}/{h.get('dtype')})"
+                    same_rows = h.get("step_tokens") == r.get("step_tokens")
+                    if mem and h.get("peak_reserved_mib"):
+                        ratio_mem = mem / h["peak_reserved_mib"]
+                    break
+        fields = [head, "status=ok", f"tok_s={r['tokens_per_s']:.1f}", f"mfu={100 * mfu:.1f}%",
+                  f"model_gflop_per_tok={model_f / 1e9:.3f}", f"exec_gflop_per_tok={exec_f / 1e9:.3f}",
+                  f"tflops_exec={tflops_exec:.1f}", f"peak_mib={_mib(mem)}"]
+        if r["stack"] == "qlora-train":
+            fields.append(f"smi_peak_mib={_mib(r.get('smi_peak_mib'))}")
+            fields.append(f"tokens_match={'yes' if r.get('tokens_match') else 'NO'}")
+        else:
+            fields.append(f"alloc_mib={_mib(r.get('peak_alloc_mib'))}")
+        if ratio is not None:
+            fields.append(f"vs_hf={ratio:.2f}x")
+            if ratio_mem is not None:
+                fields.append(f"mem_vs_hf={ratio_mem:.2f}x")
+            fields.append(f"hf_ref={hf_ref}")
+            fields.append(f"same_rows_as_hf={'yes' if same_rows else 'NO'}")
+        lines.append(" ".join(fields))
+        vs = "-" if ratio is None else (f"{ratio:.2f}x, {ratio_mem:.2f}x" if ratio_mem is not None else f"{ratio:.2f}x")
+        if hf_ref and not hf_ref.startswith("transformers+PEFT+bitsandbytes"):
+            vs += f" (vs {hf_ref})"
+        ls = r.get("losses") or []
+        table.append(f"| {r.get('model')} | {r['stack']}{' (ckpt)' if r.get('grad_ckpt') else ''} | {r['micro_batch']} | "
+                     f"{r['dropout']} | {r['tokens_per_s']:.1f} | {100 * mfu:.1f}% | {tflops_exec:.1f} | {mem_note} | "
+                     f"{vs} | {ls[0]:.4f} -> {ls[-1]:.4f} |" if ls else "|")
+    print("\n".join(lines))
+    if a.table:
+        with open(a.table, "w") as fh:
+            fh.write("\n".join(table) + "\n")
+    return 0
 
 
 def cmd_report_lora(a) -> int:
@@ -558,23 +816,48 @@ def main() -> int:
         x.add_argument("--packing", action="store_true")
         x.add_argument("--steps", type=int, default=8)
         if name == "train-lora":
-            x.add_argument("--threads", type=int, required=True)
+            x.add_argument("--threads", type=int, default=0)
             x.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+            x.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+            x.add_argument("--quant", choices=("none", "nf4"), default="none")
+            x.add_argument("--micro-batch", default="1", help="rows per step; a comma list runs each")
+            x.add_argument("--no-grad-ckpt", dest="grad_ckpt", action="store_false")
             x.add_argument("--warmup", type=int, default=2)
             x.add_argument("--r", type=int, default=16)
             x.add_argument("--alpha", type=float, default=32)
-            x.add_argument("--dropout", type=float, default=0.05)
+            x.add_argument("--dropout", default="0.05", help="LoRA dropout; a comma list runs each")
             x.add_argument("--lr", type=float, default=2e-4)
     x = sub.add_parser("report-lora")
     x.add_argument("--rows", required=True)
+    x = sub.add_parser("ours-row")
+    for k in ("--metrics", "--log", "--rows", "--model-name", "--model-dir"):
+        x.add_argument(k, required=True)
+    x.add_argument("--micro-batch", type=int, required=True)
+    x.add_argument("--dropout", type=float, required=True)
+    x.add_argument("--r", type=int, default=16)
+    x.add_argument("--warmup", type=int, default=2)
+    x.add_argument("--device", default="cuda")
+    x.add_argument("--smi", default="")
+    x.add_argument("--smi-base", type=float, default=0.0)
+    x = sub.add_parser("report-gpu")
+    x.add_argument("--rows", required=True)
+    x.add_argument("--seq", type=int, required=True)
+    x.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS_DEFAULT)
+    x.add_argument("--table", default="")
     a = p.parse_args()
     if a.cmd == "rows":
         return cmd_rows(a)
     if a.cmd == "report-lora":
         return cmd_report_lora(a)
+    if a.cmd == "ours-row":
+        return cmd_ours_row(a)
+    if a.cmd == "report-gpu":
+        return cmd_report_gpu(a)
     if a.cmd == "train-lora":
         if a.steps <= a.warmup:
             p.error("--steps must exceed --warmup")
+        if a.device == "cpu" and a.threads < 1:
+            p.error("--threads N is needed with --device cpu")
         return cmd_train_lora(a)
     if a.cmd == "metrics":
         return cmd_metrics(a)

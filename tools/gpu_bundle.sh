@@ -11,11 +11,25 @@
 # benchmarks; Release, sm_90 machine code + compute_90 PTX), lib/ (every shared
 # library they load except the C library and the CUDA runtime / cuBLAS /
 # cuBLASLt, which come from the GPU machine's own CUDA 13 toolkit), shared/data
-# (stories260K, TinyStories), tests/ (the end-to-end GPU script). Paths inside
+# (stories260K, TinyStories, the Llama-3 tokenizer), tests/ (the end-to-end GPU
+# script), bench/ (bench_gpu_train.sh and the two Python files it runs: the
+# GPU training benchmark of issue 14 item 10, tools/gpu_run.sh step 6) and,
+# with BNB_WHEEL, python/ (bitsandbytes for that benchmark's transformers +
+# PEFT + bitsandbytes rows; the GPU machine's python3 has torch, transformers
+# and peft but not bitsandbytes, and cannot download it). Paths inside
 # are relative to the bundle. The folder must stay within 64 MiB (the device
 # tool's carry limit, working tree included); the script fails if it does not.
 #
-# Environment: BUILD_DIR (default build-gpu-bundle), CUDA_ARCHS (default 90).
+# Environment: BUILD_DIR (default build-gpu-bundle), CUDA_ARCHS (default 90),
+# BNB_WHEEL (a bitsandbytes manylinux x86_64 wheel, e.g. from
+#   pip download bitsandbytes==0.50.2 --no-deps --only-binary=:all: --python-version 3.12 \
+#     --platform manylinux_2_24_x86_64 -d DIR
+# unpacked into python/ without the native libraries of other CUDA / ROCm /
+# XPU versions: BNB_CUDA (default "130 132": libbitsandbytes_cuda130.so and
+# _cuda132.so, for a torch built with CUDA 13.0 / 13.2; the CPU library is
+# always kept). The 43 MiB wheel would take most of the 64 MiB; trimmed it is
+# 8.3 MiB, ~7 MiB compressed. Without BNB_WHEEL the benchmark records bitsandbytes as not
+# available.)
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: bash tools/gpu_bundle.sh OUTDIR" >&2; exit 2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,6 +63,28 @@ for b in "$BUILD_DIR"/bench/*_gpu; do [ -x "$b" ] && cp "$b" "$stage/bin/"; done
 strip --strip-debug "$stage"/bin/* 2>/dev/null || true
 cp "$ROOT/tests/e2e/gpu_vs_cpu.sh" "$ROOT/tests/e2e/mpi_nccl1.sh" "$ROOT/tests/e2e/lib.sh" "$stage/tests/e2e/"
 cp -r "$SHARED/data/stories260K" "$SHARED/data/tinystories" "$stage/shared/data/"
+# The GPU training benchmark (tools/gpu_run.sh step 6): its scripts and the
+# Llama-3 tokenizer its random models use (9 MB, ~2 MB compressed).
+mkdir -p "$stage/bench" "$stage/shared/data/tokenizers"
+cp "$ROOT/bench/bench_gpu_train.sh" "$ROOT/bench/bench_train_hf.py" "$ROOT/bench/make_random_llama.py" "$stage/bench/"
+cp -r "$SHARED/data/tokenizers/llama3" "$stage/shared/data/tokenizers/"
+chmod -R u+w "$stage/shared"
+if [ -n "${BNB_WHEEL:-}" ]; then
+  [ -f "$BNB_WHEEL" ] || { echo "gpu_bundle: BNB_WHEEL=$BNB_WHEEL: no such file" >&2; exit 1; }
+  command -v unzip > /dev/null || { echo "gpu_bundle: BNB_WHEEL needs unzip" >&2; exit 1; }
+  mkdir -p "$stage/python"
+  unzip -q "$BNB_WHEEL" -d "$stage/python" || { echo "gpu_bundle: cannot unpack $BNB_WHEEL" >&2; exit 1; }
+  [ -d "$stage/python/bitsandbytes" ] || { echo "gpu_bundle: $BNB_WHEEL holds no bitsandbytes/ package" >&2; exit 1; }
+  keep=" ${BNB_CUDA:-130 132} "
+  for f in "$stage"/python/bitsandbytes/libbitsandbytes_*.so; do
+    v=$(basename "$f" .so); v=${v#libbitsandbytes_}
+    case $v in cpu) ;; cuda*) [[ $keep == *" ${v#cuda} "* ]] || rm -f "$f" ;; *) rm -f "$f" ;; esac
+  done
+  ls "$stage"/python/bitsandbytes/libbitsandbytes_cuda*.so > /dev/null 2>&1 ||
+    { echo "gpu_bundle: $BNB_WHEEL has no libbitsandbytes_cuda{${BNB_CUDA:-130 132}}.so" >&2; exit 1; }
+  echo "gpu_bundle: bitsandbytes from $(basename "$BNB_WHEEL"), native libraries kept:" \
+    "$(cd "$stage/python/bitsandbytes" && ls libbitsandbytes_*.so | tr '\n' ' ')"
+fi
 
 # Shared libraries: everything ldd resolves, except glibc's own and CUDA's.
 skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libresolv\.so|libcudart|libcublas|libcublasLt|libcuda\.so)'
@@ -72,6 +108,8 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit-dirty"
   echo "CUDA architectures: ${CUDA_ARCHS:-90}; nvcc: $(nvcc --version | tail -n 1)"
   echo "needs on the GPU machine: bash, coreutils (timeout), tar, gzip, the NVIDIA driver, libcudart.so.13 + libcublasLt.so.13 + libcublas.so.13"
   echo "optional there: libnccl.so.2 (the 1-rank NCCL check; 200+ MiB, not bundled, opened at run time) and mpirun"
+  echo "training benchmark (step 6): python3 with torch, transformers, peft, tokenizers, safetensors;" \
+    "bitsandbytes: $( [ -d "$stage/python/bitsandbytes" ] && echo "bundled in python/ ($(basename "$BNB_WHEEL"))" || echo "not bundled (BNB_WHEEL unset)")"
   (cd "$stage" && find . -type f | sort | xargs du -k | awk '{ printf "%8d KiB  %s\n", $1, $2 }')
 } > "$stage/MANIFEST"
 tar -C "$stage" -czf "$OUT/bundle.tar.gz" .

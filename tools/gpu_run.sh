@@ -15,15 +15,29 @@
 #      (tests/e2e/mpi_nccl1.sh: bit-identical; needs the machine's
 #      libnccl.so.2, "not run" without it);
 #   4. compute-sanitizer memcheck on each failed test (when installed);
-#   5. the GPU benchmarks (bench/*_gpu): their `result:` lines.
-# About 8 minutes at most (DEADLINE_S, default 450 s for steps 2-5). Writes at
-# most 8 files, flat, into RESULTS_DIR: summary.md (the table of every step,
-# first), env.txt, tests.log, e2e.log, sanitizer.log, bench.log.
+#   5. the GPU benchmarks (bench/*_gpu): their `result:` lines;
+#   6. the training benchmark (bench/bench_gpu_train.sh, issue 14 item 10):
+#      qlora-train vs transformers + PEFT + bitsandbytes at the Llama-3.2-1B
+#      shape, seq 2048, micro-batch 1 and 2, dropout 0.05 and 0: tokens/s,
+#      MFU, peak device memory; its `result:` lines and table. Needs python3
+#      with torch, transformers, peft (bitsandbytes from the bundle's python/
+#      when it was built with BNB_WHEEL). Its own limit: TRAIN_BENCH_S (default
+#      240 s; 0 skips it), cut so that the whole run ends TOTAL_S (default
+#      570 s) after the start; TRAIN_BENCH_8B=1 adds the Llama-3-8B shape
+#      (~9 minutes more: run it alone, TRAIN_BENCH_ONLY=1 skips steps 2-5:
+#      TRAIN_BENCH_ONLY=1 TRAIN_BENCH_8B=1 SHAPES=llama3-8b TRAIN_BENCH_S=560).
+# About 9.5 minutes at most (DEADLINE_S, default 450 s for steps 2-5; TOTAL_S
+# for all). Writes at most 8 files, flat, into RESULTS_DIR: summary.md (the
+# table of every step, first), env.txt, tests.log, e2e.log, sanitizer.log,
+# bench.log (step 6's output appended), train_bench.jsonl (step 6's raw rows).
 # Exit status 0 when everything passed, 1 otherwise.
 #
 # Without a GPU it is a dry run: it says so, checks that every file and
 # library the run needs is present (the CUDA libraries only warn: they come
-# from the GPU machine) and that each test program starts and skips, and exits
+# from the GPU machine) and that each test program starts and skips, checks
+# that python3 (PY) imports torch, transformers and peft and the bundled
+# bitsandbytes, and with BENCH_DRY=1 (default) runs the training benchmark's
+# --dry-run (a tiny model, training.device cpu, ~1 minute) when they do; exits
 # 0 (1 when something is missing).
 set -uo pipefail
 [ $# -eq 1 ] || { echo "usage: bash run.sh RESULTS_DIR" >&2; exit 2; }
@@ -36,6 +50,7 @@ X=$(mktemp -d "${TMPDIR:-/tmp}/qlora-gpu.XXXXXX")
 trap 'rm -rf "$X"' EXIT
 tar -C "$X" -xzf "$B/bundle.tar.gz" || { echo "run.sh: cannot unpack $B/bundle.tar.gz" >&2; exit 1; }
 : > "$R/env.txt"; : > "$R/tests.log"; : > "$R/e2e.log"; : > "$R/sanitizer.log"; : > "$R/bench.log"
+rm -f "$R/train_bench.jsonl"
 rows=()
 status=0
 row() { rows+=("| $1 | $2 | $3 | $4 |"); }
@@ -85,7 +100,7 @@ other_missing=$(grep -vE ': (libcudart|libcublas|libcublasLt)\.so' <<< "$missing
 gpu=""
 if command -v nvidia-smi > /dev/null 2>&1; then gpu=$(nvidia-smi -L 2>/dev/null | grep -E '^GPU [0-9]+' || true); fi
 {
-  echo "== bundle"; head -n 3 "$X/MANIFEST"
+  echo "== bundle"; head -n 5 "$X/MANIFEST"
   echo "== host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(ldd --version 2>&1 | head -n 1)"
   echo "== GPU"; [ -n "$gpu" ] && echo "$gpu" || echo "none (nvidia-smi: $(command -v nvidia-smi || echo 'not installed'))"
   [ -n "$gpu" ] && nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,compute_cap,clocks.sm,clocks.max.sm --format=csv 2>&1
@@ -108,6 +123,38 @@ for f in "$X"/bin/test_*; do
   [[ " ${tests[*]} " == *" $t "* ]] || tests+=("$t")
 done
 export QLORA_SHARED_DIR="$X/shared" QLORA_TEST_DIR="$X/tests" OMP_WAIT_POLICY=passive
+
+# ---- python for step 6: torch, transformers, peft; bitsandbytes from the bundle -----------
+PY=${PY:-python3}
+[ -d "$X/python" ] && export PYTHONPATH="$X/python${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+py_ok=0
+py_note=$("$PY" -c 'import sys, torch, transformers, peft, tokenizers, safetensors
+print("%s: torch %s (CUDA %s), transformers %s, peft %s" % (sys.executable, torch.__version__, torch.version.cuda,
+      transformers.__version__, peft.__version__))' 2> "$X/py.err" | tail -n 1) && py_ok=1
+[ "$py_ok" = 1 ] || py_note="$PY cannot import torch, transformers, peft, tokenizers, safetensors: $(grep . "$X/py.err" | tail -n 1 | cut -c1-160)"
+bnb_note=$("$PY" -c 'import os, bitsandbytes as b; print("bitsandbytes %s from %s" % (b.__version__, os.path.dirname(os.path.dirname(b.__file__))))' \
+           2> "$X/bnb.err" | tail -n 1) ||
+  bnb_note="bitsandbytes not importable: $(grep . "$X/bnb.err" | tail -n 1 | cut -c1-160)"
+{ echo "== python (training benchmark)"; echo "$py_note"; echo "$bnb_note"; } >> "$R/env.txt"
+# step 6, or its dry run: ARGS... for bench_gpu_train.sh; LIMIT; NAME
+train_bench() {
+  local lim=$1 name=$2 s rc nres
+  shift 2
+  s=$(date +%s)
+  echo "===== bench_gpu_train.sh $* (limit $lim s)" >> "$R/bench.log"
+  BUDGET_TOTAL_S=$((lim - 15)) PY="$PY" timeout "$lim" bash "$X/bench/bench_gpu_train.sh" "$@" "$X/bin/qlora-train" "$X/shared" "$X/train-bench" \
+    > "$X/train-bench.out" 2>&1
+  rc=$?
+  cat "$X/train-bench.out" >> "$R/bench.log"
+  [ -f "$X/train-bench/rows.jsonl" ] && cp "$X/train-bench/rows.jsonl" "$R/train_bench.jsonl"
+  [ -f "$X/train-bench/table.md" ] && cp "$X/train-bench/table.md" "$X/train-table.md"
+  nres=$(grep -c '^result: bench=train_gpu' "$X/train-bench.out")
+  case $rc in 0) res=ok ;; 124) res="TIMEOUT ($lim s)" ;; *) res="FAILED (exit $rc)" ;; esac
+  [ $rc -eq 0 ] || status=1
+  row "$name" "$res" "$(( $(date +%s) - s ))" \
+      "$([ "$nres" -gt 0 ] && echo "$nres result lines (below); $bnb_note" || grep . "$X/train-bench.out" | tail -n 1 | cut -c1-160)"
+}
 
 if [ -z "$gpu" ]; then
   # ---- dry run ------------------------------------------------------------------------
@@ -150,8 +197,21 @@ if [ -z "$gpu" ]; then
     dry_start "$f" "$R/bench.log" 0
   done
   [ "$n_bench" -gt 0 ] || { row "benchmarks" "MISSING" 0 "no bin/*_gpu in the bundle"; status=1; }
+  # the training benchmark: its files; python3's packages (a CPU machine may lack them: a note, not a failure)
+  for f in bench/bench_gpu_train.sh bench/bench_train_hf.py bench/make_random_llama.py \
+           shared/data/tokenizers/llama3/tokenizer.json; do
+    [ -e "$X/$f" ] || { row "$f" "MISSING" 0 ""; status=1; }
+  done
+  if [ "$py_ok" = 1 ] && [ "${BENCH_DRY:-1}" = 1 ] && [ ${#cuda_missing[@]} -eq 0 ]; then
+    train_bench 240 "bench_gpu_train.sh --dry-run (CPU, tiny model)" --dry-run
+  else
+    row "bench_gpu_train.sh" "not run" 0 "$py_note; $bnb_note$( [ ${#cuda_missing[@]} -gt 0 ] && echo "; CUDA libraries missing here")"
+  fi
   title="dry run: no GPU on this machine; files and libraries checked, nothing measured"
 else
+  if [ "${TRAIN_BENCH_ONLY:-0}" = 1 ]; then
+  row "steps 2-5 (tests, e2e, memcheck, bench/*_gpu)" "not run" 0 "TRAIN_BENCH_ONLY=1"
+  else
   # ---- 2. the cuda tests ----------------------------------------------------------------
   failed_tests=()
   for t in "${tests[@]}"; do
@@ -231,6 +291,21 @@ else
     row "$b" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (exit $rc)")" "$(( $(date +%s) - s ))" \
         "$([ "$nres" -gt 0 ] && echo "$nres result lines (below)" || tail -n 1 "$X/$b.out" | cut -c1-160)"
   done
+  fi # TRAIN_BENCH_ONLY
+  # ---- 6. the training benchmark (issue 14 item 10) --------------------------------------
+  want=${TRAIN_BENCH_S:-240}
+  total_left=$((T0 + ${TOTAL_S:-570} - $(date +%s)))
+  [ "$total_left" -lt "$want" ] && want=$total_left
+  big=(); [ "${TRAIN_BENCH_8B:-0}" = 1 ] && big=(--8b)
+  if [ "${TRAIN_BENCH_S:-240}" = 0 ]; then
+    row "bench_gpu_train.sh" "not run" 0 "TRAIN_BENCH_S=0"
+  elif [ "$py_ok" != 1 ]; then
+    row "bench_gpu_train.sh" "NOT RUN" 0 "$py_note"; status=1
+  elif [ "$want" -lt 60 ]; then
+    row "bench_gpu_train.sh" "NOT RUN (out of time)" 0 "$want s left of TOTAL_S ${TOTAL_S:-570}"; status=1
+  else
+    train_bench "$want" "bench_gpu_train.sh${big:+ --8b}" "${big[@]}"
+  fi
   title="GPU run: ${gpu%% (*}"
 fi
 
@@ -249,8 +324,16 @@ fi
     grep -E '^result:' "$R/bench.log" || true
     echo '```'
   fi
+  if [ -s "$X/train-table.md" ]; then
+    echo
+    echo "## training benchmark (bench_gpu_train.sh)"
+    echo
+    grep -E '^bench_gpu_train.sh: .*(DRY RUN|GPU|NVIDIA)' "$X/train-bench.out" | tail -n 1
+    echo
+    cat "$X/train-table.md"
+  fi
   echo
-  echo "files: env.txt (GPU, driver, libraries), tests.log, e2e.log, sanitizer.log, bench.log"
+  echo "files: env.txt (GPU, driver, libraries, python), tests.log, e2e.log, sanitizer.log, bench.log, train_bench.jsonl"
 } > "$R/summary.md"
 cat "$R/summary.md"
 exit $status
