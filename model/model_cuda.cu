@@ -16,7 +16,34 @@ extern "C" {
 }
 #include "model/model_cuda.h"
 
+/* acc (n) += g (n) widened from bf16: a micro-batch's LoRA gradient into the
+ * step's fp32 accumulator on the device. */
+__global__ void acc_bf16_kernel(float *acc, const uint16_t *g, int64_t n) {
+  int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) acc[i] += __uint_as_float((uint32_t)g[i] << 16);
+}
+
+/* dst (n) = bf16(src), round to nearest even (NaN kept a quiet NaN), as common/half.h. */
+__global__ void round_bf16_kernel(uint16_t *dst, const float *src, int64_t n) {
+  int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  uint32_t u = __float_as_uint(src[i]);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
+    dst[i] = QT_HALF_CANONICAL_NAN;
+    return;
+  }
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  dst[i] = (uint16_t)(u >> 16);
+}
+
 namespace {
+
+qt_status acc_bf16(float *acc, const uint16_t *g, int64_t n) {
+  if (n <= 0) return QT_OK;
+  acc_bf16_kernel<<<(unsigned)((n + 255) / 256), 256>>>(acc, g, n);
+  QT_CUDA_CHECK(cudaGetLastError());
+  return QT_OK;
+}
 
 /* Every device buffer of a context, freed together. */
 struct dev_list {
@@ -105,6 +132,7 @@ struct dev_linear {
   float *code;                 /* (256) the nested map when nested */
   uint16_t *bias;              /* (out) or NULL */
   uint16_t *A, *B;             /* (max_r, in), (out, max_r) bf16; r of this call used */
+  const uint16_t *Aw, *Bw;     /* this call's weights: A, B, or the entry's dev_A, dev_B */
   uint16_t *dA, *dB;           /* gradients, bf16, accumulated from 0 */
   uint16_t *u;                 /* (max_N, max_r) saved A xd of this layer's forward */
   /* this call */
@@ -199,7 +227,8 @@ qt_status check_inputs(const qt_model_cuda *c, const qt_model_cuda_lora *lora, s
   for (size_t i = 0; i < n_lora; i++) {
     const qt_model_cuda_lora *e = &lora[i];
     if (e->layer < 0 || e->layer >= m->L || (int)e->proj < 0 || (int)e->proj >= QT_PROJ_COUNT ||
-        e->r < 1 || !e->A || !e->B || (train && (!e->dA || !e->dB)))
+        e->r < 1 || (!(e->A && e->B) && !(e->dev_A && e->dev_B)) ||
+        (train && !(e->dA && e->dB) && !(e->dev_dA && e->dev_dB)))
       return qt_fail(QT_ERR_INVALID, "model_cuda: LoRA entry %zu (layer %d, proj %d, r %lld) is "
                                      "not a valid adapted linear", i, e->layer, (int)e->proj,
                      (long long)e->r);
@@ -367,8 +396,15 @@ qt_status bind_lora(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_l
     dev_linear *d = &c->layers[e->layer].lin[e->proj];
     int64_t in = d->lin->in, out = d->lin->out, r = e->r;
     d->ad = e;
-    QT_TRY(copy_bf16_in(d->A, e->A, r * in, c->stage));
-    QT_TRY(copy_bf16_in(d->B, e->B, out * r, c->stage));
+    if (e->dev_A && e->dev_B) { /* device-resident weights: read in place */
+      d->Aw = e->dev_A;
+      d->Bw = e->dev_B;
+    } else {
+      QT_TRY(copy_bf16_in(d->A, e->A, r * in, c->stage));
+      QT_TRY(copy_bf16_in(d->B, e->B, out * r, c->stage));
+      d->Aw = d->A;
+      d->Bw = d->B;
+    }
     if (!train) continue;
     QT_CUDA_CHECK(cudaMemset(d->dA, 0, (size_t)(r * in) * sizeof(uint16_t)));
     QT_CUDA_CHECK(cudaMemset(d->dB, 0, (size_t)(out * r) * sizeof(uint16_t)));
@@ -414,7 +450,7 @@ qt_status linear_forward(qt_model_cuda *c, dev_linear *d, uint16_t *y, const uin
   }
   if (d->ad)
     QT_TRY(qt_op_lora_forward_cuda(y, d->u, d->drops ? c->xd : NULL, x,
-                                   d->drops ? &d->drop : NULL, d->A, d->B, c->scale, c->N,
+                                   d->drops ? &d->drop : NULL, d->Aw, d->Bw, c->scale, c->N,
                                    lin->in, lin->out, d->ad->r, c->g, NULL));
   return QT_OK;
 }
@@ -437,7 +473,7 @@ qt_status linear_backward(qt_model_cuda *c, dev_linear *d, uint16_t *dx, int acc
   if (d->ad)
     QT_TRY(qt_op_lora_backward_cuda(dx, 1, d->dA, d->dB, c->du_lora,
                                     d->drops ? c->lora_work : NULL, dy, d->drops ? c->xd : x,
-                                    d->u, d->drops ? &d->drop : NULL, d->A, d->B, c->scale, c->N,
+                                    d->u, d->drops ? &d->drop : NULL, d->Aw, d->Bw, c->scale, c->N,
                                     lin->in, lin->out, d->ad->r, c->g, NULL));
   return QT_OK;
 }
@@ -519,6 +555,11 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
   for (int64_t l = L - 1; l >= 0; l--) QT_TRY(layer_backward(c, &c->layers[l]));
   for (size_t i = 0; i < n_lora; i++) {
     const dev_linear *d = &c->layers[lora[i].layer].lin[lora[i].proj];
+    if (lora[i].dev_dA && lora[i].dev_dB) { /* device-resident: accumulate in fp32, download nothing */
+      QT_TRY(acc_bf16(lora[i].dev_dA, d->dA, lora[i].r * d->lin->in));
+      QT_TRY(acc_bf16(lora[i].dev_dB, d->dB, d->lin->out * lora[i].r));
+      continue;
+    }
     QT_TRY(download_bf16(d->dA, lora[i].r * d->lin->in, lora[i].dA, c->stage));
     QT_TRY(download_bf16(d->dB, d->lin->out * lora[i].r, lora[i].dB, c->stage));
   }
@@ -624,6 +665,14 @@ extern "C" qt_status qt_model_cuda_loss(qt_model_cuda *c, const qt_model_cuda_lo
                                         size_t n_lora, double scale, const qt_model_batch *b,
                                         double *loss_sum, int64_t *count) {
   return call(c, lora, n_lora, scale, b, false, 0.0, loss_sum, count);
+}
+
+extern "C" qt_status qt_model_cuda_round_bf16(uint16_t *dst, const float *src, int64_t n) {
+  QT_ASSERT(n >= 0 && (n == 0 || (dst && src)));
+  if (n == 0) return QT_OK;
+  round_bf16_kernel<<<(unsigned)((n + 255) / 256), 256>>>(dst, src, n);
+  QT_CUDA_CHECK(cudaGetLastError());
+  return QT_OK;
 }
 
 extern "C" void qt_model_cuda_free(qt_model_cuda **pc) {

@@ -95,6 +95,14 @@ typedef struct {
   float *dA;        /* (r, in) host fp32 out: overwritten with the gradient
                      * (unused by qt_model_cuda_loss: may be NULL there) */
   float *dB;        /* (out, r) host fp32 out (likewise) */
+  /* Device-resident adapters (the trainer's GPU optimizer, train/backend_cuda.c):
+   * with dev_A and dev_B set, the weights are read from these device bf16
+   * arrays (A (r, in), B (out, r)) and the host A, B are ignored; with
+   * dev_dA and dev_dB set, the gradients are ADDED into these device fp32
+   * arrays (accumulated over micro-batches) and the host dA, dB are ignored
+   * (nothing is downloaded). Either pair NULL: the host path above. */
+  const uint16_t *dev_A, *dev_B;
+  float *dev_dA, *dev_dB;
   /* Dropout of this linear's LoRA input (qt_lora_dropout_stream fills all
    * five): with dropout true, element e = n * in + i of the (B*T, in) input is
    * kept iff word e of the Philox stream curand_init(dropout_key,
@@ -157,6 +165,9 @@ qt_status qt_model_cuda_forward_backward(qt_model_cuda *ctx, const qt_model_cuda
 qt_status qt_model_cuda_loss(qt_model_cuda *ctx, const qt_model_cuda_lora *lora, size_t n_lora,
                              double scale, const qt_model_batch *b, double *loss_sum,
                              int64_t *count);
+/* dst (n) = bf16(src) (round to nearest even) on the device: a device fp32
+ * master copy's bf16 weights for dev_A / dev_B. Asynchronous (default stream). */
+qt_status qt_model_cuda_round_bf16(uint16_t *dst, const float *src, int64_t n);
 /* Frees every device and host buffer; *ctx = NULL. NULL-safe. */
 void qt_model_cuda_free(qt_model_cuda **ctx);
 

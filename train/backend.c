@@ -1,6 +1,7 @@
 /* train/backend.c — the backend interface (backend.h) and its cpu
  * implementation: the autograd tape (model.h) and the KV-cache decoder. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/status.h"
 #include "train/backend.h"
@@ -25,6 +26,49 @@ static size_t cpu_device_bytes(const qt_backend *b) {
 
 static void cpu_destroy(qt_backend *b) { (void)b; }
 
+static qt_status cpu_zero_grad(qt_backend *b) {
+  qt_lora_zero_grad(b->s->lora);
+  return QT_OK;
+}
+
+static qt_status cpu_grads_to_host(qt_backend *b, float *flat) {
+  size_t n;
+  qt_lora_tensor *ts = qt_lora_tensors(b->s->lora, &n);
+  for (size_t i = 0; i < n; i++) {
+    size_t k = (size_t)(ts[i].rows * ts[i].cols);
+    memcpy(flat, ts[i].grad, k * sizeof *flat);
+    flat += k;
+  }
+  return QT_OK;
+}
+
+static qt_status cpu_grads_from_host(qt_backend *b, const float *flat) {
+  size_t n;
+  qt_lora_tensor *ts = qt_lora_tensors(b->s->lora, &n);
+  for (size_t i = 0; i < n; i++) {
+    size_t k = (size_t)(ts[i].rows * ts[i].cols);
+    memcpy(ts[i].grad, flat, k * sizeof *flat);
+    flat += k;
+  }
+  return QT_OK;
+}
+
+static qt_status cpu_grad_norm(qt_backend *b, double *norm) {
+  *norm = qt_optim_global_norm(b->grads, b->n_params);
+  return QT_OK;
+}
+
+static qt_status cpu_after_update(qt_backend *b) {
+  qt_lora_sync(b->s->lora);
+  return QT_OK;
+}
+
+static qt_status cpu_sync_host(qt_backend *b, qt_adamw *opt) {
+  (void)b;
+  (void)opt;
+  return QT_OK;
+}
+
 static const qt_backend_ops CPU_OPS = {
     .name = "cpu",
     .train_micro = cpu_train_micro,
@@ -32,7 +76,34 @@ static const qt_backend_ops CPU_OPS = {
     .decoder = cpu_decoder,
     .device_bytes = cpu_device_bytes,
     .destroy = cpu_destroy,
+    .zero_grad = cpu_zero_grad,
+    .grads_to_host = cpu_grads_to_host,
+    .grads_from_host = cpu_grads_from_host,
+    .grad_norm = cpu_grad_norm,
+    .after_update = cpu_after_update,
+    .sync_host = cpu_sync_host,
 };
+
+qt_status qt_backend_step_init(qt_backend *b) {
+  QT_ASSERT(b->s->lora && !b->params);
+#ifdef QLORA_HAVE_CUDA
+  if (b->ops != &CPU_OPS) return qt_backend_cuda_step_init(b);
+#endif
+  size_t n;
+  qt_lora_tensor *ts = qt_lora_tensors(b->s->lora, &n);
+  b->params = calloc(n ? n : 1, sizeof *b->params);
+  b->grads = calloc(n ? n : 1, sizeof *b->grads);
+  if (!b->params || !b->grads) return qt_fail(QT_ERR_NOMEM, "out of memory");
+  for (size_t i = 0; i < n; i++) {
+    int64_t shp[2] = {ts[i].rows, ts[i].cols};
+    b->params[i] = ts[i].master ? qt_tensor_make(QT_F32, QT_DEV_CPU, 2, shp, ts[i].master)
+                                : qt_tensor_make(QT_BF16, QT_DEV_CPU, 2, shp, ts[i].bf16);
+    b->grads[i] = qt_tensor_make(QT_F32, QT_DEV_CPU, 2, shp, ts[i].grad);
+  }
+  b->n_params = n;
+  b->device = QT_DEV_CPU;
+  return QT_OK;
+}
 
 qt_backend_kind qt_backend_kind_of(const qt_config *c) {
   return c->training.device == QT_DEVICE_CUDA ? QT_BACKEND_CUDA : QT_BACKEND_CPU;
@@ -80,6 +151,8 @@ void qt_backend_close(qt_backend **pb) {
   if (!pb || !*pb) return;
   qt_backend *b = *pb;
   if (b->ops) b->ops->destroy(b);
+  free(b->params);
+  free(b->grads);
   free(b);
   *pb = NULL;
 }

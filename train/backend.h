@@ -29,6 +29,7 @@
 
 #include "common/status.h"
 #include "model/model.h"
+#include "optim/optim.h"
 #include "train/session.h"
 
 typedef struct qt_backend qt_backend;
@@ -48,6 +49,26 @@ typedef struct {
   qt_status (*decoder)(qt_backend *b, int64_t cap, int64_t max_rows, qt_model_decoder **out);
   /* Bytes this backend holds on its device beyond the host's (0 for the cpu). */
   size_t (*device_bytes)(const qt_backend *b);
+
+  /* ---- the optimizer step's data (after qt_backend_step_init) ---- */
+  /* Zeroes the LoRA gradients before a step's first micro-batch. */
+  qt_status (*zero_grad)(qt_backend *b);
+  /* The step's gradients to and from a flat host array in qt_lora_tensors
+   * order (the reduction over ranks; a test hook): the cpu copies, the cuda
+   * backend downloads / uploads. */
+  qt_status (*grads_to_host)(qt_backend *b, float *flat);
+  qt_status (*grads_from_host)(qt_backend *b, const float *flat);
+  /* The global L2 norm of the step's gradients (optim.h's fixed order; NaN
+   * or Inf when one is not finite); the cuda backend computes it on the
+   * device and brings back only the norm. */
+  qt_status (*grad_norm)(qt_backend *b, double *norm);
+  /* After qt_adamw_step updated the parameter tensors: the adapters' other
+   * copies follow (cpu: qt_lora_sync; cuda: bf16 weights from an fp32 master). */
+  qt_status (*after_update)(qt_backend *b);
+  /* Before anything reads the adapters or the optimizer state on the host (a
+   * checkpoint, the end of the run): the cuda backend downloads the weights
+   * into the adapters and fetches the optimizer state (qt_adamw_state_fetch). */
+  qt_status (*sync_host)(qt_backend *b, qt_adamw *opt);
   void (*destroy)(qt_backend *b);
 } qt_backend_ops;
 
@@ -57,6 +78,12 @@ struct qt_backend {
   qt_model_adapter adapter;    /* s->lora's hook (cpu) */
   const qt_model_adapter *adp; /* &adapter, or NULL without adapters */
   void *impl;                  /* the implementation's own state */
+  /* qt_backend_step_init: the tensors the optimizer updates, one per
+   * qt_lora_tensors entry (F32 master or BF16 storage; F32 gradients), on
+   * `device` (the optimizer is made for it: qt_adamw_config.device) */
+  qt_tensor *params, *grads;
+  size_t n_params;
+  qt_device device;
 };
 
 typedef enum { QT_BACKEND_CPU = 0, QT_BACKEND_CUDA } qt_backend_kind;
@@ -66,6 +93,13 @@ typedef struct {
   int64_t max_B, max_T; /* the largest micro-batch it will see */
   bool train;           /* train_micro will be called (gradient buffers) */
 } qt_backend_opts;
+
+/* Makes b->params / b->grads (training; after the adapters are final, before
+ * the optimizer is made): the cpu's point at the adapters' host arrays; the
+ * cuda backend's at device copies (weights uploaded now, gradients
+ * accumulated there over the micro-batches), so the optimizer step runs on
+ * the GPU and only the norm comes back per step. */
+qt_status qt_backend_step_init(qt_backend *b);
 
 /* Opens a backend over the session's model and adapters. cpu: the session's
  * tape must exist (qt_session_tape) and hold max_B x max_T. cuda: uploads the
@@ -87,24 +121,29 @@ bool qt_backend_kind_decodes(qt_backend_kind k);
  * dropout on) and one evaluation micro-batch of a tiny built-in 4-bit model
  * on the CPU backend (fp32, the reference) and on `kind`, compared within the
  * GPU parity test's bf16 bounds (loss relative 1e-2; per LoRA gradient NMSE
- * 3e-2 and cosine 0.985; all gradients NMSE 8e-3; finite). About a second.
+ * 3e-2 and cosine 0.985; all gradients NMSE 8e-3; finite); then one
+ * optimizer step on each from the CPU's gradients (norm relative 1e-6,
+ * update NMSE 1e-3). About a second.
  * QT_ERR_NUMERIC naming what disagreed (and suggesting training.device: cpu)
  * when it fails; other errors when a backend could not run at all. */
 typedef struct {
   bool failed;
   char what[512];      /* the first disagreement, when failed */
   double loss_rel, eval_rel, worst_nmse, all_nmse, seconds;
+  double norm_rel, update_nmse; /* the optimizer step from the CPU's gradients */
   double acc[2];       /* squared error and reference sums over all gradients */
 } qt_selfcheck_result;
 qt_status qt_backend_selfcheck(qt_backend_kind kind, qt_selfcheck_result *res);
 /* The same, with the checked backend's gradient of the LoRA tensor named
- * `perturb` (qt_lora_tensor.name) scaled by 1.5 before the comparison: the
- * comparison's own test. */
+ * `perturb` (qt_lora_tensor.name) scaled by 1.5 before the comparison, or
+ * (perturb "optimizer") its step taken at twice the rate: the comparison's
+ * own test. */
 qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_selfcheck_result *res);
 
 #ifdef QLORA_HAVE_CUDA
 /* backend_cuda.c */
 qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o);
+qt_status qt_backend_cuda_step_init(qt_backend *b);
 #endif
 
 #endif

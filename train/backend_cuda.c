@@ -8,8 +8,11 @@
  * cpu backend's (ops.decoder NULL). */
 #ifdef QLORA_HAVE_CUDA
 
+#include <cuda_runtime_api.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "common/cuda_check.h"
 #include "common/status.h"
 #include "lora/lora.h"
 #include "model/model_cuda.h"
@@ -19,8 +22,19 @@ typedef struct {
   qt_model_cuda *ctx;      /* weights and buffers on the GPU */
   qt_model_cuda_lora *cl;  /* one entry per adapted linear (A, B pairs of qt_lora_tensors) */
   size_t n_cl;
-  float *grad;             /* the entries' dA, dB of one micro-batch, packed */
+  float *grad;             /* the entries' dA, dB of one micro-batch, packed (host path) */
   qt_lora_tensor *ts;      /* the adapters' tensors (A at 2i, B at 2i + 1) */
+  size_t n_ts;
+  /* qt_backend_cuda_step_init: the adapters on the device */
+  bool resident;
+  void *dmem;              /* one cudaMalloc holding all of the below */
+  size_t dmem_bytes;
+  uint16_t **dw;           /* (n_ts) bf16 weights (what the model reads) */
+  float **dmaster;         /* (n_ts) fp32 master weights, or NULL each (bf16 storage) */
+  float **dgrad;           /* (n_ts) fp32 gradients, accumulated over a step's micro-batches */
+  int64_t *numel;          /* (n_ts) */
+  qt_optim_clip_cuda clip; /* the global norm on the device */
+  bool clip_ok;
 } cuda_impl;
 
 /* The entries' current dropout streams (the step qt_lora_set_step named; none in eval mode). */
@@ -39,6 +53,7 @@ static qt_status cuda_train_micro(qt_backend *b, const qt_model_batch *mb, doubl
   QT_TRY(bind_dropout(b, c));
   QT_TRY(qt_model_cuda_forward_backward(c->ctx, c->cl, c->n_cl, qt_lora_scale(b->s->lora), mb, dloss,
                                         loss_sum, count));
+  if (c->resident) return QT_OK; /* added into the device accumulators */
   for (size_t i = 0; i < c->n_cl; i++) { /* gradients accumulate over the micro-batches */
     qt_lora_tensor *A = &c->ts[2 * i], *B = &c->ts[2 * i + 1];
     const float *dA = c->cl[i].dA, *dB = c->cl[i].dB;
@@ -57,12 +72,101 @@ static qt_status cuda_eval_micro(qt_backend *b, const qt_model_batch *mb, double
 
 static size_t cuda_device_bytes(const qt_backend *b) {
   const cuda_impl *c = b->impl;
-  return qt_model_cuda_device_bytes(c->ctx);
+  return qt_model_cuda_device_bytes(c->ctx) + c->dmem_bytes;
+}
+
+/* ---- the optimizer step's data (resident after qt_backend_cuda_step_init) ---- */
+
+static qt_status copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+  cudaError_t e = cudaMemcpy(dst, src, bytes, kind);
+  if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemcpy");
+  return QT_OK;
+}
+
+static qt_status cuda_zero_grad(qt_backend *b) {
+  cuda_impl *c = b->impl;
+  if (!c->resident) {
+    qt_lora_zero_grad(b->s->lora);
+    return QT_OK;
+  }
+  for (size_t i = 0; i < c->n_ts; i++) {
+    cudaError_t e = cudaMemset(c->dgrad[i], 0, (size_t)c->numel[i] * sizeof(float));
+    if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemset");
+  }
+  return QT_OK;
+}
+
+static qt_status cuda_grads_to_host(qt_backend *b, float *flat) {
+  cuda_impl *c = b->impl;
+  for (size_t i = 0; i < c->n_ts; i++) {
+    size_t bytes = (size_t)c->numel[i] * sizeof(float);
+    if (c->resident)
+      QT_TRY(copy(flat, c->dgrad[i], bytes, cudaMemcpyDeviceToHost));
+    else
+      memcpy(flat, c->ts[i].grad, bytes);
+    flat += c->numel[i];
+  }
+  return QT_OK;
+}
+
+static qt_status cuda_grads_from_host(qt_backend *b, const float *flat) {
+  cuda_impl *c = b->impl;
+  for (size_t i = 0; i < c->n_ts; i++) {
+    size_t bytes = (size_t)c->numel[i] * sizeof(float);
+    if (c->resident)
+      QT_TRY(copy(c->dgrad[i], flat, bytes, cudaMemcpyHostToDevice));
+    else
+      memcpy(c->ts[i].grad, flat, bytes);
+    flat += c->numel[i];
+  }
+  return QT_OK;
+}
+
+static qt_status cuda_grad_norm(qt_backend *b, double *norm) {
+  cuda_impl *c = b->impl;
+  if (!c->resident) {
+    *norm = qt_optim_global_norm(b->grads, b->n_params);
+    return QT_OK;
+  }
+  qt_optim_clip_result res;
+  QT_TRY(qt_optim_clip_cuda_norm(&c->clip, 0.0, NULL)); /* the coefficient is made on the host */
+  QT_TRY(qt_optim_clip_cuda_result(&c->clip, &res, NULL));
+  *norm = res.norm;
+  return QT_OK;
+}
+
+static qt_status cuda_after_update(qt_backend *b) {
+  cuda_impl *c = b->impl;
+  if (!c->resident) {
+    qt_lora_sync(b->s->lora);
+    return QT_OK;
+  }
+  for (size_t i = 0; i < c->n_ts; i++) /* the model reads bf16: round the masters */
+    if (c->dmaster[i]) QT_TRY(qt_model_cuda_round_bf16(c->dw[i], c->dmaster[i], c->numel[i]));
+  return QT_OK;
+}
+
+static qt_status cuda_sync_host(qt_backend *b, qt_adamw *opt) {
+  cuda_impl *c = b->impl;
+  if (!c->resident) return QT_OK;
+  for (size_t i = 0; i < c->n_ts; i++) {
+    qt_lora_tensor *t = &c->ts[i];
+    QT_TRY(copy(t->bf16, c->dw[i], (size_t)c->numel[i] * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+    if (t->master) QT_TRY(copy(t->master, c->dmaster[i], (size_t)c->numel[i] * sizeof(float), cudaMemcpyDeviceToHost));
+  }
+  qt_lora_sync(b->s->lora);
+  return opt ? qt_adamw_state_fetch(opt) : QT_OK;
 }
 
 static void cuda_destroy(qt_backend *b) {
   cuda_impl *c = b->impl;
   if (!c) return;
+  if (c->clip_ok) qt_optim_clip_cuda_free(&c->clip);
+  if (c->dmem) (void)cudaFree(c->dmem);
+  free(c->dw);
+  free(c->dmaster);
+  free(c->dgrad);
+  free(c->numel);
   qt_model_cuda_free(&c->ctx);
   free(c->cl);
   free(c->grad);
@@ -77,7 +181,70 @@ static const qt_backend_ops CUDA_OPS = {
     .decoder = NULL,
     .device_bytes = cuda_device_bytes,
     .destroy = cuda_destroy,
+    .zero_grad = cuda_zero_grad,
+    .grads_to_host = cuda_grads_to_host,
+    .grads_from_host = cuda_grads_from_host,
+    .grad_norm = cuda_grad_norm,
+    .after_update = cuda_after_update,
+    .sync_host = cuda_sync_host,
 };
+
+static size_t round256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+qt_status qt_backend_cuda_step_init(qt_backend *b) {
+  cuda_impl *c = b->impl;
+  size_t n = c->n_ts;
+  c->dw = calloc(n ? n : 1, sizeof *c->dw);
+  c->dmaster = calloc(n ? n : 1, sizeof *c->dmaster);
+  c->dgrad = calloc(n ? n : 1, sizeof *c->dgrad);
+  c->numel = calloc(n ? n : 1, sizeof *c->numel);
+  b->params = calloc(n ? n : 1, sizeof *b->params);
+  b->grads = calloc(n ? n : 1, sizeof *b->grads);
+  if (!c->dw || !c->dmaster || !c->dgrad || !c->numel || !b->params || !b->grads)
+    return qt_fail(QT_ERR_NOMEM, "out of memory");
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    c->numel[i] = c->ts[i].rows * c->ts[i].cols;
+    size_t k = (size_t)c->numel[i];
+    total += round256(k * 2) + (c->ts[i].master ? round256(k * 4) : 0) + round256(k * 4);
+  }
+  cudaError_t e = cudaMalloc(&c->dmem, total ? total : 1);
+  if (e != cudaSuccess)
+    return qt_fail(QT_ERR_CUDA, "training.device cuda: cannot allocate %.1f MiB of device memory for the LoRA "
+                   "weights and gradients (%s)", (double)total / 1048576.0, cudaGetErrorString(e));
+  c->dmem_bytes = total;
+  uint8_t *p = c->dmem;
+  for (size_t i = 0; i < n; i++) {
+    const qt_lora_tensor *t = &c->ts[i];
+    size_t k = (size_t)c->numel[i];
+    int64_t shp[2] = {t->rows, t->cols};
+    c->dw[i] = (uint16_t *)p;
+    p += round256(k * 2);
+    QT_TRY(copy(c->dw[i], t->bf16, k * 2, cudaMemcpyHostToDevice));
+    if (t->master) {
+      c->dmaster[i] = (float *)p;
+      p += round256(k * 4);
+      QT_TRY(copy(c->dmaster[i], t->master, k * 4, cudaMemcpyHostToDevice));
+    }
+    c->dgrad[i] = (float *)p;
+    p += round256(k * 4);
+    b->params[i] = t->master ? qt_tensor_make(QT_F32, QT_DEV_CUDA, 2, shp, c->dmaster[i])
+                             : qt_tensor_make(QT_BF16, QT_DEV_CUDA, 2, shp, c->dw[i]);
+    b->grads[i] = qt_tensor_make(QT_F32, QT_DEV_CUDA, 2, shp, c->dgrad[i]);
+  }
+  for (size_t i = 0; i < c->n_cl; i++) { /* the model reads and accumulates in place */
+    c->cl[i].dev_A = c->dw[2 * i];
+    c->cl[i].dev_B = c->dw[2 * i + 1];
+    c->cl[i].dev_dA = c->dgrad[2 * i];
+    c->cl[i].dev_dB = c->dgrad[2 * i + 1];
+  }
+  QT_TRY(qt_optim_clip_cuda_init(&c->clip, c->dgrad, c->numel, n));
+  c->clip_ok = true;
+  c->resident = true;
+  b->n_params = n;
+  b->device = QT_DEV_CUDA;
+  return cuda_zero_grad(b);
+}
 
 bool qt_backend_cuda_composes(const qt_hf_config *c) { return qt_model_cuda_composes(c); }
 
@@ -90,6 +257,7 @@ qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o) {
   int64_t max_r = 1, n_grad = 0;
   size_t n_par = 0;
   if (b->s->lora) c->ts = qt_lora_tensors(b->s->lora, &n_par);
+  c->n_ts = n_par;
   c->n_cl = n_par / 2;
   for (size_t i = 0; i < n_par; i++) n_grad += c->ts[i].rows * c->ts[i].cols;
   c->cl = calloc(c->n_cl ? c->n_cl : 1, sizeof *c->cl);

@@ -35,11 +35,18 @@
 #include "common/status.h"
 #include "lora/lora.h"
 #include "model/model.h"
+#include "optim/optim.h"
 #include "train/backend.h"
 
 enum { SC_C = 64, SC_L = 2, SC_H = 4, SC_K = 2, SC_D = 16, SC_F = 128, SC_V = 256, SC_B = 2, SC_T = 32, SC_R = 4 };
 
 static const double TOL_LOSS_REL = 1e-2, TOL_NMSE = 3e-2, TOL_COS = 0.985, TOL_NMSE_ALL = 8e-3;
+/* The optimizer step from identical gradients: the device's norm is meant to
+ * be bit-equal (optim.h's fixed order) and its AdamW bit-identical
+ * (tests/optim); a bf16 rounding that goes the other way moves one element
+ * by one ulp (~5% of a 1e-3 update at 0.05), so the bound on the updates
+ * leaves room for a few such elements, not for a wrong update. */
+static const double TOL_NORM_REL = 1e-6, TOL_UPDATE_NMSE = 1e-3;
 
 static double now_s(void) {
   struct timespec ts;
@@ -191,23 +198,63 @@ static void compare(const float *g, const float *c, int64_t n, double *nmse, dou
 }
 
 /* One training micro-batch and one eval micro-batch on backend b: loss,
- * count, eval loss and the gradients (copied out of the adapters). */
+ * count, eval loss and the gradients (through grads_to_host). */
 static qt_status run_backend(qt_backend *b, qt_lora *l, const qt_model_batch *mb, double *loss, int64_t *count,
                              double *eval_loss, float *grads) {
-  qt_lora_zero_grad(l);
+  QT_TRY(b->ops->zero_grad(b));
   qt_lora_set_step(l, 3, true);
   QT_TRY(b->ops->train_micro(b, mb, 1.0 / SC_T, loss, count));
+  QT_TRY(b->ops->grads_to_host(b, grads));
+  qt_lora_set_step(l, 3, false);
+  int64_t ecount = 0;
+  return b->ops->eval_micro(b, mb, eval_loss, &ecount);
+}
+
+/* The adapters' bf16 weights, flat in qt_lora_tensors order: out = the
+ * adapters' (to) or the adapters = in (from, then their compute copies). */
+static void weights_out(qt_lora *l, uint16_t *out) {
   size_t n;
   qt_lora_tensor *ts = qt_lora_tensors(l, &n);
   for (size_t i = 0; i < n; i++) {
-    memcpy(grads, ts[i].grad, (size_t)(ts[i].rows * ts[i].cols) * sizeof(float));
-    grads += ts[i].rows * ts[i].cols;
+    memcpy(out, ts[i].bf16, (size_t)(ts[i].rows * ts[i].cols) * sizeof *out);
+    out += ts[i].rows * ts[i].cols;
   }
-  qt_lora_set_step(l, 3, false);
-  int64_t ecount = 0;
-  QT_TRY(b->ops->eval_micro(b, mb, eval_loss, &ecount));
-  qt_lora_zero_grad(l);
-  return QT_OK;
+}
+
+static void weights_in(qt_lora *l, const uint16_t *in) {
+  size_t n;
+  qt_lora_tensor *ts = qt_lora_tensors(l, &n);
+  for (size_t i = 0; i < n; i++) {
+    memcpy(ts[i].bf16, in, (size_t)(ts[i].rows * ts[i].cols) * sizeof *in);
+    in += ts[i].rows * ts[i].cols;
+  }
+  qt_lora_sync(l);
+}
+
+/* One optimizer step on backend b from the gradients g (the CPU's, so that
+ * both backends update from the same values): the global norm (*norm), an
+ * 8-bit AdamW (bitsandbytes defaults; the tiny tensors keep 32-bit state)
+ * made for b's device, clipping at 1.0 as the trainer's default, rate lr
+ * (1e-3), then the weights on the host (w). */
+static qt_status step_backend(qt_backend *b, qt_lora *l, const float *g, float lr, double *norm, uint16_t *w) {
+  QT_TRY(b->ops->grads_from_host(b, g));
+  QT_TRY(b->ops->grad_norm(b, norm));
+  qt_adamw_config oc;
+  qt_adamw_config_default(&oc, 8);
+  oc.device = b->device;
+  int64_t *numels = malloc(b->n_params * sizeof *numels);
+  if (!numels) return qt_fail(QT_ERR_NOMEM, "self-check: out of memory");
+  for (size_t i = 0; i < b->n_params; i++) numels[i] = qt_tensor_numel(&b->params[i]);
+  qt_adamw opt;
+  qt_status r = qt_adamw_init(&opt, &oc, b->n_params, numels);
+  free(numels);
+  if (r != QT_OK) return r;
+  r = qt_adamw_step(&opt, b->params, b->grads, lr, qt_optim_clip_coef(*norm, 1.0), 1234);
+  if (r == QT_OK) r = b->ops->after_update(b);
+  if (r == QT_OK) r = b->ops->sync_host(b, &opt);
+  qt_adamw_free(&opt);
+  if (r == QT_OK) weights_out(l, w);
+  return r;
 }
 
 qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_selfcheck_result *res) {
@@ -227,14 +274,20 @@ qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_
   if (r == QT_OK) r = qt_lora_attach(s.lora, qt_model_tape_get(s.mt));
   qt_backend_opts bo = {.kind = QT_BACKEND_CPU, .max_B = SC_B, .max_T = SC_T, .train = true};
   if (r == QT_OK) r = qt_backend_open(&s, &bo, &ref);
+  if (r == QT_OK) r = qt_backend_step_init(ref);
   bo.kind = kind;
   if (r == QT_OK) r = qt_backend_open(&s, &bo, &dev);
+  if (r == QT_OK) r = qt_backend_step_init(dev); /* the cuda backend: the adapters now on the device */
   size_t nt = 0;
   qt_lora_tensor *ts = r == QT_OK ? qt_lora_tensors(s.lora, &nt) : NULL;
   int64_t total = 0;
   for (size_t i = 0; i < nt; i++) total += ts[i].rows * ts[i].cols;
-  if (r == QT_OK && (!(g_ref = malloc((size_t)total * sizeof(float))) || !(g_dev = malloc((size_t)total * sizeof(float)))))
+  uint16_t *w0 = NULL, *w_ref = NULL, *w_dev = NULL;
+  if (r == QT_OK && (!(g_ref = malloc((size_t)total * sizeof(float))) || !(g_dev = malloc((size_t)total * sizeof(float))) ||
+                     !(w0 = malloc((size_t)total * 2)) || !(w_ref = malloc((size_t)total * 2)) ||
+                     !(w_dev = malloc((size_t)total * 2))))
     r = qt_fail(QT_ERR_NOMEM, "self-check: out of memory");
+  if (r == QT_OK) weights_out(s.lora, w0);
   int32_t ids[SC_B * SC_T], targets[SC_B * SC_T], pos[SC_B * SC_T], doc[SC_B * SC_T];
   make_batch(ids, targets, pos, doc);
   qt_model_batch mb = {.ids = ids, .targets = targets, .pos = pos, .doc = doc, .B = SC_B, .T = SC_T};
@@ -244,6 +297,17 @@ qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_
   if (r == QT_OK) {
     r = run_backend(dev, s.lora, &mb, &loss_dev, &cnt_dev, &ev_dev, g_dev);
     if (r != QT_OK) qt_error_context("self-check: the %s backend's forward and backward", dev->ops->name);
+  }
+  /* one optimizer step each from the CPU's gradients (the weights start
+   * again from w0: the cpu backend updates the adapters in place) */
+  double norm_ref = 0, norm_dev = 0;
+  if (r == QT_OK) r = step_backend(ref, s.lora, g_ref, 1e-3f, &norm_ref, w_ref);
+  if (r == QT_OK) {
+    weights_in(s.lora, w0);
+    /* perturb "optimizer": the comparison's own test, a step of twice the rate */
+    float lr = perturb && strcmp(perturb, "optimizer") == 0 ? 2e-3f : 1e-3f;
+    r = step_backend(dev, s.lora, g_ref, lr, &norm_dev, w_dev);
+    if (r != QT_OK) qt_error_context("self-check: the %s backend's optimizer step", dev->ops->name);
   }
   if (r == QT_OK) {
     /* the comparison's own test (tests/train): one tensor's gradient off by half */
@@ -279,6 +343,27 @@ qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_
                "allowed relative %.0e)", loss_dev, loss_ref, (long long)cnt_dev, (long long)cnt_ref, TOL_LOSS_REL);
       res->failed = true;
     }
+    /* the optimizer step: from the same gradients the same norm and updates,
+     * up to a bf16 rounding here and there (stochastic rounding draws the same
+     * words on both) */
+    res->norm_rel = fabs(norm_dev - norm_ref) / fabs(norm_ref);
+    double se = 0, dd = 0;
+    for (int64_t i = 0; i < total; i++) {
+      double d0 = qt_bf16_to_f32(w0[i]), dr = qt_bf16_to_f32(w_ref[i]) - d0, dv = qt_bf16_to_f32(w_dev[i]) - d0;
+      se += (dv - dr) * (dv - dr);
+      dd += dr * dr;
+    }
+    res->update_nmse = dd > 0 ? se / dd : (se > 0 ? INFINITY : 0);
+    if (!res->failed && !(res->norm_rel <= TOL_NORM_REL)) {
+      snprintf(res->what, sizeof res->what, "the gradient norm of the same gradients (%.9g vs the CPU's %.9g; "
+               "allowed relative %.0e)", norm_dev, norm_ref, TOL_NORM_REL);
+      res->failed = true;
+    }
+    if (!res->failed && !(dd > 0 && res->update_nmse <= TOL_UPDATE_NMSE)) {
+      snprintf(res->what, sizeof res->what, "the AdamW update of the same gradients (NMSE %.3g of the CPU's "
+               "update; allowed %.0e)", res->update_nmse, TOL_UPDATE_NMSE);
+      res->failed = true;
+    }
     if (!res->failed && !(res->eval_rel <= TOL_LOSS_REL)) {
       snprintf(res->what, sizeof res->what, "the evaluation loss (%.9g vs the CPU's %.9g; allowed relative %.0e)",
                ev_dev, ev_ref, TOL_LOSS_REL);
@@ -292,6 +377,9 @@ qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_
                 "on the CPU (and please report this with `qlora-train --version`)", dev->ops->name, res->what);
   free(g_ref);
   free(g_dev);
+  free(w0);
+  free(w_ref);
+  free(w_dev);
   qt_backend_close(&dev);
   qt_backend_close(&ref);
   if (s.mt) qt_model_tape_free(&s.mt);

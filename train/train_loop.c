@@ -776,7 +776,6 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   size_t n_par;
   qt_lora_tensor *ts = qt_lora_tensors(s->lora, &n_par);
   int64_t *numels = calloc(n_par, sizeof *numels);
-  qt_tensor *params = calloc(n_par, sizeof *params), *grads = calloc(n_par, sizeof *grads);
   int32_t *targets = malloc((size_t)(c->training.micro_batch_size * c->data.seq_len) * sizeof *targets);
   qt_adamw opt;
   bool opt_ok = false;
@@ -787,7 +786,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
 #ifdef QLORA_HAVE_CUDA
   qt_dist_nccl *nccl = NULL;     /* training.device cuda with NCCL: the reduction on the GPUs */
 #endif
-  if (!numels || !params || !grads || !targets) {
+  if (!numels || !targets) {
     r = qt_fail(QT_ERR_NOMEM, "out of memory");
     goto out_all;
   }
@@ -795,15 +794,27 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   for (size_t i = 0; i < n_par; i++) {
     numels[i] = ts[i].rows * ts[i].cols;
     lora_params += numels[i];
-    int64_t shp[2] = {ts[i].rows, ts[i].cols};
-    params[i] = ts[i].master ? qt_tensor_make(QT_F32, QT_DEV_CPU, 2, shp, ts[i].master)
-                             : qt_tensor_make(QT_BF16, QT_DEV_CPU, 2, shp, ts[i].bf16);
-    grads[i] = qt_tensor_make(QT_F32, QT_DEV_CPU, 2, shp, ts[i].grad);
   }
+  /* The backend (backend.h): the CPU tape, or training.device: cuda's GPU
+   * path (weights uploaded once; forward, backward, evaluation and the
+   * optimizer update on the GPU, the adapters and their gradients kept there;
+   * per step only the norm comes back, and the weights and optimizer state at
+   * checkpoints). The step around it is this one loop for both. */
+  {
+    qt_backend_opts bo = {.kind = qt_backend_kind_of(c), .max_B = c->training.micro_batch_size,
+                          .max_T = tape_T, .train = true};
+    if ((r = qt_backend_open(s, &bo, &be)) != QT_OK) goto out_all;
+    if ((r = qt_backend_step_init(be)) != QT_OK) goto out_all;
+    if (root && use_cuda)
+      fprintf(stderr, "qlora-train: training.device cuda: forward, backward, evaluation and the optimizer update "
+              "on the GPU (experimental path): %.1f MiB device memory (weights, activations, gradients)\n",
+              (double)be->ops->device_bytes(be) / 1048576.0);
+  }
+  qt_tensor *params = be->params, *grads = be->grads;
   qt_adamw_config oc;
   int bits = (c->training.optimizer == QT_OPT_PAGED_ADAMW_8BIT || c->training.optimizer == QT_OPT_ADAMW_8BIT) ? 8 : 32;
   qt_adamw_config_default(&oc, bits);
-  oc.device = QT_DEV_CPU;
+  oc.device = be->device;
   oc.paged = c->training.optimizer == QT_OPT_PAGED_ADAMW_8BIT || c->training.optimizer == QT_OPT_PAGED_ADAMW_32BIT;
   oc.beta1 = (float)c->training.adam_beta1;
   oc.beta2 = (float)c->training.adam_beta2;
@@ -917,19 +928,6 @@ static qt_status train_main(qt_session *s, const char *config_path) {
 #else
   QT_ASSERT(!use_cuda); /* refused by qt_session_config */
 #endif
-  /* The backend (backend.h): the CPU tape, or training.device: cuda's GPU
-   * path (weights uploaded once; forward, backward and evaluation on the GPU;
-   * the gradients come back to the host, where the optimizer, schedule and
-   * checkpoints run for both). */
-  {
-    qt_backend_opts bo = {.kind = qt_backend_kind_of(c), .max_B = c->training.micro_batch_size,
-                          .max_T = tape_T, .train = true};
-    if ((r = qt_backend_open(s, &bo, &be)) != QT_OK) goto out_all;
-    if (root && use_cuda)
-      fprintf(stderr, "qlora-train: training.device cuda: forward, backward and evaluation on the GPU "
-              "(experimental path): %.1f MiB device memory (weights, activations, gradients)\n",
-              (double)be->ops->device_bytes(be) / 1048576.0);
-  }
   /* a rank that hangs while alive ends the job after QLORA_DIST_TIMEOUT_S
    * (default 1800 s) without progress (dist.h, watchdog) */
   if (world > 1) {
@@ -958,7 +956,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     if ((r = qt_loader_set_cursor(&loader, at)) != QT_OK) goto out_all;
     int64_t rank_targets = step_targets;
     if ((r = qt_dist_sum_i64(&step_targets, 1)) != QT_OK) goto out_all; /* the global count, before backward */
-    qt_lora_zero_grad(s->lora);
+    if ((r = be->ops->zero_grad(be)) != QT_OK) goto out_all;
     double loss_sum = 0;
     int64_t step_tokens = 0, count_all = 0;
     double dloss = step_targets ? 1.0 / (double)step_targets : 0.0;
@@ -978,29 +976,32 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     if (world > 1 || nccl_one) {
       /* once per optimizer step: the LoRA gradients and the loss summed over
        * the ranks in rank order (dist.h), the same bits on every rank */
-      int64_t off = 0;
-      for (size_t i = 0; i < n_par; i++) {
-        memcpy(flat_grad + off, ts[i].grad, (size_t)numels[i] * sizeof *flat_grad);
-        off += numels[i];
-      }
+      if ((r = be->ops->grads_to_host(be, flat_grad)) != QT_OK) goto out_all;
 #ifdef QLORA_HAVE_CUDA
       if (nccl)
         r = qt_dist_nccl_sum(nccl, flat_grad);
       else
 #endif
         r = qt_dist_reducer_sum(&reducer, flat_grad);
-      if (r != QT_OK) goto out_all;
-      off = 0;
-      for (size_t i = 0; i < n_par; i++) {
-        memcpy(ts[i].grad, flat_grad + off, (size_t)numels[i] * sizeof *flat_grad);
-        off += numels[i];
-      }
+      if (r != QT_OK || (r = be->ops->grads_from_host(be, flat_grad)) != QT_OK) goto out_all;
       if ((r = qt_dist_sum_f64(&loss_sum, 1)) != QT_OK || (r = qt_dist_sum_i64(&step_tokens, 1)) != QT_OK)
         goto out_all;
     }
     double loss = step_targets ? loss_sum / (double)step_targets : NAN;
-    if (st.step + 1 >= nan_from && st.step + 1 <= nan_to) ts[0].grad[0] = NAN;
-    double gnorm = qt_optim_global_norm(grads, n_par);
+    if (st.step + 1 >= nan_from && st.step + 1 <= nan_to) { /* test hook: a NaN in the first gradient */
+      float *g = malloc((size_t)(lora_params ? lora_params : 1) * sizeof *g);
+      if (!g) {
+        r = qt_fail(QT_ERR_NOMEM, "out of memory");
+        goto out_all;
+      }
+      r = be->ops->grads_to_host(be, g);
+      g[0] = NAN;
+      if (r == QT_OK) r = be->ops->grads_from_host(be, g);
+      free(g);
+      if (r != QT_OK) goto out_all;
+    }
+    double gnorm = 0;
+    if ((r = be->ops->grad_norm(be, &gnorm)) != QT_OK) goto out_all;
     bool skip = false;
     if (!isfinite(loss)) gnorm = NAN; /* a step without targets or with a non-finite loss is skipped too */
     /* gnorm and loss are the same bits on every rank, so is this decision */
@@ -1016,8 +1017,9 @@ static qt_status train_main(qt_session *s, const char *config_path) {
               (long long)st.step + 1, loss, gnorm, nonfinite.consecutive);
     } else {
       float coef = c->training.max_grad_norm > 0 ? qt_optim_clip_coef(gnorm, c->training.max_grad_norm) : 1.0f;
-      if ((r = qt_adamw_step(&opt, params, grads, (float)lr, coef, (uint64_t)c->training.seed)) != QT_OK) goto out_all;
-      qt_lora_sync(s->lora);
+      if ((r = qt_adamw_step(&opt, params, grads, (float)lr, coef, (uint64_t)c->training.seed)) != QT_OK ||
+          (r = be->ops->after_update(be)) != QT_OK)
+        goto out_all;
     }
     st.step++;
     qt_mem_trace("step");
@@ -1073,6 +1075,8 @@ static qt_status train_main(qt_session *s, const char *config_path) {
     bool periodic = c->output.save_steps > 0 && st.step % c->output.save_steps == 0;
     if (periodic || last || qt_stop_requested) {
       if (met.tty) fputc('\n', stderr);
+      /* the adapters and the optimizer state on the host, where the checkpoint reads them */
+      if ((r = be->ops->sync_host(be, &opt)) != QT_OK) goto out_all;
       if ((r = checkpoint_all_ranks(&saver, &st, dist)) != QT_OK) goto out_all;
       qt_mem_trace("checkpoint");
       qt_dist_progress();
@@ -1115,8 +1119,6 @@ out_all:
   if (met.f) fclose(met.f);
   if (opt_ok) qt_adamw_free(&opt);
   free(numels);
-  free(params);
-  free(grads);
   free(targets);
 out_loader:
   free(st.cursors);

@@ -31,6 +31,7 @@ int main(void) {
   check(res.worst_nmse == 0 && res.all_nmse == 0 && res.loss_rel == 0 && res.eval_rel == 0,
         "the cpu backend against itself: the same bits");
   check(res.acc[1] > 0, "the gradients are not all zero");
+  check(res.norm_rel == 0 && res.update_nmse == 0, "the optimizer step against itself: the same bits");
   printf("cpu vs cpu: %.3f s, loss rel %.3g, worst NMSE %.3g\n", res.seconds, res.loss_rel, res.worst_nmse);
 
   const char *victim = "base_model.model.model.layers.1.mlp.down_proj.lora_A.weight";
@@ -46,13 +47,19 @@ int main(void) {
   r = qt_backend_selfcheck_ex(QT_BACKEND_CPU, victim2, &res);
   check(r == QT_ERR_NUMERIC && strstr(qt_error_message(), victim2) != NULL, "a lora_B gradient off by half fails");
 
+  /* the optimizer step: twice the rate on the checked side */
+  r = qt_backend_selfcheck_ex(QT_BACKEND_CPU, "optimizer", &res);
+  printf("optimizer perturbed: %s\n", qt_error_message());
+  check(r == QT_ERR_NUMERIC && strstr(qt_error_message(), "AdamW update") != NULL,
+        "an update at twice the rate fails, naming the AdamW update");
+
 #ifdef QLORA_HAVE_CUDA
   int n = 0;
   if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) {
     r = qt_backend_selfcheck(QT_BACKEND_CUDA, &res);
-    printf("cuda vs cpu: %s; %.3f s, loss rel %.3g, eval rel %.3g, worst NMSE %.3g, all NMSE %.3g\n",
-           r == QT_OK ? "passed" : qt_error_message(), res.seconds, res.loss_rel, res.eval_rel, res.worst_nmse,
-           res.all_nmse);
+    printf("cuda vs cpu: %s; %.3f s, loss rel %.3g, eval rel %.3g, worst NMSE %.3g, all NMSE %.3g, norm rel %.3g, "
+           "update NMSE %.3g\n", r == QT_OK ? "passed" : qt_error_message(), res.seconds, res.loss_rel, res.eval_rel,
+           res.worst_nmse, res.all_nmse, res.norm_rel, res.update_nmse);
     check(r == QT_OK, "the cuda backend passes the self-check");
   } else {
     printf("no CUDA device: the cuda backend's check not run\n");
