@@ -50,10 +50,16 @@ struct dev_list {
   void **p;
   size_t n, cap;
   size_t bytes;                /* total allocated */
+  bool measure;                /* count the bytes only: nothing allocated or copied
+                                * (qt_model_cuda_plan_bytes; no GPU needed) */
 };
 
 qt_status dev_alloc_bytes(dev_list *dl, size_t bytes, void **out) {
   *out = NULL;
+  if (dl->measure) {
+    dl->bytes += bytes ? bytes : 1;
+    return QT_OK;
+  }
   if (dl->n == dl->cap) {
     size_t cap = dl->cap ? 2 * dl->cap : 256;
     void **np = (void **)realloc(dl->p, cap * sizeof *np);
@@ -91,6 +97,7 @@ void dev_list_free(dev_list *dl) {
 template <typename T>
 qt_status upload_raw(dev_list *dl, const T *h, int64_t count, T **out) {
   QT_TRY(dev_alloc(dl, count, out));
+  if (dl->measure) return QT_OK;
   QT_CUDA_CHECK(cudaMemcpy(*out, h, (size_t)count * sizeof(T), cudaMemcpyHostToDevice));
   return QT_OK;
 }
@@ -106,6 +113,7 @@ qt_status copy_bf16_in(uint16_t *d, const float *h, int64_t count, uint16_t *sta
 /* fp32 host -> a new bf16 device buffer (weights, at init). */
 qt_status upload_bf16(dev_list *dl, const float *h, int64_t count, uint16_t **out) {
   QT_TRY(dev_alloc(dl, count, out));
+  if (dl->measure) return QT_OK;
   uint16_t *tmp = (uint16_t *)malloc((size_t)count * sizeof(uint16_t) + 1);
   if (!tmp) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld bf16 staging values",
                            (long long)count);
@@ -306,7 +314,7 @@ qt_status setup(qt_model_cuda *c) {
   if (!c->stage)
     return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld bf16 staging values",
                    (long long)c->stage_n);
-  QT_TRY(qt_gemm_cuda_create(&c->g, (size_t)32 << 20));
+  if (!dl->measure) QT_TRY(qt_gemm_cuda_create(&c->g, (size_t)QT_MODEL_CUDA_GEMM_WORKSPACE));
   /* weights */
   QT_TRY(upload_bf16(dl, m->embed, c->V * C, &c->embed));
   if (m->lm_head == m->embed)
@@ -577,8 +585,10 @@ extern "C" bool qt_model_cuda_composes(const qt_hf_config *hc) {
            hc->final_softcap > 0 || hc->act != QT_HF_ACT_SILU || hc->has_rope_local);
 }
 
-extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T,
-                                        int64_t max_r, qt_model_cuda **out) {
+/* A context made (measure false) or only sized (measure true: setup counts
+ * the bytes of every buffer and allocates nothing). */
+static qt_status make_context(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r, bool measure,
+                              qt_model_cuda **out) {
   QT_ASSERT(m && out);
   *out = NULL;
   if (max_B < 1 || max_T < 1 || max_r < 1)
@@ -592,6 +602,7 @@ extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_
                                        "training.device: cpu", qt_hf_arch_name(hc->arch));
   qt_model_cuda *c = (qt_model_cuda *)calloc(1, sizeof *c);
   if (!c) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate the context");
+  c->dl.measure = measure;
   c->m = m;
   c->max_B = max_B;
   c->max_T = max_T;
@@ -611,7 +622,7 @@ extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_
   qt_status s = c->layers ? setup(c)
                           : qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld layers",
                                     (long long)m->L);
-  if (s == QT_OK) {
+  if (s == QT_OK && !measure) {
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess) s = QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaDeviceSynchronize");
   }
@@ -620,6 +631,24 @@ extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_
     return s;
   }
   *out = c;
+  return QT_OK;
+}
+
+extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T,
+                                        int64_t max_r, qt_model_cuda **out) {
+  return make_context(m, max_B, max_T, max_r, false, out);
+}
+
+extern "C" qt_status qt_model_cuda_plan_bytes(const qt_model *m, int64_t max_B, int64_t max_T,
+                                              int64_t max_r, bool dropout, size_t *bytes) {
+  QT_ASSERT(bytes);
+  *bytes = 0;
+  qt_model_cuda *c = NULL;
+  QT_TRY(make_context(m, max_B, max_T, max_r, true, &c));
+  *bytes = c->dl.bytes;
+  if (dropout) /* the two shared dropout scratches of bind_lora */
+    *bytes += 2 * (size_t)(c->max_N * c->max_in) * sizeof(uint16_t);
+  qt_model_cuda_free(&c);
   return QT_OK;
 }
 
@@ -678,7 +707,7 @@ extern "C" qt_status qt_model_cuda_round_bf16(uint16_t *dst, const float *src, i
 extern "C" void qt_model_cuda_free(qt_model_cuda **pc) {
   if (!pc || !*pc) return;
   qt_model_cuda *c = *pc;
-  (void)cudaDeviceSynchronize(); /* nothing queued may still read what is freed */
+  if (!c->dl.measure) (void)cudaDeviceSynchronize(); /* nothing queued may still read what is freed */
   if (c->g) (void)qt_gemm_cuda_free(c->g);
   dev_list_free(&c->dl);
   free(c->layers);

@@ -134,6 +134,15 @@ typedef struct qt_model_cuda qt_model_cuda;
  * QT_ERR_NOMEM, QT_ERR_CUDA. */
 qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
                              qt_model_cuda **out);
+/* The workspace of the context's cuBLASLt handle (not in the device bytes below). */
+#define QT_MODEL_CUDA_GEMM_WORKSPACE (32u << 20)
+/* The device bytes qt_model_cuda_init(m, max_B, max_T, max_r) would allocate,
+ * plus (dropout) the two dropout scratches of a first call with dropout:
+ * the same code sizes every buffer without allocating (no GPU needed), so
+ * this equals qt_model_cuda_device_bytes of such a context. Errors as
+ * qt_model_cuda_init's argument checks. */
+qt_status qt_model_cuda_plan_bytes(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
+                                   bool dropout, size_t *bytes);
 /* Device bytes the context holds now (grows only by the two lazy dropout
  * scratches). */
 size_t qt_model_cuda_device_bytes(const qt_model_cuda *ctx);

@@ -251,6 +251,17 @@ static void *host_view(const qt_adamw *opt, const void *p) {
   return (char *)opt->host_mem + ((const char *)p - (const char *)opt->mem);
 }
 
+size_t qt_adamw_alloc_bytes(const qt_adamw_config *cfg, size_t n_params, const int64_t *numels) {
+  size_t total = 0;
+  for (size_t i = 0; i < n_params; i++) {
+    qt_adamw_param q = {.numel = numels[i], .state8 = cfg->bits == 8 && numels[i] >= cfg->min_8bit_size};
+    q.nblocks = q.state8 ? (numels[i] + QT_ADAMW_BLOCK - 1) / QT_ADAMW_BLOCK : 0;
+    total += param_bytes(&q);
+  }
+  if (cfg->device == QT_DEV_CUDA) total += round_up(2 * sizeof(qt_adamw_qmap));
+  return total;
+}
+
 qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_params,
                         const int64_t *numels) {
   memset(opt, 0, sizeof *opt);

@@ -203,6 +203,10 @@ typedef struct {
 qt_status qt_adamw_init(qt_adamw *opt, const qt_adamw_config *cfg, size_t n_params,
                         const int64_t *numels);
 void qt_adamw_free(qt_adamw *opt);
+/* The bytes qt_adamw_init(cfg, n_params, numels) allocates for the state (on
+ * cfg.device; with CUDA, the device copies of the maps too): what a memory
+ * plan counts before the optimizer exists. */
+size_t qt_adamw_alloc_bytes(const qt_adamw_config *cfg, size_t n_params, const int64_t *numels);
 /* Bytes of optimizer state (states, codes, absmax; not the qmaps). */
 size_t qt_adamw_state_bytes(const qt_adamw *opt);
 

@@ -92,6 +92,8 @@ typedef struct {
   qt_backend_kind kind;
   int64_t max_B, max_T; /* the largest micro-batch it will see */
   bool train;           /* train_micro will be called (gradient buffers) */
+  const qt_adamw_config *optimizer; /* train: the optimizer the step will make (its state is planned) */
+  bool print_plan;      /* cuda: print the device memory plan (rank 0) */
 } qt_backend_opts;
 
 /* Makes b->params / b->grads (training; after the adapters are final, before
@@ -102,9 +104,14 @@ typedef struct {
 qt_status qt_backend_step_init(qt_backend *b);
 
 /* Opens a backend over the session's model and adapters. cpu: the session's
- * tape must exist (qt_session_tape) and hold max_B x max_T. cuda: uploads the
- * model (qt_model_cuda_init); QT_ERR_UNSUPPORTED in a build without CUDA or
- * for a model family the CUDA path does not compose. *out is NULL on failure. */
+ * tape must exist (qt_session_tape) and hold max_B x max_T. cuda: plans the
+ * device memory first (the context's buffers, sized without allocating by
+ * qt_model_cuda_plan_bytes, the adapters and their gradients, the optimizer
+ * state, cuBLASLt's workspace), prints the plan (print_plan) and checks it
+ * against cudaMemGetInfo's free memory: QT_ERR_NOMEM naming the config keys
+ * that shrink it when it does not fit; then uploads the model
+ * (qt_model_cuda_init). QT_ERR_UNSUPPORTED in a build without CUDA or for a
+ * model family the CUDA path does not compose. *out is NULL on failure. */
 qt_status qt_backend_open(qt_session *s, const qt_backend_opts *o, qt_backend **out);
 /* NULL-safe; *b = NULL. */
 void qt_backend_close(qt_backend **b);

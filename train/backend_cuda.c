@@ -9,6 +9,7 @@
 #ifdef QLORA_HAVE_CUDA
 
 #include <cuda_runtime_api.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +37,15 @@ typedef struct {
   qt_optim_clip_cuda clip; /* the global norm on the device */
   bool clip_ok;
 } cuda_impl;
+
+static size_t round256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* Device bytes of one adapter tensor when resident: bf16 weights, the fp32
+ * master when there is one, fp32 gradients (each 256-byte aligned). */
+static size_t resident_bytes(const qt_lora_tensor *t) {
+  size_t k = (size_t)(t->rows * t->cols);
+  return round256(k * 2) + (t->master ? round256(k * 4) : 0) + round256(k * 4);
+}
 
 /* The entries' current dropout streams (the step qt_lora_set_step named; none in eval mode). */
 static qt_status bind_dropout(qt_backend *b, cuda_impl *c) {
@@ -189,8 +199,6 @@ static const qt_backend_ops CUDA_OPS = {
     .sync_host = cuda_sync_host,
 };
 
-static size_t round256(size_t n) { return (n + 255) & ~(size_t)255; }
-
 qt_status qt_backend_cuda_step_init(qt_backend *b) {
   cuda_impl *c = b->impl;
   size_t n = c->n_ts;
@@ -205,8 +213,7 @@ qt_status qt_backend_cuda_step_init(qt_backend *b) {
   size_t total = 0;
   for (size_t i = 0; i < n; i++) {
     c->numel[i] = c->ts[i].rows * c->ts[i].cols;
-    size_t k = (size_t)c->numel[i];
-    total += round256(k * 2) + (c->ts[i].master ? round256(k * 4) : 0) + round256(k * 4);
+    total += resident_bytes(&c->ts[i]);
   }
   cudaError_t e = cudaMalloc(&c->dmem, total ? total : 1);
   if (e != cudaSuccess)
@@ -248,6 +255,59 @@ qt_status qt_backend_cuda_step_init(qt_backend *b) {
 
 bool qt_backend_cuda_composes(const qt_hf_config *c) { return qt_model_cuda_composes(c); }
 
+/* The device memory plan (backend.h qt_backend_open), printed and checked. */
+static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t max_r) {
+  const cuda_impl *c = b->impl;
+  const qt_config *cfg = &b->s->cfg;
+  const qt_model *m = b->s->model;
+  bool dropout = o->train && b->s->lora && cfg->lora.dropout > 0;
+  size_t ctx = 0, fixed = 0, lora = 0, opt = 0, ws = QT_MODEL_CUDA_GEMM_WORKSPACE;
+  QT_TRY(qt_model_cuda_plan_bytes(m, o->max_B, o->max_T, max_r, dropout, &ctx));
+  QT_TRY(qt_model_cuda_plan_bytes(m, 1, 1, max_r, false, &fixed));
+  int64_t *numels = calloc(c->n_ts ? c->n_ts : 1, sizeof *numels);
+  if (!numels) return qt_fail(QT_ERR_NOMEM, "out of memory");
+  for (size_t i = 0; o->train && i < c->n_ts; i++) {
+    numels[i] = c->ts[i].rows * c->ts[i].cols;
+    lora += resident_bytes(&c->ts[i]);
+  }
+  if (o->train && o->optimizer) {
+    qt_adamw_config oc = *o->optimizer;
+    oc.device = QT_DEV_CUDA;
+    opt = qt_adamw_alloc_bytes(&oc, c->n_ts, numels);
+  }
+  free(numels);
+  size_t total = ctx + lora + opt + ws;
+  size_t free_b = 0, total_b = 0;
+  cudaError_t e = cudaMemGetInfo(&free_b, &total_b);
+  if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemGetInfo");
+  double mib = 1.0 / 1048576.0;
+  if (o->print_plan)
+    fprintf(stderr,
+            "device memory plan (GPU):\n"
+            "  weights and per-linear LoRA buffers      %10.1f MiB\n"
+            "  activations, %lld x %lld tokens (all kept) %10.1f MiB%s\n"
+            "  LoRA weights and fp32 gradients          %10.1f MiB\n"
+            "  optimizer state                          %10.1f MiB\n"
+            "  cuBLASLt workspace                       %10.1f MiB\n"
+            "  planned                                  %10.1f MiB (free now %.1f of %.1f MiB)\n",
+            (double)fixed * mib, (long long)o->max_B, (long long)o->max_T, (double)(ctx - fixed) * mib,
+            dropout ? " (incl. the dropout scratches)" : "", (double)lora * mib, (double)opt * mib, (double)ws * mib,
+            (double)total * mib, (double)free_b * mib, (double)total_b * mib);
+  if (total > free_b)
+    return qt_fail(QT_ERR_NOMEM,
+                   "training.device cuda: the GPU plan needs %.0f MiB (weights and LoRA buffers %.0f, activations "
+                   "for %lld x %lld tokens %.0f, LoRA weights and gradients %.0f, optimizer state %.0f, cuBLASLt "
+                   "workspace %.0f) but the GPU has %.0f MiB free of %.0f. Lower data.seq_len or "
+                   "training.micro_batch_size (activations grow with both; raise "
+                   "training.gradient_accumulation_steps to keep the batch), lower lora.r, or set "
+                   "training.device: cpu. The GPU path keeps every activation (training.gradient_checkpointing "
+                   "is not applied on the GPU yet)",
+                   (double)total * mib, (double)fixed * mib, (long long)o->max_B, (long long)o->max_T,
+                   (double)(ctx - fixed) * mib, (double)lora * mib, (double)opt * mib, (double)ws * mib,
+                   (double)free_b * mib, (double)total_b * mib);
+  return QT_OK;
+}
+
 qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o) {
   cuda_impl *c = calloc(1, sizeof *c);
   if (!c) return qt_fail(QT_ERR_NOMEM, "out of memory");
@@ -275,7 +335,7 @@ qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o) {
     g += A->rows * A->cols + B->rows * B->cols;
     if (A->rows > max_r) max_r = A->rows;
   }
-  (void)o->train;
+  if ((r = device_plan(b, o, max_r)) != QT_OK) goto fail;
   if ((r = qt_model_cuda_init(b->s->model, o->max_B, o->max_T, max_r, &c->ctx)) != QT_OK) {
     qt_error_context("training.device cuda: uploading the model for micro-batches of %lld x %lld tokens",
                      (long long)o->max_B, (long long)o->max_T);

@@ -48,7 +48,7 @@ qt_status qt_cmd_eval(int argc, char **argv) {
   have_ds = r == QT_OK;
   qt_backend *be = NULL;
   qt_backend_opts bo = {.kind = qt_backend_kind_of(&s.cfg), .max_B = s.cfg.training.micro_batch_size,
-                        .max_T = s.cfg.data.seq_len, .train = false};
+                        .max_T = s.cfg.data.seq_len, .train = false, .print_plan = true};
   if (r == QT_OK) r = qt_backend_open(&s, &bo, &be);
   qt_eval_result er;
   if (r == QT_OK) r = qt_session_eval(be, &ds, &er);

@@ -800,9 +800,17 @@ static qt_status train_main(qt_session *s, const char *config_path) {
    * optimizer update on the GPU, the adapters and their gradients kept there;
    * per step only the norm comes back, and the weights and optimizer state at
    * checkpoints). The step around it is this one loop for both. */
+  qt_adamw_config oc;
+  int bits = (c->training.optimizer == QT_OPT_PAGED_ADAMW_8BIT || c->training.optimizer == QT_OPT_ADAMW_8BIT) ? 8 : 32;
+  qt_adamw_config_default(&oc, bits);
+  oc.paged = c->training.optimizer == QT_OPT_PAGED_ADAMW_8BIT || c->training.optimizer == QT_OPT_PAGED_ADAMW_32BIT;
+  oc.beta1 = (float)c->training.adam_beta1;
+  oc.beta2 = (float)c->training.adam_beta2;
+  oc.eps = (float)c->training.adam_epsilon;
+  oc.weight_decay = (float)c->training.weight_decay;
   {
     qt_backend_opts bo = {.kind = qt_backend_kind_of(c), .max_B = c->training.micro_batch_size,
-                          .max_T = tape_T, .train = true};
+                          .max_T = tape_T, .train = true, .optimizer = &oc, .print_plan = root};
     if ((r = qt_backend_open(s, &bo, &be)) != QT_OK) goto out_all;
     if ((r = qt_backend_step_init(be)) != QT_OK) goto out_all;
     if (root && use_cuda)
@@ -811,15 +819,7 @@ static qt_status train_main(qt_session *s, const char *config_path) {
               (double)be->ops->device_bytes(be) / 1048576.0);
   }
   qt_tensor *params = be->params, *grads = be->grads;
-  qt_adamw_config oc;
-  int bits = (c->training.optimizer == QT_OPT_PAGED_ADAMW_8BIT || c->training.optimizer == QT_OPT_ADAMW_8BIT) ? 8 : 32;
-  qt_adamw_config_default(&oc, bits);
   oc.device = be->device;
-  oc.paged = c->training.optimizer == QT_OPT_PAGED_ADAMW_8BIT || c->training.optimizer == QT_OPT_PAGED_ADAMW_32BIT;
-  oc.beta1 = (float)c->training.adam_beta1;
-  oc.beta2 = (float)c->training.adam_beta2;
-  oc.eps = (float)c->training.adam_epsilon;
-  oc.weight_decay = (float)c->training.weight_decay;
   if ((r = qt_adamw_init(&opt, &oc, n_par, numels)) != QT_OK) goto out_all;
   opt_ok = true;
   if (resumed && (r = restore_optimizer(&opt, ckpt)) != QT_OK) goto out_all;

@@ -298,6 +298,14 @@ int main(void) {
   qt_model_cuda *ctx = NULL;
   OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, &ctx));
   size_t bytes0 = qt_model_cuda_device_bytes(ctx);
+  {
+    size_t planned = 0, planned_drop = 0;
+    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, false, &planned));
+    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, true, &planned_drop));
+    check(planned == bytes0, "the device plan equals the context's bytes");
+    check(planned_drop - planned == (size_t)(2 * BATCH_B * BATCH_T * (m->C > m->F ? m->C : m->F) * 2) ||
+              m->H * m->D > m->C, "the plan's dropout scratches");
+  }
   double c_base = 0, c_loss = 0;
   int64_t c_bc = 0, c_count = 0;
   OK(qt_model_cuda_forward_backward(ctx, NULL, 0, 0.0, &b, dloss, &c_base, &c_bc));

@@ -553,6 +553,15 @@ static void test_state_memory(void **st) {
   assert_int_equal(qt_adamw_init(&opt, &c, 1, &n), QT_OK);
   assert_true(qt_adamw_state_bytes(&opt) == 8u * (size_t)n);
   qt_adamw_free(&opt);
+  /* qt_adamw_alloc_bytes (a plan's count) equals what init allocates, for
+   * tensors below and above min_8bit_size, 8- and 32-bit */
+  const int64_t mix[4] = {100, 4096, 65536 + 7, 1};
+  for (int bits = 8; bits <= 32; bits += 24) {
+    qt_adamw_config_default(&c, bits);
+    assert_int_equal(qt_adamw_init(&opt, &c, 4, mix), QT_OK);
+    assert_true(qt_adamw_alloc_bytes(&c, 4, mix) == opt.mem_bytes);
+    qt_adamw_free(&opt);
+  }
 }
 
 /* The same update with 1 and 2 threads is bit-identical. */
