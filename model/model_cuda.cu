@@ -171,6 +171,7 @@ struct dev_layer {
 struct qt_model_cuda {
   const qt_model *m;
   int64_t max_B, max_T, max_N, max_r, max_in;
+  bool checkpoint;                /* one set of saved activations shared by the layers, recomputed in backward */
   /* this call */
   int64_t B, T, N, chunk;
   double scale;
@@ -261,7 +262,7 @@ qt_status check_inputs(const qt_model_cuda *c, const qt_model_cuda_lora *lora, s
 }
 
 /* The base weight, bias and the LoRA buffers of one linear. */
-qt_status init_linear(qt_model_cuda *c, const qt_model_linear *lin, dev_linear *d) {
+qt_status init_linear(qt_model_cuda *c, const qt_model_linear *lin, dev_linear *d, const dev_linear *share_u) {
   dev_list *dl = &c->dl;
   d->lin = lin;
   if (lin->quantized) {
@@ -288,7 +289,10 @@ qt_status init_linear(qt_model_cuda *c, const qt_model_linear *lin, dev_linear *
   QT_TRY(dev_alloc(dl, lin->out * r, &d->B));
   QT_TRY(dev_alloc(dl, r * lin->in, &d->dA));
   QT_TRY(dev_alloc(dl, lin->out * r, &d->dB));
-  QT_TRY(dev_alloc(dl, c->max_N * r, &d->u));
+  if (share_u) /* checkpointing: this projection's u of layer 0, recomputed per layer */
+    d->u = share_u->u;
+  else
+    QT_TRY(dev_alloc(dl, c->max_N * r, &d->u));
   return QT_OK;
 }
 
@@ -330,7 +334,8 @@ qt_status setup(qt_model_cuda *c) {
     ly->att.scale = m->cfg.attn_scale;
     ly->att.window = m->cfg.layer_window ? m->cfg.layer_window[l] : 0;
     for (int p = 0; p <= QT_PROJ_DOWN; p++) /* the seven of a llama-style layer (init refuses fused) */
-      QT_TRY(init_linear(c, &m->layers[l].proj[p], &ly->lin[p]));
+      QT_TRY(init_linear(c, &m->layers[l].proj[p], &ly->lin[p],
+                         c->checkpoint && l > 0 ? &c->layers[0].lin[p] : NULL));
   }
   /* batch */
   QT_TRY(dev_alloc(dl, N, &c->ids));
@@ -342,6 +347,24 @@ qt_status setup(qt_model_cuda *c) {
   for (int64_t l = 0; l < L; l++) {
     dev_layer *ly = &c->layers[l];
     QT_TRY(dev_alloc(dl, N * C, &ly->x));
+    if (c->checkpoint && l > 0) { /* the rest shared with layer 0, recomputed in backward */
+      const dev_layer *l0 = &c->layers[0];
+      ly->n1 = l0->n1;
+      ly->rstd1 = l0->rstd1;
+      ly->qr = l0->qr;
+      ly->kr = l0->kr;
+      ly->v = l0->v;
+      ly->a = l0->a;
+      ly->lse = l0->lse;
+      ly->h = l0->h;
+      ly->n2 = l0->n2;
+      ly->rstd2 = l0->rstd2;
+      ly->g = l0->g;
+      ly->up = l0->up;
+      ly->sw = l0->sw;
+      continue;
+    }
+
     QT_TRY(dev_alloc(dl, N * C, &ly->n1));
     QT_TRY(dev_alloc(dl, N, &ly->rstd1));
     QT_TRY(dev_alloc(dl, N * c->HD, &ly->qr));
@@ -560,7 +583,13 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
                                            0.0, c->g, NULL));
   QT_TRY(qt_op_rmsnorm_backward_cuda(c->dX, 0, c->dxf, c->x_out, c->final_norm, c->rstdf, N, C,
                                      NULL));
-  for (int64_t l = L - 1; l >= 0; l--) QT_TRY(layer_backward(c, &c->layers[l]));
+  for (int64_t l = L - 1; l >= 0; l--) {
+    /* checkpointing: the layer's forward again from its saved input (the
+     * same kernels and dropout streams: the same values; the output rewrites
+     * what it wrote before, no longer read) */
+    if (c->checkpoint) QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out));
+    QT_TRY(layer_backward(c, &c->layers[l]));
+  }
   for (size_t i = 0; i < n_lora; i++) {
     const dev_linear *d = &c->layers[lora[i].layer].lin[lora[i].proj];
     if (lora[i].dev_dA && lora[i].dev_dB) { /* device-resident: accumulate in fp32, download nothing */
@@ -587,8 +616,8 @@ extern "C" bool qt_model_cuda_composes(const qt_hf_config *hc) {
 
 /* A context made (measure false) or only sized (measure true: setup counts
  * the bytes of every buffer and allocates nothing). */
-static qt_status make_context(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r, bool measure,
-                              qt_model_cuda **out) {
+static qt_status make_context(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r, bool checkpoint,
+                              bool measure, qt_model_cuda **out) {
   QT_ASSERT(m && out);
   *out = NULL;
   if (max_B < 1 || max_T < 1 || max_r < 1)
@@ -603,6 +632,7 @@ static qt_status make_context(const qt_model *m, int64_t max_B, int64_t max_T, i
   qt_model_cuda *c = (qt_model_cuda *)calloc(1, sizeof *c);
   if (!c) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate the context");
   c->dl.measure = measure;
+  c->checkpoint = checkpoint;
   c->m = m;
   c->max_B = max_B;
   c->max_T = max_T;
@@ -635,16 +665,17 @@ static qt_status make_context(const qt_model *m, int64_t max_B, int64_t max_T, i
 }
 
 extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T,
-                                        int64_t max_r, qt_model_cuda **out) {
-  return make_context(m, max_B, max_T, max_r, false, out);
+                                        int64_t max_r, bool checkpoint, qt_model_cuda **out) {
+  return make_context(m, max_B, max_T, max_r, checkpoint, false, out);
 }
 
 extern "C" qt_status qt_model_cuda_plan_bytes(const qt_model *m, int64_t max_B, int64_t max_T,
-                                              int64_t max_r, bool dropout, size_t *bytes) {
+                                              int64_t max_r, bool checkpoint, bool dropout,
+                                              size_t *bytes) {
   QT_ASSERT(bytes);
   *bytes = 0;
   qt_model_cuda *c = NULL;
-  QT_TRY(make_context(m, max_B, max_T, max_r, true, &c));
+  QT_TRY(make_context(m, max_B, max_T, max_r, checkpoint, true, &c));
   *bytes = c->dl.bytes;
   if (dropout) /* the two shared dropout scratches of bind_lora */
     *bytes += 2 * (size_t)(c->max_N * c->max_in) * sizeof(uint16_t);
@@ -731,7 +762,7 @@ extern "C" qt_status qt_model_forward_backward_cuda(const qt_model *m,
   for (size_t i = 0; i < n_lora; i++)
     if (lora[i].r > max_r) max_r = lora[i].r;
   qt_model_cuda *c = NULL;
-  QT_TRY(qt_model_cuda_init(m, b->B, b->T, max_r, &c));
+  QT_TRY(qt_model_cuda_init(m, b->B, b->T, max_r, false, &c));
   qt_status s = qt_model_cuda_forward_backward(c, lora, n_lora, scale, b, dloss, loss_sum, count);
   qt_model_cuda_free(&c);
   return s;

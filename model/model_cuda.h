@@ -49,7 +49,9 @@
  *     2*max_r*(in + out)*W and u Nm*max_r*W;
  *   batch: Nm*4*4 (ids, targets, positions, documents);
  *   saved activations, per layer: Nm*(4C + 2HD + 2KD + 3F)*W
- *     + Nm*2*4 (rstd) + max_B*H*max_T*4 (lse);
+ *     + Nm*2*4 (rstd) + max_B*H*max_T*4 (lse); with checkpointing only the
+ *     layer inputs Nm*C*W per layer, plus one layer's set above (and one
+ *     u per projection instead of one per linear), shared by all layers;
  *   scratch: dequantized weight max(out*in)*W, absmax max(nblocks)*4,
  *     Nm*(HD + KD + 3C)*W (incl. the last layer's output) + Nm*(4 + 4 + 8),
  *     logits and dlogits
@@ -58,8 +60,12 @@
  *   with dropout (lazily, once): xd Nm*max(in)*W (a linear's dropped-out
  *     input, formed in its forward and formed again in its backward for dA:
  *     not saved per linear) and one work buffer Nm*max(in)*W; no mask bytes.
- * qt_model_cuda_device_bytes reports the total held. Every activation of every
- * layer is kept for backward (no checkpointing). The context prints nothing.
+ * qt_model_cuda_device_bytes reports the total held. Without checkpointing
+ * every activation of every layer is kept for backward; with it (the trainer's
+ * training.gradient_checkpointing) each layer keeps its input and its forward
+ * runs again, from that input, just before its backward (the same kernels and
+ * dropout streams, so the same values: the gradients are bit-identical to the
+ * run without). The context prints nothing.
  *
  * LoRA comes in as plain host arrays (qt_model_cuda_lora), not as a qt_lora:
  * model/ sits below lora/ (arrows point downward), so the caller (a test, the
@@ -127,22 +133,23 @@ bool qt_model_cuda_composes(const qt_hf_config *c);
 typedef struct qt_model_cuda qt_model_cuda;
 
 /* Uploads m's weights and allocates the buffers for batches up to max_B rows
- * of max_T tokens and LoRA ranks up to max_r (>= 1). m is borrowed: it must
+ * of max_T tokens and LoRA ranks up to max_r (>= 1), with or without
+ * checkpointing (above). m is borrowed: it must
  * outlive the context (its config and shapes are read per call), and later
  * changes to its weights are not seen. *out is NULL on failure. Errors:
  * QT_ERR_INVALID (a size < 1, a 4-bit weight of the wrong size),
  * QT_ERR_NOMEM, QT_ERR_CUDA. */
 qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
-                             qt_model_cuda **out);
+                             bool checkpoint, qt_model_cuda **out);
 /* The workspace of the context's cuBLASLt handle (not in the device bytes below). */
 #define QT_MODEL_CUDA_GEMM_WORKSPACE (32u << 20)
-/* The device bytes qt_model_cuda_init(m, max_B, max_T, max_r) would allocate,
+/* The device bytes qt_model_cuda_init(m, max_B, max_T, max_r, checkpoint) would allocate,
  * plus (dropout) the two dropout scratches of a first call with dropout:
  * the same code sizes every buffer without allocating (no GPU needed), so
  * this equals qt_model_cuda_device_bytes of such a context. Errors as
  * qt_model_cuda_init's argument checks. */
 qt_status qt_model_cuda_plan_bytes(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
-                                   bool dropout, size_t *bytes);
+                                   bool checkpoint, bool dropout, size_t *bytes);
 /* Device bytes the context holds now (grows only by the two lazy dropout
  * scratches). */
 size_t qt_model_cuda_device_bytes(const qt_model_cuda *ctx);
@@ -180,7 +187,7 @@ qt_status qt_model_cuda_round_bf16(uint16_t *dst, const float *src, int64_t n);
 /* Frees every device and host buffer; *ctx = NULL. NULL-safe. */
 void qt_model_cuda_free(qt_model_cuda **ctx);
 
-/* One call with a context of its own: qt_model_cuda_init(m, b->B, b->T,
+/* One call with a context of its own: qt_model_cuda_init(m, b->B, b->T, (no checkpointing)
  * largest entry rank), qt_model_cuda_forward_backward, qt_model_cuda_free
  * (uploads the weights every call: for tests, not for training loops). */
 qt_status qt_model_forward_backward_cuda(const qt_model *m, const qt_model_cuda_lora *lora,

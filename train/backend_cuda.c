@@ -255,6 +255,11 @@ qt_status qt_backend_cuda_step_init(qt_backend *b) {
 
 bool qt_backend_cuda_composes(const qt_hf_config *c) { return qt_model_cuda_composes(c); }
 
+/* training.gradient_checkpointing, for a training context. */
+static bool ckpt(const qt_backend *b, const qt_backend_opts *o) {
+  return o->train && b->s->cfg.training.gradient_checkpointing;
+}
+
 /* The device memory plan (backend.h qt_backend_open), printed and checked. */
 static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t max_r) {
   const cuda_impl *c = b->impl;
@@ -262,8 +267,8 @@ static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t ma
   const qt_model *m = b->s->model;
   bool dropout = o->train && b->s->lora && cfg->lora.dropout > 0;
   size_t ctx = 0, fixed = 0, lora = 0, opt = 0, ws = QT_MODEL_CUDA_GEMM_WORKSPACE;
-  QT_TRY(qt_model_cuda_plan_bytes(m, o->max_B, o->max_T, max_r, dropout, &ctx));
-  QT_TRY(qt_model_cuda_plan_bytes(m, 1, 1, max_r, false, &fixed));
+  QT_TRY(qt_model_cuda_plan_bytes(m, o->max_B, o->max_T, max_r, ckpt(b, o), dropout, &ctx));
+  QT_TRY(qt_model_cuda_plan_bytes(m, 1, 1, max_r, ckpt(b, o), false, &fixed));
   int64_t *numels = calloc(c->n_ts ? c->n_ts : 1, sizeof *numels);
   if (!numels) return qt_fail(QT_ERR_NOMEM, "out of memory");
   for (size_t i = 0; o->train && i < c->n_ts; i++) {
@@ -284,14 +289,15 @@ static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t ma
   if (o->print_plan)
     fprintf(stderr,
             "device memory plan (GPU):\n"
-            "  weights and per-linear LoRA buffers      %10.1f MiB\n"
-            "  activations, %lld x %lld tokens (all kept) %10.1f MiB%s\n"
-            "  LoRA weights and fp32 gradients          %10.1f MiB\n"
-            "  optimizer state                          %10.1f MiB\n"
-            "  cuBLASLt workspace                       %10.1f MiB\n"
-            "  planned                                  %10.1f MiB (free now %.1f of %.1f MiB)\n",
-            (double)fixed * mib, (long long)o->max_B, (long long)o->max_T, (double)(ctx - fixed) * mib,
-            dropout ? " (incl. the dropout scratches)" : "", (double)lora * mib, (double)opt * mib, (double)ws * mib,
+            "  weights and per-linear LoRA buffers  %10.1f MiB\n"
+            "  activations                          %10.1f MiB  (%lld x %lld tokens, %s%s)\n"
+            "  LoRA weights and fp32 gradients      %10.1f MiB\n"
+            "  optimizer state                      %10.1f MiB\n"
+            "  cuBLASLt workspace                   %10.1f MiB\n"
+            "  planned                              %10.1f MiB  (free now %.1f of %.1f MiB)\n",
+            (double)fixed * mib, (double)(ctx - fixed) * mib, (long long)o->max_B, (long long)o->max_T,
+            ckpt(b, o) ? "checkpointed: layer inputs + one layer" : "all kept",
+            dropout ? ", dropout scratches" : "", (double)lora * mib, (double)opt * mib, (double)ws * mib,
             (double)total * mib, (double)free_b * mib, (double)total_b * mib);
   if (total > free_b)
     return qt_fail(QT_ERR_NOMEM,
@@ -300,11 +306,11 @@ static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t ma
                    "workspace %.0f) but the GPU has %.0f MiB free of %.0f. Lower data.seq_len or "
                    "training.micro_batch_size (activations grow with both; raise "
                    "training.gradient_accumulation_steps to keep the batch), lower lora.r, or set "
-                   "training.device: cpu. The GPU path keeps every activation (training.gradient_checkpointing "
-                   "is not applied on the GPU yet)",
+                   "training.device: cpu%s",
                    (double)total * mib, (double)fixed * mib, (long long)o->max_B, (long long)o->max_T,
                    (double)(ctx - fixed) * mib, (double)lora * mib, (double)opt * mib, (double)ws * mib,
-                   (double)free_b * mib, (double)total_b * mib);
+                   (double)free_b * mib, (double)total_b * mib,
+                   ckpt(b, o) ? "" : "; training.gradient_checkpointing: true keeps only each layer's input");
   return QT_OK;
 }
 
@@ -336,7 +342,7 @@ qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o) {
     if (A->rows > max_r) max_r = A->rows;
   }
   if ((r = device_plan(b, o, max_r)) != QT_OK) goto fail;
-  if ((r = qt_model_cuda_init(b->s->model, o->max_B, o->max_T, max_r, &c->ctx)) != QT_OK) {
+  if ((r = qt_model_cuda_init(b->s->model, o->max_B, o->max_T, max_r, ckpt(b, o), &c->ctx)) != QT_OK) {
     qt_error_context("training.device cuda: uploading the model for micro-batches of %lld x %lld tokens",
                      (long long)o->max_B, (long long)o->max_T);
     goto fail;

@@ -14,6 +14,8 @@
  * test_model_cuda.c) does. The batch: two rows of 32 tokens, the first packing
  * two documents, the second with its first 5 labels masked.
  *
+ * The checked backend runs with gradient checkpointing, the default users
+ * train with (the GPU recomputes each layer's forward before its backward).
  * Compared: the training micro-batch's loss and target count, every LoRA
  * gradient (per tensor NMSE and cosine, and all tensors together), and the
  * evaluation loss. The reference is the CPU tape in fp32; the bounds are the
@@ -261,6 +263,7 @@ qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_
   memset(res, 0, sizeof *res);
   double t0 = now_s();
   qt_session s = {0};
+  s.cfg.training.gradient_checkpointing = true; /* the default users train with: the GPU recomputes layers */
   qt_backend *ref = NULL, *dev = NULL;
   float *g_ref = NULL, *g_dev = NULL;
   qt_status r = load_model(&s.model);

@@ -296,12 +296,12 @@ int main(void) {
   /* Persistent context (qt_model_cuda_init once): a forward-only call, then
    * the LoRA step, on the same buffers, against the same tape results. */
   qt_model_cuda *ctx = NULL;
-  OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, &ctx));
+  OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, false, &ctx));
   size_t bytes0 = qt_model_cuda_device_bytes(ctx);
   {
     size_t planned = 0, planned_drop = 0;
-    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, false, &planned));
-    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, true, &planned_drop));
+    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, false, false, &planned));
+    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, false, true, &planned_drop));
     check(planned == bytes0, "the device plan equals the context's bytes");
     check(planned_drop - planned == (size_t)(2 * BATCH_B * BATCH_T * (m->C > m->F ? m->C : m->F) * 2) ||
               m->H * m->D > m->C, "the plan's dropout scratches");
@@ -466,6 +466,41 @@ int main(void) {
         "row 1, dropout: loss within relative 1e-2");
   compare_grads("row 1, dropout", gpu_grad, tsd, nt);
   check(qt_model_cuda_device_bytes(ctx) == bytes1, "no allocation on a later masked call");
+
+  /* Checkpointing (layer inputs kept, each layer's forward again before its
+   * backward, dropout drawn again from the same streams): the same loss and
+   * gradients bit for bit, in the bytes its plan says. */
+  {
+    float **saved = calloc(nt, sizeof *saved);
+    if (!saved) return 1;
+    for (size_t i = 0; i < nt; i++) {
+      size_t k = (size_t)(tsd[i].rows * tsd[i].cols);
+      saved[i] = malloc(k * sizeof(float));
+      if (!saved[i]) return 1;
+      memcpy(saved[i], gpu_grad[i], k * sizeof(float));
+    }
+    qt_model_cuda *ck = NULL;
+    OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, true, &ck));
+    double ck_loss = 0;
+    int64_t ck_count = 0;
+    OK(qt_model_cuda_forward_backward(ck, ent, ne, qt_lora_scale(ld), &row1, dloss, &ck_loss, &ck_count));
+    size_t same = 0, total = 0;
+    for (size_t i = 0; i < nt; i++)
+      for (int64_t j = 0; j < tsd[i].rows * tsd[i].cols; j++, total++)
+        same += memcmp(&saved[i][j], &gpu_grad[i][j], sizeof(float)) == 0;
+    printf("checkpointed context: loss %.9g (kept %.9g), %zu of %zu gradient values bit-identical, "
+           "%.2f MiB on the device (kept: %.2f)\n", ck_loss, gpu_dloss, same, total,
+           (double)qt_model_cuda_device_bytes(ck) / 1048576.0, (double)bytes1 / 1048576.0);
+    check(ck_loss == gpu_dloss && ck_count == gpu_dcount, "checkpointing: the same loss");
+    check(same == total, "checkpointing: the same gradients, bit for bit");
+    size_t planned = 0;
+    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, true, true, &planned));
+    check(planned == qt_model_cuda_device_bytes(ck), "checkpointing: the plan equals the context's bytes");
+    check(qt_model_cuda_device_bytes(ck) < bytes1, "checkpointing holds less");
+    qt_model_cuda_free(&ck);
+    for (size_t i = 0; i < nt; i++) free(saved[i]);
+    free(saved);
+  }
 
   /* qt_model_cuda_loss ignores the entries' dropout (model.eval()): with the
    * dropout entries of step 8 it gives the tape's forward-only eval loss of the

@@ -23,14 +23,18 @@ static void check(int cond, const char *what) {
   }
 }
 
-static size_t plan(const qt_model *m, int64_t B, int64_t T, int64_t r, bool dropout) {
+static size_t plan_ck(const qt_model *m, int64_t B, int64_t T, int64_t r, bool ckpt, bool dropout) {
   size_t bytes = 0;
-  qt_status s = qt_model_cuda_plan_bytes(m, B, T, r, dropout, &bytes);
+  qt_status s = qt_model_cuda_plan_bytes(m, B, T, r, ckpt, dropout, &bytes);
   if (s != QT_OK) {
     fprintf(stderr, "plan %lld x %lld r %lld: %s\n", (long long)B, (long long)T, (long long)r, qt_error_message());
     exit(1);
   }
   return bytes;
+}
+
+static size_t plan(const qt_model *m, int64_t B, int64_t T, int64_t r, bool dropout) {
+  return plan_ck(m, B, T, r, false, dropout);
 }
 
 int main(void) {
@@ -54,7 +58,15 @@ int main(void) {
   check(fixed >= m->bytes_quant + m->bytes_dense / 2, "the weights' part holds the 4-bit codes and bf16 copies");
   check(plan(m, 1, 1, 8, false) > fixed, "a larger LoRA rank plans more");
   size_t bytes = 1;
-  check(qt_model_cuda_plan_bytes(m, 0, 64, 4, false, &bytes) == QT_ERR_INVALID && bytes == 0,
+  /* checkpointing keeps each layer's input and one layer's set: (L - 1)
+   * layers' sets less, the inputs and the layer-0 set unchanged */
+  size_t c1 = plan_ck(m, 2, 64, 4, true, false);
+  int64_t N = 2 * 64, Cm = m->C, HD = m->H * m->D, KD = m->K * m->D;
+  size_t set = (size_t)(N * (3 * Cm + 2 * HD + 2 * KD + 3 * m->F)) * 2 + (size_t)N * 2 * 4 +
+               (size_t)(2 * m->H * 64) * 4 + (size_t)(7 * N * 4) * 2; /* all but x; u of 7 linears at r 4 */
+  printf("checkpointed: %zu bytes (%zu less)\n", c1, p - c1);
+  check(p - c1 == (size_t)(m->L - 1) * set, "checkpointing saves (L - 1) layers' activations");
+  check(qt_model_cuda_plan_bytes(m, 0, 64, 4, false, false, &bytes) == QT_ERR_INVALID && bytes == 0,
         "an empty batch is refused");
   qt_model_free(&m);
   if (failures) fprintf(stderr, "%d failure(s)\n", failures);
