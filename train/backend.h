@@ -148,6 +148,19 @@ qt_status qt_backend_selfcheck(qt_backend_kind kind, qt_selfcheck_result *res);
 qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_selfcheck_result *res);
 
 #ifdef QLORA_HAVE_CUDA
+/* The cuda backend's device memory plan (printed and checked by
+ * qt_backend_open), computed without a GPU: the model context at one token
+ * (weights, per-linear LoRA buffers) and the rest of it for max_B x max_T
+ * (model_cuda.h qt_model_cuda_plan_bytes), the resident adapters and their
+ * gradients (train), the optimizer state (train, optimizer non-NULL:
+ * qt_adamw_alloc_bytes on the device), cuBLASLt's workspace. ts (n_ts): the
+ * adapters' tensors (only their shapes and whether they have a master are read). */
+typedef struct {
+  size_t weights, activations, lora, optimizer, workspace, total;
+} qt_gpu_plan;
+qt_status qt_backend_gpu_plan(const qt_model *m, const qt_lora_tensor *ts, size_t n_ts, int64_t max_B,
+                              int64_t max_T, int64_t max_r, bool train, bool checkpoint, bool dropout,
+                              const qt_adamw_config *optimizer, qt_gpu_plan *out);
 /* backend_cuda.c */
 qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o);
 qt_status qt_backend_cuda_step_init(qt_backend *b);

@@ -255,6 +255,33 @@ qt_status qt_backend_cuda_step_init(qt_backend *b) {
 
 bool qt_backend_cuda_composes(const qt_hf_config *c) { return qt_model_cuda_composes(c); }
 
+qt_status qt_backend_gpu_plan(const qt_model *m, const qt_lora_tensor *ts, size_t n_ts, int64_t max_B,
+                              int64_t max_T, int64_t max_r, bool train, bool checkpoint, bool dropout,
+                              const qt_adamw_config *optimizer, qt_gpu_plan *out) {
+  memset(out, 0, sizeof *out);
+  size_t ctx = 0;
+  QT_TRY(qt_model_cuda_plan_bytes(m, max_B, max_T, max_r, checkpoint, dropout, &ctx));
+  QT_TRY(qt_model_cuda_plan_bytes(m, 1, 1, max_r, checkpoint, false, &out->weights));
+  out->activations = ctx - out->weights;
+  out->workspace = QT_MODEL_CUDA_GEMM_WORKSPACE;
+  if (train && n_ts > 0) {
+    int64_t *numels = calloc(n_ts, sizeof *numels);
+    if (!numels) return qt_fail(QT_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n_ts; i++) {
+      numels[i] = ts[i].rows * ts[i].cols;
+      out->lora += resident_bytes(&ts[i]);
+    }
+    if (optimizer) {
+      qt_adamw_config oc = *optimizer;
+      oc.device = QT_DEV_CUDA;
+      out->optimizer = qt_adamw_alloc_bytes(&oc, n_ts, numels);
+    }
+    free(numels);
+  }
+  out->total = ctx + out->lora + out->optimizer + out->workspace;
+  return QT_OK;
+}
+
 /* training.gradient_checkpointing, for a training context. */
 static bool ckpt(const qt_backend *b, const qt_backend_opts *o) {
   return o->train && b->s->cfg.training.gradient_checkpointing;
@@ -263,25 +290,12 @@ static bool ckpt(const qt_backend *b, const qt_backend_opts *o) {
 /* The device memory plan (backend.h qt_backend_open), printed and checked. */
 static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t max_r) {
   const cuda_impl *c = b->impl;
-  const qt_config *cfg = &b->s->cfg;
-  const qt_model *m = b->s->model;
-  bool dropout = o->train && b->s->lora && cfg->lora.dropout > 0;
-  size_t ctx = 0, fixed = 0, lora = 0, opt = 0, ws = QT_MODEL_CUDA_GEMM_WORKSPACE;
-  QT_TRY(qt_model_cuda_plan_bytes(m, o->max_B, o->max_T, max_r, ckpt(b, o), dropout, &ctx));
-  QT_TRY(qt_model_cuda_plan_bytes(m, 1, 1, max_r, ckpt(b, o), false, &fixed));
-  int64_t *numels = calloc(c->n_ts ? c->n_ts : 1, sizeof *numels);
-  if (!numels) return qt_fail(QT_ERR_NOMEM, "out of memory");
-  for (size_t i = 0; o->train && i < c->n_ts; i++) {
-    numels[i] = c->ts[i].rows * c->ts[i].cols;
-    lora += resident_bytes(&c->ts[i]);
-  }
-  if (o->train && o->optimizer) {
-    qt_adamw_config oc = *o->optimizer;
-    oc.device = QT_DEV_CUDA;
-    opt = qt_adamw_alloc_bytes(&oc, c->n_ts, numels);
-  }
-  free(numels);
-  size_t total = ctx + lora + opt + ws;
+  bool dropout = o->train && b->s->lora && b->s->cfg.lora.dropout > 0;
+  qt_gpu_plan pl;
+  QT_TRY(qt_backend_gpu_plan(b->s->model, c->ts, c->n_ts, o->max_B, o->max_T, max_r, o->train, ckpt(b, o),
+                             dropout, o->optimizer, &pl));
+  size_t fixed = pl.weights, lora = pl.lora, opt = pl.optimizer, ws = pl.workspace, total = pl.total;
+  size_t ctx = pl.weights + pl.activations;
   size_t free_b = 0, total_b = 0;
   cudaError_t e = cudaMemGetInfo(&free_b, &total_b);
   if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemGetInfo");
