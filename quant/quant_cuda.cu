@@ -6,8 +6,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "common/cuda_check.h"
+#include "quant/quant_hd.h"
 
 extern "C" {
 #include "quant/quant.h"
@@ -152,6 +154,28 @@ __global__ void k_dequant4(int type, const uint8_t *packed, const float *absmax,
   }
 }
 
+// bf16 output, vectorised: one thread per 16 codes (8 packed bytes in one
+// 8-byte load, 16 bf16 in two 16-byte stores; quant_hd.h does the math). For
+// n a multiple of 16 and 8- / 16-byte aligned packed / out (every model buffer
+// is its own cudaMalloc); the other cases take k_dequant4.
+__global__ void k_dequant4_bf16_x16(int type, const uint8_t *packed, const float *absmax,
+                                    int64_t groups, int log2bs, uint16_t *out) {
+  const float *table = type == QT_QUANT_NF4 ? c_nf4 : c_fp4;
+  for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < groups;
+       t += (int64_t)gridDim.x * blockDim.x) {
+    uint2 raw = reinterpret_cast<const uint2 *>(packed)[t];
+    uint8_t bytes[8];
+    memcpy(bytes, &raw, sizeof bytes);
+    uint16_t v[16];
+    qt_quant_dequant16_bf16_hd(bytes, table, absmax[(16 * t) >> log2bs], v);
+    uint4 lo, hi;
+    memcpy(&lo, v, sizeof lo);
+    memcpy(&hi, v + 8, sizeof hi);
+    reinterpret_cast<uint4 *>(out)[2 * t] = lo;
+    reinterpret_cast<uint4 *>(out)[2 * t + 1] = hi;
+  }
+}
+
 // 8-bit blockwise quantization of x - offset (offset 0 for plain use; x - 0
 // is x bit for bit), one thread block per quantization block.
 __global__ void k_quant8(const float *code, const float *x, int64_t n, int64_t bs, float offset,
@@ -215,6 +239,12 @@ qt_status dequant4(qt_quant_type t, const uint8_t *packed, const float *absmax, 
                    int blocksize, T *out, void *stream) {
   QT_ASSERT(qt_quant_blocksize_valid(blocksize) && n >= 0);
   if (n == 0) return QT_OK;
+  if (sizeof(T) == 2 && n % 16 == 0 && (uintptr_t)packed % 8 == 0 && (uintptr_t)out % 16 == 0) {
+    k_dequant4_bf16_x16<<<grid_for(n / 16, kThreads), kThreads, 0, (cudaStream_t)stream>>>(
+        (int)t, packed, absmax, n / 16, log2i(blocksize), (uint16_t *)out);
+    QT_CUDA_CHECK_LAUNCH();
+    return QT_OK;
+  }
   k_dequant4<T><<<grid_for((n + 1) / 2, kThreads), kThreads, 0, (cudaStream_t)stream>>>(
       (int)t, packed, absmax, n, log2i(blocksize), out);
   QT_CUDA_CHECK_LAUNCH();
