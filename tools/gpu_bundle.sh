@@ -61,7 +61,8 @@ done
 cp "$BUILD_DIR/train/qlora-train" "$stage/bin/"
 for b in "$BUILD_DIR"/bench/*_gpu; do [ -x "$b" ] && cp "$b" "$stage/bin/"; done
 strip --strip-debug "$stage"/bin/* 2>/dev/null || true
-cp "$ROOT/tests/e2e/gpu_vs_cpu.sh" "$ROOT/tests/e2e/mpi_nccl1.sh" "$ROOT/tests/e2e/lib.sh" "$stage/tests/e2e/"
+cp "$ROOT/tests/e2e/gpu_vs_cpu.sh" "$ROOT/tests/e2e/gpu_resume.sh" "$ROOT/tests/e2e/mpi_nccl1.sh" "$ROOT/tests/e2e/lib.sh" \
+  "$stage/tests/e2e/"
 cp -r "$SHARED/data/stories260K" "$SHARED/data/tinystories" "$stage/shared/data/"
 # The GPU training benchmark (tools/gpu_run.sh step 6): its scripts and the
 # Llama-3 tokenizer its random models use (9 MB, ~2 MB compressed).

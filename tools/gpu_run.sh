@@ -10,7 +10,9 @@
 #   2. every test labelled cuda, cheapest first, with QLORA_CUDA_SYNC=1 (each
 #      kernel checked where it is launched); exit 77 (skip) counts as FAILED:
 #      a GPU is present, so a skip means the test could not use it;
-#   3. the end-to-end comparison: 6 training steps on the GPU vs the CPU; then
+#   3. the end-to-end comparison: 6 training steps on the GPU vs the CPU; stop
+#      + resume on the GPU (bit-identical) and checkpoints resumed across
+#      backends (tests/e2e/gpu_resume.sh); then
 #      the same GPU run with the gradient reduction through NCCL, one rank
 #      (tests/e2e/mpi_nccl1.sh: bit-identical; needs the machine's
 #      libnccl.so.2, "not run" without it);
@@ -186,7 +188,14 @@ if [ -z "$gpu" ]; then
   cat "$X/nccl.out" >> "$R/e2e.log"
   if [ $rc -eq 77 ]; then row "e2e_mpi_nccl1" "starts, skips (no GPU)" "$(( $(date +%s) - s ))" ""
   else row "e2e_mpi_nccl1" "FAILED (exit $rc without a GPU, want 77)" "$(( $(date +%s) - s ))" "$(tail -n 1 "$X/nccl.out")"; status=1; fi
-  for f in tests/e2e/gpu_vs_cpu.sh tests/e2e/mpi_nccl1.sh tests/e2e/lib.sh shared/data/stories260K/config.json shared/data/tinystories/train.jsonl \
+  # the GPU resume check starts and skips (77: no GPU)
+  s=$(date +%s)
+  timeout 60 bash "$X/tests/e2e/gpu_resume.sh" "$X/bin/qlora-train" "$X/shared" "$X/e2e-resume" > "$X/resume.out" 2>&1
+  rc=$?
+  cat "$X/resume.out" >> "$R/e2e.log"
+  if [ $rc -eq 77 ]; then row "e2e_gpu_resume" "starts, skips (no GPU)" "$(( $(date +%s) - s ))" ""
+  else row "e2e_gpu_resume" "FAILED (exit $rc without a GPU, want 77)" "$(( $(date +%s) - s ))" "$(tail -n 1 "$X/resume.out")"; status=1; fi
+  for f in tests/e2e/gpu_vs_cpu.sh tests/e2e/gpu_resume.sh tests/e2e/mpi_nccl1.sh tests/e2e/lib.sh shared/data/stories260K/config.json shared/data/tinystories/train.jsonl \
            bin/qlora-train; do
     [ -e "$X/$f" ] || { row "$f" "MISSING" 0 ""; status=1; }
   done
@@ -247,6 +256,16 @@ else
   case $rc in 0) res=PASSED ;; 77) res="FAILED (skipped)" ;; 124) res="TIMEOUT" ;; *) res="FAILED (exit $rc)" ;; esac
   [ $rc -eq 0 ] || status=1
   row "e2e_gpu_vs_cpu" "$res" "$(( $(date +%s) - s ))" "$(grep -E '^worst' "$R/e2e.log" | tail -n 1)"
+  # stop + resume on the GPU (bit-identical) and checkpoints across backends
+  lim=$(limit 120)
+  s=$(date +%s)
+  echo "===== gpu_resume.sh (limit $lim s)" >> "$R/e2e.log"
+  timeout "$lim" bash "$X/tests/e2e/gpu_resume.sh" "$X/bin/qlora-train" "$X/shared" "$X/e2e-resume" > "$X/resume.out" 2>&1
+  rc=$?
+  cat "$X/resume.out" >> "$R/e2e.log"
+  case $rc in 0) res=PASSED ;; 77) res="FAILED (skipped)" ;; 124) res="TIMEOUT" ;; *) res="FAILED (exit $rc)" ;; esac
+  [ $rc -eq 0 ] || status=1
+  row "e2e_gpu_resume" "$res" "$(( $(date +%s) - s ))" "$(grep -E '^(worst|FAIL)' "$X/resume.out" | tail -n 1)"
   # 1 rank with the NCCL reduction == the plain GPU run (bit for bit)
   lim=$(limit 120)
   s=$(date +%s)

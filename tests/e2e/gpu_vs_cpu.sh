@@ -4,8 +4,8 @@
 # relative (bf16 rounds every activation to 8 bits of mantissa, ~4e-3
 # relative per op; over 5 layers and 6 steps a few 1e-3 are expected, 2e-2
 # leaves room without hiding a wrong op, which moves the loss by 1e-1 or more).
-# Dropout 0.1 on both: the GPU path uses the CPU path's masks
-# (qt_lora_dropout_mask). Exits 77 (skipped) only where no NVIDIA driver or
+# Dropout 0.1 on both: the GPU draws the CPU path's masks in its kernels,
+# from the same Philox streams (qt_lora_dropout_stream). Exits 77 (skipped) only where no NVIDIA driver or
 # device is visible at all; a driver that is there but does not answer fails.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
