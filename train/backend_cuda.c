@@ -1,10 +1,14 @@
 /* train/backend_cuda.c — the cuda implementation of the backend interface
  * (backend.h) over model/model_cuda.h: the weights are uploaded once into a
- * persistent context sized for the largest micro-batch; per micro-batch the
- * adapters' A and B go up, the dropout streams of the step are named (the GPU
- * draws the masks itself), and the LoRA gradients come back and are added
- * into the adapters' grad buffers. Evaluation runs the device's forward with
- * the adapters applied. There is no device decoder yet: generation uses the
+ * persistent context sized for the largest micro-batch (after the device
+ * memory plan is printed and checked); qt_backend_cuda_step_init puts the
+ * adapters (bf16 weights, fp32 masters, fp32 gradient accumulators) on the
+ * device, where the model reads them in place and adds each micro-batch's
+ * gradients, the norm is reduced and the optimizer updates them; per
+ * micro-batch only the batch goes up (the dropout streams are named: the GPU
+ * draws the masks itself) and the loss comes back. Evaluation runs the
+ * device's forward with the adapters applied (the host's weights in an
+ * eval-only backend). There is no device decoder yet: generation uses the
  * cpu backend's (ops.decoder NULL). */
 #ifdef QLORA_HAVE_CUDA
 
@@ -23,7 +27,6 @@ typedef struct {
   qt_model_cuda *ctx;      /* weights and buffers on the GPU */
   qt_model_cuda_lora *cl;  /* one entry per adapted linear (A, B pairs of qt_lora_tensors) */
   size_t n_cl;
-  float *grad;             /* the entries' dA, dB of one micro-batch, packed (host path) */
   qt_lora_tensor *ts;      /* the adapters' tensors (A at 2i, B at 2i + 1) */
   size_t n_ts;
   /* qt_backend_cuda_step_init: the adapters on the device */
@@ -61,16 +64,9 @@ static qt_status cuda_train_micro(qt_backend *b, const qt_model_batch *mb, doubl
                                   int64_t *count) {
   cuda_impl *c = b->impl;
   QT_TRY(bind_dropout(b, c));
-  QT_TRY(qt_model_cuda_forward_backward(c->ctx, c->cl, c->n_cl, qt_lora_scale(b->s->lora), mb, dloss,
-                                        loss_sum, count));
-  if (c->resident) return QT_OK; /* added into the device accumulators */
-  for (size_t i = 0; i < c->n_cl; i++) { /* gradients accumulate over the micro-batches */
-    qt_lora_tensor *A = &c->ts[2 * i], *B = &c->ts[2 * i + 1];
-    const float *dA = c->cl[i].dA, *dB = c->cl[i].dB;
-    for (int64_t k = 0; k < A->rows * A->cols; k++) A->grad[k] += dA[k];
-    for (int64_t k = 0; k < B->rows * B->cols; k++) B->grad[k] += dB[k];
-  }
-  return QT_OK;
+  QT_ASSERT(c->resident); /* the gradients are added into the device accumulators */
+  return qt_model_cuda_forward_backward(c->ctx, c->cl, c->n_cl, qt_lora_scale(b->s->lora), mb, dloss, loss_sum,
+                                        count);
 }
 
 static qt_status cuda_eval_micro(qt_backend *b, const qt_model_batch *mb, double *loss_sum, int64_t *count) {
@@ -93,12 +89,11 @@ static qt_status copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyK
   return QT_OK;
 }
 
+/* The step's operations run after qt_backend_cuda_step_init (the driver
+ * calls it before making the optimizer): the adapters are resident. */
 static qt_status cuda_zero_grad(qt_backend *b) {
   cuda_impl *c = b->impl;
-  if (!c->resident) {
-    qt_lora_zero_grad(b->s->lora);
-    return QT_OK;
-  }
+  QT_ASSERT(c->resident);
   for (size_t i = 0; i < c->n_ts; i++) {
     cudaError_t e = cudaMemset(c->dgrad[i], 0, (size_t)c->numel[i] * sizeof(float));
     if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemset");
@@ -108,12 +103,9 @@ static qt_status cuda_zero_grad(qt_backend *b) {
 
 static qt_status cuda_grads_to_host(qt_backend *b, float *flat) {
   cuda_impl *c = b->impl;
+  QT_ASSERT(c->resident);
   for (size_t i = 0; i < c->n_ts; i++) {
-    size_t bytes = (size_t)c->numel[i] * sizeof(float);
-    if (c->resident)
-      QT_TRY(copy(flat, c->dgrad[i], bytes, cudaMemcpyDeviceToHost));
-    else
-      memcpy(flat, c->ts[i].grad, bytes);
+    QT_TRY(copy(flat, c->dgrad[i], (size_t)c->numel[i] * sizeof(float), cudaMemcpyDeviceToHost));
     flat += c->numel[i];
   }
   return QT_OK;
@@ -121,12 +113,9 @@ static qt_status cuda_grads_to_host(qt_backend *b, float *flat) {
 
 static qt_status cuda_grads_from_host(qt_backend *b, const float *flat) {
   cuda_impl *c = b->impl;
+  QT_ASSERT(c->resident);
   for (size_t i = 0; i < c->n_ts; i++) {
-    size_t bytes = (size_t)c->numel[i] * sizeof(float);
-    if (c->resident)
-      QT_TRY(copy(c->dgrad[i], flat, bytes, cudaMemcpyHostToDevice));
-    else
-      memcpy(c->ts[i].grad, flat, bytes);
+    QT_TRY(copy(c->dgrad[i], flat, (size_t)c->numel[i] * sizeof(float), cudaMemcpyHostToDevice));
     flat += c->numel[i];
   }
   return QT_OK;
@@ -134,10 +123,7 @@ static qt_status cuda_grads_from_host(qt_backend *b, const float *flat) {
 
 static qt_status cuda_grad_norm(qt_backend *b, double *norm) {
   cuda_impl *c = b->impl;
-  if (!c->resident) {
-    *norm = qt_optim_global_norm(b->grads, b->n_params);
-    return QT_OK;
-  }
+  QT_ASSERT(c->resident);
   qt_optim_clip_result res;
   QT_TRY(qt_optim_clip_cuda_norm(&c->clip, 0.0, NULL)); /* the coefficient is made on the host */
   QT_TRY(qt_optim_clip_cuda_result(&c->clip, &res, NULL));
@@ -147,10 +133,7 @@ static qt_status cuda_grad_norm(qt_backend *b, double *norm) {
 
 static qt_status cuda_after_update(qt_backend *b) {
   cuda_impl *c = b->impl;
-  if (!c->resident) {
-    qt_lora_sync(b->s->lora);
-    return QT_OK;
-  }
+  QT_ASSERT(c->resident);
   for (size_t i = 0; i < c->n_ts; i++) /* the model reads bf16: round the masters */
     if (c->dmaster[i]) QT_TRY(qt_model_cuda_round_bf16(c->dw[i], c->dmaster[i], c->numel[i]));
   return QT_OK;
@@ -179,7 +162,6 @@ static void cuda_destroy(qt_backend *b) {
   free(c->numel);
   qt_model_cuda_free(&c->ctx);
   free(c->cl);
-  free(c->grad);
   free(c);
   b->impl = NULL;
 }
@@ -334,25 +316,22 @@ qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o) {
   b->impl = c;
   b->ops = &CUDA_OPS;
   qt_status r = QT_OK;
-  int64_t max_r = 1, n_grad = 0;
+  int64_t max_r = 1;
   size_t n_par = 0;
   if (b->s->lora) c->ts = qt_lora_tensors(b->s->lora, &n_par);
   c->n_ts = n_par;
   c->n_cl = n_par / 2;
-  for (size_t i = 0; i < n_par; i++) n_grad += c->ts[i].rows * c->ts[i].cols;
   c->cl = calloc(c->n_cl ? c->n_cl : 1, sizeof *c->cl);
-  c->grad = calloc((size_t)(n_grad ? n_grad : 1), sizeof *c->grad);
-  if (!c->cl || !c->grad) {
-    r = qt_fail(QT_ERR_NOMEM, "out of memory (%lld LoRA gradients for the GPU path)", (long long)n_grad);
+  if (!c->cl) {
+    r = qt_fail(QT_ERR_NOMEM, "out of memory");
     goto fail;
   }
-  float *g = c->grad;
   for (size_t i = 0; i < c->n_cl; i++) {
     const qt_lora_tensor *A = &c->ts[2 * i], *B = &c->ts[2 * i + 1];
     QT_ASSERT(!A->is_B && B->is_B && A->layer == B->layer && A->proj == B->proj);
+    /* the host weights until qt_backend_cuda_step_init makes them resident */
     c->cl[i] = (qt_model_cuda_lora){.layer = A->layer, .proj = A->proj, .r = A->rows, .A = A->data, .B = B->data,
-                                    .dA = g, .dB = g + A->rows * A->cols, .keep_scale = 1.0};
-    g += A->rows * A->cols + B->rows * B->cols;
+                                    .keep_scale = 1.0};
     if (A->rows > max_r) max_r = A->rows;
   }
   if ((r = device_plan(b, o, max_r)) != QT_OK) goto fail;
