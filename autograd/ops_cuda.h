@@ -163,7 +163,8 @@ qt_status qt_op_lora_forward_cuda(uint16_t *y, uint16_t *u, uint16_t *xd_out, co
  * dA (R, In) += du^T xd, dx (N, In) (+)= (du A) * keep * keep_scale, keep
  * recomputed in the kernel from drop (the forward's descriptor; NULL: no
  * dropout, dx (+)= du A); dA, dB bf16 (always accumulate), each may be NULL;
- * work (N, In) scratch when drop and dx. */
+ * work (N, In) scratch when drop and dx; it may be xd itself (work is
+ * written only after the dA product has read xd, on the same stream). */
 qt_status qt_op_lora_backward_cuda(uint16_t *dx, int acc, uint16_t *dA, uint16_t *dB,
                                    uint16_t *du, uint16_t *work, const uint16_t *dy,
                                    const uint16_t *xd, const uint16_t *u,

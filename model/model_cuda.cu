@@ -183,7 +183,8 @@ struct qt_model_cuda {
   uint16_t *stage;                /* host staging for LoRA A, B, dA, dB (bf16) */
   int64_t stage_n;
   uint16_t *x_out;                /* (N, C) the last layer's output */
-  uint16_t *embed, *lm_head, *final_norm;
+  uint16_t *embed, *lm_head, *final_norm; /* embed NULL: the table stays on the host (untied) */
+  uint16_t *embed_rows;           /* (max_N, C) host staging of a batch's embedding rows (untied) */
   float *inv_freq;                /* (D/2) */
   int32_t *ids, *targets, *pos, *doc;
   uint16_t *w_scratch;            /* (max out*in) dequantized weight */
@@ -198,7 +199,6 @@ struct qt_model_cuda {
   /* backward scratch */
   uint16_t *dxf, *dX, *dn, *dsw, *dg, *dup, *da, *dqr, *dkr, *dv, *dq, *dk, *du_lora;
   float *delta;                   /* (B, H, T) */
-  uint16_t *lora_work;            /* (max_N, max_in) LoRA dropout backward, at first use */
   uint16_t *xd;                   /* (max_N, max_in) a linear's dropped-out LoRA input, formed in
                                    * its forward and again in its backward (not saved per
                                    * linear: at Llama-3-8B x 2048 tokens that was ~5 GB) */
@@ -320,11 +320,20 @@ qt_status setup(qt_model_cuda *c) {
                    (long long)c->stage_n);
   if (!dl->measure) QT_TRY(qt_gemm_cuda_create(&c->g, (size_t)QT_MODEL_CUDA_GEMM_WORKSPACE));
   /* weights */
-  QT_TRY(upload_bf16(dl, m->embed, c->V * C, &c->embed));
-  if (m->lm_head == m->embed)
+  /* The embedding table stays on the host when the lm_head is its own
+   * tensor: a micro-batch's rows are gathered there and go up (N x C bf16,
+   * the same bf16 values as a device copy would hold), and V x C x 2 bytes of
+   * device memory are saved (1 GiB at Llama-3-8B). Tied: the lm_head GEMM
+   * needs the table on the device anyway. */
+  if (m->lm_head == m->embed) {
+    QT_TRY(upload_bf16(dl, m->embed, c->V * C, &c->embed));
     c->lm_head = c->embed;
-  else
+  } else {
     QT_TRY(upload_bf16(dl, m->lm_head, c->V * C, &c->lm_head));
+    c->embed_rows = (uint16_t *)malloc((size_t)(N * C) * sizeof(uint16_t));
+    if (!c->embed_rows)
+      return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld bf16 embedding rows", (long long)(N * C));
+  }
   QT_TRY(upload_bf16(dl, m->final_norm, C, &c->final_norm));
   QT_TRY(upload_raw(dl, m->inv_freq, c->D / 2, &c->inv_freq));
   for (int64_t l = 0; l < L; l++) {
@@ -414,7 +423,7 @@ qt_status setup(qt_model_cuda *c) {
 }
 
 /* This call's LoRA: A, B in; with train, dA, dB zeroed and the dropout
- * streams bound (the two dropout scratches made at the first call with
+ * streams bound (the dropout scratch made at the first call with
  * dropout); every other linear plain. */
 qt_status bind_lora(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora, bool train) {
   for (int64_t l = 0; l < c->L; l++)
@@ -440,11 +449,10 @@ qt_status bind_lora(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_l
     QT_CUDA_CHECK(cudaMemset(d->dA, 0, (size_t)(r * in) * sizeof(uint16_t)));
     QT_CUDA_CHECK(cudaMemset(d->dB, 0, (size_t)(out * r) * sizeof(uint16_t)));
     if (!e->dropout) continue;
-    /* Two shared scratches for dropout, made at the first call with dropout
-     * and kept: the dropped-out input (formed where it is used; the mask is
-     * drawn in the kernels) and the backward's du A. */
+    /* One shared scratch for dropout, made at the first call with dropout
+     * and kept: the dropped-out input, formed where it is used (the mask is
+     * drawn in the kernels), and, once dA has read it, the backward's du A. */
     if (!c->xd) QT_TRY(dev_alloc(&c->dl, c->max_N * c->max_in, &c->xd));
-    if (!c->lora_work) QT_TRY(dev_alloc(&c->dl, c->max_N * c->max_in, &c->lora_work));
     d->drop = qt_dropout_cuda{e->dropout_key, e->dropout_subsequence, e->dropout_threshold,
                               e->keep_scale};
     d->drops = true;
@@ -503,7 +511,7 @@ qt_status linear_backward(qt_model_cuda *c, dev_linear *d, uint16_t *dx, int acc
     QT_TRY(qt_op_lora_dropout_cuda(c->xd, x, &d->drop, c->N, lin->in, NULL));
   if (d->ad)
     QT_TRY(qt_op_lora_backward_cuda(dx, 1, d->dA, d->dB, c->du_lora,
-                                    d->drops ? c->lora_work : NULL, dy, d->drops ? c->xd : x,
+                                    d->drops ? c->xd : NULL, dy, d->drops ? c->xd : x,
                                     d->u, d->drops ? &d->drop : NULL, d->Aw, d->Bw, c->scale, c->N,
                                     lin->in, lin->out, d->ad->r, c->g, NULL));
   return QT_OK;
@@ -566,7 +574,14 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
   QT_CUDA_CHECK(cudaMemcpy(c->pos, b->pos, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
   QT_CUDA_CHECK(cudaMemcpy(c->doc, b->doc, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
   /* forward */
-  QT_TRY(qt_op_embedding_forward_cuda(c->layers[0].x, c->ids, c->embed, N, C, c->V, NULL));
+  if (c->embed) {
+    QT_TRY(qt_op_embedding_forward_cuda(c->layers[0].x, c->ids, c->embed, N, C, c->V, NULL));
+  } else { /* the host's table: the batch's rows, rounded to bf16, go up (ids checked in range) */
+    for (int64_t n = 0; n < N; n++)
+      qt_bf16_from_f32_n(c->embed_rows + n * C, c->m->embed + (int64_t)b->ids[n] * C, (size_t)C);
+    QT_CUDA_CHECK(cudaMemcpy(c->layers[0].x, c->embed_rows, (size_t)(N * C) * sizeof(uint16_t),
+                             cudaMemcpyHostToDevice));
+  }
   for (int64_t l = 0; l < L; l++)
     QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out));
   QT_TRY(qt_op_rmsnorm_forward_cuda(c->xf, c->rstdf, c->x_out, c->final_norm, c->eps, N, C,
@@ -677,8 +692,8 @@ extern "C" qt_status qt_model_cuda_plan_bytes(const qt_model *m, int64_t max_B, 
   qt_model_cuda *c = NULL;
   QT_TRY(make_context(m, max_B, max_T, max_r, checkpoint, true, &c));
   *bytes = c->dl.bytes;
-  if (dropout) /* the two shared dropout scratches of bind_lora */
-    *bytes += 2 * (size_t)(c->max_N * c->max_in) * sizeof(uint16_t);
+  if (dropout) /* the shared dropout scratch of bind_lora */
+    *bytes += (size_t)(c->max_N * c->max_in) * sizeof(uint16_t);
   qt_model_cuda_free(&c);
   return QT_OK;
 }
@@ -743,6 +758,7 @@ extern "C" void qt_model_cuda_free(qt_model_cuda **pc) {
   dev_list_free(&c->dl);
   free(c->layers);
   free(c->stage);
+  free(c->embed_rows);
   free(c);
   *pc = NULL;
 }

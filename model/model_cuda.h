@@ -33,7 +33,7 @@
  * documents) and each entry's A and B (host fp32 -> bf16 through a host
  * staging buffer made at init), and copies the gradients out (qt_model_cuda_loss:
  * only the loss and count); it allocates nothing, except that the first call
- * with dropout allocates two shared dropout scratches (below), kept for every
+ * with dropout allocates one shared dropout scratch (below), kept for every
  * later call.
  * Dropout masks are never stored or uploaded: the LoRA kernels draw each
  * keep bit from the entry's Philox stream (key, subsequence, threshold) where
@@ -42,7 +42,9 @@
  * qt_dropout_cuda, common/philox_hd.h).
  * Device memory (bytes; Nm = max_B * max_T, W = 2 for bf16; every buffer its
  * own cudaMalloc):
- *   weights: embed V*C*W (+ lm_head V*C*W when untied) + norms; per linear
+ *   weights: embed V*C*W when tied (the lm_head reads it); untied, the
+ *     lm_head V*C*W only: the embedding table stays on the host and each
+ *     batch's rows go up (a host staging of Nm*C*W); + norms; per linear
  *     dense out*in*W, or 4-bit (out*in)/2 + absmax (4 or 1 + 4/256 per block)
  *     + bias out*W;
  *   LoRA, per linear of every layer (adapted or not): A, B, dA, dB
@@ -59,7 +61,8 @@
  *     + max_B*H*max_T*4;
  *   with dropout (lazily, once): xd Nm*max(in)*W (a linear's dropped-out
  *     input, formed in its forward and formed again in its backward for dA:
- *     not saved per linear) and one work buffer Nm*max(in)*W; no mask bytes.
+ *     not saved per linear; then the backward's du A in the same buffer); no
+ *     mask bytes.
  * qt_model_cuda_device_bytes reports the total held. Without checkpointing
  * every activation of every layer is kept for backward; with it (the trainer's
  * training.gradient_checkpointing) each layer keeps its input and its forward
@@ -144,14 +147,14 @@ qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T, in
 /* The workspace of the context's cuBLASLt handle (not in the device bytes below). */
 #define QT_MODEL_CUDA_GEMM_WORKSPACE (32u << 20)
 /* The device bytes qt_model_cuda_init(m, max_B, max_T, max_r, checkpoint) would allocate,
- * plus (dropout) the two dropout scratches of a first call with dropout:
+ * plus (dropout) the dropout scratch of a first call with dropout:
  * the same code sizes every buffer without allocating (no GPU needed), so
  * this equals qt_model_cuda_device_bytes of such a context. Errors as
  * qt_model_cuda_init's argument checks. */
 qt_status qt_model_cuda_plan_bytes(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
                                    bool checkpoint, bool dropout, size_t *bytes);
-/* Device bytes the context holds now (grows only by the two lazy dropout
- * scratches). */
+/* Device bytes the context holds now (grows only by the lazy dropout
+ * scratch). */
 size_t qt_model_cuda_device_bytes(const qt_model_cuda *ctx);
 /* Forward, then (when n_lora > 0) backward with d(objective)/d(loss_sum) =
  * dloss, of one packed batch b (model.h; targets required; b->B <= max_B,

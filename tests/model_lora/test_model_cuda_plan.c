@@ -2,7 +2,7 @@
  * setup run in its measuring mode sizes every buffer and allocates nothing, so
  * the trainer can print and check its device memory plan before touching the
  * GPU. Checked here on stories260K (NF4, double quantization): it runs with no
- * device at all; the dropout scratches add exactly 2 x (tokens x widest input)
+ * device at all; the dropout scratch adds exactly (tokens x widest input)
  * bf16; the activations grow linearly with the rows; the weights' part is at
  * least the 4-bit codes and bf16 copies of the dense tensors; arguments are
  * checked. tests/model_lora/test_model_cuda.c checks on a GPU that the plan
@@ -50,7 +50,7 @@ int main(void) {
   if (m->H * m->D > max_in) max_in = m->H * m->D;
   size_t p = plan(m, 2, 64, 4, false), pd = plan(m, 2, 64, 4, true);
   printf("stories260K, 2 x 64 tokens, r 4: %zu bytes planned, %zu with dropout\n", p, pd);
-  check(pd - p == (size_t)(2 * 2 * 64 * max_in * 2), "dropout adds two (tokens x widest input) bf16 scratches");
+  check(pd - p == (size_t)(2 * 64 * max_in * 2), "dropout adds one (tokens x widest input) bf16 scratch");
   /* rows of 256 tokens: the cross-entropy chunk (256 rows) is the same for all */
   size_t a1 = plan(m, 1, 256, 4, false), a2 = plan(m, 2, 256, 4, false), a3 = plan(m, 3, 256, 4, false);
   check(a3 - a2 == a2 - a1 && a2 > a1, "the activations grow linearly with the rows");
