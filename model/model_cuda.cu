@@ -577,7 +577,7 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
   if (c->embed) {
     QT_TRY(qt_op_embedding_forward_cuda(c->layers[0].x, c->ids, c->embed, N, C, c->V, NULL));
   } else { /* the host's table: the batch's rows, rounded to bf16, go up (ids checked in range) */
-    for (int64_t n = 0; n < N; n++)
+    for (int64_t n = 0; n < N; n++) /* ~10-30 ms at 8B x 4096 tokens, one thread (no OpenMP in .cu files) */
       qt_bf16_from_f32_n(c->embed_rows + n * C, c->m->embed + (int64_t)b->ids[n] * C, (size_t)C);
     QT_CUDA_CHECK(cudaMemcpy(c->layers[0].x, c->embed_rows, (size_t)(N * C) * sizeof(uint16_t),
                              cudaMemcpyHostToDevice));

@@ -323,7 +323,7 @@ else
   elif [ "$want" -lt 60 ]; then
     row "bench_gpu_train.sh" "NOT RUN (out of time)" 0 "$want s left of TOTAL_S ${TOTAL_S:-570}"; status=1
   else
-    train_bench "$want" "bench_gpu_train.sh${big:+ --8b}" "${big[@]}"
+    train_bench "$want" "bench_gpu_train.sh${big:+ --8b}" ${big[@]+"${big[@]}"}
   fi
   title="GPU run: ${gpu%% (*}"
 fi
