@@ -586,16 +586,24 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
     QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out));
   QT_TRY(qt_op_rmsnorm_forward_cuda(c->xf, c->rstdf, c->x_out, c->final_norm, c->eps, N, C,
                                     NULL));
-  QT_TRY(qt_op_cross_entropy_forward_cuda(c->loss, c->count, c->ce_lse, c->rowloss, c->logits,
-                                          c->chunk, c->xf, c->lm_head, c->targets, N, C, c->V,
-                                          0.0, c->g, NULL));
+  bool backward = train && n_lora > 0;
+  if (backward) {
+    /* the loss and its gradient in one pass over the logits (the CPU tape's
+     * grad-in-forward): d(sum loss)/d xf into dxf, then scaled by dloss in
+     * place; two lm_head GEMMs per chunk instead of three */
+    QT_TRY(qt_op_cross_entropy_fused_cuda(c->dxf, c->loss, c->count, c->logits, c->dz, c->rowloss,
+                                          c->chunk, c->xf, c->lm_head, c->targets, N, C, c->V, 0.0,
+                                          c->g, NULL));
+    QT_TRY(qt_op_scaled_add_cuda(c->dxf, 0, c->dxf, dloss, N * C, NULL));
+  } else {
+    QT_TRY(qt_op_cross_entropy_forward_cuda(c->loss, c->count, c->ce_lse, c->rowloss, c->logits,
+                                            c->chunk, c->xf, c->lm_head, c->targets, N, C, c->V,
+                                            0.0, c->g, NULL));
+  }
   QT_CUDA_CHECK(cudaMemcpy(loss_sum, c->loss, sizeof(double), cudaMemcpyDeviceToHost));
   QT_CUDA_CHECK(cudaMemcpy(count, c->count, sizeof(int64_t), cudaMemcpyDeviceToHost));
-  if (!train || n_lora == 0) return QT_OK;
-  /* backward: loss -> final norm -> layers, last first */
-  QT_TRY(qt_op_cross_entropy_backward_cuda(c->dxf, 0, c->logits, c->dz, c->chunk, dloss,
-                                           c->ce_lse, c->xf, c->lm_head, c->targets, N, C, c->V,
-                                           0.0, c->g, NULL));
+  if (!backward) return QT_OK;
+  /* backward: final norm -> layers, last first */
   QT_TRY(qt_op_rmsnorm_backward_cuda(c->dX, 0, c->dxf, c->x_out, c->final_norm, c->rstdf, N, C,
                                      NULL));
   for (int64_t l = L - 1; l >= 0; l--) {

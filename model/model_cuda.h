@@ -10,7 +10,9 @@
  *     a = attention(rope(q), rope(k), v)  (causal, per document, GQA);
  *     h = h + lin_o(a); n2 = rmsnorm(h, post_attention_layernorm);
  *     h = h + lin_down(silu(lin_gate(n2)) * lin_up(n2));
- *   loss = sum CE(rmsnorm(h, norm) lm_head^T, targets)  (chunked rows).
+ *   loss = sum CE(rmsnorm(h, norm) lm_head^T, targets)  (chunked rows; with
+ *   backward the loss and its gradient in one pass over the logits,
+ *   qt_op_cross_entropy_fused_cuda, as the CPU tape's grad-in-forward).
  * A LoRA linear is y = base(x) (+ bias) + scale * B (A x), PEFT's Linear.
  *
  * Precision (ops_cuda.h): bf16 storage of weights, activations and gradients
