@@ -148,12 +148,30 @@ __global__ void attention_forward_kernel(uint16_t *out, float *lse, const uint16
   if (lane == 0) lse[bh * T + i] = m + logf(l);
 }
 
-/* One warp per (b, h, i): delta_i and (when dq) dq_i. */
-__global__ void attention_dq_kernel(uint16_t *dq, int acc, float *delta, const uint16_t *dout,
-                                    const float *lse, const uint16_t *q, const uint16_t *k,
-                                    const uint16_t *v, const int32_t *doc, int64_t B, int64_t T,
-                                    int64_t H, int64_t K, int64_t D, float scale, int64_t window,
-                                    double softcap) {
+/* One warp per (b, h, i): delta_i = rowsum(dO_i * O_i) over the D values of
+ * the forward's output (fp32 sum of the bf16 products' exact fp32 values, lanes
+ * then a butterfly: a fixed order). */
+__global__ void attention_delta_kernel(float *delta, const uint16_t *dout, const uint16_t *out,
+                                       int64_t B, int64_t T, int64_t H, int64_t D) {
+  int lane = threadIdx.x & 31;
+  int64_t w = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
+  if (w >= B * H * T) return;
+  int64_t i = w % T, bh = w / T, b = bh / H, h = bh % H;
+  const int64_t qo = ((b * T + i) * H + h) * D;
+  float sum = 0.0f;
+  for (int64_t d = lane; d < D; d += 32) sum += ld_bf16(dout, qo + d) * ld_bf16(out, qo + d);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (lane == 0) delta[bh * T + i] = sum;
+}
+
+/* One warp per (b, h, i): delta_i (unless have_delta: the pre-pass wrote it)
+ * and (when dq) dq_i. */
+__global__ void attention_dq_kernel(uint16_t *dq, int acc, float *delta, int have_delta,
+                                    const uint16_t *dout, const float *lse, const uint16_t *q,
+                                    const uint16_t *k, const uint16_t *v, const int32_t *doc,
+                                    int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
+                                    float scale, int64_t window, double softcap) {
   int lane = threadIdx.x & 31;
   int64_t w = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
   if (w >= B * H * T) return;
@@ -167,7 +185,8 @@ __global__ void attention_dq_kernel(uint16_t *dq, int acc, float *delta, const u
   int32_t di = db[i];
   const qt_att_tile qt = {i, i + 1, di, di};
   const int64_t jstart = qt_att_key_start(0, i, window);
-  for (int64_t j0 = jstart; j0 <= i; j0 += 32) { /* delta_i = sum_j P_ij (do_i . v_j) */
+  if (have_delta) dsum = delta[bh * T + i];
+  for (int64_t j0 = jstart; !have_delta && j0 <= i; j0 += 32) { /* delta_i = sum_j P_ij (do_i . v_j) */
     int32_t dl;
     const qt_att_tile kt = warp_tile(db, j0, i + 1, lane, &dl);
     const int cls = qt_att_tile_class(&qt, &kt, window);
@@ -180,7 +199,7 @@ __global__ void attention_dq_kernel(uint16_t *dq, int acc, float *delta, const u
       dsum += p * dot_lane(dor, v + kv, lane, D);
     }
   }
-  if (lane == 0) delta[bh * T + i] = dsum;
+  if (lane == 0 && !have_delta) delta[bh * T + i] = dsum;
   if (!dq) return;
 #pragma unroll
   for (int t = 0; t < ATT_PER_LANE; t++) a[t] = 0.0f;
@@ -308,7 +327,8 @@ extern "C" qt_status qt_op_attention_forward_cuda(uint16_t *out, float *lse, con
 
 extern "C" qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, uint16_t *dv,
                                                    int acc, float *delta, const uint16_t *dout,
-                                                   const float *lse, const uint16_t *q,
+                                                   const uint16_t *out, const float *lse,
+                                                   const uint16_t *q,
                                                    const uint16_t *k, const uint16_t *v,
                                                    const int32_t *doc, int64_t B, int64_t T,
                                                    int64_t H, int64_t K, int64_t D,
@@ -318,9 +338,14 @@ extern "C" qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, u
   float scale = attention_scale(opts, D);
   int64_t window = opts ? opts->window : 0;
   double softcap = opts ? opts->softcap : 0.0;
-  if (dq || dk) { /* delta is needed by dk; dq comes from the same pass */
+  if (out && (dq || dk)) { /* delta from the forward's output: one pass over D, not over the keys */
+    attention_delta_kernel<<<attention_grid(B * H * T), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
+        delta, dout, out, B, T, H, D);
+    QT_CUDA_CHECK_LAUNCH();
+  }
+  if (dq || (dk && !out)) { /* delta is needed by dk; dq comes from the same pass */
     attention_dq_kernel<<<attention_grid(B * H * T), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
-        dq, acc, delta, dout, lse, q, k, v, doc, B, T, H, K, D, scale, window, softcap);
+        dq, acc, delta, out != NULL, dout, lse, q, k, v, doc, B, T, H, K, D, scale, window, softcap);
     QT_CUDA_CHECK_LAUNCH();
   }
   if (dk || dv) {

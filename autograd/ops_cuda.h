@@ -185,10 +185,14 @@ qt_status qt_op_attention_forward_cuda(uint16_t *out, float *lse, const uint16_t
                                        int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
                                        void *stream, const qt_att_opts *opts);
 /* dq (B*T, H, D), dk, dv (B*T, K, D) (+)= ... (each may be NULL) ;
- * delta (B, H, T) fp32 scratch (sum_j P_ij dP_ij, written by the dq pass) ;
+ * delta (B, H, T) fp32 scratch: with out (the forward's output, (B*T, H, D))
+ * delta_i = rowsum(dO_i * O_i), a pass over D (FlashAttention-2's form; equal
+ * to the reference's sum_j P_ij dP_ij up to O's bf16 rounding); without (NULL)
+ * sum_j P_ij dP_ij, a pass over the keys in the dq kernel ;
  * opts as given to forward. */
 qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, uint16_t *dv, int acc,
-                                        float *delta, const uint16_t *dout, const float *lse,
+                                        float *delta, const uint16_t *dout, const uint16_t *out,
+                                        const float *lse,
                                         const uint16_t *q, const uint16_t *k, const uint16_t *v,
                                         const int32_t *doc, int64_t B, int64_t T, int64_t H,
                                         int64_t K, int64_t D, void *stream,

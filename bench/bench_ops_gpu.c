@@ -428,7 +428,7 @@ static qt_status op_attention_fwd(bench *b) {
                                       NKV, HDIM, NULL, NULL);
 }
 static qt_status op_attention_bwd(bench *b) { /* lse from the forward with the same docs */
-  return qt_op_attention_backward_cuda(b->dqr, b->dkr, b->dv, 0, b->delta, b->datt, b->lse, b->qr,
+  return qt_op_attention_backward_cuda(b->dqr, b->dkr, b->dv, 0, b->delta, b->datt, b->att, b->lse, b->qr,
                                        b->kr, b->v, b->doc, 1, b->T, NH, NKV, HDIM, NULL, NULL);
 }
 static qt_status op_embedding(bench *b) {

@@ -550,7 +550,7 @@ qt_status layer_backward(qt_model_cuda *c, dev_layer *ly) {
                                      NULL));
   /* h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))) */
   QT_TRY(linear_backward(c, &ly->lin[QT_PROJ_O], c->da, 0, c->dX, ly->a));
-  QT_TRY(qt_op_attention_backward_cuda(c->dqr, c->dkr, c->dv, 0, c->delta, c->da, ly->lse,
+  QT_TRY(qt_op_attention_backward_cuda(c->dqr, c->dkr, c->dv, 0, c->delta, c->da, ly->a, ly->lse,
                                        ly->qr, ly->kr, ly->v, c->doc, c->B, c->T, c->H, c->K,
                                        c->D, NULL, &ly->att));
   QT_TRY(qt_op_rope_backward_cuda(c->dq, 0, c->dqr, c->pos, c->inv_freq, N, c->H, c->D, NULL));

@@ -389,7 +389,7 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
     memcpy(dk, zk, (size_t)nk * 4);
     memcpy(dv, zv, (size_t)nk * 4);
     qt_op_attention_backward_cpu(dq, dk, dv, acc, work, dout, P, q, k, v, doc, B, T, H, K, D, o);
-    OK(qt_op_attention_backward_cuda(gq.d, gk.d, gv.d, acc, dDelta.d, dDO.d, dL.d, dQ.d, dK.d,
+    OK(qt_op_attention_backward_cuda(gq.d, gk.d, gv.d, acc, dDelta.d, dDO.d, NULL, dL.d, dQ.d, dK.d,
                                      dV.d, dDoc.d, B, T, H, K, D, NULL, o));
     CK(cudaDeviceSynchronize());
     compare(acc ? "attention dq (acc)" : "attention dq", &gq, dq, nq);
@@ -397,17 +397,25 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
     compare(acc ? "attention dv (acc)" : "attention dv", &gv, dv, nk);
     if (!acc) { /* determinism: the same call again gives the same bits */
       dbuf hq = dalloc((size_t)nq * 2), hk = dalloc((size_t)nk * 2), hv = dalloc((size_t)nk * 2);
-      OK(qt_op_attention_backward_cuda(hq.d, hk.d, hv.d, 0, dDelta.d, dDO.d, dL.d, dQ.d, dK.d,
+      OK(qt_op_attention_backward_cuda(hq.d, hk.d, hv.d, 0, dDelta.d, dDO.d, NULL, dL.d, dQ.d, dK.d,
                                        dV.d, dDoc.d, B, T, H, K, D, NULL, o));
       CK(cudaDeviceSynchronize());
       compare_bits("attention dq twice", &gq, &hq);
       compare_bits("attention dk twice", &gk, &hk);
       compare_bits("attention dv twice", &gv, &hv);
       /* only dv requested (dq, dk NULL): the same dv */
-      OK(qt_op_attention_backward_cuda(NULL, NULL, hv.d, 0, dDelta.d, dDO.d, dL.d, dQ.d, dK.d,
+      OK(qt_op_attention_backward_cuda(NULL, NULL, hv.d, 0, dDelta.d, dDO.d, NULL, dL.d, dQ.d, dK.d,
                                        dV.d, dDoc.d, B, T, H, K, D, NULL, o));
       CK(cudaDeviceSynchronize());
       compare_bits("attention dv alone", &gv, &hv);
+      /* delta from the forward's output (rowsum(dO * O), the model's path):
+       * the CPU's gradients within the same bounds (O's bf16 rounding only) */
+      OK(qt_op_attention_backward_cuda(hq.d, hk.d, hv.d, 0, dDelta.d, dDO.d, dO.d, dL.d, dQ.d, dK.d,
+                                       dV.d, dDoc.d, B, T, H, K, D, NULL, o));
+      CK(cudaDeviceSynchronize());
+      compare("attention dq (delta from O)", &hq, dq, nq);
+      compare("attention dk (delta from O)", &hk, dk, nk);
+      compare_bits("attention dv (delta from O)", &gv, &hv); /* dv does not read delta */
       dcheck_free(&hq, "dq 2"); dcheck_free(&hk, "dk 2"); dcheck_free(&hv, "dv 2");
     }
     dcheck_free(&gq, "attention dq"); dcheck_free(&gk, "attention dk"); dcheck_free(&gv, "attention dv");
