@@ -148,6 +148,45 @@ __global__ void attention_forward_kernel(uint16_t *out, float *lse, const uint16
   if (lane == 0) lse[bh * T + i] = m + logf(l);
 }
 
+/* Decoding with a KV cache: one warp per (i, h); query row i, at absolute
+ * position p = pos0 + i, attends to cache rows max(0, p - window + 1) .. p of
+ * one sequence (one document), with the forward kernel's online softmax.
+ * kc, vc (cap, K, D) hold the keys (after RoPE) and values of positions
+ * 0 .. pos0 + n - 1. */
+__global__ void attention_decode_kernel(uint16_t *out, const uint16_t *q, const uint16_t *kc,
+                                        const uint16_t *vc, int64_t n, int64_t pos0, int64_t H,
+                                        int64_t K, int64_t D, float scale, int64_t window,
+                                        double softcap) {
+  int lane = threadIdx.x & 31;
+  int64_t w = (int64_t)blockIdx.x * ATT_WARPS + (threadIdx.x >> 5);
+  if (w >= n * H) return; /* whole warps only */
+  int64_t i = w / H, h = w % H, g = h / (H / K), p = pos0 + i;
+  float qr[ATT_PER_LANE], acc[ATT_PER_LANE];
+  load_lane(qr, q + (i * H + h) * D, lane, D);
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) acc[t] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t j = qt_att_key_start(0, p, window); j <= p; j++) {
+    const int64_t kv = (j * K + g) * D;
+    float s = att_cap(scale * dot_lane(qr, kc + kv, lane, D), softcap);
+    float mn = fmaxf(m, s), corr = expf(m - mn), e = expf(s - mn);
+    l = l * corr + e;
+#pragma unroll
+    for (int t = 0; t < ATT_PER_LANE; t++) {
+      int64_t d = lane + 32 * t;
+      acc[t] = acc[t] * corr + (d < D ? e * ld_bf16(vc + kv, d) : 0.0f);
+    }
+    m = mn;
+  }
+  uint16_t *oi = out + (i * H + h) * D;
+  float inv = 1.0f / l; /* j = p always attends, so l >= 1 */
+#pragma unroll
+  for (int t = 0; t < ATT_PER_LANE; t++) {
+    int64_t d = lane + 32 * t;
+    if (d < D) oi[d] = to_bf16(acc[t] * inv);
+  }
+}
+
 /* One warp per (b, h, i): delta_i = rowsum(dO_i * O_i) over the D values of
  * the forward's output (fp32 sum of the bf16 products' exact fp32 values, lanes
  * then a butterfly: a fixed order). */
@@ -321,6 +360,21 @@ extern "C" qt_status qt_op_attention_forward_cuda(uint16_t *out, float *lse, con
   double softcap = opts ? opts->softcap : 0.0;
   attention_forward_kernel<<<attention_grid(B * H * T), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
       out, lse, q, k, v, doc, B, T, H, K, D, scale, window, softcap);
+  QT_CUDA_CHECK_LAUNCH();
+  return QT_OK;
+}
+
+extern "C" qt_status qt_op_attention_decode_cuda(uint16_t *out, const uint16_t *q,
+                                                 const uint16_t *kc, const uint16_t *vc, int64_t n,
+                                                 int64_t pos0, int64_t H, int64_t K, int64_t D,
+                                                 void *stream, const qt_att_opts *opts) {
+  QT_TRY(attention_check(pos0 + n, H, K, D, opts));
+  if (n == 0) return QT_OK;
+  float scale = attention_scale(opts, D);
+  int64_t window = opts ? opts->window : 0;
+  double softcap = opts ? opts->softcap : 0.0;
+  attention_decode_kernel<<<attention_grid(n * H), 32 * ATT_WARPS, 0, (cudaStream_t)stream>>>(
+      out, q, kc, vc, n, pos0, H, K, D, scale, window, softcap);
   QT_CUDA_CHECK_LAUNCH();
   return QT_OK;
 }

@@ -184,6 +184,13 @@ qt_status qt_op_attention_forward_cuda(uint16_t *out, float *lse, const uint16_t
                                        const uint16_t *k, const uint16_t *v, const int32_t *doc,
                                        int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
                                        void *stream, const qt_att_opts *opts);
+/* Decoding with a KV cache: out (n, H, D) = attention of query rows q (n, H,
+ * D) at absolute positions pos0 .. pos0 + n - 1 over the cached keys and
+ * values kc, vc (positions 0 .. pos0 + n - 1, (cap, K, D) each, keys after
+ * RoPE) of one sequence: causal, the window of opts, no documents. */
+qt_status qt_op_attention_decode_cuda(uint16_t *out, const uint16_t *q, const uint16_t *kc,
+                                      const uint16_t *vc, int64_t n, int64_t pos0, int64_t H,
+                                      int64_t K, int64_t D, void *stream, const qt_att_opts *opts);
 /* dq (B*T, H, D), dk, dv (B*T, K, D) (+)= ... (each may be NULL) ;
  * delta (B, H, T) fp32 scratch: with out (the forward's output, (B*T, H, D))
  * delta_i = rowsum(dO_i * O_i), a pass over D (FlashAttention-2's form; equal

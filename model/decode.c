@@ -48,6 +48,8 @@ struct qt_model_decoder {
   int32_t *ids;           /* (cap) the ids fed so far (prefix reuse in generate) */
   void *block;
   size_t bytes;
+  const qt_model_decoder_ext *ext; /* qt_model_decoder_wrap: feeds go there (and only ids is set above) */
+  void *ext_ctx;
 };
 
 /* Bump-carves n bytes (64-byte aligned) from *at; with base NULL only counts. */
@@ -164,8 +166,32 @@ qt_status qt_model_decoder_init(qt_model_tape *mt, const qt_model_adapter *adapt
   return QT_OK;
 }
 
+qt_status qt_model_decoder_wrap(const qt_model *m, int64_t cap, int64_t max_rows,
+                                const qt_model_decoder_ext *ext, void *ctx, qt_model_decoder **out) {
+  QT_ASSERT(m && ext && ext->feed && ext->bytes && ext->free && out);
+  *out = NULL;
+  qt_model_decoder *d = calloc(1, sizeof *d);
+  int32_t *ids = cap >= 1 ? malloc((size_t)cap * sizeof *ids) : NULL;
+  if (!d || !ids || max_rows < 1 || max_rows > cap) {
+    free(d);
+    free(ids);
+    ext->free(ctx);
+    return max_rows < 1 || max_rows > cap
+               ? qt_fail(QT_ERR_INVALID, "decode: %lld rows per feed with a cache of %lld positions",
+                         (long long)max_rows, (long long)cap)
+               : qt_fail(QT_ERR_NOMEM, "decode: out of memory");
+  }
+  *d = (qt_model_decoder){.m = m, .cap = cap, .max_rows = max_rows, .ids = ids, .ext = ext, .ext_ctx = ctx};
+  *out = d;
+  return QT_OK;
+}
+
 void qt_model_decoder_free(qt_model_decoder **dp) {
   if (!dp || !*dp) return;
+  if ((*dp)->ext) {
+    (*dp)->ext->free((*dp)->ext_ctx);
+    free((*dp)->ids);
+  }
   free((*dp)->lora);
   free((*dp)->block);
   free(*dp);
@@ -173,7 +199,9 @@ void qt_model_decoder_free(qt_model_decoder **dp) {
 }
 
 int64_t qt_model_decoder_len(const qt_model_decoder *d) { return d->len; }
-size_t qt_model_decoder_bytes(const qt_model_decoder *d) { return d->bytes; }
+size_t qt_model_decoder_bytes(const qt_model_decoder *d) {
+  return d->ext ? d->ext->bytes(d->ext_ctx) + (size_t)d->cap * sizeof(int32_t) : d->bytes;
+}
 
 /* y (n, O) = x (n, In) W^T (+ bias) for a dense fp32 W (O, In): one row as a
  * matrix-vector product (OpenBLAS sgemv streams W once; its sgemm with one
@@ -277,6 +305,12 @@ qt_status qt_model_decoder_feed(qt_model_decoder *d, const int32_t *ids, int64_t
       return qt_fail(QT_ERR_INVALID, "decode: token id %d is outside the vocabulary (%lld); "
                                      "tokenizer and model do not match",
                      (int)ids[i], (long long)m->V);
+  if (d->ext) { /* computed elsewhere (the GPU's decoder) */
+    QT_TRY(d->ext->feed(d->ext_ctx, ids, n, d->len, logits));
+    memcpy(d->ids + d->len, ids, (size_t)n * sizeof *ids);
+    d->len += n;
+    return QT_OK;
+  }
   const qt_hf_config *c = &m->cfg;
   int64_t C = m->C, HD = m->H * m->D, KD = m->K * m->D, F = m->F;
   double eps = c->rms_norm_eps;

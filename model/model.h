@@ -240,6 +240,21 @@ void qt_model_decoder_free(qt_model_decoder **d);
  * window's last keys (the cache keeps every position). */
 qt_status qt_model_decoder_feed(qt_model_decoder *d, const int32_t *ids, int64_t n,
                                 float *logits);
+/* A decoder computed elsewhere (the GPU's, model/model_cuda.h) behind the
+ * same calls: feed computes the logits (V) of the last of n rows at
+ * positions pos0 .. pos0 + n - 1, given that positions 0 .. pos0 - 1 were fed
+ * before (its cache may hold more: a truncate made them stale); bytes reports
+ * what it holds; free releases ctx. qt_model_decoder_wrap takes ctx over
+ * (freed with the decoder, or at once on failure); cap and max_rows as for
+ * qt_model_decoder_init; feed's checks, the ids record (prefix reuse) and
+ * truncate are the wrapper's. */
+typedef struct {
+  qt_status (*feed)(void *ctx, const int32_t *ids, int64_t n, int64_t pos0, float *logits);
+  size_t (*bytes)(const void *ctx);
+  void (*free)(void *ctx);
+} qt_model_decoder_ext;
+qt_status qt_model_decoder_wrap(const qt_model *m, int64_t cap, int64_t max_rows,
+                                const qt_model_decoder_ext *ext, void *ctx, qt_model_decoder **out);
 /* Positions fed so far. */
 int64_t qt_model_decoder_len(const qt_model_decoder *d);
 /* Bytes of the decoder's one allocation (caches + buffers), for the plan. */

@@ -517,7 +517,14 @@ qt_status linear_backward(qt_model_cuda *c, dev_linear *d, uint16_t *dx, int acc
   return QT_OK;
 }
 /* model.c decoder_layer, forward: out (N, C) from ly->x. */
-qt_status layer_forward(qt_model_cuda *c, dev_layer *ly, uint16_t *out) {
+/* Decoding (qt_model_cuda_decoder_init): this layer's KV cache, (cap, K*D)
+ * bf16 each, and the position of the call's first row. */
+struct dec_step {
+  uint16_t *kc, *vc;
+  int64_t pos0;
+};
+
+qt_status layer_forward(qt_model_cuda *c, dev_layer *ly, uint16_t *out, const dec_step *dec) {
   int64_t N = c->N, C = c->C;
   QT_TRY(qt_op_rmsnorm_forward_cuda(ly->n1, ly->rstd1, ly->x, ly->norm_in, c->eps, N, C, NULL));
   QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_Q], c->q, ly->n1));
@@ -525,8 +532,16 @@ qt_status layer_forward(qt_model_cuda *c, dev_layer *ly, uint16_t *out) {
   QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_V], ly->v, ly->n1));
   QT_TRY(qt_op_rope_forward_cuda(ly->qr, c->q, c->pos, c->inv_freq, N, c->H, c->D, NULL));
   QT_TRY(qt_op_rope_forward_cuda(ly->kr, c->k, c->pos, c->inv_freq, N, c->K, c->D, NULL));
-  QT_TRY(qt_op_attention_forward_cuda(ly->a, ly->lse, ly->qr, ly->kr, ly->v, c->doc, c->B, c->T,
-                                      c->H, c->K, c->D, NULL, &ly->att));
+  if (dec) { /* the rows' keys and values into the cache, attention over it */
+    size_t bytes = (size_t)(N * c->KD) * sizeof(uint16_t);
+    QT_CUDA_CHECK(cudaMemcpyAsync(dec->kc + dec->pos0 * c->KD, ly->kr, bytes, cudaMemcpyDeviceToDevice, 0));
+    QT_CUDA_CHECK(cudaMemcpyAsync(dec->vc + dec->pos0 * c->KD, ly->v, bytes, cudaMemcpyDeviceToDevice, 0));
+    QT_TRY(qt_op_attention_decode_cuda(ly->a, ly->qr, dec->kc, dec->vc, N, dec->pos0, c->H, c->K, c->D,
+                                       NULL, &ly->att));
+  } else {
+    QT_TRY(qt_op_attention_forward_cuda(ly->a, ly->lse, ly->qr, ly->kr, ly->v, c->doc, c->B, c->T,
+                                        c->H, c->K, c->D, NULL, &ly->att));
+  }
   QT_TRY(linear_forward(c, &ly->lin[QT_PROJ_O], c->tmp_c, ly->a));
   QT_TRY(qt_op_add_forward_cuda(ly->h, ly->x, c->tmp_c, N * C, NULL));
   QT_TRY(qt_op_rmsnorm_forward_cuda(ly->n2, ly->rstd2, ly->h, ly->norm_post, c->eps, N, C, NULL));
@@ -563,6 +578,19 @@ qt_status layer_backward(qt_model_cuda *c, dev_layer *ly) {
 
 /* Forward (loss and count copied out), then with train and LoRA the backward
  * and the gradients copied out. */
+/* layers[0].x (N, C) = the embeddings of ids (host; c->ids already holds
+ * them on the device when the table is there). */
+qt_status embed_rows(qt_model_cuda *c, const int32_t *ids, int64_t N) {
+  int64_t C = c->C;
+  if (c->embed) return qt_op_embedding_forward_cuda(c->layers[0].x, c->ids, c->embed, N, C, c->V, NULL);
+  /* the host's table: the rows, rounded to bf16, go up (ids checked in range) */
+  for (int64_t n = 0; n < N; n++) /* ~10-30 ms at 8B x 4096 tokens, one thread (no OpenMP in .cu files) */
+    qt_bf16_from_f32_n(c->embed_rows + n * C, c->m->embed + (int64_t)ids[n] * C, (size_t)C);
+  QT_CUDA_CHECK(cudaMemcpy(c->layers[0].x, c->embed_rows, (size_t)(N * C) * sizeof(uint16_t),
+                           cudaMemcpyHostToDevice));
+  return QT_OK;
+}
+
 qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
               const qt_model_batch *b, bool train, double dloss, double *loss_sum,
               int64_t *count) {
@@ -574,16 +602,9 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
   QT_CUDA_CHECK(cudaMemcpy(c->pos, b->pos, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
   QT_CUDA_CHECK(cudaMemcpy(c->doc, b->doc, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
   /* forward */
-  if (c->embed) {
-    QT_TRY(qt_op_embedding_forward_cuda(c->layers[0].x, c->ids, c->embed, N, C, c->V, NULL));
-  } else { /* the host's table: the batch's rows, rounded to bf16, go up (ids checked in range) */
-    for (int64_t n = 0; n < N; n++) /* ~10-30 ms at 8B x 4096 tokens, one thread (no OpenMP in .cu files) */
-      qt_bf16_from_f32_n(c->embed_rows + n * C, c->m->embed + (int64_t)b->ids[n] * C, (size_t)C);
-    QT_CUDA_CHECK(cudaMemcpy(c->layers[0].x, c->embed_rows, (size_t)(N * C) * sizeof(uint16_t),
-                             cudaMemcpyHostToDevice));
-  }
+  QT_TRY(embed_rows(c, b->ids, N));
   for (int64_t l = 0; l < L; l++)
-    QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out));
+    QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out, NULL));
   QT_TRY(qt_op_rmsnorm_forward_cuda(c->xf, c->rstdf, c->x_out, c->final_norm, c->eps, N, C,
                                     NULL));
   bool backward = train && n_lora > 0;
@@ -610,7 +631,8 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
     /* checkpointing: the layer's forward again from its saved input (the
      * same kernels and dropout streams: the same values; the output rewrites
      * what it wrote before, no longer read) */
-    if (c->checkpoint) QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out));
+    if (c->checkpoint)
+      QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out, NULL));
     QT_TRY(layer_backward(c, &c->layers[l]));
   }
   for (size_t i = 0; i < n_lora; i++) {
@@ -790,4 +812,119 @@ extern "C" qt_status qt_model_forward_backward_cuda(const qt_model *m,
   qt_status s = qt_model_cuda_forward_backward(c, lora, n_lora, scale, b, dloss, loss_sum, count);
   qt_model_cuda_free(&c);
   return s;
+}
+
+/* ---- decoding with a KV cache on the device (model_cuda.h) ---------------------------- */
+
+namespace {
+
+struct cuda_decoder {
+  qt_model_cuda *c;               /* borrowed: its weights, LoRA and row buffers */
+  qt_model_cuda_lora *lora;       /* (n_lora) the entries, bound to c for every feed */
+  size_t n_lora;
+  int64_t cap;
+  uint16_t *kcache, *vcache;      /* (L, cap, K*D) bf16 each (own cudaMalloc: freed with the decoder) */
+  uint16_t *dlogits;              /* (V) bf16 (likewise) */
+  uint16_t *hlogits;              /* (V) host staging */
+  int32_t *hpos;                  /* (max rows) host positions */
+  size_t bytes;                   /* device bytes it holds */
+};
+
+qt_status cuda_decoder_feed(void *ctx, const int32_t *ids, int64_t n, int64_t pos0, float *logits) {
+  cuda_decoder *d = (cuda_decoder *)ctx;
+  qt_model_cuda *c = d->c;
+  QT_ASSERT(n >= 1 && n <= c->max_N && pos0 + n <= d->cap);
+  c->B = 1;
+  c->T = n;
+  c->N = n;
+  c->chunk = n < 256 ? n : 256;
+  for (int64_t i = 0; i < n; i++) d->hpos[i] = (int32_t)(pos0 + i);
+  QT_CUDA_CHECK(cudaMemcpy(c->pos, d->hpos, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice));
+  if (c->embed)
+    QT_CUDA_CHECK(cudaMemcpy(c->ids, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice));
+  QT_TRY(embed_rows(c, ids, n));
+  int64_t KD = c->KD, C = c->C;
+  for (int64_t l = 0; l < c->L; l++) {
+    dec_step st = {d->kcache + l * d->cap * KD, d->vcache + l * d->cap * KD, pos0};
+    QT_TRY(layer_forward(c, &c->layers[l], l + 1 < c->L ? c->layers[l + 1].x : c->x_out, &st));
+  }
+  /* the final norm and lm_head for the last row only */
+  QT_TRY(qt_op_rmsnorm_forward_cuda(c->xf, c->rstdf, c->x_out + (n - 1) * C, c->final_norm, c->eps, 1, C,
+                                    NULL));
+  QT_TRY(qt_op_linear_forward_cuda(d->dlogits, c->xf, c->lm_head, NULL, 1, C, c->V, c->g, NULL));
+  QT_CUDA_CHECK(cudaMemcpy(d->hlogits, d->dlogits, (size_t)c->V * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  qt_bf16_to_f32_n(logits, d->hlogits, (size_t)c->V);
+  return QT_OK;
+}
+
+size_t cuda_decoder_bytes(const void *ctx) { return ((const cuda_decoder *)ctx)->bytes; }
+
+void cuda_decoder_free(void *ctx) {
+  cuda_decoder *d = (cuda_decoder *)ctx;
+  if (!d) return;
+  (void)cudaDeviceSynchronize(); /* nothing queued may still write what is freed */
+  if (d->kcache) (void)cudaFree(d->kcache);
+  if (d->vcache) (void)cudaFree(d->vcache);
+  if (d->dlogits) (void)cudaFree(d->dlogits);
+  free(d->lora);
+  free(d->hlogits);
+  free(d->hpos);
+  free(d);
+}
+
+const qt_model_decoder_ext CUDA_DECODER = {cuda_decoder_feed, cuda_decoder_bytes, cuda_decoder_free};
+
+}  // namespace
+
+extern "C" qt_status qt_model_cuda_decoder_init(qt_model_cuda *c, const qt_model_cuda_lora *lora,
+                                                size_t n_lora, double scale, int64_t cap,
+                                                int64_t max_rows, qt_model_decoder **out) {
+  QT_ASSERT(c && out && (lora || n_lora == 0));
+  *out = NULL;
+  const qt_model *m = c->m;
+  if (cap < 1 || cap > m->cfg.max_position_embeddings || max_rows < 1 || max_rows > cap ||
+      max_rows > c->max_N)
+    return qt_fail(QT_ERR_INVALID, "model_cuda: a decoder of %lld positions, %lld rows per feed, over "
+                                   "a context of %lld tokens (max_position_embeddings %lld)",
+                   (long long)cap, (long long)max_rows, (long long)c->max_N,
+                   (long long)m->cfg.max_position_embeddings);
+  for (size_t i = 0; i < n_lora; i++)
+    if (lora[i].r < 1 || lora[i].r > c->max_r || !lora[i].A || !lora[i].B)
+      return qt_fail(QT_ERR_INVALID, "model_cuda: decoder LoRA entry %zu is not a valid adapted linear", i);
+  cuda_decoder *d = (cuda_decoder *)calloc(1, sizeof *d);
+  if (!d) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate a decoder");
+  d->c = c;
+  d->cap = cap;
+  d->n_lora = n_lora;
+  d->lora = (qt_model_cuda_lora *)calloc(n_lora ? n_lora : 1, sizeof *d->lora);
+  d->hlogits = (uint16_t *)malloc((size_t)m->V * sizeof(uint16_t));
+  d->hpos = (int32_t *)malloc((size_t)max_rows * sizeof(int32_t));
+  qt_status s = d->lora && d->hlogits && d->hpos ? QT_OK
+                                                 : qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate a decoder");
+  if (s == QT_OK) {
+    for (size_t i = 0; i < n_lora; i++) { /* eval mode: no dropout, no gradients */
+      d->lora[i] = lora[i];
+      d->lora[i].dropout = false;
+      d->lora[i].dA = d->lora[i].dB = NULL;
+      d->lora[i].dev_A = d->lora[i].dev_B = NULL;
+      d->lora[i].dev_dA = d->lora[i].dev_dB = NULL;
+    }
+    c->scale = scale;
+    s = bind_lora(c, d->lora, n_lora, false); /* once: the context serves only this decoder */
+  }
+  if (s == QT_OK) {
+    size_t kv = (size_t)(m->L * cap * c->KD) * sizeof(uint16_t), lg = (size_t)c->V * sizeof(uint16_t);
+    cudaError_t e = cudaMalloc((void **)&d->kcache, kv);
+    if (e == cudaSuccess) e = cudaMalloc((void **)&d->vcache, kv);
+    if (e == cudaSuccess) e = cudaMalloc((void **)&d->dlogits, lg);
+    if (e != cudaSuccess)
+      s = qt_fail(QT_ERR_CUDA, "model_cuda: cannot allocate a KV cache of %lld positions (%.1f MiB): %s",
+                  (long long)cap, 2.0 * (double)kv / 1048576.0, cudaGetErrorString(e));
+    d->bytes = 2 * kv + lg;
+  }
+  if (s != QT_OK) {
+    cuda_decoder_free(d);
+    return s;
+  }
+  return qt_model_decoder_wrap(m, cap, max_rows, &CUDA_DECODER, d, out);
 }

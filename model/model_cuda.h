@@ -186,6 +186,20 @@ qt_status qt_model_cuda_forward_backward(qt_model_cuda *ctx, const qt_model_cuda
 qt_status qt_model_cuda_loss(qt_model_cuda *ctx, const qt_model_cuda_lora *lora, size_t n_lora,
                              double scale, const qt_model_batch *b, double *loss_sum,
                              int64_t *count);
+/* A KV-cache decoder on the device over context ctx (borrowed: it must
+ * outlive the decoder, and it serves only this decoder meanwhile), behind
+ * model.h's qt_model_decoder calls (qt_model_decoder_wrap): each feed runs
+ * the rows (at most max_rows <= the context's max_B x max_T tokens) through
+ * the layers with ctx's kernels, appends their keys (after RoPE) and values
+ * to a per-layer bf16 cache of cap positions (allocated now, 2 x L x cap x
+ * K x D x 2 bytes, freed with the decoder), attends over the cache
+ * (causal, the layer's window; ops_cuda.h qt_op_attention_decode_cuda) and
+ * returns the last row's logits (bf16, widened). The LoRA entries' host A
+ * and B (rank <= ctx's max_r) are applied without dropout; scale as for
+ * training. The same computation as model.h's CPU decoder in bf16 storage.
+ * Errors: QT_ERR_INVALID (sizes, entries), QT_ERR_NOMEM, QT_ERR_CUDA. */
+qt_status qt_model_cuda_decoder_init(qt_model_cuda *ctx, const qt_model_cuda_lora *lora, size_t n_lora,
+                                     double scale, int64_t cap, int64_t max_rows, qt_model_decoder **out);
 /* dst (n) = bf16(src) (round to nearest even) on the device: a device fp32
  * master copy's bf16 weights for dev_A / dev_B. Asynchronous (default stream). */
 qt_status qt_model_cuda_round_bf16(uint16_t *dst, const float *src, int64_t n);

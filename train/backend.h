@@ -130,7 +130,8 @@ bool qt_backend_kind_decodes(qt_backend_kind k);
  * GPU parity test's bf16 bounds (loss relative 1e-2; per LoRA gradient NMSE
  * 3e-2 and cosine 0.985; all gradients NMSE 8e-3; finite); then one
  * optimizer step on each from the CPU's gradients (norm relative 1e-6,
- * update NMSE 1e-3). About a second.
+ * update NMSE 1e-3), then the two KV-cache decoders on a short prompt
+ * (logits NMSE 3e-2, cosine 0.985). About a second.
  * QT_ERR_NUMERIC naming what disagreed (and suggesting training.device: cpu)
  * when it fails; other errors when a backend could not run at all. */
 typedef struct {
@@ -138,6 +139,7 @@ typedef struct {
   char what[512];      /* the first disagreement, when failed */
   double loss_rel, eval_rel, worst_nmse, all_nmse, seconds;
   double norm_rel, update_nmse; /* the optimizer step from the CPU's gradients */
+  double decode_nmse;           /* the KV-cache decoders' logits, worst feed */
   double acc[2];       /* squared error and reference sums over all gradients */
 } qt_selfcheck_result;
 qt_status qt_backend_selfcheck(qt_backend_kind kind, qt_selfcheck_result *res);

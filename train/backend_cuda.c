@@ -8,8 +8,8 @@
  * micro-batch only the batch goes up (the dropout streams are named: the GPU
  * draws the masks itself) and the loss comes back. Evaluation runs the
  * device's forward with the adapters applied (the host's weights in an
- * eval-only backend). There is no device decoder yet: generation uses the
- * cpu backend's (ops.decoder NULL). */
+ * eval-only backend). Generation decodes on the device with a KV cache
+ * (qt_model_cuda_decoder_init over the context). */
 #ifdef QLORA_HAVE_CUDA
 
 #include <cuda_runtime_api.h>
@@ -166,11 +166,17 @@ static void cuda_destroy(qt_backend *b) {
   b->impl = NULL;
 }
 
+static qt_status cuda_decoder(qt_backend *b, int64_t cap, int64_t max_rows, qt_model_decoder **out) {
+  cuda_impl *c = b->impl;
+  return qt_model_cuda_decoder_init(c->ctx, c->cl, c->n_cl, b->s->lora ? qt_lora_scale(b->s->lora) : 1.0, cap,
+                                    max_rows, out);
+}
+
 static const qt_backend_ops CUDA_OPS = {
     .name = "cuda",
     .train_micro = cuda_train_micro,
     .eval_micro = cuda_eval_micro,
-    .decoder = NULL,
+    .decoder = cuda_decoder,
     .device_bytes = cuda_device_bytes,
     .destroy = cuda_destroy,
     .zero_grad = cuda_zero_grad,
@@ -264,9 +270,11 @@ qt_status qt_backend_gpu_plan(const qt_model *m, const qt_lora_tensor *ts, size_
   return QT_OK;
 }
 
-/* training.gradient_checkpointing, for a training context. */
+/* One shared set of layer activations: training with
+ * training.gradient_checkpointing, and every forward-only context
+ * (evaluation, generation: nothing is kept for a backward). */
 static bool ckpt(const qt_backend *b, const qt_backend_opts *o) {
-  return o->train && b->s->cfg.training.gradient_checkpointing;
+  return !o->train || b->s->cfg.training.gradient_checkpointing;
 }
 
 /* The device memory plan (backend.h qt_backend_open), printed and checked. */
@@ -292,7 +300,8 @@ static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t ma
             "  cuBLASLt workspace                   %10.1f MiB\n"
             "  planned                              %10.1f MiB  (free now %.1f of %.1f MiB)\n",
             (double)fixed * mib, (double)(ctx - fixed) * mib, (long long)o->max_B, (long long)o->max_T,
-            ckpt(b, o) ? "checkpointed: layer inputs + one layer" : "all kept",
+            !o->train ? "forward only: one layer's set" : ckpt(b, o) ? "checkpointed: layer inputs + one layer"
+                                                                        : "all kept",
             dropout ? ", dropout scratches" : "", (double)lora * mib, (double)opt * mib, (double)ws * mib,
             (double)total * mib, (double)free_b * mib, (double)total_b * mib);
   /* beyond the plan: cuBLASLt's and the CUDA runtime's own allocations, the

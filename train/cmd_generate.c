@@ -328,13 +328,13 @@ static qt_status ctx_load(gen_ctx *c) {
   /* the tape only carries the adapter's tensors: the decoder has its own memory */
   QT_TRY(qt_session_tape(s, 1, 1, false, true));
   if (s->lora) qt_lora_set_step(s->lora, 0, false);
-  /* the backend of training.device when it has a decoder; the CUDA backend
-   * has none yet, so generation decodes on the CPU there (and says so) */
+  /* the backend training.device names (auto: the GPU after its self-check,
+   * else the CPU); a GPU context holds the rows of one feed (prompts go in
+   * at most 512 rows at a time, ctx_decoder) */
+  QT_TRY(qt_session_resolve_device(s));
   qt_backend_opts bo = {.kind = qt_backend_kind_of(&s->cfg), .max_B = 1, .max_T = 1, .train = false};
-  if (!qt_backend_kind_decodes(bo.kind)) {
-    QT_LOGI("training.device: cuda: the GPU backend has no KV-cache decoder yet; generating on the CPU");
-    bo.kind = QT_BACKEND_CPU;
-  }
+  if (bo.kind == QT_BACKEND_CUDA) bo.max_T = 512;
+  if (!qt_backend_kind_decodes(bo.kind)) bo.kind = QT_BACKEND_CPU;
   QT_TRY(qt_backend_open(s, &bo, &c->be));
   if (!c->g->seed_given) c->g->so.seed = (uint64_t)s->cfg.training.seed;
   QT_TRY(eos_ids(s, &c->stops));
@@ -371,6 +371,13 @@ static qt_status ctx_decoder(gen_ctx *c, int64_t cap, int64_t longest_prompt) {
   c->st.stamps = malloc((size_t)(c->g->max_new + 1) * sizeof(double));
   if (!c->st.stamps) return qt_fail(QT_ERR_NOMEM, "out of memory");
   double mib = 1.0 / 1048576.0;
+  if (c->be->ops->device_bytes(c->be) > 0) { /* on the GPU */
+    fprintf(stderr, "generate on the GPU: device memory %.1f MiB (weights and one feed's buffers) + KV cache "
+            "and logits %.1f MiB (%lld positions x %lld layers x 2 x %lld x %lld bf16)\n",
+            (double)c->be->ops->device_bytes(c->be) * mib, (double)qt_model_decoder_bytes(c->d) * mib,
+            (long long)cap, (long long)m->L, (long long)m->K, (long long)m->D);
+    return QT_OK;
+  }
   size_t kv = (size_t)(2 * m->L * cap * m->K * m->D) * sizeof(float);
   size_t work = qt_model_decoder_bytes(c->d) - kv;
   size_t samp = (size_t)m->V * (3 * sizeof(float) + 8 + 1);

@@ -18,7 +18,8 @@
  * train with (the GPU recomputes each layer's forward before its backward).
  * Compared: the training micro-batch's loss and target count, every LoRA
  * gradient (per tensor NMSE and cosine, and all tensors together), and the
- * evaluation loss. The reference is the CPU tape in fp32; the bounds are the
+ * evaluation loss, and the KV-cache decoders' logits (generate). The
+ * reference is the CPU tape in fp32; the bounds are the
  * parity test's, set for bf16 storage on the GPU (loss relative 1e-2; per
  * tensor NMSE 3e-2 and cosine 0.985; all tensors NMSE 8e-3; every value
  * finite). */
@@ -259,6 +260,35 @@ static qt_status step_backend(qt_backend *b, qt_lora *l, const float *g, float l
   return r;
 }
 
+/* Feeds ids[0 .. 8) then ids[8], ids[9] to a decoder of each backend and
+ * compares the logits of every feed (worst NMSE, worst cosine). */
+static qt_status compare_decoders(qt_backend *ref, qt_backend *dev, qt_lora *l, const int32_t *ids, double *nmse,
+                                  double *cosv) {
+  qt_lora_set_step(l, 3, false);
+  qt_model_decoder *dr = NULL, *dd = NULL;
+  float *zr = malloc(SC_V * sizeof *zr), *zd = malloc(SC_V * sizeof *zd);
+  qt_status r = zr && zd ? QT_OK : qt_fail(QT_ERR_NOMEM, "self-check: out of memory");
+  if (r == QT_OK) r = ref->ops->decoder(ref, 16, 8, &dr);
+  if (r == QT_OK) r = dev->ops->decoder(dev, 16, 8, &dd);
+  static const int64_t at[3] = {0, 8, 9}, len[3] = {8, 1, 1};
+  for (int f = 0; f < 3 && r == QT_OK; f++) {
+    r = qt_model_decoder_feed(dr, ids + at[f], len[f], zr);
+    if (r == QT_OK) r = qt_model_decoder_feed(dd, ids + at[f], len[f], zd);
+    if (r != QT_OK) break;
+    double nm, cs, acc[2] = {0, 0};
+    bool finite = true;
+    compare(zd, zr, SC_V, &nm, &cs, &finite, acc);
+    if (!finite) nm = INFINITY;
+    if (nm > *nmse || !isfinite(nm)) *nmse = nm;
+    if (cs < *cosv) *cosv = cs;
+  }
+  qt_model_decoder_free(&dd);
+  qt_model_decoder_free(&dr);
+  free(zr);
+  free(zd);
+  return r;
+}
+
 qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_selfcheck_result *res) {
   memset(res, 0, sizeof *res);
   double t0 = now_s();
@@ -312,6 +342,14 @@ qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_
     r = step_backend(dev, s.lora, g_ref, lr, &norm_dev, w_dev);
     if (r != QT_OK) qt_error_context("self-check: the %s backend's optimizer step", dev->ops->name);
   }
+  /* the KV-cache decoders (generate): an 8-token prompt, then two tokens one
+   * at a time, on the weights both now hold (the device's, synced) */
+  double dec_nmse = 0, dec_cos = 1;
+  if (r == QT_OK) {
+    r = compare_decoders(ref, dev, s.lora, ids + SC_T, &dec_nmse, &dec_cos);
+    if (r != QT_OK) qt_error_context("self-check: the %s backend's decoder", dev->ops->name);
+  }
+  res->decode_nmse = dec_nmse;
   if (r == QT_OK) {
     /* the comparison's own test (tests/train): one tensor's gradient off by half */
     const float *gr = g_ref;
@@ -365,6 +403,11 @@ qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_
     if (!res->failed && !(dd > 0 && res->update_nmse <= TOL_UPDATE_NMSE)) {
       snprintf(res->what, sizeof res->what, "the AdamW update of the same gradients (NMSE %.3g of the CPU's "
                "update; allowed %.0e)", res->update_nmse, TOL_UPDATE_NMSE);
+      res->failed = true;
+    }
+    if (!res->failed && !(dec_nmse <= TOL_NMSE && dec_cos >= TOL_COS)) {
+      snprintf(res->what, sizeof res->what, "the KV-cache decoder's logits (worst feed NMSE %.3g, cosine %.5f of "
+               "the CPU decoder's; allowed %.0e, %.3f)", dec_nmse, dec_cos, TOL_NMSE, TOL_COS);
       res->failed = true;
     }
     if (!res->failed && !(res->eval_rel <= TOL_LOSS_REL)) {

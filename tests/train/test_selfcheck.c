@@ -32,6 +32,7 @@ int main(void) {
         "the cpu backend against itself: the same bits");
   check(res.acc[1] > 0, "the gradients are not all zero");
   check(res.norm_rel == 0 && res.update_nmse == 0, "the optimizer step against itself: the same bits");
+  check(res.decode_nmse == 0, "the decoder against itself: the same logits");
   printf("cpu vs cpu: %.3f s, loss rel %.3g, worst NMSE %.3g\n", res.seconds, res.loss_rel, res.worst_nmse);
 
   const char *victim = "base_model.model.model.layers.1.mlp.down_proj.lora_A.weight";
@@ -58,8 +59,8 @@ int main(void) {
   if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) {
     r = qt_backend_selfcheck(QT_BACKEND_CUDA, &res);
     printf("cuda vs cpu: %s; %.3f s, loss rel %.3g, eval rel %.3g, worst NMSE %.3g, all NMSE %.3g, norm rel %.3g, "
-           "update NMSE %.3g\n", r == QT_OK ? "passed" : qt_error_message(), res.seconds, res.loss_rel, res.eval_rel,
-           res.worst_nmse, res.all_nmse, res.norm_rel, res.update_nmse);
+           "update NMSE %.3g, decoder NMSE %.3g\n", r == QT_OK ? "passed" : qt_error_message(), res.seconds, res.loss_rel,
+           res.eval_rel, res.worst_nmse, res.all_nmse, res.norm_rel, res.update_nmse, res.decode_nmse);
     check(r == QT_OK, "the cuda backend passes the self-check");
   } else {
     printf("no CUDA device: the cuda backend's check not run\n");
