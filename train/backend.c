@@ -116,8 +116,6 @@ bool qt_backend_cuda_composes(const qt_hf_config *c) {
 }
 #endif
 
-bool qt_backend_kind_decodes(qt_backend_kind k) { return k == QT_BACKEND_CPU || k == QT_BACKEND_CUDA; }
-
 qt_status qt_backend_open(qt_session *s, const qt_backend_opts *o, qt_backend **out) {
   QT_ASSERT(s && o && out && o->max_B >= 1 && o->max_T >= 1);
   *out = NULL;

@@ -44,8 +44,7 @@ typedef struct {
                            int64_t *count);
   /* Forward only, adapters in eval mode (no dropout): *loss_sum, *count as above. */
   qt_status (*eval_micro)(qt_backend *b, const qt_model_batch *mb, double *loss_sum, int64_t *count);
-  /* A KV-cache decoder (model.h qt_model_decoder_init's contract), or NULL
-   * when this backend has none: the caller then decodes with the cpu backend. */
+  /* A KV-cache decoder (model.h qt_model_decoder_init's contract). */
   qt_status (*decoder)(qt_backend *b, int64_t cap, int64_t max_rows, qt_model_decoder **out);
   /* Bytes this backend holds on its device beyond the host's (0 for the cpu). */
   size_t (*device_bytes)(const qt_backend *b);
@@ -121,8 +120,6 @@ qt_backend_kind qt_backend_kind_of(const qt_config *c);
 /* Whether the cuda backend composes a model of this config (model_cuda.h:
  * llama, mistral and qwen2 layers; false in a build without CUDA). */
 bool qt_backend_cuda_composes(const qt_hf_config *c);
-/* Whether backends of this kind have a decoder (ops.decoder non-NULL). */
-bool qt_backend_kind_decodes(qt_backend_kind k);
 
 /* The start-up self-check (selfcheck.c): one training micro-batch (LoRA
  * dropout on) and one evaluation micro-batch of a tiny built-in 4-bit model

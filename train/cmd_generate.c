@@ -334,7 +334,6 @@ static qt_status ctx_load(gen_ctx *c) {
   QT_TRY(qt_session_resolve_device(s));
   qt_backend_opts bo = {.kind = qt_backend_kind_of(&s->cfg), .max_B = 1, .max_T = 1, .train = false};
   if (bo.kind == QT_BACKEND_CUDA) bo.max_T = 512;
-  if (!qt_backend_kind_decodes(bo.kind)) bo.kind = QT_BACKEND_CPU;
   QT_TRY(qt_backend_open(s, &bo, &c->be));
   if (!c->g->seed_given) c->g->so.seed = (uint64_t)s->cfg.training.seed;
   QT_TRY(eos_ids(s, &c->stops));

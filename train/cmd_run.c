@@ -39,11 +39,8 @@ qt_status qt_cmd_eval(int argc, char **argv) {
   if (r == QT_OK) r = qt_session_pick_adapter(&s, a.checkpoint, true);
   if (r == QT_OK) r = qt_session_resolve_device(&s);
   /* training.device picks the backend (backend.h): the CPU tape for batches
-   * of micro_batch_size x seq_len, or the GPU (the tape then only carries the
-   * adapters' tensors) */
-  if (r == QT_OK)
-    r = qt_backend_kind_of(&s.cfg) == QT_BACKEND_CUDA ? qt_session_tape(&s, 1, 1, false, true)
-             : qt_session_tape(&s, s.cfg.training.micro_batch_size, s.cfg.data.seq_len, false, true);
+   * of micro_batch_size x seq_len, or the GPU */
+  if (r == QT_OK) r = qt_session_tape(&s, s.cfg.training.micro_batch_size, s.cfg.data.seq_len, false, true);
   if (r == QT_OK) r = qt_session_dataset(&s, path, &ds, s.cfg.data.skip_bad_records);
   have_ds = r == QT_OK;
   qt_backend *be = NULL;

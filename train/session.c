@@ -346,6 +346,11 @@ qt_status qt_session_resolve_device(qt_session *s) {
 }
 
 qt_status qt_session_tape(qt_session *s, int64_t B, int64_t T, bool checkpointing, bool forward_only) {
+  if (s->cfg.training.device == QT_DEVICE_CUDA) { /* the GPU backend records nothing here */
+    B = T = 1;
+    checkpointing = false;
+    forward_only = true;
+  }
   session_fp_mode(s);
   session_cpu_dtype(s);
   /* With the big GEMMs on oneDNN (OpenMP threads), OpenBLAS keeps the LoRA and

@@ -77,7 +77,9 @@ qt_status qt_session_pick_adapter(qt_session *s, const char *checkpoint, bool ba
  * error, naming what disagreed, is returned otherwise. */
 qt_status qt_session_resolve_device(qt_session *s);
 /* A tape for batches of up to B x T tokens, with the adapters attached;
- * forward_only for eval and generate (no gradient memory). */
+ * forward_only for eval and generate (no gradient memory). When
+ * training.device has resolved to cuda the tape only carries the adapters'
+ * tensors (1 x 1, forward only): the GPU backend has buffers of its own. */
 qt_status qt_session_tape(qt_session *s, int64_t B, int64_t T, bool checkpointing, bool forward_only);
 /* Checks that the weights, the tape arenas and `extra` bytes (adapters,
  * optimizer state) fit in this machine's memory; if not, QT_ERR_NOMEM saying

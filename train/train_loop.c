@@ -759,12 +759,11 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   if ((r = widest_batch(&loader, (total_steps - st.step) * accum, have_eval ? &eval : NULL, c->data.seq_len,
                         &tape_T)) != QT_OK)
     goto out_loader;
-  /* the CPU backend records on the tape; the GPU's own buffers are made by
-   * its backend below, and the tape then only carries the adapters' tensors */
+  /* the CPU backend records on the tape (on the GPU it only carries the
+   * adapters' tensors: session.h) */
   bool use_cuda = qt_backend_kind_of(c) == QT_BACKEND_CUDA;
-  if ((r = use_cuda ? qt_session_tape(s, 1, 1, false, true)
-                    : qt_session_tape(s, c->training.micro_batch_size, tape_T, c->training.gradient_checkpointing,
-                                      false)) != QT_OK)
+  if ((r = qt_session_tape(s, c->training.micro_batch_size, tape_T, c->training.gradient_checkpointing, false)) !=
+      QT_OK)
     goto out_loader;
   if (root && tape_T < c->data.seq_len)
     fprintf(stderr, "qlora-train: the widest batch of this run has rows of %lld tokens (data.seq_len %lld): the %s "
