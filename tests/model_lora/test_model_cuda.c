@@ -195,9 +195,47 @@ static void compare_grads(const char *what, float **gpu_grad, const qt_lora_tens
   check(tot_nmse < TOL_NMSE_ALL, "all-tensor gradient NMSE < 8e-3");
 }
 
+/* qt_model_cuda_round_bf16 (fp32 masters -> the bf16 weights the model reads)
+ * against common/half.h's qt_bf16_from_f32, bit for bit: ties to even, the
+ * largest finite values, infinities, NaN, subnormals, and random values. */
+static void round_bf16_case(void) {
+  enum { N = 4096 };
+  float h[N];
+  uint16_t got[N];
+  const float edge[] = {0.0f, -0.0f, 1.0f, 1.00390625f, 1.01171875f, 3.4028235e38f, -3.4028235e38f, INFINITY,
+                        -INFINITY, NAN, 1e-40f, -1e-45f, 1.17549435e-38f, 65504.0f, 0.1f};
+  size_t ne = sizeof edge / sizeof edge[0];
+  qt_philox rng;
+  qt_philox_init(&rng, 21, 0, 0);
+  for (int i = 0; i < N; i++) {
+    if ((size_t)i < ne) {
+      h[i] = edge[i];
+    } else {
+      uint32_t u = qt_philox_next_u32(&rng);
+      memcpy(&h[i], &u, sizeof u);
+    }
+  }
+  float *dsrc = NULL;
+  uint16_t *ddst = NULL;
+  if (cudaMalloc((void **)&dsrc, sizeof h) != cudaSuccess || cudaMalloc((void **)&ddst, sizeof got) != cudaSuccess ||
+      cudaMemcpy(dsrc, h, sizeof h, cudaMemcpyHostToDevice) != cudaSuccess) {
+    check(0, "round_bf16: device buffers");
+    return;
+  }
+  OK(qt_model_cuda_round_bf16(ddst, dsrc, N));
+  check(cudaMemcpy(got, ddst, sizeof got, cudaMemcpyDeviceToHost) == cudaSuccess, "round_bf16: copy back");
+  int bad = 0;
+  for (int i = 0; i < N; i++) bad += got[i] != qt_bf16_from_f32(h[i]);
+  printf("round_bf16: %d of %d values differ from qt_bf16_from_f32\n", bad, N);
+  check(bad == 0, "round_bf16: bit-identical to qt_bf16_from_f32");
+  cudaFree(dsrc);
+  cudaFree(ddst);
+}
+
 int main(void) {
   int rc = ctu_gpu_check("test_model_cuda");
   if (rc != 0) return rc; /* 77: no GPU (skipped); 1: a GPU CUDA cannot use */
+  round_bf16_case();
   ctu_path(stories, sizeof stories, ctu_shared_dir(), "data/stories260K");
   printf("model: %s\n", stories);
   qt_model_load_opts lo = {.quant = QT_MODEL_QUANT_NF4, .double_quant = true, .blocksize = 64,
