@@ -177,9 +177,13 @@ qt_status qt_op_lora_backward_cuda(uint16_t *dx, int acc, uint16_t *dA, uint16_t
  * options: scale, sliding window, logit soft-capping; opts is a host pointer,
  * NULL = defaults), except that the probabilities are not stored: lse (B, H, T)
  * fp32 = logsumexp of each query's (capped) scaled scores is saved instead and
- * backward recomputes P from it. The mask rule and the softcap formula are the
- * helpers of autograd/kernels/attention_mask.h (softcap: tanh in double from
- * the fp32 score). D <= 256 (QT_ERR_UNSUPPORTED beyond). */
+ * backward recomputes P from it. Tensor cores: the tiled kernels of
+ * kernels/attention_flash.h (bf16 operands, fp32 accumulation, P rounded to
+ * bf16 before P V; fully masked tiles of packed rows skipped). The mask rule
+ * and the softcap formula are the helpers of autograd/kernels/attention_mask.h
+ * (softcap: tanh in double from the fp32 score). D <= 256 (QT_ERR_UNSUPPORTED
+ * beyond, or when the device's shared memory cannot hold a 16-position tile);
+ * B, H <= 65535. */
 qt_status qt_op_attention_forward_cuda(uint16_t *out, float *lse, const uint16_t *q,
                                        const uint16_t *k, const uint16_t *v, const int32_t *doc,
                                        int64_t B, int64_t T, int64_t H, int64_t K, int64_t D,
@@ -192,11 +196,13 @@ qt_status qt_op_attention_decode_cuda(uint16_t *out, const uint16_t *q, const ui
                                       const uint16_t *vc, int64_t n, int64_t pos0, int64_t H,
                                       int64_t K, int64_t D, void *stream, const qt_att_opts *opts);
 /* dq (B*T, H, D), dk, dv (B*T, K, D) (+)= ... (each may be NULL) ;
- * delta (B, H, T) fp32 scratch: with out (the forward's output, (B*T, H, D))
- * delta_i = rowsum(dO_i * O_i), a pass over D (FlashAttention-2's form; equal
- * to the reference's sum_j P_ij dP_ij up to O's bf16 rounding); without (NULL)
- * sum_j P_ij dP_ij, a pass over the keys in the dq kernel ;
- * opts as given to forward. */
+ * delta (B, H, T) fp32 scratch = rowsum(dO_i * O_i) from out, the forward's
+ * output (B*T, H, D) (FlashAttention-2's form; equal to the reference's
+ * sum_j P_ij dP_ij up to O's bf16 rounding): out is required when dq or dk is
+ * wanted (dv alone reads neither). dq from one kernel per query tile, dk and dv
+ * from one per key tile over the query heads of its kv head: one writer per
+ * element, no atomics, bit-reproducible; dS rounded to bf16 for the tensor
+ * cores. opts as given to forward. */
 qt_status qt_op_attention_backward_cuda(uint16_t *dq, uint16_t *dk, uint16_t *dv, int acc,
                                         float *delta, const uint16_t *dout, const uint16_t *out,
                                         const float *lse,

@@ -13,7 +13,11 @@
  *    NMSE < 2e-5: both sides accumulate in >= fp32 from identical bf16 inputs,
  *    so the difference is the GPU's bf16 roundings (<= 2^-9 relative each: the
  *    output, and the intermediates it stores in bf16 — LoRA's u, du and xd,
- *    cross-entropy's dz); the atol covers elements where a sum cancels.
+ *    attention's P and dS, cross-entropy's dz); the atol covers elements where
+ *    a sum cancels. Attention dq and dk: NMSE < 1e-4, since delta_i =
+ *    rowsum(dO_i * O_i) comes from the forward's bf16 output (FlashAttention-2's
+ *    form) and O's rounding shifts every dS of a row alike (no averaging over a
+ *    short window; tests/autograd/test_attn_flash.c measures up to 2.8e-5).
  *  - the 4-bit weight the GPU dequantizes into its scratch: bit-identical to
  *    quant's CPU dequantize (both are bitsandbytes-exact, quant/quant.h).
  *  - cross-entropy loss (double) and lse (fp32): relative 1e-5 (loss: of
@@ -117,7 +121,8 @@ static void rnd_bf16(int64_t n, double lo, double hi, uint16_t **h16, float **h3
 }
 
 /* GPU bf16 output (device) against the CPU fp32 reference (rule in the header). */
-static void compare(const char *what, const dbuf *gpu, const float *ref, int64_t n) {
+static void compare_nmse(const char *what, const dbuf *gpu, const float *ref, int64_t n,
+                         double nmse_max) {
   uint16_t *g = xmalloc((size_t)n * 2);
   if (n) CK(cudaMemcpy(g, gpu->d, (size_t)n * 2, cudaMemcpyDeviceToHost));
   double se = 0, sr = 0, mx = 0;
@@ -133,13 +138,17 @@ static void compare(const char *what, const dbuf *gpu, const float *ref, int64_t
     if (d > worst_d) { worst_d = d; worst = i; }
   }
   double nmse = sr > 0 ? se / sr : se;
-  if (bad || nmse > 2e-5) {
+  if (bad || nmse > nmse_max) {
     fprintf(stderr, "FAIL %s (n=%lld): %lld elements off, NMSE %.3g, worst at %lld: gpu %g ref %g\n",
             what, (long long)n, (long long)bad, nmse, (long long)worst,
             worst >= 0 ? qt_bf16_to_f32(g[worst]) : 0.0, worst >= 0 ? ref[worst] : 0.0);
     failures++;
   }
   free(g);
+}
+
+static void compare(const char *what, const dbuf *gpu, const float *ref, int64_t n) {
+  compare_nmse(what, gpu, ref, n, 2e-5);
 }
 
 /* GPU fp32 output against an fp32 reference, |d| <= rtol * max(|ref|, 1). */
@@ -389,33 +398,25 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
     memcpy(dk, zk, (size_t)nk * 4);
     memcpy(dv, zv, (size_t)nk * 4);
     qt_op_attention_backward_cpu(dq, dk, dv, acc, work, dout, P, q, k, v, doc, B, T, H, K, D, o);
-    OK(qt_op_attention_backward_cuda(gq.d, gk.d, gv.d, acc, dDelta.d, dDO.d, NULL, dL.d, dQ.d, dK.d,
+    OK(qt_op_attention_backward_cuda(gq.d, gk.d, gv.d, acc, dDelta.d, dDO.d, dO.d, dL.d, dQ.d, dK.d,
                                      dV.d, dDoc.d, B, T, H, K, D, NULL, o));
     CK(cudaDeviceSynchronize());
-    compare(acc ? "attention dq (acc)" : "attention dq", &gq, dq, nq);
-    compare(acc ? "attention dk (acc)" : "attention dk", &gk, dk, nk);
+    compare_nmse(acc ? "attention dq (acc)" : "attention dq", &gq, dq, nq, 1e-4);
+    compare_nmse(acc ? "attention dk (acc)" : "attention dk", &gk, dk, nk, 1e-4);
     compare(acc ? "attention dv (acc)" : "attention dv", &gv, dv, nk);
     if (!acc) { /* determinism: the same call again gives the same bits */
       dbuf hq = dalloc((size_t)nq * 2), hk = dalloc((size_t)nk * 2), hv = dalloc((size_t)nk * 2);
-      OK(qt_op_attention_backward_cuda(hq.d, hk.d, hv.d, 0, dDelta.d, dDO.d, NULL, dL.d, dQ.d, dK.d,
+      OK(qt_op_attention_backward_cuda(hq.d, hk.d, hv.d, 0, dDelta.d, dDO.d, dO.d, dL.d, dQ.d, dK.d,
                                        dV.d, dDoc.d, B, T, H, K, D, NULL, o));
       CK(cudaDeviceSynchronize());
       compare_bits("attention dq twice", &gq, &hq);
       compare_bits("attention dk twice", &gk, &hk);
       compare_bits("attention dv twice", &gv, &hv);
-      /* only dv requested (dq, dk NULL): the same dv */
+      /* only dv requested (dq, dk NULL; neither the output nor delta read): the same dv */
       OK(qt_op_attention_backward_cuda(NULL, NULL, hv.d, 0, dDelta.d, dDO.d, NULL, dL.d, dQ.d, dK.d,
                                        dV.d, dDoc.d, B, T, H, K, D, NULL, o));
       CK(cudaDeviceSynchronize());
       compare_bits("attention dv alone", &gv, &hv);
-      /* delta from the forward's output (rowsum(dO * O), the model's path):
-       * the CPU's gradients within the same bounds (O's bf16 rounding only) */
-      OK(qt_op_attention_backward_cuda(hq.d, hk.d, hv.d, 0, dDelta.d, dDO.d, dO.d, dL.d, dQ.d, dK.d,
-                                       dV.d, dDoc.d, B, T, H, K, D, NULL, o));
-      CK(cudaDeviceSynchronize());
-      compare("attention dq (delta from O)", &hq, dq, nq);
-      compare("attention dk (delta from O)", &hk, dk, nk);
-      compare_bits("attention dv (delta from O)", &gv, &hv); /* dv does not read delta */
       dcheck_free(&hq, "dq 2"); dcheck_free(&hk, "dk 2"); dcheck_free(&hv, "dv 2");
     }
     dcheck_free(&gq, "attention dq"); dcheck_free(&gk, "attention dk"); dcheck_free(&gv, "attention dv");
@@ -562,8 +563,8 @@ int main(void) {
 
   const int64_t att[][5] = {{1, 1, 1, 1, 1},  {1, 5, 2, 1, 7},    {2, 7, 4, 2, 64},
                             {1, 65, 6, 2, 63}, {3, 63, 2, 1, 128}, {1, 127, 8, 8, 32},
-                            {2, 33, 4, 4, 256}, {1, 64, 3, 3, 65}};
-  for (int i = 0; i < 8; i++)
+                            {2, 33, 4, 4, 256}, {1, 64, 3, 3, 65}, {2, 300, 4, 2, 16}};
+  for (int i = 0; i < 9; i++)
     for (int sc = 0; sc < 2; sc++)
       case_attention(att[i][0], att[i][1], att[i][2], att[i][3], att[i][4], sc, NULL);
   /* options: scale, sliding window (2, < T, >= T), softcap, each alone and together */

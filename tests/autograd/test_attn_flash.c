@@ -1,0 +1,311 @@
+/* The tensor-core attention of the CUDA backend (autograd/kernels/
+ * attention_flash.h: the forward, dq and dk/dv block bodies that
+ * autograd/attention_cuda.cu launches), run on the host: every block of the
+ * grid in turn, one thread per block (QT_FL_SYNC is then nothing and the
+ * 16 x 16 x 16 products are the header's scalar fp32 loop instead of WMMA),
+ * against the CPU attention op (autograd/ops.h, fp32 throughout) on bf16
+ * inputs. What this proves without a GPU: the tiling, the online softmax, the
+ * tile skipping and masking of packed rows (EMPTY / PARTIAL / FULL), GQA, the
+ * sliding window, soft-capping, the padding of partial tiles and of the head
+ * dimension, delta = rowsum(dO * O), the set / accumulate stores, and the
+ * shared-memory layout (every buffer inside the block's bytes). What it cannot:
+ * the warp split and the WMMA fragments (the GPU check's test_ops_cuda_more).
+ *
+ * Tolerances: those of test_ops_cuda_more's bf16 outputs (allclose
+ * 2^-6 rel + 2^-7 max|ref|, NMSE < 2e-5): the kernels store the outputs and P,
+ * dS in bf16 (<= 2^-9 relative each) and sum in fp32 in another order. dq and
+ * dk: NMSE < 1e-4, because delta_i = rowsum(dO_i * O_i) is formed from the
+ * forward's bf16 output (FlashAttention-2's form): O's rounding (2^-9
+ * relative) shifts every dS of row i by the same amount, which does not average
+ * out over a few keys (a window of 7: NMSE up to 2.8e-5 measured; with delta
+ * from the fp32 output every case is below 2e-5).
+ * Every shape runs with each tile size the launcher may pick (64, 32, 16):
+ * results must agree with the reference at all three.
+ *
+ * Plain C; tests/autograd/test_attn_flash_host.cu compiles this file with nvcc
+ * (the bodies then are the __host__ __device__ code the kernels run). */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/kernels/attention_flash.h"
+#ifdef __cplusplus /* the nvcc twin: these are C libraries */
+extern "C" {
+#endif
+#include "autograd/ops.h"
+#include "common/half.h"
+#ifdef __cplusplus
+}
+#endif
+
+static int failures;
+
+#define NMSE_OUT 2e-5
+#define NMSE_DQK 1e-4
+static uint64_t rng_state = 20261203;
+
+static double unif(double lo, double hi) { /* splitmix64 */
+  uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return lo + (hi - lo) * (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) {
+    fprintf(stderr, "out of memory\n");
+    exit(1);
+  }
+  return p;
+}
+
+/* n random bf16 values in [lo, hi) and the same values as fp32. */
+static void rnd_bf16(int64_t n, double lo, double hi, uint16_t **h, float **f) {
+  *h = (uint16_t *)xmalloc((size_t)n * 2);
+  *f = (float *)xmalloc((size_t)n * 4);
+  for (int64_t i = 0; i < n; i++) {
+    (*h)[i] = qt_bf16_from_f32((float)unif(lo, hi));
+    (*f)[i] = qt_bf16_to_f32((*h)[i]);
+  }
+}
+
+/* Documents: contiguous runs (a new id with probability 0.1 per position) or
+ * scattered ids (0 .. 2) per row. */
+static void make_docs(int32_t *doc, int64_t B, int64_t T, int scattered) {
+  for (int64_t b = 0; b < B; b++) {
+    int32_t id = (int32_t)(b * 1000);
+    for (int64_t t = 0; t < T; t++) {
+      if (scattered) doc[b * T + t] = (int32_t)(b * 1000) + (int32_t)unif(0, 3);
+      else {
+        if (t > 0 && unif(0, 1) < 0.1) id++;
+        doc[b * T + t] = id;
+      }
+    }
+  }
+}
+
+static void compare(const char *what, const char *shape, const uint16_t *g, const float *ref,
+                    int64_t n, double nmse_max) {
+  double se = 0, sr = 0, mx = 0, worst_d = -1;
+  int64_t bad = 0, worst = -1;
+  for (int64_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
+  for (int64_t i = 0; i < n; i++) {
+    double a = qt_bf16_to_f32(g[i]), b = ref[i], d = fabs(a - b);
+    if (isnan(a) || isnan(b)) {
+      bad++;
+      continue;
+    }
+    se += d * d;
+    sr += b * b;
+    if (!(d <= 0x1p-7 * mx + 0x1p-6 * fabs(b))) bad++;
+    if (d > worst_d) {
+      worst_d = d;
+      worst = i;
+    }
+  }
+  double nmse = sr > 0 ? se / sr : se;
+  if (bad || nmse > nmse_max) {
+    fprintf(stderr, "FAIL %s %s (n=%lld): %lld elements off, NMSE %.3g, worst at %lld: %g vs %g\n",
+            what, shape, (long long)n, (long long)bad, nmse, (long long)worst,
+            worst >= 0 ? qt_bf16_to_f32(g[worst]) : 0.0, worst >= 0 ? ref[worst] : 0.0);
+    failures++;
+  }
+}
+
+static void compare_bits(const char *what, const char *shape, const uint16_t *a, const uint16_t *b,
+                         int64_t n) {
+  if (n && memcmp(a, b, (size_t)n * 2)) {
+    fprintf(stderr, "FAIL %s %s: not bit-identical\n", what, shape);
+    failures++;
+  }
+}
+
+/* One block's shared memory, with a guard zone after plan.bytes that no body
+ * may write. */
+enum { SM_GUARD = 4096 };
+static unsigned char *sm_alloc(const qt_fl_plan *pl) {
+  unsigned char *p = (unsigned char *)aligned_alloc(128, (pl->bytes + SM_GUARD + 127) / 128 * 128);
+  if (!p) exit(1);
+  memset(p, 0xA5, pl->bytes + SM_GUARD);
+  return p;
+}
+static void sm_check(const unsigned char *p, const qt_fl_plan *pl, const char *what) {
+  for (size_t i = pl->bytes; i < pl->bytes + SM_GUARD; i++)
+    if (p[i] != 0xA5) {
+      fprintf(stderr, "FAIL %s: shared memory written past the plan's %zu bytes\n", what,
+              pl->bytes);
+      failures++;
+      return;
+    }
+}
+
+/* The launcher's grids, block by block (the forward and dq take the query
+ * tiles in the kernels' reversed order). */
+static void run_forward(qt_fl_args *a, int tile) {
+  qt_fl_plan pl = qt_fl_plan_make(QT_FL_FWD, a->D, tile);
+  unsigned char *sm = sm_alloc(&pl);
+  int64_t nt = (a->T + tile - 1) / tile;
+  for (int64_t b = 0; b < a->B; b++)
+    for (int64_t h = 0; h < a->H; h++)
+      for (int64_t x = 0; x < nt; x++) qt_fl_forward_block(a, &pl, sm, b, h, nt - 1 - x, 0, 1);
+  sm_check(sm, &pl, "forward");
+  free(sm);
+}
+
+/* delta_i = rowsum(dO_i * O_i) in fp32, as attention_cuda.cu's pre-pass. */
+static void run_delta(float *delta, const uint16_t *dout, const uint16_t *out, int64_t B, int64_t T,
+                      int64_t H, int64_t D) {
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t i = 0; i < T; i++) {
+        const int64_t o = ((b * T + i) * H + h) * D;
+        float s = 0.0f;
+        for (int64_t d = 0; d < D; d++)
+          s += qt_bf16_to_f32(dout[o + d]) * qt_bf16_to_f32(out[o + d]);
+        delta[(b * H + h) * T + i] = s;
+      }
+}
+
+static void run_backward(qt_fl_args *a, int tile) {
+  int64_t nt = (a->T + tile - 1) / tile;
+  if (a->dq) {
+    qt_fl_plan pl = qt_fl_plan_make(QT_FL_DQ, a->D, tile);
+    unsigned char *sm = sm_alloc(&pl);
+    for (int64_t b = 0; b < a->B; b++)
+      for (int64_t h = 0; h < a->H; h++)
+        for (int64_t x = 0; x < nt; x++) qt_fl_dq_block(a, &pl, sm, b, h, nt - 1 - x, 0, 1);
+    sm_check(sm, &pl, "dq");
+    free(sm);
+  }
+  if (a->dk || a->dv) {
+    qt_fl_plan pl = qt_fl_plan_make(QT_FL_DKV, a->D, tile);
+    unsigned char *sm = sm_alloc(&pl);
+    for (int64_t b = 0; b < a->B; b++)
+      for (int64_t g = 0; g < a->K; g++)
+        for (int64_t x = 0; x < nt; x++) qt_fl_dkv_block(a, &pl, sm, b, g, x, 0, 1);
+    sm_check(sm, &pl, "dk/dv");
+    free(sm);
+  }
+}
+
+static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D, int scattered,
+                           const qt_att_opts *o) {
+  const int64_t nq = B * T * H * D, nk = B * T * K * D, nr = B * H * T;
+  uint16_t *q16, *k16, *v16, *do16, *z16;
+  float *q, *k, *v, *dout, *z;
+  rnd_bf16(nq, -2, 2, &q16, &q);
+  rnd_bf16(nk, -2, 2, &k16, &k);
+  rnd_bf16(nk, -1, 1, &v16, &v);
+  rnd_bf16(nq, -1, 1, &do16, &dout);
+  rnd_bf16(nq > nk ? nq : nk, -1, 1, &z16, &z); /* what accumulation adds to */
+  int32_t *doc = (int32_t *)xmalloc((size_t)(B * T) * 4);
+  make_docs(doc, B, T, scattered);
+  float *out = (float *)xmalloc((size_t)nq * 4), *P = (float *)xmalloc((size_t)(B * H * T * T) * 4);
+  float *work = (float *)xmalloc((size_t)qt_op_attention_work_elems(T, o) * 4);
+  float *dq = (float *)xmalloc((size_t)nq * 4), *dk = (float *)xmalloc((size_t)nk * 4);
+  float *dv = (float *)xmalloc((size_t)nk * 4);
+  qt_op_attention_forward_cpu(out, P, q, k, v, doc, B, T, H, K, D, o);
+  float *dqa = (float *)xmalloc((size_t)nq * 4), *dka = (float *)xmalloc((size_t)nk * 4);
+  float *dva = (float *)xmalloc((size_t)nk * 4);
+  memcpy(dqa, z, (size_t)nq * 4);
+  memcpy(dka, z, (size_t)nk * 4);
+  memcpy(dva, z, (size_t)nk * 4);
+  qt_op_attention_backward_cpu(dq, dk, dv, 0, work, dout, P, q, k, v, doc, B, T, H, K, D, o);
+  qt_op_attention_backward_cpu(dqa, dka, dva, 1, work, dout, P, q, k, v, doc, B, T, H, K, D, o);
+
+  char shape[160];
+  snprintf(shape, sizeof shape,
+           "B=%lld T=%lld H=%lld K=%lld D=%lld%s scale %g window %lld softcap %g",
+           (long long)B, (long long)T, (long long)H, (long long)K, (long long)D,
+           scattered ? " scattered" : "", o ? o->scale : 0.0, o ? (long long)o->window : 0LL,
+           o ? o->softcap : 0.0);
+  uint16_t *gout = (uint16_t *)xmalloc((size_t)nq * 2), *gq = (uint16_t *)xmalloc((size_t)nq * 2);
+  uint16_t *gk = (uint16_t *)xmalloc((size_t)nk * 2), *gv = (uint16_t *)xmalloc((size_t)nk * 2);
+  uint16_t *hv = (uint16_t *)xmalloc((size_t)nk * 2);
+  float *lse = (float *)xmalloc((size_t)nr * 4), *delta = (float *)xmalloc((size_t)nr * 4);
+  for (int tile = 64; tile >= 16; tile /= 2) {
+    char sh[200];
+    snprintf(sh, sizeof sh, "[%s, tile %d]", shape, tile);
+    qt_fl_args a = qt_fl_args_make(q16, k16, v16, doc, B, T, H, K, D, o ? o->scale : 0.0,
+                                   o ? o->window : 0, o ? o->softcap : 0.0);
+    a.dout = do16;
+    a.out = gout;
+    a.lse = lse;
+    run_forward(&a, tile);
+    compare("attention forward", sh, gout, out, nq, NMSE_OUT);
+    run_delta(delta, do16, gout, B, T, H, D);
+    a.lse_in = lse;
+    a.delta = delta;
+    a.dq = gq;
+    a.dk = gk;
+    a.dv = gv;
+    run_backward(&a, tile);
+    compare("attention dq", sh, gq, dq, nq, NMSE_DQK);
+    compare("attention dk", sh, gk, dk, nk, NMSE_DQK);
+    compare("attention dv", sh, gv, dv, nk, NMSE_OUT);
+    /* dv alone (dq, dk NULL, no delta read): the same bits */
+    a.dq = a.dk = NULL;
+    a.delta = NULL;
+    a.dv = hv;
+    run_backward(&a, tile);
+    compare_bits("attention dv alone", sh, gv, hv, nk);
+    /* accumulate into existing gradients */
+    for (int64_t i = 0; i < nq; i++) gq[i] = z16[i];
+    for (int64_t i = 0; i < nk; i++) gk[i] = gv[i] = z16[i];
+    a.dq = gq;
+    a.dk = gk;
+    a.dv = gv;
+    a.delta = delta;
+    a.acc = 1;
+    run_backward(&a, tile);
+    compare("attention dq (acc)", sh, gq, dqa, nq, NMSE_DQK);
+    compare("attention dk (acc)", sh, gk, dka, nk, NMSE_DQK);
+    compare("attention dv (acc)", sh, gv, dva, nk, NMSE_OUT);
+  }
+  free(q16); free(k16); free(v16); free(do16); free(z16);
+  free(q); free(k); free(v); free(dout); free(z);
+  free(doc); free(out); free(P); free(work); free(dq); free(dk); free(dv);
+  free(dqa); free(dka); free(dva); free(gout); free(gq); free(gk); free(gv); free(hv);
+  free(lse); free(delta);
+}
+
+int main(void) {
+  /* the layout: buffers inside the block, 128-byte aligned, the device limits
+   * (227 KiB on H100/H200 per block) met by the tile the launcher picks */
+  for (int kind = 0; kind < 3; kind++)
+    for (int64_t D = 1; D <= QT_FL_MAXD; D++) {
+      qt_fl_plan p = qt_fl_plan_make(kind, D, 64), p16 = qt_fl_plan_make(kind, D, 16);
+      if (p.dp % 16 || p.dp < D || p.q % 128 || p.acc1 % 128 || p.r2 % 128 || p.bytes % 128 ||
+          p16.bytes > 100 * 1024 || (D <= 128 && p.bytes > 227 * 1024)) {
+        fprintf(stderr, "FAIL plan kind %d D %lld: dp %d, %zu bytes (tile 16: %zu)\n", kind,
+                (long long)D, p.dp, p.bytes, p16.bytes);
+        failures++;
+      }
+    }
+  const int64_t att[][5] = {{1, 1, 1, 1, 1},   {1, 5, 2, 1, 7},    {2, 7, 4, 2, 64},
+                            {1, 65, 6, 2, 63},  {3, 63, 2, 1, 128}, {1, 127, 8, 8, 32},
+                            {2, 33, 4, 4, 256}, {1, 64, 3, 3, 65},  {2, 300, 4, 2, 16}};
+  for (int i = 0; i < 9; i++)
+    for (int sc = 0; sc < 2; sc++)
+      case_attention(att[i][0], att[i][1], att[i][2], att[i][3], att[i][4], sc, NULL);
+  /* options: scale, sliding window (2, < T, >= T), softcap, each alone and together */
+  const qt_att_opts opts[] = {{0.3, 7, 0.0}, {0.0, 0, 2.0}, {0.0, 16, 5.0}, {0.2, 2, 1.0},
+                              {0.0, 200, 0.0}, {0.0, 40, 0.0}};
+  const int shapes[] = {1, 3, 4, 5, 6, 8};
+  for (int i = 0; i < 6; i++)
+    for (int j = 0; j < 6; j++) {
+      const int64_t *a = att[shapes[i]];
+      case_attention(a[0], a[1], a[2], a[3], a[4], (i + j) % 2, &opts[j]);
+    }
+  if (failures) {
+    fprintf(stderr, "%d failure(s)\n", failures);
+    return 1;
+  }
+  printf("flash attention bodies on the host: forward, dq, dk, dv (set and accumulate) match the "
+         "CPU op at tiles 64, 32, 16\n");
+  return 0;
+}
