@@ -9,7 +9,12 @@
  *   bench_gpu_plan              Llama-3.2-1B and Llama-3-8B shapes, seq 2048,
  *                               micro-batch 1 and 2, LoRA r 16 on all seven
  *                               projections, dropout 0.05, paged 8-bit AdamW,
- *                               with and without gradient checkpointing.
+ *                               with and without gradient checkpointing, and
+ *                               checkpointed with activation offloading
+ *                               (training.activation_offloading: the layer
+ *                               inputs in pinned host memory, a ring of 2 on
+ *                               the device; the host bytes in their own
+ *                               column, not in the planned total).
  *
  * Shapes: meta-llama/Llama-3.2-1B and Meta-Llama-3-8B config.json (hidden,
  * layers, heads, KV heads, MLP, vocabulary, tied embeddings). */
@@ -19,6 +24,7 @@
 
 #include "lora/lora.h"
 #include "model/model.h"
+#include "model/model_cuda.h"
 #include "optim/optim.h"
 #include "train/backend.h"
 
@@ -79,8 +85,9 @@ static qt_model *skeleton(const shape *s) {
 }
 
 int main(void) {
-  printf("| shape | micro-batch x seq | checkpointing | weights + LoRA buffers | activations | adapters + grads "
-         "| optimizer | workspace | planned (GiB) |\n|---|---|---|---|---|---|---|---|---|\n");
+  printf("| shape | micro-batch x seq | checkpointing | offloading | weights + LoRA buffers | activations | adapters + "
+         "grads | optimizer | workspace | planned (GiB) | pinned host (GiB) |\n"
+         "|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t si = 0; si < sizeof SHAPES / sizeof SHAPES[0]; si++) {
     const shape *s = &SHAPES[si];
     qt_model *m = skeleton(s);
@@ -103,16 +110,18 @@ int main(void) {
     qt_adamw_config_default(&oc, 8);
     oc.paged = true;
     for (int64_t B = 1; B <= 2; B++)
-      for (int ck = 1; ck >= 0; ck--) {
+      for (int v = 0; v < 3; v++) { /* checkpointed, checkpointed + offloaded, all kept */
+        bool ck = v < 2, off = v == 1;
         qt_gpu_plan pl;
-        if (qt_backend_gpu_plan(m, ts, n_ts, B, 2048, 16, true, ck, true, &oc, &pl) != QT_OK) {
+        if (qt_backend_gpu_plan(m, ts, n_ts, B, 2048, 16, true, ck, off, true, &oc, &pl) != QT_OK) {
           fprintf(stderr, "%s: %s\n", s->name, qt_error_message());
           return 1;
         }
         double g = 1.0 / 1073741824.0;
-        printf("| %s | %lld x 2048 | %s | %.2f | %.2f | %.2f | %.2f | %.3f | **%.2f** |\n", s->name, (long long)B,
-               ck ? "yes" : "no", (double)pl.weights * g, (double)pl.activations * g, (double)pl.lora * g,
-               (double)pl.optimizer * g, (double)pl.workspace * g, (double)pl.total * g);
+        printf("| %s | %lld x 2048 | %s | %s | %.2f | %.2f | %.2f | %.2f | %.3f | **%.2f** | %.2f |\n", s->name,
+               (long long)B, ck ? "yes" : "no", off ? "yes" : "no", (double)pl.weights * g,
+               (double)pl.activations * g, (double)pl.lora * g, (double)pl.optimizer * g, (double)pl.workspace * g,
+               (double)pl.total * g, (double)pl.pinned * g);
       }
     free(ts);
     free(m->layers);

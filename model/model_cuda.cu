@@ -1,7 +1,8 @@
 /* model/model_cuda.cu — the decoder's forward + backward (or forward alone)
  * with LoRA on the GPU, op by op (model_cuda.h documents the contract; model.c
  * decoder_layer is the CPU recording this mirrors). No kernels of its own: every op is a call of
- * autograd/ops_cuda.h (bf16 storage, fp32 arithmetic) on the default stream.
+ * autograd/ops_cuda.h (bf16 storage, fp32 arithmetic) on the default stream
+ * (activation offloading's copies run on a second one: see offload_save).
  * qt_model_cuda_init uploads the weights and allocates every buffer once;
  * qt_model_cuda_forward_backward only copies the batch and the LoRA in and the
  * gradients out. */
@@ -141,7 +142,6 @@ struct dev_linear {
   uint16_t *bias;              /* (out) or NULL */
   uint16_t *A, *B;             /* (max_r, in), (out, max_r) bf16; r of this call used */
   const uint16_t *Aw, *Bw;     /* this call's weights: A, B, or the entry's dev_A, dev_B */
-  uint16_t *dA, *dB;           /* gradients, bf16, accumulated from 0 */
   uint16_t *u;                 /* (max_N, max_r) saved A xd of this layer's forward */
   /* this call */
   const qt_model_cuda_lora *ad;/* host entry, or NULL (no LoRA) */
@@ -172,6 +172,15 @@ struct qt_model_cuda {
   const qt_model *m;
   int64_t max_B, max_T, max_N, max_r, max_in;
   bool checkpoint;                /* one set of saved activations shared by the layers, recomputed in backward */
+  /* Activation offloading (with checkpoint; model_cuda.h): layers[l].x is
+   * ring slot l % 2 (layers 0 and 1 own the two device buffers, the others
+   * alias them), every layer's input also has a slot in host_x. */
+  bool offload;
+  uint16_t *host_x;               /* (L, max_N, C) pinned host (cudaHostAlloc) */
+  size_t host_bytes;              /* its size (also counted while measuring) */
+  cudaStream_t copy_stream;       /* non-blocking: the copies between the ring and host_x */
+  cudaEvent_t ev_compute;         /* recorded on the compute (default) stream, waited on by copy_stream */
+  cudaEvent_t ev_copy;            /* recorded on copy_stream after a copy, waited on by the compute stream */
   /* this call */
   int64_t B, T, N, chunk;
   double scale;
@@ -198,6 +207,11 @@ struct qt_model_cuda {
   int64_t *count;                 /* (1) */
   /* backward scratch */
   uint16_t *dxf, *dX, *dn, *dsw, *dg, *dup, *da, *dqr, *dkr, *dv, *dq, *dk, *du_lora;
+  uint16_t *dA, *dB;              /* (max_r * max in), (max out * max_r) bf16: one linear's LoRA gradients,
+                                   * zeroed before its backward and taken out right after (added into the
+                                   * entry's dev_dA / dev_dB, or downloaded to its dA / dB), so one pair
+                                   * serves every linear (0.08 GiB less than a pair per linear at
+                                   * Llama-3-8B, r 16) */
   float *delta;                   /* (B, H, T) */
   uint16_t *xd;                   /* (max_N, max_in) a linear's dropped-out LoRA input, formed in
                                    * its forward and again in its backward (not saved per
@@ -287,8 +301,6 @@ qt_status init_linear(qt_model_cuda *c, const qt_model_linear *lin, dev_linear *
   int64_t r = c->max_r;
   QT_TRY(dev_alloc(dl, r * lin->in, &d->A));
   QT_TRY(dev_alloc(dl, lin->out * r, &d->B));
-  QT_TRY(dev_alloc(dl, r * lin->in, &d->dA));
-  QT_TRY(dev_alloc(dl, lin->out * r, &d->dB));
   if (share_u) /* checkpointing: this projection's u of layer 0, recomputed per layer */
     d->u = share_u->u;
   else
@@ -301,7 +313,7 @@ qt_status setup(qt_model_cuda *c) {
   const qt_model *m = c->m;
   int64_t N = c->max_N, C = c->C, L = c->L;
   dev_list *dl = &c->dl;
-  int64_t max_w = 0, max_nb = 1, max_io = 1;
+  int64_t max_w = 0, max_nb = 1, max_io = 1, max_out = 1;
   for (int64_t l = 0; l < L; l++)
     for (int p = 0; p < QT_PROJ_COUNT; p++) {
       const qt_model_linear *lin = &m->layers[l].proj[p];
@@ -311,6 +323,7 @@ qt_status setup(qt_model_cuda *c) {
       }
       if (lin->in > max_io) max_io = lin->in;
       if (lin->out > max_io) max_io = lin->out;
+      if (lin->out > max_out) max_out = lin->out;
       if (lin->in > c->max_in) c->max_in = lin->in;
     }
   c->stage_n = c->max_r * max_io;
@@ -319,6 +332,23 @@ qt_status setup(qt_model_cuda *c) {
     return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate %lld bf16 staging values",
                    (long long)c->stage_n);
   if (!dl->measure) QT_TRY(qt_gemm_cuda_create(&c->g, (size_t)QT_MODEL_CUDA_GEMM_WORKSPACE));
+  if (c->offload) {
+    /* every layer's input in pinned host memory (pageable memory would make
+     * the async copies synchronous), the stream and events that move them */
+    c->host_bytes = (size_t)(L * N * C) * sizeof(uint16_t);
+    if (!dl->measure) {
+      void *h = NULL;
+      cudaError_t e = cudaHostAlloc(&h, c->host_bytes, cudaHostAllocDefault);
+      if (e != cudaSuccess)
+        return qt_fail(QT_ERR_CUDA, "model_cuda: cannot allocate %.1f MiB of pinned host memory for the offloaded "
+                                    "layer inputs (%s); set training.activation_offloading: false",
+                       (double)c->host_bytes / 1048576.0, cudaGetErrorString(e));
+      c->host_x = (uint16_t *)h;
+      QT_CUDA_CHECK(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
+      QT_CUDA_CHECK(cudaEventCreateWithFlags(&c->ev_compute, cudaEventDisableTiming));
+      QT_CUDA_CHECK(cudaEventCreateWithFlags(&c->ev_copy, cudaEventDisableTiming));
+    }
+  }
   /* weights */
   /* The embedding table stays on the host when the lm_head is its own
    * tensor: a micro-batch's rows are gathered there and go up (N x C bf16,
@@ -355,7 +385,10 @@ qt_status setup(qt_model_cuda *c) {
   int64_t BHT = c->max_B * c->H * c->max_T;
   for (int64_t l = 0; l < L; l++) {
     dev_layer *ly = &c->layers[l];
-    QT_TRY(dev_alloc(dl, N * C, &ly->x));
+    if (c->offload && l >= 2) /* the ring: layer l's input in slot l % 2 */
+      ly->x = c->layers[l % 2].x;
+    else
+      QT_TRY(dev_alloc(dl, N * C, &ly->x));
     if (c->checkpoint && l > 0) { /* the rest shared with layer 0, recomputed in backward */
       const dev_layer *l0 = &c->layers[0];
       ly->n1 = l0->n1;
@@ -418,6 +451,8 @@ qt_status setup(qt_model_cuda *c) {
   QT_TRY(dev_alloc(dl, N * c->HD, &c->dq));
   QT_TRY(dev_alloc(dl, N * c->KD, &c->dk));
   QT_TRY(dev_alloc(dl, N * c->max_r, &c->du_lora));
+  QT_TRY(dev_alloc(dl, c->max_r * c->max_in, &c->dA));
+  QT_TRY(dev_alloc(dl, max_out * c->max_r, &c->dB));
   QT_TRY(dev_alloc(dl, BHT, &c->delta));
   return QT_OK;
 }
@@ -445,10 +480,7 @@ qt_status bind_lora(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_l
       d->Aw = d->A;
       d->Bw = d->B;
     }
-    if (!train) continue;
-    QT_CUDA_CHECK(cudaMemset(d->dA, 0, (size_t)(r * in) * sizeof(uint16_t)));
-    QT_CUDA_CHECK(cudaMemset(d->dB, 0, (size_t)(out * r) * sizeof(uint16_t)));
-    if (!e->dropout) continue;
+    if (!train || !e->dropout) continue;
     /* One shared scratch for dropout, made at the first call with dropout
      * and kept: the dropped-out input, formed where it is used (the mask is
      * drawn in the kernels), and, once dA has read it, the backward's du A. */
@@ -494,8 +526,10 @@ qt_status linear_forward(qt_model_cuda *c, dev_linear *d, uint16_t *y, const uin
   return QT_OK;
 }
 
-/* dx (N, in) (+)= dy W (+ the LoRA path), dA, dB += their gradients; x is
- * the forward input (the LoRA's xd is formed from it again with dropout). */
+/* dx (N, in) (+)= dy W (+ the LoRA path), and the entry's gradients out: its
+ * dev_dA, dev_dB += them (fp32, widened from bf16), or its host dA, dB = them
+ * (a synchronous download); x is the forward input (the LoRA's xd is formed
+ * from it again with dropout). */
 qt_status linear_backward(qt_model_cuda *c, dev_linear *d, uint16_t *dx, int acc,
                           const uint16_t *dy, const uint16_t *x) {
   const qt_model_linear *lin = d->lin;
@@ -509,12 +543,23 @@ qt_status linear_backward(qt_model_cuda *c, dev_linear *d, uint16_t *dx, int acc
   }
   if (d->ad && d->drops) /* the dropped-out input again (same keys: the same bits) */
     QT_TRY(qt_op_lora_dropout_cuda(c->xd, x, &d->drop, c->N, lin->in, NULL));
-  if (d->ad)
-    QT_TRY(qt_op_lora_backward_cuda(dx, 1, d->dA, d->dB, c->du_lora,
-                                    d->drops ? c->xd : NULL, dy, d->drops ? c->xd : x,
-                                    d->u, d->drops ? &d->drop : NULL, d->Aw, d->Bw, c->scale, c->N,
-                                    lin->in, lin->out, d->ad->r, c->g, NULL));
-  return QT_OK;
+  if (!d->ad) return QT_OK;
+  const qt_model_cuda_lora *e = d->ad;
+  int64_t nA = e->r * lin->in, nB = lin->out * e->r;
+  /* the shared bf16 pair from 0 (the op accumulates), as each linear's own pair was before */
+  QT_CUDA_CHECK(cudaMemset(c->dA, 0, (size_t)nA * sizeof(uint16_t)));
+  QT_CUDA_CHECK(cudaMemset(c->dB, 0, (size_t)nB * sizeof(uint16_t)));
+  QT_TRY(qt_op_lora_backward_cuda(dx, 1, c->dA, c->dB, c->du_lora,
+                                  d->drops ? c->xd : NULL, dy, d->drops ? c->xd : x,
+                                  d->u, d->drops ? &d->drop : NULL, d->Aw, d->Bw, c->scale, c->N,
+                                  lin->in, lin->out, e->r, c->g, NULL));
+  /* out before the next linear's backward reuses the pair (all on the default stream) */
+  if (e->dev_dA && e->dev_dB) { /* device-resident: accumulate in fp32, download nothing */
+    QT_TRY(acc_bf16(e->dev_dA, c->dA, nA));
+    return acc_bf16(e->dev_dB, c->dB, nB);
+  }
+  QT_TRY(download_bf16(c->dA, nA, e->dA, c->stage));
+  return download_bf16(c->dB, nB, e->dB, c->stage);
 }
 /* model.c decoder_layer, forward: out (N, C) from ly->x. */
 /* Decoding (qt_model_cuda_decoder_init): this layer's KV cache, (cap, K*D)
@@ -591,6 +636,59 @@ qt_status embed_rows(qt_model_cuda *c, const int32_t *ids, int64_t N) {
   return QT_OK;
 }
 
+/* Activation offloading (model_cuda.h). Every op runs on the default stream
+ * (the compute stream, ordered); the copies run on c->copy_stream, which is
+ * non-blocking (no implicit ordering with the default stream), so each
+ * dependency between the two is an event:
+ *  - a copy may read or write a ring slot only after the compute stream's
+ *    earlier work on it: ev_compute is recorded on the compute stream and
+ *    copy_stream waits for it before the copy;
+ *  - the compute stream may overwrite a slot being copied out, or read a
+ *    slot being fetched, only after that copy: ev_copy is recorded on
+ *    copy_stream after the copy and the compute stream waits for it.
+ * One event each suffices: each wait is issued before the next record of the
+ * same event (cudaStreamWaitEvent waits for the most recent record at the
+ * time of the call), and the copies run in issue order on copy_stream
+ * (layer l's copy out precedes its fetch back, and a slot's copy out precedes
+ * the fetch into it). The call ends with cudaDeviceSynchronize, which waits
+ * for both streams, before the next call reuses the ring. */
+
+/* Host slot of layer l's input ((max_N, C) per layer). */
+uint16_t *host_slot(const qt_model_cuda *c, int64_t l) { return c->host_x + l * c->max_N * c->C; }
+
+/* Forward, before layer l: its input (ring slot l % 2, written by the
+ * embedding or layer l - 1 on the compute stream) is copied out to its host
+ * slot while layer l computes. Layer l writes its output into slot
+ * (l + 1) % 2, which holds layer l - 1's input until that input's copy out
+ * (issued before layer l - 1, overlapping it) is done: wait for it first. */
+qt_status offload_save(qt_model_cuda *c, int64_t l) {
+  if (l > 0) QT_CUDA_CHECK(cudaStreamWaitEvent(0, c->ev_copy, 0)); /* layer l - 1's input is out */
+  QT_CUDA_CHECK(cudaEventRecord(c->ev_compute, 0));                 /* layer l's input is written */
+  QT_CUDA_CHECK(cudaStreamWaitEvent(c->copy_stream, c->ev_compute, 0));
+  QT_CUDA_CHECK(cudaMemcpyAsync(host_slot(c, l), c->layers[l].x, (size_t)(c->N * c->C) * sizeof(uint16_t),
+                                cudaMemcpyDeviceToHost, c->copy_stream));
+  QT_CUDA_CHECK(cudaEventRecord(c->ev_copy, c->copy_stream));
+  return QT_OK;
+}
+
+/* Backward, before layer l (its forward again, then its backward; the
+ * recomputed output goes to x_out, not into the ring): layer l's input must
+ * be in slot l % 2 (layer L - 1's never left it: the last forward layer
+ * wrote x_out; the others were fetched by the previous call of this), and
+ * layer l - 1's is fetched into slot (l - 1) % 2 while layer l runs. That
+ * slot was last read by layer l + 1's backward (or, for l = L - 1, by layer
+ * L - 2's forward), queued before this point on the compute stream. */
+qt_status offload_fetch(qt_model_cuda *c, int64_t l) {
+  if (l + 1 < c->L) QT_CUDA_CHECK(cudaStreamWaitEvent(0, c->ev_copy, 0)); /* layer l's input is in */
+  if (l == 0) return QT_OK;
+  QT_CUDA_CHECK(cudaEventRecord(c->ev_compute, 0)); /* slot (l - 1) % 2 is no longer read */
+  QT_CUDA_CHECK(cudaStreamWaitEvent(c->copy_stream, c->ev_compute, 0));
+  QT_CUDA_CHECK(cudaMemcpyAsync(c->layers[l - 1].x, host_slot(c, l - 1), (size_t)(c->N * c->C) * sizeof(uint16_t),
+                                cudaMemcpyHostToDevice, c->copy_stream));
+  QT_CUDA_CHECK(cudaEventRecord(c->ev_copy, c->copy_stream));
+  return QT_OK;
+}
+
 qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
               const qt_model_batch *b, bool train, double dloss, double *loss_sum,
               int64_t *count) {
@@ -601,13 +699,16 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
                            cudaMemcpyHostToDevice));
   QT_CUDA_CHECK(cudaMemcpy(c->pos, b->pos, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
   QT_CUDA_CHECK(cudaMemcpy(c->doc, b->doc, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice));
+  bool backward = train && n_lora > 0;
+  bool offload = c->offload && backward; /* without a backward the inputs are not needed again */
   /* forward */
   QT_TRY(embed_rows(c, b->ids, N));
-  for (int64_t l = 0; l < L; l++)
+  for (int64_t l = 0; l < L; l++) {
+    if (offload) QT_TRY(offload_save(c, l));
     QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out, NULL));
+  }
   QT_TRY(qt_op_rmsnorm_forward_cuda(c->xf, c->rstdf, c->x_out, c->final_norm, c->eps, N, C,
                                     NULL));
-  bool backward = train && n_lora > 0;
   if (backward) {
     /* the loss and its gradient in one pass over the logits (the CPU tape's
      * grad-in-forward): d(sum loss)/d xf into dxf, then scaled by dloss in
@@ -628,22 +729,14 @@ qt_status run(qt_model_cuda *c, const qt_model_cuda_lora *lora, size_t n_lora,
   QT_TRY(qt_op_rmsnorm_backward_cuda(c->dX, 0, c->dxf, c->x_out, c->final_norm, c->rstdf, N, C,
                                      NULL));
   for (int64_t l = L - 1; l >= 0; l--) {
+    if (offload) QT_TRY(offload_fetch(c, l));
     /* checkpointing: the layer's forward again from its saved input (the
-     * same kernels and dropout streams: the same values; the output rewrites
-     * what it wrote before, no longer read) */
-    if (c->checkpoint)
-      QT_TRY(layer_forward(c, &c->layers[l], l + 1 < L ? c->layers[l + 1].x : c->x_out, NULL));
+     * same kernels and dropout streams: the same values). Its output is not
+     * read: it goes to x_out, free since the final norm's backward above
+     * (not into layers[l + 1].x, with offloading the ring slot that layer
+     * l - 1's input is being fetched into) */
+    if (c->checkpoint) QT_TRY(layer_forward(c, &c->layers[l], c->x_out, NULL));
     QT_TRY(layer_backward(c, &c->layers[l]));
-  }
-  for (size_t i = 0; i < n_lora; i++) {
-    const dev_linear *d = &c->layers[lora[i].layer].lin[lora[i].proj];
-    if (lora[i].dev_dA && lora[i].dev_dB) { /* device-resident: accumulate in fp32, download nothing */
-      QT_TRY(acc_bf16(lora[i].dev_dA, d->dA, lora[i].r * d->lin->in));
-      QT_TRY(acc_bf16(lora[i].dev_dB, d->dB, d->lin->out * lora[i].r));
-      continue;
-    }
-    QT_TRY(download_bf16(d->dA, lora[i].r * d->lin->in, lora[i].dA, c->stage));
-    QT_TRY(download_bf16(d->dB, d->lin->out * lora[i].r, lora[i].dB, c->stage));
   }
   return QT_OK;
 }
@@ -661,14 +754,17 @@ extern "C" bool qt_model_cuda_composes(const qt_hf_config *hc) {
 
 /* A context made (measure false) or only sized (measure true: setup counts
  * the bytes of every buffer and allocates nothing). */
-static qt_status make_context(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r, bool checkpoint,
-                              bool measure, qt_model_cuda **out) {
-  QT_ASSERT(m && out);
+static qt_status make_context(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
+                              const qt_model_cuda_opts *opts, bool measure, qt_model_cuda **out) {
+  QT_ASSERT(m && opts && out);
   *out = NULL;
   if (max_B < 1 || max_T < 1 || max_r < 1)
     return qt_fail(QT_ERR_INVALID, "model_cuda: context for %lld x %lld tokens, rank %lld: each "
                                    "must be >= 1", (long long)max_B, (long long)max_T,
                    (long long)max_r);
+  if (opts->offload && !opts->checkpoint)
+    return qt_fail(QT_ERR_INVALID, "model_cuda: activation offloading moves the checkpointed layer inputs "
+                                   "to the host: it needs checkpointing");
   const qt_hf_config *hc = &m->cfg;
   if (!qt_model_cuda_composes(hc))
     return qt_fail(QT_ERR_UNSUPPORTED, "model_cuda: %s models train on the CPU for now (the CUDA "
@@ -677,7 +773,8 @@ static qt_status make_context(const qt_model *m, int64_t max_B, int64_t max_T, i
   qt_model_cuda *c = (qt_model_cuda *)calloc(1, sizeof *c);
   if (!c) return qt_fail(QT_ERR_NOMEM, "model_cuda: cannot allocate the context");
   c->dl.measure = measure;
-  c->checkpoint = checkpoint;
+  c->checkpoint = opts->checkpoint;
+  c->offload = opts->offload;
   c->m = m;
   c->max_B = max_B;
   c->max_T = max_T;
@@ -710,20 +807,23 @@ static qt_status make_context(const qt_model *m, int64_t max_B, int64_t max_T, i
 }
 
 extern "C" qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T,
-                                        int64_t max_r, bool checkpoint, qt_model_cuda **out) {
-  return make_context(m, max_B, max_T, max_r, checkpoint, false, out);
+                                        int64_t max_r, const qt_model_cuda_opts *opts,
+                                        qt_model_cuda **out) {
+  return make_context(m, max_B, max_T, max_r, opts, false, out);
 }
 
 extern "C" qt_status qt_model_cuda_plan_bytes(const qt_model *m, int64_t max_B, int64_t max_T,
-                                              int64_t max_r, bool checkpoint, bool dropout,
-                                              size_t *bytes) {
+                                              int64_t max_r, const qt_model_cuda_opts *opts,
+                                              bool dropout, size_t *bytes, size_t *host_bytes) {
   QT_ASSERT(bytes);
   *bytes = 0;
+  if (host_bytes) *host_bytes = 0;
   qt_model_cuda *c = NULL;
-  QT_TRY(make_context(m, max_B, max_T, max_r, checkpoint, true, &c));
+  QT_TRY(make_context(m, max_B, max_T, max_r, opts, true, &c));
   *bytes = c->dl.bytes;
   if (dropout) /* the shared dropout scratch of bind_lora */
     *bytes += (size_t)(c->max_N * c->max_in) * sizeof(uint16_t);
+  if (host_bytes) *host_bytes = c->host_bytes;
   qt_model_cuda_free(&c);
   return QT_OK;
 }
@@ -731,6 +831,11 @@ extern "C" qt_status qt_model_cuda_plan_bytes(const qt_model *m, int64_t max_B, 
 extern "C" size_t qt_model_cuda_device_bytes(const qt_model_cuda *c) {
   QT_ASSERT(c);
   return c->dl.bytes;
+}
+
+extern "C" size_t qt_model_cuda_host_bytes(const qt_model_cuda *c) {
+  QT_ASSERT(c);
+  return c->host_bytes;
 }
 
 namespace {
@@ -785,6 +890,10 @@ extern "C" void qt_model_cuda_free(qt_model_cuda **pc) {
   qt_model_cuda *c = *pc;
   if (!c->dl.measure) (void)cudaDeviceSynchronize(); /* nothing queued may still read what is freed */
   if (c->g) (void)qt_gemm_cuda_free(c->g);
+  if (c->ev_copy) (void)cudaEventDestroy(c->ev_copy);
+  if (c->ev_compute) (void)cudaEventDestroy(c->ev_compute);
+  if (c->copy_stream) (void)cudaStreamDestroy(c->copy_stream);
+  if (c->host_x) (void)cudaFreeHost(c->host_x);
   dev_list_free(&c->dl);
   free(c->layers);
   free(c->stage);
@@ -808,7 +917,8 @@ extern "C" qt_status qt_model_forward_backward_cuda(const qt_model *m,
   for (size_t i = 0; i < n_lora; i++)
     if (lora[i].r > max_r) max_r = lora[i].r;
   qt_model_cuda *c = NULL;
-  QT_TRY(qt_model_cuda_init(m, b->B, b->T, max_r, false, &c));
+  const qt_model_cuda_opts keep_all = {false, false};
+  QT_TRY(qt_model_cuda_init(m, b->B, b->T, max_r, &keep_all, &c));
   qt_status s = qt_model_cuda_forward_backward(c, lora, n_lora, scale, b, dloss, loss_sum, count);
   qt_model_cuda_free(&c);
   return s;

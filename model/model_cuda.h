@@ -49,13 +49,16 @@
  *     batch's rows go up (a host staging of Nm*C*W); + norms; per linear
  *     dense out*in*W, or 4-bit (out*in)/2 + absmax (4 or 1 + 4/256 per block)
  *     + bias out*W;
- *   LoRA, per linear of every layer (adapted or not): A, B, dA, dB
- *     2*max_r*(in + out)*W and u Nm*max_r*W;
+ *   LoRA, per linear of every layer (adapted or not): A, B
+ *     max_r*(in + out)*W and u Nm*max_r*W; one dA, dB pair for all,
+ *     max_r*(max in + max out)*W (each linear's gradients leave it right
+ *     after that linear's backward);
  *   batch: Nm*4*4 (ids, targets, positions, documents);
  *   saved activations, per layer: Nm*(4C + 2HD + 2KD + 3F)*W
  *     + Nm*2*4 (rstd) + max_B*H*max_T*4 (lse); with checkpointing only the
- *     layer inputs Nm*C*W per layer, plus one layer's set above (and one
- *     u per projection instead of one per linear), shared by all layers;
+ *     layer inputs Nm*C*W per layer (with offload: 2 of them, a ring; the
+ *     rest in pinned host memory, below), plus one layer's set above (and
+ *     one u per projection instead of one per linear), shared by all layers;
  *   scratch: dequantized weight max(out*in)*W, absmax max(nblocks)*4,
  *     Nm*(HD + KD + 3C)*W (incl. the last layer's output) + Nm*(4 + 4 + 8),
  *     logits and dlogits
@@ -70,7 +73,19 @@
  * training.gradient_checkpointing) each layer keeps its input and its forward
  * runs again, from that input, just before its backward (the same kernels and
  * dropout streams, so the same values: the gradients are bit-identical to the
- * run without). The context prints nothing.
+ * run without).
+ * Activation offloading (qt_model_cuda_opts.offload, with checkpointing; the
+ * trainer's training.activation_offloading; torchtune's
+ * enable_activation_offloading, Unsloth's offloaded gradient checkpointing):
+ * the layer inputs live in pinned host memory, L*Nm*C*W bytes in one
+ * cudaHostAlloc (qt_model_cuda_host_bytes; not device bytes), and the device
+ * keeps a ring of 2 inputs, 2*Nm*C*W, instead of L*Nm*C*W (1 GiB less at
+ * Llama-3-8B x 4096 tokens). A training call's forward copies each layer's
+ * input to its host slot on a second stream while the layer computes; the
+ * backward fetches layer l - 1's input while layer l's backward runs. Only
+ * bytes move: the losses and gradients are bit-identical to checkpointing
+ * without it. Forward-only calls (qt_model_cuda_loss, a call without LoRA,
+ * the decoder) copy nothing. The context prints nothing.
  *
  * LoRA comes in as plain host arrays (qt_model_cuda_lora), not as a qt_lora:
  * model/ sits below lora/ (arrows point downward), so the caller (a test, the
@@ -137,27 +152,41 @@ bool qt_model_cuda_composes(const qt_hf_config *c);
 /* Weights and buffers on the current CUDA device (see above). */
 typedef struct qt_model_cuda qt_model_cuda;
 
+/* How a context keeps what the backward reads (above). A zeroed struct: every
+ * activation of every layer kept on the device. */
+typedef struct {
+  bool checkpoint; /* each layer keeps its input only; its forward runs again before its backward */
+  bool offload;    /* (needs checkpoint) the layer inputs in pinned host memory, a ring of 2 on the device */
+} qt_model_cuda_opts;
+
 /* Uploads m's weights and allocates the buffers for batches up to max_B rows
- * of max_T tokens and LoRA ranks up to max_r (>= 1), with or without
- * checkpointing (above). m is borrowed: it must
+ * of max_T tokens and LoRA ranks up to max_r (>= 1), keeping activations as
+ * opts says (above). m is borrowed: it must
  * outlive the context (its config and shapes are read per call), and later
  * changes to its weights are not seen. *out is NULL on failure. Errors:
- * QT_ERR_INVALID (a size < 1, a 4-bit weight of the wrong size),
- * QT_ERR_NOMEM, QT_ERR_CUDA. */
+ * QT_ERR_INVALID (a size < 1, offload without checkpoint, a 4-bit weight of
+ * the wrong size), QT_ERR_NOMEM, QT_ERR_CUDA (also when the pinned host
+ * memory cannot be allocated). */
 qt_status qt_model_cuda_init(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
-                             bool checkpoint, qt_model_cuda **out);
+                             const qt_model_cuda_opts *opts, qt_model_cuda **out);
 /* The workspace of the context's cuBLASLt handle (not in the device bytes below). */
 #define QT_MODEL_CUDA_GEMM_WORKSPACE (32u << 20)
-/* The device bytes qt_model_cuda_init(m, max_B, max_T, max_r, checkpoint) would allocate,
- * plus (dropout) the dropout scratch of a first call with dropout:
- * the same code sizes every buffer without allocating (no GPU needed), so
- * this equals qt_model_cuda_device_bytes of such a context. Errors as
- * qt_model_cuda_init's argument checks. */
+/* The device bytes qt_model_cuda_init(m, max_B, max_T, max_r, opts) would allocate,
+ * plus (dropout) the dropout scratch of a first call with dropout, and
+ * (host_bytes, may be NULL) the pinned host bytes it would allocate (0
+ * without offload): the same code sizes every buffer without allocating (no
+ * GPU needed), so these equal qt_model_cuda_device_bytes and
+ * qt_model_cuda_host_bytes of such a context. Errors as qt_model_cuda_init's
+ * argument checks. */
 qt_status qt_model_cuda_plan_bytes(const qt_model *m, int64_t max_B, int64_t max_T, int64_t max_r,
-                                   bool checkpoint, bool dropout, size_t *bytes);
+                                   const qt_model_cuda_opts *opts, bool dropout, size_t *bytes,
+                                   size_t *host_bytes);
 /* Device bytes the context holds now (grows only by the lazy dropout
  * scratch). */
 size_t qt_model_cuda_device_bytes(const qt_model_cuda *ctx);
+/* Pinned host bytes the context holds (the offloaded layer inputs; 0 without
+ * offload). */
+size_t qt_model_cuda_host_bytes(const qt_model_cuda *ctx);
 /* Forward, then (when n_lora > 0) backward with d(objective)/d(loss_sum) =
  * dloss, of one packed batch b (model.h; targets required; b->B <= max_B,
  * b->T <= max_T). Returns *loss_sum = summed CE over the targets and *count =
@@ -206,8 +235,8 @@ qt_status qt_model_cuda_round_bf16(uint16_t *dst, const float *src, int64_t n);
 /* Frees every device and host buffer; *ctx = NULL. NULL-safe. */
 void qt_model_cuda_free(qt_model_cuda **ctx);
 
-/* One call with a context of its own: qt_model_cuda_init(m, b->B, b->T, (no checkpointing)
- * largest entry rank), qt_model_cuda_forward_backward, qt_model_cuda_free
+/* One call with a context of its own: qt_model_cuda_init(m, b->B, b->T,
+ * largest entry rank, no checkpointing), qt_model_cuda_forward_backward, qt_model_cuda_free
  * (uploads the weights every call: for tests, not for training loops). */
 qt_status qt_model_forward_backward_cuda(const qt_model *m, const qt_model_cuda_lora *lora,
                                          size_t n_lora, double scale, const qt_model_batch *b,

@@ -24,6 +24,11 @@ static size_t cpu_device_bytes(const qt_backend *b) {
   return 0;
 }
 
+static size_t cpu_pinned_bytes(const qt_backend *b) {
+  (void)b;
+  return 0;
+}
+
 static void cpu_destroy(qt_backend *b) { (void)b; }
 
 static qt_status cpu_zero_grad(qt_backend *b) {
@@ -75,6 +80,7 @@ static const qt_backend_ops CPU_OPS = {
     .eval_micro = cpu_eval_micro,
     .decoder = cpu_decoder,
     .device_bytes = cpu_device_bytes,
+    .pinned_bytes = cpu_pinned_bytes,
     .destroy = cpu_destroy,
     .zero_grad = cpu_zero_grad,
     .grads_to_host = cpu_grads_to_host,

@@ -48,6 +48,9 @@ typedef struct {
   qt_status (*decoder)(qt_backend *b, int64_t cap, int64_t max_rows, qt_model_decoder **out);
   /* Bytes this backend holds on its device beyond the host's (0 for the cpu). */
   size_t (*device_bytes)(const qt_backend *b);
+  /* Page-locked host bytes it holds (cuda with training.activation_offloading:
+   * the offloaded layer inputs; 0 otherwise): part of the host memory plan. */
+  size_t (*pinned_bytes)(const qt_backend *b);
 
   /* ---- the optimizer step's data (after qt_backend_step_init) ---- */
   /* Zeroes the LoRA gradients before a step's first micro-batch. */
@@ -153,13 +156,16 @@ qt_status qt_backend_selfcheck_ex(qt_backend_kind kind, const char *perturb, qt_
  * (model_cuda.h qt_model_cuda_plan_bytes), the resident adapters and their
  * gradients (train), the optimizer state (train, optimizer non-NULL:
  * qt_adamw_alloc_bytes on the device), cuBLASLt's workspace. ts (n_ts): the
- * adapters' tensors (only their shapes and whether they have a master are read). */
+ * adapters' tensors (only their shapes and whether they have a master are read).
+ * offload (with checkpoint): training.activation_offloading, the layer inputs
+ * in pinned host memory: `pinned` bytes, not in `total` (host memory). */
 typedef struct {
   size_t weights, activations, lora, optimizer, workspace, total;
+  size_t pinned;
 } qt_gpu_plan;
 qt_status qt_backend_gpu_plan(const qt_model *m, const qt_lora_tensor *ts, size_t n_ts, int64_t max_B,
-                              int64_t max_T, int64_t max_r, bool train, bool checkpoint, bool dropout,
-                              const qt_adamw_config *optimizer, qt_gpu_plan *out);
+                              int64_t max_T, int64_t max_r, bool train, bool checkpoint, bool offload,
+                              bool dropout, const qt_adamw_config *optimizer, qt_gpu_plan *out);
 /* backend_cuda.c */
 qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o);
 qt_status qt_backend_cuda_step_init(qt_backend *b);

@@ -76,6 +76,11 @@ static qt_status cuda_eval_micro(qt_backend *b, const qt_model_batch *mb, double
                             count);
 }
 
+static size_t cuda_pinned_bytes(const qt_backend *b) {
+  const cuda_impl *c = b->impl;
+  return qt_model_cuda_host_bytes(c->ctx);
+}
+
 static size_t cuda_device_bytes(const qt_backend *b) {
   const cuda_impl *c = b->impl;
   return qt_model_cuda_device_bytes(c->ctx) + c->dmem_bytes;
@@ -178,6 +183,7 @@ static const qt_backend_ops CUDA_OPS = {
     .eval_micro = cuda_eval_micro,
     .decoder = cuda_decoder,
     .device_bytes = cuda_device_bytes,
+    .pinned_bytes = cuda_pinned_bytes,
     .destroy = cuda_destroy,
     .zero_grad = cuda_zero_grad,
     .grads_to_host = cuda_grads_to_host,
@@ -244,12 +250,13 @@ qt_status qt_backend_cuda_step_init(qt_backend *b) {
 bool qt_backend_cuda_composes(const qt_hf_config *c) { return qt_model_cuda_composes(c); }
 
 qt_status qt_backend_gpu_plan(const qt_model *m, const qt_lora_tensor *ts, size_t n_ts, int64_t max_B,
-                              int64_t max_T, int64_t max_r, bool train, bool checkpoint, bool dropout,
-                              const qt_adamw_config *optimizer, qt_gpu_plan *out) {
+                              int64_t max_T, int64_t max_r, bool train, bool checkpoint, bool offload,
+                              bool dropout, const qt_adamw_config *optimizer, qt_gpu_plan *out) {
+  const qt_model_cuda_opts mo = {.checkpoint = checkpoint, .offload = offload};
   memset(out, 0, sizeof *out);
   size_t ctx = 0;
-  QT_TRY(qt_model_cuda_plan_bytes(m, max_B, max_T, max_r, checkpoint, dropout, &ctx));
-  QT_TRY(qt_model_cuda_plan_bytes(m, 1, 1, max_r, checkpoint, false, &out->weights));
+  QT_TRY(qt_model_cuda_plan_bytes(m, max_B, max_T, max_r, &mo, dropout, &ctx, &out->pinned));
+  QT_TRY(qt_model_cuda_plan_bytes(m, 1, 1, max_r, &mo, false, &out->weights, NULL));
   out->activations = ctx - out->weights;
   out->workspace = QT_MODEL_CUDA_GEMM_WORKSPACE;
   if (train && n_ts > 0) {
@@ -272,9 +279,14 @@ qt_status qt_backend_gpu_plan(const qt_model *m, const qt_lora_tensor *ts, size_
 
 /* One shared set of layer activations: training with
  * training.gradient_checkpointing, and every forward-only context
- * (evaluation, generation: nothing is kept for a backward). */
-static bool ckpt(const qt_backend *b, const qt_backend_opts *o) {
-  return !o->train || b->s->cfg.training.gradient_checkpointing;
+ * (evaluation, generation: nothing is kept for a backward). The layer inputs
+ * in pinned host memory: training with checkpointing and
+ * training.activation_offloading (a forward-only context keeps no inputs). */
+static qt_model_cuda_opts model_opts(const qt_backend *b, const qt_backend_opts *o) {
+  const qt_config *cfg = &b->s->cfg;
+  bool ckpt = !o->train || cfg->training.gradient_checkpointing;
+  return (qt_model_cuda_opts){.checkpoint = ckpt,
+                              .offload = o->train && ckpt && cfg->training.activation_offloading};
 }
 
 /* The device memory plan (backend.h qt_backend_open), printed and checked. */
@@ -282,15 +294,16 @@ static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t ma
   const cuda_impl *c = b->impl;
   bool dropout = o->train && b->s->lora && b->s->cfg.lora.dropout > 0;
   qt_gpu_plan pl;
-  QT_TRY(qt_backend_gpu_plan(b->s->model, c->ts, c->n_ts, o->max_B, o->max_T, max_r, o->train, ckpt(b, o),
-                             dropout, o->optimizer, &pl));
+  qt_model_cuda_opts mo = model_opts(b, o);
+  QT_TRY(qt_backend_gpu_plan(b->s->model, c->ts, c->n_ts, o->max_B, o->max_T, max_r, o->train, mo.checkpoint,
+                             mo.offload, dropout, o->optimizer, &pl));
   size_t fixed = pl.weights, lora = pl.lora, opt = pl.optimizer, ws = pl.workspace, total = pl.total;
   size_t ctx = pl.weights + pl.activations;
   size_t free_b = 0, total_b = 0;
   cudaError_t e = cudaMemGetInfo(&free_b, &total_b);
   if (e != cudaSuccess) return QT_CUDA_FAIL(e, __FILE__, __LINE__, "cudaMemGetInfo");
   double mib = 1.0 / 1048576.0;
-  if (o->print_plan)
+  if (o->print_plan) {
     fprintf(stderr,
             "device memory plan (GPU):\n"
             "  weights and per-linear LoRA buffers  %10.1f MiB\n"
@@ -300,10 +313,15 @@ static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t ma
             "  cuBLASLt workspace                   %10.1f MiB\n"
             "  planned                              %10.1f MiB  (free now %.1f of %.1f MiB)\n",
             (double)fixed * mib, (double)(ctx - fixed) * mib, (long long)o->max_B, (long long)o->max_T,
-            !o->train ? "forward only: one layer's set" : ckpt(b, o) ? "checkpointed: layer inputs + one layer"
-                                                                        : "all kept",
+            !o->train      ? "forward only: one layer's set"
+            : mo.offload   ? "checkpointed, inputs offloaded: 2 staging inputs + one layer"
+            : mo.checkpoint ? "checkpointed: layer inputs + one layer"
+                           : "all kept",
             dropout ? ", dropout scratches" : "", (double)lora * mib, (double)opt * mib, (double)ws * mib,
             (double)total * mib, (double)free_b * mib, (double)total_b * mib);
+    if (mo.offload)
+      fprintf(stderr, "  host (pinned, not on the GPU): offloaded layer inputs %.1f MiB\n", (double)pl.pinned * mib);
+  }
   /* beyond the plan: cuBLASLt's and the CUDA runtime's own allocations, the
    * rounding of some thousand cudaMallocs, the norm's tables, NCCL's buffers */
   size_t margin = total / 50 > ((size_t)256 << 20) ? total / 50 : ((size_t)256 << 20);
@@ -318,7 +336,9 @@ static qt_status device_plan(qt_backend *b, const qt_backend_opts *o, int64_t ma
                    (double)total * mib, (double)fixed * mib, (long long)o->max_B, (long long)o->max_T,
                    (double)(ctx - fixed) * mib, (double)lora * mib, (double)opt * mib, (double)ws * mib,
                    (double)margin * mib, (double)free_b * mib, (double)total_b * mib,
-                   ckpt(b, o) ? "" : "; training.gradient_checkpointing: true keeps only each layer's input");
+                   !mo.checkpoint ? "; training.gradient_checkpointing: true keeps only each layer's input"
+                   : !mo.offload  ? "; training.activation_offloading: true moves the layer inputs to host memory"
+                                  : "");
   return QT_OK;
 }
 
@@ -347,7 +367,8 @@ qt_status qt_backend_cuda_open(qt_backend *b, const qt_backend_opts *o) {
     if (A->rows > max_r) max_r = A->rows;
   }
   if ((r = device_plan(b, o, max_r)) != QT_OK) goto fail;
-  if ((r = qt_model_cuda_init(b->s->model, o->max_B, o->max_T, max_r, ckpt(b, o), &c->ctx)) != QT_OK) {
+  qt_model_cuda_opts mo = model_opts(b, o);
+  if ((r = qt_model_cuda_init(b->s->model, o->max_B, o->max_T, max_r, &mo, &c->ctx)) != QT_OK) {
     qt_error_context("training.device cuda: uploading the model for micro-batches of %lld x %lld tokens",
                      (long long)o->max_B, (long long)o->max_T);
     goto fail;

@@ -84,6 +84,7 @@ static const qt_cfg_key qt_cfg_keys[] = {
     {"training", "max_grad_norm", K_FLOAT, OFF(training.max_grad_norm), 0, 1e9, 0, 0, NULL, false},
     {"training", "optimizer", K_ENUM, OFF(training.optimizer), 0, 0, 0, 0, optim_names, false},
     {"training", "gradient_checkpointing", K_BOOL, OFF(training.gradient_checkpointing), 0, 0, 0, 0, NULL, false},
+    {"training", "activation_offloading", K_BOOL, OFF(training.activation_offloading), 0, 0, 0, 0, NULL, false},
     {"training", "eval_steps", K_INT, OFF(training.eval_steps), 0, BIG, 0, 0, NULL, false},
     {"training", "logging_steps", K_INT, OFF(training.logging_steps), 1, BIG, 0, 0, NULL, false},
     {"training", "max_nonfinite_steps", K_INT, OFF(training.max_nonfinite_steps), 1, 1e6, 0, 0, NULL, false},
@@ -150,6 +151,7 @@ void qt_config_defaults(qt_config *c) {
   c->training.max_grad_norm = 1.0;
   c->training.optimizer = QT_OPT_PAGED_ADAMW_8BIT;
   c->training.gradient_checkpointing = true;
+  c->training.activation_offloading = false;
   c->training.eval_steps = 0;
   c->training.logging_steps = 1;
   c->training.max_nonfinite_steps = 3;
@@ -700,6 +702,15 @@ static void validate(const qt_config *c, const bool *set, const char *label, qt_
   if (c->data.train_on_prompt && c->data.format == QT_FMT_TEXT && was_set(set, "data", "train_on_prompt"))
     err_add(w, "%s: data.train_on_prompt has no effect with data.format text (every token is trained on; "
                "axolotl accepts train_on_inputs with any type too)", label);
+  /* torchtune accepts enable_activation_offloading without activation
+   * checkpointing (it then offloads every saved activation); ours moves only
+   * the checkpointed layer inputs, so alone it does nothing */
+  if (c->training.activation_offloading && !c->training.gradient_checkpointing)
+    err_add(w, "%s: training.activation_offloading: true has no effect without training.gradient_checkpointing "
+               "(it moves the checkpointed layer inputs to host memory)", label);
+  if (c->training.activation_offloading && c->training.device == QT_DEVICE_CPU)
+    err_add(w, "%s: training.activation_offloading: true has no effect with training.device cpu (the layer "
+               "inputs are in host memory already)", label);
   if (c->export_.merge_base == QT_MERGE_NF4_ROUNDTRIP && c->model.quant == QT_CFG_QUANT_NONE)
     err_add(e, "%s: export.merge_base nf4_roundtrip needs model.quant nf4 or fp4", label);
 }

@@ -90,6 +90,9 @@ typedef struct {
     double max_grad_norm;           /* 1.0; 0 disables clipping */
     qt_cfg_optimizer optimizer;     /* paged_adamw_8bit */
     bool gradient_checkpointing;    /* true */
+    bool activation_offloading;     /* false: with gradient_checkpointing on the GPU, the checkpointed layer
+                                     * inputs in pinned host memory (model/model_cuda.h); no effect on the
+                                     * CPU; results unchanged (not in the resume fingerprint) */
     int64_t eval_steps;             /* 0 = evaluate at the end only (when data.eval is set) */
     int64_t logging_steps;          /* 1 */
     int64_t max_nonfinite_steps;    /* 3: stop after this many skipped steps in a row */

@@ -140,6 +140,7 @@ static void config_fingerprint(const qt_config *cfg, int world_size, char hex[65
   c.training.threads = 0;
   c.training.max_nonfinite_steps = 3;
   c.training.device = d.training.device;
+  c.training.activation_offloading = d.training.activation_offloading; /* moves bytes, same results */
   char *text = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&text, &len);
@@ -150,8 +151,8 @@ static void config_fingerprint(const qt_config *cfg, int world_size, char hex[65
   }
   /* Keys added later to a section reset above print their default here; they
    * are cut so that checkpoints written before them keep their fingerprint
-   * (export.gguf_type, 2026-12-02). */
-  static const char *const later[] = {"  gguf_type: auto\n"};
+   * (export.gguf_type, 2026-12-02; training.activation_offloading, 2026-12-03). */
+  static const char *const later[] = {"  gguf_type: auto\n", "  activation_offloading: false\n"};
   for (size_t k = 0; text && k < sizeof later / sizeof later[0]; k++) {
     char *at = strstr(text, later[k]);
     if (at) {
@@ -536,6 +537,7 @@ typedef struct {
   size_t opt_bytes;    /* optimizer state */
   int opt_bits;
   size_t mask_bytes;   /* LoRA dropout masks */
+  size_t pinned_bytes; /* the backend's page-locked host memory (offloaded layer inputs) */
   const qt_dataset *train, *eval;
 } run_plan;
 
@@ -578,6 +580,9 @@ static qt_status memory_plan(const qt_session *s, const run_plan *rp, qt_mem_pla
   snprintf(name, sizeof name, "LoRA adapters (bf16, fp32, grad%s)", rp->master ? ", master" : "");
   QT_TRY(qt_mem_plan_add_phase(plan, name, "cpu", rp->lora_bytes, QT_MEM_RUN));
   if (rp->mask_bytes) QT_TRY(qt_mem_plan_add_phase(plan, "LoRA dropout masks", "cpu", rp->mask_bytes, QT_MEM_RUN));
+  if (rp->pinned_bytes)
+    QT_TRY(qt_mem_plan_add_phase(plan, "offloaded layer inputs (pinned, for the GPU)", "cpu", rp->pinned_bytes,
+                                 QT_MEM_RUN));
   snprintf(name, sizeof name, "optimizer state (%d-bit)", rp->opt_bits);
   QT_TRY(qt_mem_plan_add_phase(plan, name, "cpu", rp->opt_bytes, QT_MEM_RUN));
   /* a checkpoint converts every adapter to bf16 before writing (lora.c
@@ -857,7 +862,8 @@ static qt_status train_main(qt_session *s, const char *config_path) {
   {
     run_plan rp = {.rss_start = rss_start, .lora_bytes = lora_bytes, .lora_params = lora_params,
                    .master = ts[0].master != NULL, .opt_bytes = qt_adamw_state_bytes(&opt), .opt_bits = bits,
-                   .mask_bytes = (size_t)mask_bytes, .train = &train, .eval = have_eval ? &eval : NULL};
+                   .mask_bytes = (size_t)mask_bytes, .pinned_bytes = be->ops->pinned_bytes(be), .train = &train,
+                   .eval = have_eval ? &eval : NULL};
     if ((r = memory_plan(s, &rp, &plan)) != QT_OK) goto out_all;
   }
   if (root) qt_mem_plan_print(&plan, stderr);

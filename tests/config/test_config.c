@@ -34,6 +34,8 @@ static void test_defaults_and_numbers(void **state) {
   assert_int_equal(c.training.optimizer, QT_OPT_PAGED_ADAMW_8BIT);
   assert_string_equal(c.output.resume, "auto");
   assert_string_equal(c.data.eval, "");
+  assert_true(c.training.gradient_checkpointing);
+  assert_false(c.training.activation_offloading);
 }
 
 static void test_targets_and_sets(void **state) {
@@ -50,14 +52,26 @@ static void test_targets_and_sets(void **state) {
   const char *s2[] = {"lora.r=8"};
   assert_int_equal(load(BASE "lora:\n  r: 64\n", s2, 1, &c), QT_OK);
   assert_int_equal(c.lora.r, 8);
+  /* training.activation_offloading: from the file and from --set, no warning with checkpointing on */
+  assert_int_equal(load(BASE "training:\n  device: cuda\n  activation_offloading: true\n", NULL, 0, &c), QT_OK);
+  assert_true(c.training.activation_offloading);
+  assert_string_equal(c.warnings, "");
+  const char *s3[] = {"training.activation_offloading=true"};
+  assert_int_equal(load(BASE, s3, 1, &c), QT_OK);
+  assert_true(c.training.activation_offloading);
+  const char *s4[] = {"training.activation_offloading=false"};
+  assert_int_equal(load(BASE "training:\n  activation_offloading: true\n", s4, 1, &c), QT_OK);
+  assert_false(c.training.activation_offloading);
 }
 
 static void test_roundtrip(void **state) {
   (void)state;
   qt_config a, b;
   const char *sets[] = {"lora.target_modules=[gate, up, down]", "training.learning_rate=0.000123456789",
-                        "data.eval=\"v \\\"q\\\".jsonl\"", "training.lr_scheduler=linear", "export.dtype=fp32"};
-  assert_int_equal(load(BASE, sets, 5, &a), QT_OK);
+                        "data.eval=\"v \\\"q\\\".jsonl\"", "training.lr_scheduler=linear", "export.dtype=fp32",
+                        "training.activation_offloading=true"};
+  assert_int_equal(load(BASE, sets, 6, &a), QT_OK);
+  assert_true(a.training.activation_offloading);
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
@@ -69,6 +83,7 @@ static void test_roundtrip(void **state) {
   assert_int_equal(s, QT_OK);
   assert_memory_equal(&a, &b, sizeof a);
   assert_string_equal(b.data.eval, "v \"q\".jsonl");
+  assert_non_null(strstr(buf, "  activation_offloading: true\n"));
   free(buf);
 }
 
@@ -158,6 +173,13 @@ static const struct {
     {BASE "  format: sharegpt\n", NULL, "data.format: 'sharegpt' is not one of text|completion|alpaca|chat"},
     {BASE "training:\n  seed: 99999999999999999999999\n", NULL, "training.seed: expected an integer"},
     {BASE "output:\n  save_total_limit: -2\n", NULL, "output.save_total_limit: -2 is out of range"},
+    {BASE "training:\n  activation_offloading: 1\n", NULL,
+     "cfg.yaml:6:26: training.activation_offloading: expected true or false, got '1'"},
+    {BASE "training:\n  activation_offloading: yes\n", NULL, "'yes' is a boolean only in YAML 1.1"},
+    {BASE, "training.activation_offloading=maybe",
+     "--set training.activation_offloading: training.activation_offloading: expected true or false, got 'maybe'"},
+    {BASE "training:\n  activation_offload: true\n", NULL,
+     "unknown key 'training.activation_offload' (did you mean 'training.activation_offloading'?)"},
 };
 
 /* Combinations the HF Trainer, axolotl or bitsandbytes accept load, with a
@@ -171,6 +193,10 @@ static void test_warnings_not_errors(void **state) {
        "cfg.yaml: training.warmup_steps (5) is larger than training.max_steps (1): warmup never finishes"},
       {MODEL "  quant: none\n  double_quant: true\n" DATA, "model.double_quant: true has no effect with model.quant none"},
       {BASE "  format: text\n  train_on_prompt: true\n", "data.train_on_prompt has no effect with data.format text"},
+      {BASE "training:\n  gradient_checkpointing: false\n  activation_offloading: true\n",
+       "cfg.yaml: training.activation_offloading: true has no effect without training.gradient_checkpointing"},
+      {BASE "training:\n  device: cpu\n  activation_offloading: true\n",
+       "cfg.yaml: training.activation_offloading: true has no effect with training.device cpu"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     qt_config c;

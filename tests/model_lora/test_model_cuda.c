@@ -334,12 +334,13 @@ int main(void) {
   /* Persistent context (qt_model_cuda_init once): a forward-only call, then
    * the LoRA step, on the same buffers, against the same tape results. */
   qt_model_cuda *ctx = NULL;
-  OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, false, &ctx));
+  const qt_model_cuda_opts keep_all = {0};
+  OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, &keep_all, &ctx));
   size_t bytes0 = qt_model_cuda_device_bytes(ctx);
   {
     size_t planned = 0, planned_drop = 0;
-    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, false, false, &planned));
-    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, false, true, &planned_drop));
+    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, &keep_all, false, &planned, NULL));
+    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, &keep_all, true, &planned_drop, NULL));
     check(planned == bytes0, "the device plan equals the context's bytes");
     check(planned_drop - planned == (size_t)(BATCH_B * BATCH_T * (m->C > m->F ? m->C : m->F) * 2) ||
               m->H * m->D > m->C, "the plan's dropout scratch");
@@ -507,7 +508,13 @@ int main(void) {
 
   /* Checkpointing (layer inputs kept, each layer's forward again before its
    * backward, dropout drawn again from the same streams): the same loss and
-   * gradients bit for bit, in the bytes its plan says. */
+   * gradients bit for bit, in the bytes its plan says. Then activation
+   * offloading (the layer inputs through pinned host memory and a device ring
+   * of 2, copied on a second stream): the same again, bit for bit, on the
+   * full batch against the checkpointed context and on row 1 against the
+   * context that keeps everything (two calls: the ring reused, a smaller
+   * batch), with (L - 2) layer inputs fewer on the device than checkpointing
+   * and the L inputs in pinned host memory, as planned. */
   {
     float **saved = calloc(nt, sizeof *saved);
     if (!saved) return 1;
@@ -518,7 +525,8 @@ int main(void) {
       memcpy(saved[i], gpu_grad[i], k * sizeof(float));
     }
     qt_model_cuda *ck = NULL;
-    OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, true, &ck));
+    const qt_model_cuda_opts ckpt = {.checkpoint = true, .offload = false};
+    OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, &ckpt, &ck));
     double ck_loss = 0;
     int64_t ck_count = 0;
     OK(qt_model_cuda_forward_backward(ck, ent, ne, qt_lora_scale(ld), &row1, dloss, &ck_loss, &ck_count));
@@ -532,9 +540,74 @@ int main(void) {
     check(ck_loss == gpu_dloss && ck_count == gpu_dcount, "checkpointing: the same loss");
     check(same == total, "checkpointing: the same gradients, bit for bit");
     size_t planned = 0;
-    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, true, true, &planned));
+    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, &ckpt, true, &planned, NULL));
     check(planned == qt_model_cuda_device_bytes(ck), "checkpointing: the plan equals the context's bytes");
     check(qt_model_cuda_device_bytes(ck) < bytes1, "checkpointing holds less");
+    check(qt_model_cuda_host_bytes(ck) == 0, "checkpointing: no pinned host bytes");
+
+    /* offloading: the full batch through the checkpointed context first (its
+     * gradients the reference), then through the offloading one */
+    float **ck_full = calloc(nt, sizeof *ck_full);
+    if (!ck_full) return 1;
+    double ckf_loss = 0;
+    int64_t ckf_count = 0;
+    OK(qt_model_cuda_forward_backward(ck, ent, ne, qt_lora_scale(ld), &b, dloss, &ckf_loss, &ckf_count));
+    for (size_t i = 0; i < nt; i++) {
+      size_t k = (size_t)(tsd[i].rows * tsd[i].cols);
+      ck_full[i] = malloc(k * sizeof(float));
+      if (!ck_full[i]) return 1;
+      memcpy(ck_full[i], gpu_grad[i], k * sizeof(float));
+    }
+    qt_model_cuda *of = NULL;
+    const qt_model_cuda_opts offl = {.checkpoint = true, .offload = true};
+    OK(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, &offl, &of));
+    for (size_t i = 0; i < nt; i++)
+      for (int64_t j = 0; j < tsd[i].rows * tsd[i].cols; j++) gpu_grad[i][j] = NAN;
+    double of_loss = 0;
+    int64_t of_count = 0;
+    OK(qt_model_cuda_forward_backward(of, ent, ne, qt_lora_scale(ld), &b, dloss, &of_loss, &of_count));
+    size_t same_full = 0, total_full = 0;
+    for (size_t i = 0; i < nt; i++)
+      for (int64_t j = 0; j < tsd[i].rows * tsd[i].cols; j++, total_full++)
+        same_full += memcmp(&ck_full[i][j], &gpu_grad[i][j], sizeof(float)) == 0;
+    for (size_t i = 0; i < nt; i++)
+      for (int64_t j = 0; j < tsd[i].rows * tsd[i].cols; j++) gpu_grad[i][j] = NAN;
+    double of1_loss = 0;
+    int64_t of1_count = 0;
+    OK(qt_model_cuda_forward_backward(of, ent, ne, qt_lora_scale(ld), &row1, dloss, &of1_loss, &of1_count));
+    size_t same1 = 0;
+    for (size_t i = 0; i < nt; i++)
+      for (int64_t j = 0; j < tsd[i].rows * tsd[i].cols; j++)
+        same1 += memcmp(&saved[i][j], &gpu_grad[i][j], sizeof(float)) == 0;
+    double ev_ck = 0, ev_of = 0;
+    int64_t ev_ckc = 0, ev_ofc = 0;
+    OK(qt_model_cuda_loss(ck, ent, ne, qt_lora_scale(ld), &b, &ev_ck, &ev_ckc));
+    OK(qt_model_cuda_loss(of, ent, ne, qt_lora_scale(ld), &b, &ev_of, &ev_ofc));
+    size_t of_planned = 0, of_host_planned = 0;
+    OK(qt_model_cuda_plan_bytes(m, BATCH_B, BATCH_T, RANK, &offl, true, &of_planned, &of_host_planned));
+    size_t input = (size_t)(BATCH_B * BATCH_T * m->C) * 2;
+    printf("offloading context: loss %.9g (checkpointed %.9g), row 1 %.9g (kept %.9g); %zu and %zu of %zu "
+           "gradient values bit-identical; %.2f MiB on the device (checkpointed %.2f), %.2f MiB pinned host\n",
+           of_loss, ckf_loss, of1_loss, gpu_dloss, same_full, same1, total_full,
+           (double)qt_model_cuda_device_bytes(of) / 1048576.0, (double)qt_model_cuda_device_bytes(ck) / 1048576.0,
+           (double)qt_model_cuda_host_bytes(of) / 1048576.0);
+    check(of_loss == ckf_loss && of_count == ckf_count, "offloading: the checkpointed loss (full batch)");
+    check(same_full == total_full, "offloading: the checkpointed gradients, bit for bit (full batch)");
+    check(of1_loss == gpu_dloss && of1_count == gpu_dcount, "offloading: the same loss (row 1, second call)");
+    check(same1 == total, "offloading: the same gradients, bit for bit (row 1, second call)");
+    check(ev_of == ev_ck && ev_ofc == ev_ckc, "offloading: the same evaluation loss (no copies)");
+    check(of_planned == qt_model_cuda_device_bytes(of) && of_host_planned == qt_model_cuda_host_bytes(of),
+          "offloading: the plan equals the context's device and host bytes");
+    check(qt_model_cuda_device_bytes(ck) - qt_model_cuda_device_bytes(of) == (size_t)(m->L - 2) * input,
+          "offloading: (L - 2) layer inputs fewer on the device");
+    check(qt_model_cuda_host_bytes(of) == (size_t)m->L * input, "offloading: the L layer inputs on the host");
+    qt_model_cuda *bad_ctx = NULL;
+    const qt_model_cuda_opts off_only = {.checkpoint = false, .offload = true};
+    check(qt_model_cuda_init(m, BATCH_B, BATCH_T, RANK, &off_only, &bad_ctx) == QT_ERR_INVALID && !bad_ctx,
+          "offloading without checkpointing refused");
+    qt_model_cuda_free(&of);
+    for (size_t i = 0; i < nt; i++) free(ck_full[i]);
+    free(ck_full);
     qt_model_cuda_free(&ck);
     for (size_t i = 0; i < nt; i++) free(saved[i]);
     free(saved);

@@ -4,9 +4,11 @@
  * GPU. Checked here on stories260K (NF4, double quantization): it runs with no
  * device at all; the dropout scratch adds exactly (tokens x widest input)
  * bf16; the activations grow linearly with the rows; the weights' part is at
- * least the 4-bit codes and bf16 copies of the dense tensors; arguments are
- * checked. tests/model_lora/test_model_cuda.c checks on a GPU that the plan
- * equals what a context then holds. */
+ * least the 4-bit codes and bf16 copies of the dense tensors; activation
+ * offloading keeps 2 layer inputs on the device instead of L (exactly
+ * (L - 2) x tokens x C bf16 less) and plans the L inputs as pinned host
+ * bytes; arguments are checked. tests/model_lora/test_model_cuda.c checks on
+ * a GPU that the plan equals what a context then holds. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -23,13 +25,24 @@ static void check(int cond, const char *what) {
   }
 }
 
-static size_t plan_ck(const qt_model *m, int64_t B, int64_t T, int64_t r, bool ckpt, bool dropout) {
-  size_t bytes = 0;
-  qt_status s = qt_model_cuda_plan_bytes(m, B, T, r, ckpt, dropout, &bytes);
+/* Device bytes planned; *host (may be NULL): pinned host bytes. */
+static size_t plan_opts(const qt_model *m, int64_t B, int64_t T, int64_t r, bool ckpt, bool offload, bool dropout,
+                        size_t *host) {
+  size_t bytes = 0, hb = 1;
+  const qt_model_cuda_opts o = {.checkpoint = ckpt, .offload = offload};
+  qt_status s = qt_model_cuda_plan_bytes(m, B, T, r, &o, dropout, &bytes, &hb);
   if (s != QT_OK) {
     fprintf(stderr, "plan %lld x %lld r %lld: %s\n", (long long)B, (long long)T, (long long)r, qt_error_message());
     exit(1);
   }
+  if (host) *host = hb;
+  return bytes;
+}
+
+static size_t plan_ck(const qt_model *m, int64_t B, int64_t T, int64_t r, bool ckpt, bool dropout) {
+  size_t host = 1;
+  size_t bytes = plan_opts(m, B, T, r, ckpt, false, dropout, &host);
+  check(host == 0, "no pinned host bytes without offloading");
   return bytes;
 }
 
@@ -66,7 +79,28 @@ int main(void) {
                (size_t)(2 * m->H * 64) * 4 + (size_t)(7 * N * 4) * 2; /* all but x; u of 7 linears at r 4 */
   printf("checkpointed: %zu bytes (%zu less)\n", c1, p - c1);
   check(p - c1 == (size_t)(m->L - 1) * set, "checkpointing saves (L - 1) layers' activations");
-  check(qt_model_cuda_plan_bytes(m, 0, 64, 4, false, false, &bytes) == QT_ERR_INVALID && bytes == 0,
+  /* activation offloading: the L layer inputs (tokens x C bf16 each) go to
+   * pinned host memory and a ring of 2 stays on the device, with and without
+   * dropout, at 2 x 64 tokens and at 1 token */
+  check(m->L > 2, "stories260K has more layers than the ring");
+  size_t input = (size_t)(N * Cm) * 2, host = 0, host_d = 0, host_1 = 0;
+  size_t o1 = plan_opts(m, 2, 64, 4, true, true, false, &host);
+  size_t o1d = plan_opts(m, 2, 64, 4, true, true, true, &host_d);
+  size_t c1d = plan_ck(m, 2, 64, 4, true, true);
+  size_t o11 = plan_opts(m, 1, 1, 4, true, true, false, &host_1), c11 = plan_ck(m, 1, 1, 4, true, false);
+  printf("offloaded: %zu device bytes (%zu less than checkpointed), %zu pinned host bytes\n", o1, c1 - o1, host);
+  check(c1 - o1 == (size_t)m->L * input - 2 * input, "offloading: the layer inputs less the ring of 2 off the device");
+  check(c1d - o1d == c1 - o1 && host_d == host, "offloading: the same saving with dropout");
+  check(host == (size_t)m->L * input, "offloading: every layer's input in pinned host memory");
+  check(c11 - o11 == (size_t)(m->L - 2) * (size_t)Cm * 2 && host_1 == (size_t)(m->L * Cm) * 2,
+        "offloading at 1 token: (L - 2) x C bf16 less");
+  const qt_model_cuda_opts keep = {0}, off_only = {.checkpoint = false, .offload = true};
+  size_t hb = 1;
+  bytes = 1;
+  check(qt_model_cuda_plan_bytes(m, 2, 64, 4, &off_only, false, &bytes, &hb) == QT_ERR_INVALID && bytes == 0 &&
+            hb == 0, "offloading without checkpointing is refused");
+  bytes = 1;
+  check(qt_model_cuda_plan_bytes(m, 0, 64, 4, &keep, false, &bytes, NULL) == QT_ERR_INVALID && bytes == 0,
         "an empty batch is refused");
   qt_model_free(&m);
   if (failures) fprintf(stderr, "%d failure(s)\n", failures);
