@@ -7,6 +7,9 @@
 #   2. The GPU's step-3 checkpoint resumes on the CPU, and the CPU's on the
 #      GPU: steps 4-6 stay within 2e-2 relative of the uninterrupted run on the
 #      other backend (bf16 storage on the GPU; see gpu_vs_cpu.sh).
+#   3. training.activation_offloading: true (the checkpointed layer inputs in
+#      pinned host memory, copied on a second stream) only moves bytes: the
+#      per-step losses and the final state of the run without it, bit for bit.
 # Exits 77 (skipped) only where no NVIDIA driver or device is visible at all.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" "$@"
@@ -59,3 +62,16 @@ cross() { # cross FROM TO DEVICE
 cross gpu gpu_on_cpu cpu
 cross cpu cpu_on_gpu cuda
 pass "the GPU's checkpoint resumes on the CPU and the CPU's on the GPU within 2e-2"
+
+# 3. activation offloading: the same run, bit for bit
+cfg gpu_off cuda
+sed -i "s/^  device: cuda$/  device: cuda\n  activation_offloading: true/" "$WORK/gpu_off.yaml"
+grep -q "^  activation_offloading: true$" "$WORK/gpu_off.yaml" || fail "could not set activation_offloading"
+run gpu_off || { cat "$WORK"/gpu_off.*.log; fail "GPU run with activation offloading"; }
+grep -q "offloaded layer inputs" "$WORK"/gpu_off.*.log || { cat "$WORK"/gpu_off.*.log; fail "no pinned host line in the plan"; }
+diff <(losses "$WORK/gpu/metrics.jsonl") <(losses "$WORK/gpu_off/metrics.jsonl") > "$WORK/diff_off.txt" \
+  || { cat "$WORK/diff_off.txt"; fail "GPU per-step losses differ with activation offloading"; }
+for f in adapter_model.safetensors optimizer.safetensors; do
+  cmp -s "$WORK/gpu/checkpoint-000006/$f" "$WORK/gpu_off/checkpoint-000006/$f" || fail "offloading: $f differs at the end"
+done
+pass "GPU: activation offloading gives the same losses and final state, bit for bit"
