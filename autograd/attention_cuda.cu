@@ -21,6 +21,8 @@
  * the CPU kernels, attention_mask.h), with the chain-rule factor 1 - tanh^2 on
  * dS in backward. */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "autograd/kernels/attention_flash.h"
 #include "autograd/kernels/attention_mask.h"
@@ -165,14 +167,17 @@ static unsigned attention_grid(int64_t warps) {
   return (unsigned)(g > 0 ? g : 1);
 }
 
-/* The largest tile (64, 32, 16) whose shared memory for kind fits the current
- * device (its opt-in limit per block: 227 KiB on H100/H200, 163 KiB on A100),
- * with the kernel's dynamic shared memory limit raised to it. */
+/* The largest tile (64, 32, 16; at most QLORA_ATT_TILE when that is 32 or 16:
+ * a knob for measurements, README) whose shared memory for kind fits the
+ * current device (its opt-in limit per block: 227 KiB on H100/H200, 163 KiB on
+ * A100), with the kernel's dynamic shared memory limit raised to it. */
 static qt_status flash_plan(int kind, int64_t D, const void *kernel, qt_fl_plan *out) {
   int dev = 0, max_smem = 0;
   QT_CUDA_CHECK(cudaGetDevice(&dev));
   QT_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  for (int tile = 64; tile >= 16; tile /= 2) {
+  const char *cap = getenv("QLORA_ATT_TILE");
+  const int first = cap && !strcmp(cap, "16") ? 16 : cap && !strcmp(cap, "32") ? 32 : 64;
+  for (int tile = first; tile >= 16; tile /= 2) {
     qt_fl_plan p = qt_fl_plan_make(kind, D, tile);
     if (p.bytes > (size_t)max_smem) continue;
     QT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -32,7 +32,8 @@
  *    with dropout (p = 0.05) drawn in the kernels from the Philox stream, as
  *    info;
  *  - RMSNorm, RoPE (q: 32 heads, k: 8 heads), attention (causal, one document;
- *    four equal documents as info), SwiGLU, residual add (its backward as info:
+ *    four equal documents, and tiles capped at 32 and 16 by QLORA_ATT_TILE,
+ *    as info), SwiGLU, residual add (its backward as info:
  *    model_cuda passes the residual gradient through), and the head: embedding
  *    forward, cross-entropy forward and backward (lm_head recomputed,
  *    256-row chunks as model_cuda), the fused CE + scaled_add as info.
@@ -829,6 +830,18 @@ static qt_status run_layer_ops(bench *b, results *r) {
   QT_TRY(check_finite(b->dqr, b->N * NH * HDIM, "the attention dq"));
   QT_TRY(check_finite(b->dkr, b->N * NKV * HDIM, "the attention dk"));
   QT_TRY(check_finite(b->dv, b->N * NKV * HDIM, "the attention dv"));
+  /* the same at smaller tile caps (QLORA_ATT_TILE), as info: more blocks per
+   * SM against more passes over the keys; the default takes the largest */
+  for (int cap = 32; cap >= 16; cap /= 2) {
+    char name[40];
+    meas m;
+    snprintf(name, sizeof name, "attention_1doc_tile%d", cap);
+    setenv("QLORA_ATT_TILE", cap == 32 ? "32" : "16", 1);
+    qt_status st = measure(b, op_attention_fwd, 4 * hd * NH * p1, 0, name, NULL, "fwd", s_att, &m);
+    if (st == QT_OK) st = measure(b, op_attention_bwd, 10 * hd * NH * p1, 0, name, NULL, "bwd", s_att, &m);
+    unsetenv("QLORA_ATT_TILE");
+    QT_TRY(st);
+  }
   b->doc = b->doc4;
   QT_TRY(measure(b, op_attention_fwd, 4 * hd * NH * p4, 0, "attention_4docs", NULL, "fwd", s_att,
                  &r->at4_f));

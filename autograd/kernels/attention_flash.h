@@ -35,11 +35,15 @@
  * buffer at a 128-byte boundary.
  *
  * Work split inside a block of nth threads (thread tid, warp tid / 32): copies
- * and element-wise passes stride over tid, per-row passes give a row to a
- * thread, and the 16 x 16 output tiles of a product go to the warps round-robin.
- * QT_FL_SYNC() (a __syncthreads() on the device, nothing on the host) separates
- * the phases; every shared buffer a phase reads was written before the last
- * sync and is not written by any thread until the next one. */
+ * and element-wise passes stride over tid; the forward's softmax gives each
+ * query row nth / tile threads (strided columns; the row's sum l is then
+ * added up by one thread in column order, so no result depends on nth); the
+ * 16 x 16 output tiles of a product go to the warps round-robin; the document
+ * id range of a tile is built by each warp with shuffles (qt_fl_tile).
+ * QT_FL_SYNC() (a __syncthreads() on the device; on the host nothing, or a
+ * test's barrier) separates the phases; every shared buffer a phase reads was
+ * written before the last sync and is not written by any thread until the
+ * next one. */
 #ifndef QT_AUTOGRAD_KERNELS_ATTENTION_FLASH_H
 #define QT_AUTOGRAD_KERNELS_ATTENTION_FLASH_H
 
@@ -58,12 +62,19 @@
 
 #define QT_FL_HD QT_ATT_HD
 #define QT_FL_MAXD 256   /* largest head dimension */
-#define QT_FL_THREADS 128 /* threads of a block on the device */
+#define QT_FL_THREADS 256 /* threads of a block on the device: 8 warps */
 
+/* On the host a block is one thread (nothing to wait for), unless a test
+ * runs its threads concurrently and sets a barrier here
+ * (tests/autograd/test_attn_flash.c: 128 threads per block). */
+static inline void (**qt_fl_host_sync_slot(void))(void) {
+  static void (*sync)(void);
+  return &sync;
+}
 #ifdef __CUDA_ARCH__
 #define QT_FL_SYNC() __syncthreads()
 #else
-#define QT_FL_SYNC() ((void)0)
+#define QT_FL_SYNC() (*qt_fl_host_sync_slot() ? (*qt_fl_host_sync_slot())() : (void)0)
 #endif
 
 enum { QT_FL_FWD = 0, QT_FL_DQ = 1, QT_FL_DKV = 2 };
@@ -76,7 +87,7 @@ typedef struct {
   int ldf;  /* fp32 (tile, dp): acc1 (O, dQ or dK), acc2 (dV) */
   int lds;  /* fp32 (tile, tile): s (scores), dpm (dP) */
   int ldp;  /* bf16 (tile, tile): p, ds */
-  size_t q, k, v, dout, s, dpm, p, ds, acc1, acc2, r1, r2;
+  size_t q, k, v, dout, s, dpm, p, ds, acc1, acc2, r1, r2, part;
   size_t bytes;
 } qt_fl_plan;
 
@@ -114,6 +125,10 @@ static inline QT_FL_HD qt_fl_plan qt_fl_plan_make(int kind, int64_t D, int tile)
   p.acc2 = qt_fl_take(&at, kind == QT_FL_DKV ? tf : 0);
   p.r1 = qt_fl_take(&at, row); /* forward: m; backward: lse */
   p.r2 = qt_fl_take(&at, row); /* forward: l; backward: delta */
+  /* forward: each row's partial maxima, one per thread of the row (at most
+   * max(tile, QT_FL_THREADS) threads in all) */
+  p.part = qt_fl_take(&at, kind == QT_FL_FWD ? (size_t)(tile > QT_FL_THREADS ? tile : QT_FL_THREADS) * 4
+                                             : 0);
   p.bytes = at;
   return p;
 }
@@ -291,6 +306,38 @@ static inline QT_FL_HD void qt_fl_zero(float *dst, int ld, int rows, int cols, i
 
 static inline QT_FL_HD int64_t qt_fl_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* The tile [lo, lo + tile) of a row and its document id range
+ * (attention_mask.h qt_att_tile_make). On the device each warp builds it at
+ * once (a lane reads every 32nd position, then min/max butterflies: every
+ * lane gets the range; all 32 lanes call it, as every thread of a block does
+ * at the same point), instead of one thread reading all tile ids. */
+static inline QT_FL_HD qt_att_tile qt_fl_tile(const int32_t *db, int64_t T, int64_t lo, int tile,
+                                              int lane) {
+#ifdef __CUDA_ARCH__
+  int32_t mn = INT32_MAX, mx = INT32_MIN;
+  for (int x = lane; x < tile; x += 32)
+    if (lo + x < T) {
+      const int32_t d = db[lo + x];
+      mn = d < mn ? d : mn;
+      mx = d > mx ? d : mx;
+    }
+  for (int o = 16; o > 0; o >>= 1) {
+    const int32_t a = __shfl_xor_sync(0xffffffffu, mn, o), b = __shfl_xor_sync(0xffffffffu, mx, o);
+    mn = a < mn ? a : mn;
+    mx = b > mx ? b : mx;
+  }
+  qt_att_tile t;
+  t.lo = lo < 0 ? 0 : lo;
+  t.hi = lo + tile > T ? T : lo + tile;
+  t.dmin = mn;
+  t.dmax = mx;
+  return t;
+#else
+  (void)lane;
+  return qt_att_tile_make(db, T, lo, lo + tile);
+#endif
+}
+
 /* Whether the pair (query i0 + r, key j0 + c) of a tile pair of class cls is
  * attended: inside the row and, in a PARTIAL pair, qt_att_visible. */
 static inline QT_FL_HD int qt_fl_pair(const int32_t *db, int64_t T, int64_t i, int64_t j, int cls,
@@ -305,6 +352,12 @@ static inline QT_FL_HD int64_t qt_fl_first_key_tile(int64_t i0, int64_t window, 
   return js - js % tile;
 }
 
+/* max(m, part[0 .. n-1]) */
+static inline QT_FL_HD float qt_fl_row_max(float m, const float *part, int n) {
+  for (int x = 0; x < n; x++) m = m > part[x] ? m : part[x];
+  return m;
+}
+
 /* Forward of the query tile qi of (b, h): out rows, lse. */
 static inline QT_FL_HD void qt_fl_forward_block(const qt_fl_args *a, const qt_fl_plan *pl,
                                                 unsigned char *sm, int64_t b, int64_t h,
@@ -315,6 +368,8 @@ static inline QT_FL_HD void qt_fl_forward_block(const qt_fl_args *a, const qt_fl
   uint16_t *sv = (uint16_t *)(sm + pl->v), *sp = (uint16_t *)(sm + pl->p);
   float *ss = (float *)(sm + pl->s), *so = (float *)(sm + pl->acc1);
   float *mrow = (float *)(sm + pl->r1), *lrow = (float *)(sm + pl->r2);
+  float *part = (float *)(sm + pl->part);
+  const int tpr = nth >= tile ? nth / tile : 1; /* threads per query row in the softmax */
   const int64_t T = a->T, H = a->H, K = a->K, D = a->D, g = h / (H / K);
   const int32_t *db = a->doc + b * T;
   const int64_t i0 = qi * tile, nq = qt_fl_min(tile, T - i0), ilast = i0 + nq - 1;
@@ -324,9 +379,9 @@ static inline QT_FL_HD void qt_fl_forward_block(const qt_fl_args *a, const qt_fl
     mrow[r] = -INFINITY;
     lrow[r] = 0.0f;
   }
-  const qt_att_tile qt = qt_att_tile_make(db, T, i0, i0 + tile);
+  const qt_att_tile qt = qt_fl_tile(db, T, i0, tile, lane);
   for (int64_t j0 = qt_fl_first_key_tile(i0, a->window, tile); j0 <= ilast; j0 += tile) {
-    const qt_att_tile kt = qt_att_tile_make(db, T, j0, j0 + tile);
+    const qt_att_tile kt = qt_fl_tile(db, T, j0, tile, lane);
     const int cls = qt_att_tile_class(&qt, &kt, a->window);
     if (cls == QT_ATT_TILE_EMPTY) continue; /* the same decision in every thread */
     const int64_t nk = qt_fl_min(tile, T - j0);
@@ -337,36 +392,54 @@ static inline QT_FL_HD void qt_fl_forward_block(const qt_fl_args *a, const qt_fl
     qt_fl_mma(ss, pl->lds, sq, pl->ldh, 0, sk, pl->ldh, 1, tile, tile, dp, 0, warp, nwarps, lane,
               nlanes);
     QT_FL_SYNC();
-    for (int r = tid; r < tile; r += nth) { /* one thread per query row */
+    /* the online softmax, tpr threads per query row (thread sub of row r
+     * takes columns sub, sub + tpr, ...): masked, capped scores and each
+     * thread's maximum; then the row's new maximum, P and O's rescaling; the
+     * row sum l in one thread, in column order, beside P V (so the results do
+     * not depend on tpr: one thread per block on the host gives the bits of
+     * 128 on the device) */
+    for (int e = tid; e < tile * tpr; e += nth) {
+      const int r = e / tpr, sub = e % tpr;
       const int64_t i = i0 + r;
-      float *srow = ss + (size_t)r * pl->lds;
-      uint16_t *prow = sp + (size_t)r * pl->ldp;
-      float mx = -INFINITY;
-      for (int c = 0; c < tile; c++) {
-        float s = qt_fl_pair(db, T, i, j0 + c, cls, a->window)
-                      ? qt_fl_cap(a->scale * srow[c], a->softcap)
-                      : -INFINITY;
+      float *srow = ss + (size_t)r * pl->lds, mx = -INFINITY;
+      for (int c = sub; c < tile; c += tpr) {
+        const float s = qt_fl_pair(db, T, i, j0 + c, cls, a->window)
+                            ? qt_fl_cap(a->scale * srow[c], a->softcap)
+                            : -INFINITY;
         srow[c] = s;
         mx = mx > s ? mx : s;
       }
-      const float mo = mrow[r], mn = mo > mx ? mo : mx;
+      part[e] = mx;
+    }
+    QT_FL_SYNC();
+    for (int e = tid; e < tile * tpr; e += nth) {
+      const int r = e / tpr, sub = e % tpr;
+      float *srow = ss + (size_t)r * pl->lds;
+      uint16_t *prow = sp + (size_t)r * pl->ldp;
+      const float mo = mrow[r], mn = qt_fl_row_max(mo, part + r * tpr, tpr);
       if (mn == -INFINITY) { /* nothing visible yet (or a row past T) */
-        for (int c = 0; c < tile; c++) prow[c] = 0;
+        for (int c = sub; c < tile; c += tpr) prow[c] = 0;
         continue;
       }
       const float corr = expf(mo - mn); /* mo = -inf: 0 */
-      float sum = 0.0f;
-      for (int c = 0; c < tile; c++) {
+      for (int c = sub; c < tile; c += tpr) {
         const float p = expf(srow[c] - mn); /* -inf: 0 */
-        sum += p;
+        srow[c] = p;
         prow[c] = qt_quant_bf16_rne_hd(p);
       }
-      lrow[r] = lrow[r] * corr + sum;
-      mrow[r] = mn;
       if (corr != 1.0f)
-        for (int d = 0; d < dp; d++) so[(size_t)r * pl->ldf + d] *= corr;
+        for (int d = sub; d < dp; d += tpr) so[(size_t)r * pl->ldf + d] *= corr;
     }
     QT_FL_SYNC();
+    for (int r = tid; r < tile; r += nth) { /* m, l (read again only after the next syncs) */
+      const float mo = mrow[r], mn = qt_fl_row_max(mo, part + r * tpr, tpr);
+      if (mn == -INFINITY) continue;
+      const float *srow = ss + (size_t)r * pl->lds;
+      float sum = 0.0f;
+      for (int c = 0; c < tile; c++) sum += srow[c];
+      lrow[r] = lrow[r] * expf(mo - mn) + sum;
+      mrow[r] = mn;
+    }
     qt_fl_mma(so, pl->ldf, sp, pl->ldp, 0, sv, pl->ldh, 0, tile, dp, tile, 1, warp, nwarps, lane,
               nlanes);
   }
@@ -402,9 +475,9 @@ static inline QT_FL_HD void qt_fl_dq_block(const qt_fl_args *a, const qt_fl_plan
     lse[r] = r < nq ? a->lse_in[bh * T + i0 + r] : 0.0f;
     delta[r] = r < nq ? a->delta[bh * T + i0 + r] : 0.0f;
   }
-  const qt_att_tile qt = qt_att_tile_make(db, T, i0, i0 + tile);
+  const qt_att_tile qt = qt_fl_tile(db, T, i0, tile, lane);
   for (int64_t j0 = qt_fl_first_key_tile(i0, a->window, tile); j0 <= ilast; j0 += tile) {
-    const qt_att_tile kt = qt_att_tile_make(db, T, j0, j0 + tile);
+    const qt_att_tile kt = qt_fl_tile(db, T, j0, tile, lane);
     const int cls = qt_att_tile_class(&qt, &kt, a->window);
     if (cls == QT_ATT_TILE_EMPTY) continue;
     const int64_t nk = qt_fl_min(tile, T - j0);
@@ -462,11 +535,11 @@ static inline QT_FL_HD void qt_fl_dkv_block(const qt_fl_args *a, const qt_fl_pla
   qt_fl_load(sv, pl->ldh, a->v + ((b * T + j0) * K + g) * D, K * D, nk, D, tile, dp, tid, nth);
   qt_fl_zero(sdk, pl->ldf, tile, dp, tid, nth);
   qt_fl_zero(sdv, pl->ldf, tile, dp, tid, nth);
-  const qt_att_tile kt = qt_att_tile_make(db, T, j0, j0 + tile);
+  const qt_att_tile kt = qt_fl_tile(db, T, j0, tile, lane);
   for (int64_t rh = 0; rh < rep; rh++) {
     const int64_t h = g * rep + rh, bh = b * H + h;
     for (int64_t i0 = j0; i0 < iend; i0 += tile) {
-      const qt_att_tile qt = qt_att_tile_make(db, T, i0, i0 + tile);
+      const qt_att_tile qt = qt_fl_tile(db, T, i0, tile, lane);
       const int cls = qt_att_tile_class(&qt, &kt, a->window);
       if (cls == QT_ATT_TILE_EMPTY) continue;
       const int64_t nq = qt_fl_min(tile, T - i0);

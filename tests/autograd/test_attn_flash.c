@@ -8,8 +8,13 @@
  * tile skipping and masking of packed rows (EMPTY / PARTIAL / FULL), GQA, the
  * sliding window, soft-capping, the padding of partial tiles and of the head
  * dimension, delta = rowsum(dO * O), the set / accumulate stores, and the
- * shared-memory layout (every buffer inside the block's bytes). What it cannot:
- * the warp split and the WMMA fragments (the GPU check's test_ops_cuda_more).
+ * shared-memory layout (every buffer inside the block's bytes). Some shapes
+ * run again with 128 concurrent threads per block (pthreads; QT_FL_SYNC a
+ * barrier; tid, warp and the softmax's threads per row as on the device),
+ * which must give the one-thread bits: the phases and the work split have no
+ * race and no thread reads shared memory no phase wrote (it starts as NaN).
+ * What it cannot check: the WMMA fragments and the warp shuffles (the GPU
+ * check's test_ops_cuda_more).
  *
  * Tolerances: those of test_ops_cuda_more's bf16 outputs (allclose
  * 2^-6 rel + 2^-7 max|ref|, NMSE < 2e-5): the kernels store the outputs and P,
@@ -25,6 +30,7 @@
  * Plain C; tests/autograd/test_attn_flash_host.cu compiles this file with nvcc
  * (the bodies then are the __host__ __device__ code the kernels run). */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,18 +149,83 @@ static void sm_check(const unsigned char *p, const qt_fl_plan *pl, const char *w
     }
 }
 
-/* The launcher's grids, block by block (the forward and dq take the query
- * tiles in the kernels' reversed order). */
-static void run_forward(qt_fl_args *a, int tile) {
-  qt_fl_plan pl = qt_fl_plan_make(QT_FL_FWD, a->D, tile);
-  unsigned char *sm = sm_alloc(&pl);
-  int64_t nt = (a->T + tile - 1) / tile;
-  for (int64_t b = 0; b < a->B; b++)
-    for (int64_t h = 0; h < a->H; h++)
-      for (int64_t x = 0; x < nt; x++) qt_fl_forward_block(a, &pl, sm, b, h, nt - 1 - x, 0, 1);
-  sm_check(sm, &pl, "forward");
-  free(sm);
+/* A grid of blocks, one after the other, each as one thread (nth 1) or as
+ * QT_FL_THREADS threads running concurrently (started once per grid) with a
+ * barrier for QT_FL_SYNC (the header's host hook), tid and warp as on the
+ * device. Shared memory is filled with NaN bytes before each block, so a read
+ * of a value no phase of that block wrote shows up in the results.
+ * Block n is (b, h or g, tile x) = (bx[3n], bx[3n + 1], bx[3n + 2]). */
+typedef struct {
+  int kind;
+  const qt_fl_args *a;
+  const qt_fl_plan *pl;
+  unsigned char *sm;
+  const int64_t *bx;
+  int64_t n;
+  int tid, nth;
+} grid_job;
+
+static pthread_barrier_t block_barrier;
+static void block_sync(void) { pthread_barrier_wait(&block_barrier); }
+
+static void *grid_thread(void *p) {
+  const grid_job *j = (const grid_job *)p;
+  for (int64_t n = 0; n < j->n; n++) {
+    const int64_t b = j->bx[3 * n], h = j->bx[3 * n + 1], x = j->bx[3 * n + 2];
+    if (j->tid == 0) memset(j->sm, 0xFF, j->pl->bytes);
+    QT_FL_SYNC(); /* the fill before any thread of the block starts */
+    if (j->kind == QT_FL_FWD) qt_fl_forward_block(j->a, j->pl, j->sm, b, h, x, j->tid, j->nth);
+    else if (j->kind == QT_FL_DQ) qt_fl_dq_block(j->a, j->pl, j->sm, b, h, x, j->tid, j->nth);
+    else qt_fl_dkv_block(j->a, j->pl, j->sm, b, h, x, j->tid, j->nth);
+    QT_FL_SYNC(); /* the block is done before the next fill */
+  }
+  return NULL;
 }
+
+static void run_grid(int kind, const qt_fl_args *a, const qt_fl_plan *pl, unsigned char *sm,
+                     const int64_t *bx, int64_t n, int nth) {
+  grid_job j[QT_FL_THREADS];
+  for (int t = 0; t < nth; t++) {
+    grid_job one = {kind, a, pl, sm, bx, n, t, nth};
+    j[t] = one;
+  }
+  if (nth == 1) {
+    grid_thread(&j[0]);
+    return;
+  }
+  pthread_t th[QT_FL_THREADS];
+  *qt_fl_host_sync_slot() = block_sync;
+  for (int t = 0; t < nth; t++)
+    if (pthread_create(&th[t], NULL, grid_thread, &j[t])) {
+      fprintf(stderr, "cannot start a thread\n");
+      exit(1);
+    }
+  for (int t = 0; t < nth; t++) pthread_join(th[t], NULL);
+  *qt_fl_host_sync_slot() = NULL;
+}
+
+/* The launcher's grids (the forward and dq take the query tiles in the
+ * kernels' reversed order) over heads (forward, dq: H; dk/dv: K). */
+static void run_kind(int kind, const qt_fl_args *a, int tile, int nth) {
+  const qt_fl_plan pl = qt_fl_plan_make(kind, a->D, tile);
+  const int64_t nt = (a->T + tile - 1) / tile, heads = kind == QT_FL_DKV ? a->K : a->H;
+  const int64_t n = a->B * heads * nt;
+  int64_t *bx = (int64_t *)xmalloc((size_t)n * 3 * sizeof *bx), at = 0;
+  for (int64_t b = 0; b < a->B; b++)
+    for (int64_t h = 0; h < heads; h++)
+      for (int64_t x = 0; x < nt; x++) {
+        bx[at++] = b;
+        bx[at++] = h;
+        bx[at++] = kind == QT_FL_DKV ? x : nt - 1 - x;
+      }
+  unsigned char *sm = sm_alloc(&pl);
+  run_grid(kind, a, &pl, sm, bx, n, nth);
+  sm_check(sm, &pl, kind == QT_FL_FWD ? "forward" : kind == QT_FL_DQ ? "dq" : "dk/dv");
+  free(sm);
+  free(bx);
+}
+
+static void run_forward(qt_fl_args *a, int tile, int nth) { run_kind(QT_FL_FWD, a, tile, nth); }
 
 /* delta_i = rowsum(dO_i * O_i) in fp32, as attention_cuda.cu's pre-pass. */
 static void run_delta(float *delta, const uint16_t *dout, const uint16_t *out, int64_t B, int64_t T,
@@ -170,30 +241,15 @@ static void run_delta(float *delta, const uint16_t *dout, const uint16_t *out, i
       }
 }
 
-static void run_backward(qt_fl_args *a, int tile) {
-  int64_t nt = (a->T + tile - 1) / tile;
-  if (a->dq) {
-    qt_fl_plan pl = qt_fl_plan_make(QT_FL_DQ, a->D, tile);
-    unsigned char *sm = sm_alloc(&pl);
-    for (int64_t b = 0; b < a->B; b++)
-      for (int64_t h = 0; h < a->H; h++)
-        for (int64_t x = 0; x < nt; x++) qt_fl_dq_block(a, &pl, sm, b, h, nt - 1 - x, 0, 1);
-    sm_check(sm, &pl, "dq");
-    free(sm);
-  }
-  if (a->dk || a->dv) {
-    qt_fl_plan pl = qt_fl_plan_make(QT_FL_DKV, a->D, tile);
-    unsigned char *sm = sm_alloc(&pl);
-    for (int64_t b = 0; b < a->B; b++)
-      for (int64_t g = 0; g < a->K; g++)
-        for (int64_t x = 0; x < nt; x++) qt_fl_dkv_block(a, &pl, sm, b, g, x, 0, 1);
-    sm_check(sm, &pl, "dk/dv");
-    free(sm);
-  }
+static void run_backward(qt_fl_args *a, int tile, int nth) {
+  if (a->dq) run_kind(QT_FL_DQ, a, tile, nth);
+  if (a->dk || a->dv) run_kind(QT_FL_DKV, a, tile, nth);
 }
 
+/* threads: also run every block with QT_FL_THREADS concurrent threads; the
+ * results must be the one-thread results, bit for bit. */
 static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D, int scattered,
-                           const qt_att_opts *o) {
+                           const qt_att_opts *o, int threads) {
   const int64_t nq = B * T * H * D, nk = B * T * K * D, nr = B * H * T;
   uint16_t *q16, *k16, *v16, *do16, *z16;
   float *q, *k, *v, *dout, *z;
@@ -235,7 +291,7 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
     a.dout = do16;
     a.out = gout;
     a.lse = lse;
-    run_forward(&a, tile);
+    run_forward(&a, tile, 1);
     compare("attention forward", sh, gout, out, nq, NMSE_OUT);
     run_delta(delta, do16, gout, B, T, H, D);
     a.lse_in = lse;
@@ -243,7 +299,7 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
     a.dq = gq;
     a.dk = gk;
     a.dv = gv;
-    run_backward(&a, tile);
+    run_backward(&a, tile, 1);
     compare("attention dq", sh, gq, dq, nq, NMSE_DQK);
     compare("attention dk", sh, gk, dk, nk, NMSE_DQK);
     compare("attention dv", sh, gv, dv, nk, NMSE_OUT);
@@ -251,7 +307,7 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
     a.dq = a.dk = NULL;
     a.delta = NULL;
     a.dv = hv;
-    run_backward(&a, tile);
+    run_backward(&a, tile, 1);
     compare_bits("attention dv alone", sh, gv, hv, nk);
     /* accumulate into existing gradients */
     for (int64_t i = 0; i < nq; i++) gq[i] = z16[i];
@@ -261,10 +317,37 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
     a.dv = gv;
     a.delta = delta;
     a.acc = 1;
-    run_backward(&a, tile);
+    run_backward(&a, tile, 1);
     compare("attention dq (acc)", sh, gq, dqa, nq, NMSE_DQK);
     compare("attention dk (acc)", sh, gk, dka, nk, NMSE_DQK);
     compare("attention dv (acc)", sh, gv, dva, nk, NMSE_OUT);
+    if (threads) { /* the same set-mode results from concurrent threads */
+      uint16_t *tout = (uint16_t *)xmalloc((size_t)nq * 2), *tq = (uint16_t *)xmalloc((size_t)nq * 2);
+      uint16_t *tk = (uint16_t *)xmalloc((size_t)nk * 2), *tv = (uint16_t *)xmalloc((size_t)nk * 2);
+      float *tlse = (float *)xmalloc((size_t)nr * 4);
+      a.out = tout;
+      a.lse = tlse;
+      run_forward(&a, tile, QT_FL_THREADS);
+      compare_bits("attention forward, 128 threads", sh, gout, tout, nq);
+      if (memcmp(lse, tlse, (size_t)nr * 4)) {
+        fprintf(stderr, "FAIL attention lse, 128 threads %s: not bit-identical\n", sh);
+        failures++;
+      }
+      a.lse_in = tlse;
+      a.dq = tq;
+      a.dk = tk;
+      a.dv = tv;
+      a.acc = 0;
+      run_backward(&a, tile, 1);
+      memcpy(gq, tq, (size_t)nq * 2);
+      memcpy(gk, tk, (size_t)nk * 2);
+      memcpy(gv, tv, (size_t)nk * 2);
+      run_backward(&a, tile, QT_FL_THREADS);
+      compare_bits("attention dq, 128 threads", sh, gq, tq, nq);
+      compare_bits("attention dk, 128 threads", sh, gk, tk, nk);
+      compare_bits("attention dv, 128 threads", sh, gv, tv, nk);
+      free(tout); free(tq); free(tk); free(tv); free(tlse);
+    }
   }
   free(q16); free(k16); free(v16); free(do16); free(z16);
   free(q); free(k); free(v); free(dout); free(z);
@@ -274,6 +357,10 @@ static void case_attention(int64_t B, int64_t T, int64_t H, int64_t K, int64_t D
 }
 
 int main(void) {
+  if (pthread_barrier_init(&block_barrier, NULL, QT_FL_THREADS)) {
+    fprintf(stderr, "cannot make a barrier\n");
+    return 1;
+  }
   /* the layout: buffers inside the block, 128-byte aligned, the device limits
    * (227 KiB on H100/H200 per block) met by the tile the launcher picks */
   for (int kind = 0; kind < 3; kind++)
@@ -291,7 +378,8 @@ int main(void) {
                             {2, 33, 4, 4, 256}, {1, 64, 3, 3, 65},  {2, 300, 4, 2, 16}};
   for (int i = 0; i < 9; i++)
     for (int sc = 0; sc < 2; sc++)
-      case_attention(att[i][0], att[i][1], att[i][2], att[i][3], att[i][4], sc, NULL);
+      case_attention(att[i][0], att[i][1], att[i][2], att[i][3], att[i][4], sc, NULL,
+                     sc == 0 && (i == 1 || i == 3 || i == 6));
   /* options: scale, sliding window (2, < T, >= T), softcap, each alone and together */
   const qt_att_opts opts[] = {{0.3, 7, 0.0}, {0.0, 0, 2.0}, {0.0, 16, 5.0}, {0.2, 2, 1.0},
                               {0.0, 200, 0.0}, {0.0, 40, 0.0}};
@@ -299,7 +387,7 @@ int main(void) {
   for (int i = 0; i < 6; i++)
     for (int j = 0; j < 6; j++) {
       const int64_t *a = att[shapes[i]];
-      case_attention(a[0], a[1], a[2], a[3], a[4], (i + j) % 2, &opts[j]);
+      case_attention(a[0], a[1], a[2], a[3], a[4], (i + j) % 2, &opts[j], i == 3 && (j == 2 || j == 3));
     }
   if (failures) {
     fprintf(stderr, "%d failure(s)\n", failures);
