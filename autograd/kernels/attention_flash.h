@@ -66,7 +66,7 @@
 
 /* On the host a block is one thread (nothing to wait for), unless a test
  * runs its threads concurrently and sets a barrier here
- * (tests/autograd/test_attn_flash.c: 128 threads per block). */
+ * (tests/autograd/test_attn_flash.c: QT_FL_THREADS threads per block). */
 static inline void (**qt_fl_host_sync_slot(void))(void) {
   static void (*sync)(void);
   return &sync;
