@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "autograd/kernels/attention_flash.h"
+#include "ag_test_util.h"
 #ifdef __cplusplus /* the nvcc twin: these are C libraries */
 extern "C" {
 #endif
@@ -52,15 +53,9 @@ static int tile_step = 2; /* tiles 64, 32, 16; 4 under emulation: 64, 16 */
 
 #define NMSE_OUT 2e-5
 #define NMSE_DQK 1e-4
-static uint64_t rng_state = 20261203;
+static ag_rng rng = {20261203};
 
-static double unif(double lo, double hi) { /* splitmix64 */
-  uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return lo + (hi - lo) * (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
+static double unif(double lo, double hi) { return ag_unif(&rng, lo, hi); }
 
 static void *xmalloc(size_t n) {
   void *p = malloc(n ? n : 1);
